@@ -1,0 +1,53 @@
+# Tandem: `make run` starts the stack on embedded defaults, `make test` runs every check.
+# Both create .venv on first use (Python 3.11+ as $(PYTHON)) from the pinned constraints.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test lint types protos-lint unit integration e2e protos lock clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit("Tandem needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: $(INSTALLED)
+	@bash deploy/run-stack.sh
+
+test: lint types protos-lint
+	$(PY) -m pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(INSTALLED)
+	$(BIN)/mypy
+
+protos-lint: $(INSTALLED)
+	cd protos && ../$(BIN)/buf lint
+
+unit: $(INSTALLED)
+	$(PY) -m pytest -m unit
+
+integration: $(INSTALLED)
+	$(PY) -m pytest -m integration
+
+e2e: $(INSTALLED)
+	$(PY) -m pytest -m e2e
+
+# Regenerate protos/python/tandem_protos from the .proto files.
+protos: $(INSTALLED)
+	$(PY) protos/generate.py
+
+# Re-pin every dependency after a change to pyproject.toml.
+lock: $(INSTALLED)
+	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o constraints.txt pyproject.toml
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data

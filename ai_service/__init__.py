@@ -1,0 +1,1 @@
+"""The ai service: text analysis through Claude or offline (`ai.v1.AnalysisService`)."""

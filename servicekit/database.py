@@ -1,0 +1,96 @@
+"""Async SQLAlchemy engines for the services, on PostgreSQL (asyncpg) or SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from servicekit.settings import ServiceSettings
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncEngine:
+    """The process's engine, with pool and timeouts from settings."""
+    url = make_url(settings.database_url)
+    if is_sqlite(url):
+        engine = create_async_engine(
+            url,
+            pool_pre_ping=settings.db_pool_pre_ping,
+            connect_args={"timeout": settings.db_pool_timeout_seconds},
+        )
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "server_settings": {"application_name": application_name},
+        },
+    )
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the one writer; synchronous=FULL makes a commit
+    # durable before it is acknowledged; busy_timeout makes writers queue, not fail.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database cannot be reached right now (retryable)."""
+    if isinstance(exc, PoolTimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, InterfaceError):
+            return True
+        original = exc.orig
+        if isinstance(exc, OperationalError) and is_sqlite_busy(original):
+            return True
+        return _is_connection_error(original) or _is_connection_error(
+            getattr(original, "__cause__", None)
+        )
+    return _is_connection_error(exc)
+
+
+def is_sqlite_busy(exc: BaseException | None) -> bool:
+    return exc is not None and "database is locked" in str(exc)
+
+
+def _is_connection_error(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
+    # asyncpg's connection-level errors, matched by name so that this module does
+    # not import asyncpg when the service runs on SQLite.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names
+        & {
+            "PostgresConnectionError",
+            "ConnectionDoesNotExistError",
+            "CannotConnectNowError",
+            "AdminShutdownError",
+            "CrashShutdownError",
+            "TooManyConnectionsError",
+            "ConnectionFailureError",
+        }
+    )

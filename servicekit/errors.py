@@ -1,0 +1,240 @@
+"""Domain errors, and how each becomes a gRPC status (and, at the gateway, an HTTP one).
+
+Handlers raise these; the call interceptor turns them into a status with a human
+message and `google.rpc` details. Anything else a handler raises is a bug and becomes
+INTERNAL with a generic message.
+
+    ServiceError
+    ├── InvalidArgument      INVALID_ARGUMENT     + google.rpc.BadRequest
+    ├── NotFound             NOT_FOUND
+    ├── AlreadyExists        ALREADY_EXISTS
+    ├── Aborted              ABORTED              (etag mismatch, lost race)
+    ├── Unauthenticated      UNAUTHENTICATED
+    ├── PermissionDenied     PERMISSION_DENIED
+    ├── FailedPrecondition   FAILED_PRECONDITION
+    ├── ResourceExhausted    RESOURCE_EXHAUSTED   + google.rpc.RetryInfo
+    ├── Unavailable          UNAVAILABLE          + google.rpc.RetryInfo
+    └── DeadlineExceeded     DEADLINE_EXCEEDED
+
+Every non-INVALID_ARGUMENT error also carries a `google.rpc.ErrorInfo` whose `reason`
+is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "tandem"
+DETAILS_METADATA_KEY = "grpc-status-details-bin"
+
+# gRPC status -> HTTP status, as grpc-gateway, Envoy and Connect map it.
+HTTP_STATUS_BY_GRPC_CODE: Mapping[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+
+class StartupError(Exception):
+    """A reason not to start that an operator can fix; shown as one line, no traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field: `field` is its path in the request (`user.email`)."""
+
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    """Base of the errors a handler may raise on purpose."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    default_reason: ClassVar[str] = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[any_pb2.Any]:
+        """The `google.rpc` detail messages sent with the status."""
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+        return [_pack(info)]
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Plain trailers sent with the status, besides the packed details."""
+        return ()
+
+    def to_rpc_status(self) -> status_pb2.Status:
+        return status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=self.details()
+        )
+
+
+class InvalidArgument(ServiceError):
+    """The request itself is wrong; `violations` name the fields at fault."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one field violation")
+        self.violations = tuple(violations)
+        super().__init__(message or _join(v.field + ": " + v.description for v in violations))
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+    def details(self) -> list[any_pb2.Any]:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        return [_pack(bad_request)]
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class Aborted(ServiceError):
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class _Retryable(ServiceError):
+    """An error the client may retry, after `retry_after` seconds when given."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+    def details(self) -> list[any_pb2.Any]:
+        details = super().details()
+        if self.retry_after is not None:
+            seconds = max(0.0, self.retry_after)
+            delay = duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        return details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.retry_after is None:
+            return ()
+        return (("retry-after", str(max(0, math.ceil(self.retry_after)))),)
+
+
+class ResourceExhausted(_Retryable):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+def decode_details(
+    trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> status_pb2.Status | None:
+    """The `google.rpc.Status` a server packed into a call's trailers, if any."""
+    for key, value in trailing_metadata or ():
+        if key == DETAILS_METADATA_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def field_violations(status: status_pb2.Status | None) -> list[FieldViolation]:
+    """The `google.rpc.BadRequest` field violations inside a status, if any."""
+    if status is None:
+        return []
+    found: list[FieldViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found.extend(
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            )
+    return found
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _join(parts: Iterable[str]) -> str:
+    return "; ".join(parts)

@@ -1,0 +1,189 @@
+"""The one server interceptor every service installs.
+
+For each call it
+- takes the request id from `x-request-id` metadata (or makes one), puts it in the
+  logging context and echoes it in the trailing metadata;
+- turns a `ServiceError` into its status with `google.rpc` details, and any other
+  exception into INTERNAL with a generic message (the traceback stays in the log);
+- writes one access-log line: method, status code, duration.
+
+The three are one wrapper rather than three stacked interceptors because each layer
+costs a Python frame and a closure per call, and these run on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from grpc.aio import AbortError, ServicerContext
+
+from servicekit.errors import DETAILS_METADATA_KEY, ServiceError
+from servicekit.logs import request_id_var
+
+REQUEST_ID_KEY = "x-request-id"
+_WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+access_log = logging.getLogger("servicekit.access")
+error_log = logging.getLogger("servicekit.errors")
+
+Context: TypeAlias = ServicerContext[Any, Any]
+UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The caller's request id when it is well-formed, else a new one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _WELL_FORMED_ID.match(value):
+            return value
+    return str(uuid.uuid4())
+
+
+def add_trailing_metadata(context: Context, *pairs: tuple[str, str | bytes]) -> None:
+    """Add trailers without dropping those already set (such as the request id)."""
+    current = tuple(context.trailing_metadata() or ())
+    context.set_trailing_metadata(current + pairs)
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+# grpc's classes are generic only in the type stubs, not at run time.
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class CallInterceptor(_ServerInterceptor):
+    def __init__(self, *, access_log_enabled: bool = True) -> None:
+        self._access_log_enabled = access_log_enabled
+        # Wrapped handlers, built once per method: the handler a service registers
+        # does not change between calls, so neither does its wrapper.
+        self._wrapped: dict[tuple[str, int], Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+            return handler  # type: ignore[return-value]
+        method: str = getattr(handler_call_details, "method", "?")
+        key = (method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrap(method, handler)
+            self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        # grpc's stubs type the behaviours as synchronous; on grpc.aio they are async.
+        behaviors: Any = handler
+        if behaviors.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, behaviors.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if behaviors.unary_stream is not None:
+            behavior = behaviors.unary_stream
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, behavior)
+                if inspect.isasyncgenfunction(behavior)
+                else self._wrap_unary(method, behavior),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Client-streaming methods: none of ours has one; pass them through unwrapped.
+        return handler
+
+    def _wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def wrapped(request: Any, context: Context) -> Any:
+            request_id, token, started = self._begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                code = _code_for(exc, context)
+                await _abort_for(exc, context, request_id)
+                raise
+            finally:
+                self._end(method, code, started, context)
+                request_id_var.reset(token)
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            request_id, token, started = self._begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                code = _code_for(exc, context)
+                await _abort_for(exc, context, request_id)
+                raise
+            finally:
+                self._end(method, code, started, context)
+                request_id_var.reset(token)
+
+        return wrapped
+
+    @staticmethod
+    def _begin(context: Context) -> tuple[str, Any, float]:
+        request_id = request_id_from(context.invocation_metadata())  # type: ignore[arg-type]
+        token = request_id_var.set(request_id)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        return request_id, token, time.perf_counter()
+
+    def _end(self, method: str, code: grpc.StatusCode, started: float, context: Context) -> None:
+        if self._access_log_enabled:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            access_log.info("%s %s %.2fms", method, code.name, elapsed_ms)
+
+
+def _code_for(exc: BaseException, context: Context) -> grpc.StatusCode:
+    """The status a call that raised `exc` ends with, for the access log."""
+    if isinstance(exc, ServiceError):
+        return exc.code
+    if isinstance(exc, AbortError):
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if isinstance(exc, asyncio.CancelledError):
+        # The client went away or its deadline passed; grpc answers by itself.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, Exception):
+        return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.UNKNOWN
+
+
+async def _abort_for(exc: BaseException, context: Context, request_id: str) -> None:
+    """End the call with the status `exc` stands for (raises AbortError).
+
+    Returns without aborting for what grpc already answers itself: an abort the
+    handler made, a cancellation, and non-Exception exits such as SystemExit.
+    """
+    if isinstance(exc, ServiceError):
+        status = exc.to_rpc_status()
+        add_trailing_metadata(
+            context,
+            *exc.trailing_metadata(),
+            (DETAILS_METADATA_KEY, status.SerializeToString()),
+        )
+        await context.abort(exc.code, exc.message)
+    elif isinstance(exc, Exception) and not isinstance(exc, AbortError):
+        error_log.error("unexpected error in handler", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")

@@ -1,0 +1,97 @@
+"""Both services as real processes: migrate, serve, health, reflection via real grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import ROOT
+from tests.support.processes import ServiceProcess, run_command
+from tests.support.tools import tool
+
+SERVICES = {
+    "users_service": ("USERS_", "users.v1.UsersService"),
+    "ai_service": ("AI_", "ai.v1.AnalysisService"),
+}
+
+
+async def grpcurl(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        tool("grpcurl"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+@pytest.mark.parametrize("module", list(SERVICES))
+async def test_service_migrates_serves_and_stops_cleanly(module: str, database_url: str) -> None:
+    prefix, service_name = SERVICES[module]
+    env = {f"{prefix}DATABASE_URL": database_url, f"{prefix}ADDR": "127.0.0.1:0"}
+    code, output = await run_command(["-m", module, "migrate"], env)
+    assert code == 0, output
+    # Migrating again is a no-op, not an error.
+    code, output = await run_command(["-m", module, "migrate"], env)
+    assert code == 0, output
+
+    async with ServiceProcess(["-m", module], env, cwd=str(ROOT)) as service:
+        address = await service.wait_serving()
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", service_name):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        code, listed = await grpcurl("-plaintext", address, "list")
+        assert code == 0, listed
+        assert set(listed.split()) == {
+            service_name,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        code, described = await grpcurl("-plaintext", address, "describe", service_name)
+        assert code == 0 and "rpc " in described, described
+        code, checked = await grpcurl("-plaintext", address, "grpc.health.v1.Health/Check")
+        assert code == 0 and json.loads(checked) == {"status": "SERVING"}, checked
+
+        service.send_signal()
+        assert await service.wait() == 0, service.output
+
+
+@pytest.mark.parametrize("module", list(SERVICES))
+async def test_serving_an_unmigrated_database_asks_for_migrate(
+    module: str, database_url: str
+) -> None:
+    prefix, _ = SERVICES[module]
+    env = {f"{prefix}DATABASE_URL": database_url, f"{prefix}ADDR": "127.0.0.1:0"}
+    code, output = await run_command(["-m", module], env)
+    assert code == 1
+    assert f"run `python -m {module} migrate` first" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("module", list(SERVICES))
+async def test_an_invalid_setting_stops_start_up_with_one_line(module: str) -> None:
+    prefix, _ = SERVICES[module]
+    code, output = await run_command(["-m", module], {f"{prefix}SHUTDOWN_GRACE_SECONDS": "soon"})
+    assert code == 2
+    assert output.strip().splitlines() == [
+        f"{module}: {prefix}SHUTDOWN_GRACE_SECONDS is invalid: Input should be a valid number, "
+        "unable to parse string as a number"
+    ]
+
+
+async def test_an_unreachable_database_is_one_line_without_password() -> None:
+    env = {"USERS_DATABASE_URL": "postgresql+asyncpg://tandem:s3cret@127.0.0.1:9/users"}
+    code, output = await run_command(["-m", "users_service", "migrate"], env)
+    assert code == 1
+    assert "cannot use the database postgresql+asyncpg://tandem:***@127.0.0.1:9/users" in output
+    assert "s3cret" not in output and "Traceback" not in output

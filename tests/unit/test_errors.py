@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from servicekit import errors
+
+
+def test_every_grpc_code_has_an_http_status() -> None:
+    assert set(errors.HTTP_STATUS_BY_GRPC_CODE) == set(grpc.StatusCode)
+
+
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (grpc.StatusCode.ALREADY_EXISTS, 409),
+        (grpc.StatusCode.ABORTED, 409),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.UNIMPLEMENTED, 501),
+        (grpc.StatusCode.CANCELLED, 499),
+    ],
+)
+def test_http_mapping_follows_grpc_gateway(code: grpc.StatusCode, http: int) -> None:
+    assert errors.HTTP_STATUS_BY_GRPC_CODE[code] == http
+
+
+def test_invalid_argument_carries_bad_request_violations() -> None:
+    error = errors.InvalidArgument(
+        [
+            errors.FieldViolation("user.email", "not an email address"),
+            errors.FieldViolation("password", "at least 8 characters"),
+        ]
+    )
+    status = error.to_rpc_status()
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message == "user.email: not an email address; password: at least 8 characters"
+    assert errors.field_violations(status) == list(error.violations)
+
+
+def test_invalid_argument_needs_a_violation() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        errors.InvalidArgument([])
+
+
+def test_other_errors_carry_error_info() -> None:
+    status = errors.NotFound(
+        "no user abc", reason="USER_NOT_FOUND", metadata={"id": "abc"}
+    ).to_rpc_status()
+    assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "USER_NOT_FOUND",
+        "tandem",
+        {"id": "abc"},
+    )
+
+
+def test_retryable_errors_carry_retry_info_and_retry_after() -> None:
+    error = errors.ResourceExhausted("slow down", retry_after=2.5)
+    status = error.to_rpc_status()
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[1].Unpack(retry)
+    assert (retry.retry_delay.seconds, retry.retry_delay.nanos) == (2, 500_000_000)
+    assert error.trailing_metadata() == (("retry-after", "3"),)
+    assert errors.Unavailable("down").trailing_metadata() == ()
+
+
+def test_decode_details_reads_the_trailer() -> None:
+    status = errors.InvalidArgument.field("id", "not a UUID").to_rpc_status()
+    trailers = [("x-request-id", "r1"), (errors.DETAILS_METADATA_KEY, status.SerializeToString())]
+    assert errors.decode_details(trailers) == status
+    assert errors.decode_details([("x-request-id", "r1")]) is None
+    assert errors.field_violations(None) == []

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from ai_service.settings import AiSettings
+from servicekit.settings import SettingsError, load_settings
+from users_service.settings import UsersSettings
+
+
+@pytest.fixture(autouse=True)
+def _no_tandem_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("USERS_", "AI_")):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_embedded_stack() -> None:
+    users = load_settings(UsersSettings)
+    ai = load_settings(AiSettings)
+    assert users.addr == "127.0.0.1:50051"
+    assert ai.addr == "127.0.0.1:50052"
+    assert users.database_url.startswith("sqlite+aiosqlite:///./data/")
+    assert ai.database_url.startswith("sqlite+aiosqlite:///./data/")
+
+
+def test_each_service_reads_its_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USERS_ADDR", "0.0.0.0:6000")
+    monkeypatch.setenv("AI_LOG_LEVEL", "debug")
+    assert load_settings(UsersSettings).addr == "0.0.0.0:6000"
+    assert load_settings(AiSettings).addr == "127.0.0.1:50052"
+    assert load_settings(AiSettings).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("USERS_ADDR", "no-port"),
+        ("USERS_ADDR", "127.0.0.1:99999"),
+        ("USERS_SHUTDOWN_GRACE_SECONDS", "-1"),
+        ("USERS_DATABASE_URL", "mysql://x/y"),
+        ("USERS_DATABASE_URL", "::::"),
+        ("USERS_DB_POOL_SIZE", "zero"),
+        ("USERS_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_an_invalid_setting_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(UsersSettings)
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: ")
+    assert "\n" not in message
+    assert value not in message  # a value may be a secret: never echoed

@@ -1,0 +1,5 @@
+"""The users service's Alembic migration history."""
+
+from pathlib import Path
+
+MIGRATIONS = Path(__file__).resolve().parent

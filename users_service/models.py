@@ -1,0 +1,52 @@
+"""The users service's tables (SQLAlchemy 2), shared by the repository and Alembic."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index, Integer, MetaData, String, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    # The email as compared: case-folded in Python, so that PostgreSQL and SQLite
+    # (whose lower() knows only ASCII) agree on what counts as the same address.
+    email_key: Mapped[str] = mapped_column(String(254))
+    name: Mapped[str] = mapped_column(String(100))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delete_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Bumped on every change; the etag is derived from it.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        # Uniqueness among live accounts is the database's job, not a
+        # check-then-insert race.
+        Index(
+            "uq_users_email_key_live",
+            "email_key",
+            unique=True,
+            postgresql_where=delete_time.is_(None),
+            sqlite_where=delete_time.is_(None),
+        ),
+        # Keyset pagination walks (create_time, id).
+        Index("ix_users_create_time_id", "create_time", "id"),
+    )
