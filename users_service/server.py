@@ -2,34 +2,62 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 from servicekit.database import create_engine
 from servicekit.migrations import check_at_head
-from servicekit.server import Service, build_server, serve_until_signalled
+from servicekit.pagination import PageTokens
+from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
+from users_service.accounts import Accounts
 from users_service.migrations import MIGRATIONS
+from users_service.passwords import PasswordHasher
+from users_service.repository import UsersRepository
 from users_service.servicer import UsersServicer
 from users_service.settings import UsersSettings
 
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
 
+log = logging.getLogger(__name__)
 
-async def serve(settings: UsersSettings) -> None:
+
+@asynccontextmanager
+async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
+    """A bound, not yet started, users server; its resources close on exit."""
     engine = create_engine(settings, application_name="tandem-users")
+    hasher = PasswordHasher(
+        memory_kib=settings.argon2_memory_kib,
+        time_cost=settings.argon2_time_cost,
+        parallelism=settings.argon2_parallelism,
+        workers=settings.password_hash_workers,
+    )
     try:
         await check_at_head(engine, MIGRATIONS, "python -m users_service migrate")
-        servicer = UsersServicer()  # type: ignore[abstract]
-        server = build_server(
-            settings.addr,
-            [
-                Service(
-                    SERVICE_NAME,
-                    partial(users_pb2_grpc.add_UsersServiceServicer_to_server, servicer),
-                )
-            ],
-            access_log=settings.access_log,
+        accounts = Accounts(UsersRepository(engine), hasher, _page_tokens(settings))
+        servicer = UsersServicer(accounts)
+        register = partial(users_pb2_grpc.add_UsersServiceServicer_to_server, servicer)
+        yield build_server(
+            settings.addr, [Service(SERVICE_NAME, register)], access_log=settings.access_log
         )
-        await serve_until_signalled(server, settings.shutdown_grace_seconds)
     finally:
+        hasher.close()
         await engine.dispose()
+
+
+async def serve(settings: UsersSettings) -> None:
+    async with users_server(settings) as server:
+        await serve_until_signalled(server, settings.shutdown_grace_seconds)
+
+
+def _page_tokens(settings: UsersSettings) -> PageTokens:
+    if settings.page_token_secret is not None:
+        return PageTokens(settings.page_token_secret.get_secret_value().encode())
+    log.warning(
+        "USERS_PAGE_TOKEN_SECRET is not set: page tokens are signed with a random key and "
+        "will not survive a restart or work across replicas"
+    )
+    return PageTokens(secrets.token_bytes(32))

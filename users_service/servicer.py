@@ -1,9 +1,82 @@
-"""gRPC adapter of the users service: translates messages, holds no rules."""
+"""gRPC adapter of the users service: protobuf in, `Accounts` call, protobuf out."""
 
 from __future__ import annotations
 
-from tandem_protos.users.v1 import users_pb2_grpc
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
+from users_service.accounts import Accounts, UserChanges
+from users_service.domain import User
 
 
 class UsersServicer(users_pb2_grpc.UsersServiceServicer):
-    pass
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    async def CreateUser(  # noqa: N802
+        self, request: users_pb2.CreateUserRequest, context: Any
+    ) -> users_pb2.User:
+        user = await self._accounts.create(
+            email=request.user.email, name=request.user.name, password=request.password
+        )
+        return to_proto(user)
+
+    async def GetUser(self, request: users_pb2.GetUserRequest, context: Any) -> users_pb2.User:  # noqa: N802
+        return to_proto(await self._accounts.get(request.id))
+
+    async def ListUsers(  # noqa: N802
+        self, request: users_pb2.ListUsersRequest, context: Any
+    ) -> users_pb2.ListUsersResponse:
+        page = await self._accounts.list(
+            size=request.page_size, token=request.page_token, show_deleted=request.show_deleted
+        )
+        return users_pb2.ListUsersResponse(
+            users=[to_proto(u) for u in page.users], next_page_token=page.next_page_token
+        )
+
+    async def UpdateUser(  # noqa: N802
+        self, request: users_pb2.UpdateUserRequest, context: Any
+    ) -> users_pb2.User:
+        changes = UserChanges(
+            id=request.user.id,
+            name=request.user.name,
+            email=request.user.email,
+            etag=request.user.etag,
+            mask_paths=list(request.update_mask.paths),
+        )
+        return to_proto(await self._accounts.update(changes))
+
+    async def DeleteUser(  # noqa: N802
+        self, request: users_pb2.DeleteUserRequest, context: Any
+    ) -> users_pb2.User:
+        return to_proto(await self._accounts.delete(request.id))
+
+    async def UndeleteUser(  # noqa: N802
+        self, request: users_pb2.UndeleteUserRequest, context: Any
+    ) -> users_pb2.User:
+        return to_proto(await self._accounts.undelete(request.id))
+
+    async def ChangePassword(  # noqa: N802
+        self, request: users_pb2.ChangePasswordRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self._accounts.change_password(
+            request.id, current=request.current_password, new=request.new_password
+        )
+        return empty_pb2.Empty()
+
+    async def AuthenticateUser(  # noqa: N802
+        self, request: users_pb2.AuthenticateUserRequest, context: Any
+    ) -> users_pb2.User:
+        user = await self._accounts.authenticate(email=request.email, password=request.password)
+        return to_proto(user)
+
+
+def to_proto(user: User) -> users_pb2.User:
+    message = users_pb2.User(id=str(user.id), email=user.email, name=user.name, etag=user.etag)
+    message.create_time.FromDatetime(user.create_time)
+    message.update_time.FromDatetime(user.update_time)
+    if user.delete_time is not None:
+        message.delete_time.FromDatetime(user.delete_time)
+    return message

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tandem_protos.users.v1 import users_pb2_grpc
+from tests.support.servers import channel_to, migrate_users, running_users, users_settings
+
+
+@pytest.fixture
+async def users_db(database_url: str) -> str:
+    """A migrated users database, on SQLite and on PostgreSQL."""
+    await migrate_users(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def users(users_db: str) -> AsyncIterator[users_pb2_grpc.UsersServiceAsyncStub]:
+    """A stub talking to a real users server on a real port."""
+    async with running_users(users_settings(users_db)) as address, channel_to(address) as channel:
+        yield users_pb2_grpc.UsersServiceStub(channel)

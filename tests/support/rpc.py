@@ -1,0 +1,37 @@
+"""Small helpers for asserting on gRPC outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+
+from servicekit import errors
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The error `call` fails with; fails the test if it succeeds."""
+    try:
+        result = await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError(f"expected an error, got {result!r}")
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The BadRequest field violations of an error, as {field: description}."""
+    status = errors.decode_details(error.trailing_metadata())  # type: ignore[arg-type]
+    return {v.field: v.description for v in errors.field_violations(status)}
+
+
+def reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The ErrorInfo reason of an error, if it carries one."""
+    from google.rpc import error_details_pb2
+
+    status = errors.decode_details(error.trailing_metadata())  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return None

@@ -1,0 +1,240 @@
+"""What the users service does: each public method is one RPC's rules, without protobuf."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from servicekit.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Unauthenticated,
+)
+from servicekit.pagination import PageTokens, page_size
+from users_service.domain import (
+    User,
+    Violations,
+    check_password,
+    email_key,
+    login_key,
+    normalize_email,
+    normalize_name,
+    parse_id,
+    resolve_update_mask,
+)
+from users_service.passwords import PasswordHasher
+from users_service.repository import EmailTaken, UsersRepository
+
+log = logging.getLogger(__name__)
+
+# One message for every failed login, so a caller cannot tell which part was wrong.
+BAD_CREDENTIALS = "the email or password is incorrect"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    users: list[User]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanges:
+    """An UpdateUser request: the new values, and which of them the mask selects."""
+
+    id: str
+    name: str
+    email: str
+    etag: str
+    mask_paths: list[str]
+
+
+class Accounts:
+    def __init__(
+        self,
+        repository: UsersRepository,
+        hasher: PasswordHasher,
+        page_tokens: PageTokens,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._repository = repository
+        self._hasher = hasher
+        self._page_tokens = page_tokens
+        self._clock = clock
+
+    async def create(self, *, email: str, name: str, password: str) -> User:
+        violations = Violations()
+        email = normalize_email(email, "user.email", violations)
+        name = normalize_name(name, "user.name", violations)
+        check_password(password, "password", violations)
+        violations.check()
+        now = self._clock()
+        user = User(
+            id=uuid.uuid4(),
+            email=email,
+            name=name,
+            create_time=now,
+            update_time=now,
+            delete_time=None,
+            revision=1,
+        )
+        password_hash = await self._hasher.hash(password)
+        try:
+            await self._repository.insert(
+                user, email_key=email_key(email), password_hash=password_hash
+            )
+        except EmailTaken:
+            raise _email_taken() from None
+        return user
+
+    async def get(self, user_id: str) -> User:
+        parsed = parse_id(user_id)
+        user = await self._repository.get(parsed)
+        if user is None:
+            raise _not_found(parsed)
+        return user
+
+    async def list(self, *, size: int, token: str, show_deleted: bool) -> Page:
+        limit = page_size(size)
+        scope = f"users.list:show_deleted={show_deleted}"
+        after = None
+        if token:
+            cursor = self._page_tokens.decode(token, scope)
+            after = (datetime.fromisoformat(str(cursor[0])), uuid.UUID(str(cursor[1])))
+        # One extra row tells whether another page follows, without a COUNT.
+        users = await self._repository.list_page(
+            after=after, limit=limit + 1, show_deleted=show_deleted
+        )
+        next_token = ""
+        if len(users) > limit:
+            users = users[:limit]
+            last = users[-1]
+            next_token = self._page_tokens.encode(
+                [last.create_time.isoformat(), str(last.id)], scope
+            )
+        return Page(users, next_token)
+
+    async def update(self, changes: UserChanges) -> User:
+        parsed = parse_id(changes.id, field="user.id")
+        populated = [f for f, v in (("name", changes.name), ("email", changes.email)) if v]
+        fields = resolve_update_mask(changes.mask_paths, populated)
+        violations = Violations()
+        values: dict[str, str] = {}
+        if "name" in fields:
+            values["name"] = normalize_name(changes.name, "user.name", violations)
+        if "email" in fields:
+            values["email"] = normalize_email(changes.email, "user.email", violations)
+            values["email_key"] = email_key(values["email"])
+        violations.check()
+
+        expected_revision = None
+        if changes.etag:
+            current = await self._repository.get(parsed)
+            if current is None:
+                raise _not_found(parsed)
+            if current.etag != changes.etag:
+                raise _etag_mismatch(parsed)
+            expected_revision = current.revision
+        try:
+            updated = await self._repository.update(
+                parsed, values, now=self._clock(), expected_revision=expected_revision
+            )
+        except EmailTaken:
+            raise _email_taken() from None
+        if updated is None:
+            if expected_revision is not None and await self._repository.get(parsed):
+                raise _etag_mismatch(parsed)
+            raise _not_found(parsed)
+        return updated
+
+    async def delete(self, user_id: str) -> User:
+        parsed = parse_id(user_id)
+        deleted = await self._repository.set_deleted(parsed, deleted=True, now=self._clock())
+        if deleted is None:
+            raise _not_found(parsed)
+        return deleted
+
+    async def undelete(self, user_id: str) -> User:
+        parsed = parse_id(user_id)
+        try:
+            restored = await self._repository.set_deleted(parsed, deleted=False, now=self._clock())
+        except EmailTaken:
+            raise AlreadyExists(
+                "the account's email now belongs to another account",
+                reason="EMAIL_TAKEN",
+                metadata={"id": str(parsed)},
+            ) from None
+        if restored is None:
+            if await self._repository.get(parsed) is not None:
+                raise FailedPrecondition(
+                    f"user {parsed} is not deleted",
+                    reason="USER_NOT_DELETED",
+                    metadata={"id": str(parsed)},
+                )
+            raise _not_found(parsed)
+        return restored
+
+    async def change_password(self, user_id: str, *, current: str, new: str) -> None:
+        parsed = parse_id(user_id)
+        violations = Violations()
+        if not current:
+            violations.add("current_password", "is required")
+        check_password(new, "new_password", violations)
+        violations.check()
+        found = await self._repository.get_live_with_hash(parsed)
+        if found is None:
+            raise _not_found(parsed)
+        _, old_hash = found
+        if not await self._hasher.verify(old_hash, current):
+            raise Unauthenticated("the current password is incorrect", reason="WRONG_PASSWORD")
+        new_hash = await self._hasher.hash(new)
+        if not await self._repository.replace_password_hash(
+            parsed, old_hash=old_hash, new_hash=new_hash
+        ):
+            # Deleted, or its password changed, between our read and our write.
+            raise _not_found(parsed)
+
+    async def authenticate(self, *, email: str, password: str) -> User:
+        violations = Violations()
+        if not email.strip():
+            violations.add("email", "is required")
+        if not password:
+            violations.add("password", "is required")
+        violations.check()
+        # Unknown, deleted and wrong-password all verify one hash and fail alike.
+        found = await self._repository.get_live_with_hash_by_email(login_key(email))
+        password_hash = found[1] if found else None
+        if not await self._hasher.verify(password_hash, password) or found is None:
+            raise Unauthenticated(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
+        user, _ = found
+        if self._hasher.needs_rehash(password_hash or ""):
+            await self._upgrade_hash(user, password, password_hash or "")
+        return user
+
+    async def _upgrade_hash(self, user: User, password: str, old_hash: str) -> None:
+        new_hash = await self._hasher.hash(password)
+        # Losing this race (a concurrent password change) is fine: theirs wins.
+        if await self._repository.replace_password_hash(
+            user.id, old_hash=old_hash, new_hash=new_hash
+        ):
+            log.info("upgraded the password hash of user %s to the current parameters", user.id)
+
+
+def _not_found(user_id: uuid.UUID) -> NotFound:
+    return NotFound(f"no user {user_id}", reason="USER_NOT_FOUND", metadata={"id": str(user_id)})
+
+
+def _email_taken() -> AlreadyExists:
+    return AlreadyExists("an account with this email already exists", reason="EMAIL_TAKEN")
+
+
+def _etag_mismatch(user_id: uuid.UUID) -> Aborted:
+    return Aborted(
+        f"user {user_id} changed since the etag was read; get it again and retry",
+        reason="ETAG_MISMATCH",
+        metadata={"id": str(user_id)},
+    )
