@@ -16,9 +16,10 @@ stop() {
 }
 trap stop INT TERM
 
-"$PY" -m users_service 2>&1 | sed -u 's/^/users | /' &
+# Process substitution, not a pipe: $! must be the service itself, not sed.
+"$PY" -m users_service > >(sed -u 's/^/users | /') 2>&1 &
 pids+=($!)
-"$PY" -m ai_service 2>&1 | sed -u 's/^/ai    | /' &
+"$PY" -m ai_service > >(sed -u 's/^/ai    | /') 2>&1 &
 pids+=($!)
 
 echo "users gRPC: ${USERS_ADDR:-127.0.0.1:50051}   ai gRPC: ${AI_ADDR:-127.0.0.1:50052}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import event
@@ -19,6 +20,9 @@ def is_sqlite(url: str | URL) -> bool:
 
 def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncEngine:
     """The process's engine, with pool and timeouts from settings."""
+    # aiosqlite traces every statement with its parameters (password hashes among
+    # them) at DEBUG; no log level of ours may turn that on.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     url = make_url(settings.database_url)
     if is_sqlite(url):
         engine = create_async_engine(

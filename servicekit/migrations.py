@@ -8,6 +8,7 @@ what each service's `env.py` calls.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ async def check_at_head(engine: AsyncEngine, script_location: Path, migrate_hint
         raise SchemaNotCurrent(
             f"the database file {url.database} does not exist: run `{migrate_hint}` first"
         )
+
+    # Alembic announces its dialect at INFO each time; only `migrate` should say so.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
     def current(connection: Connection) -> str:
         heads = MigrationContext.configure(connection).get_current_heads()

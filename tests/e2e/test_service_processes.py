@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import ROOT
+from tests.support.grpcurl import grpcurl
 from tests.support.processes import ServiceProcess, run_command
-from tests.support.tools import tool
 
 SERVICES = {
     "users_service": ("USERS_", "users.v1.UsersService"),
     "ai_service": ("AI_", "ai.v1.AnalysisService"),
 }
-
-
-async def grpcurl(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        tool("grpcurl"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(30):
-        out, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode()
 
 
 @pytest.mark.parametrize("module", list(SERVICES))
@@ -50,17 +34,18 @@ async def test_service_migrates_serves_and_stops_cleanly(module: str, database_u
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
-        code, listed = await grpcurl("-plaintext", address, "list")
-        assert code == 0, listed
-        assert set(listed.split()) == {
+        listed = await grpcurl(address, "list")
+        assert listed.exit_code == 0, listed.output
+        assert set(listed.output.split()) == {
             service_name,
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }
-        code, described = await grpcurl("-plaintext", address, "describe", service_name)
-        assert code == 0 and "rpc " in described, described
-        code, checked = await grpcurl("-plaintext", address, "grpc.health.v1.Health/Check")
-        assert code == 0 and json.loads(checked) == {"status": "SERVING"}, checked
+        described = await grpcurl(address, "describe", service_name)
+        assert described.exit_code == 0, described.output
+        assert "rpc " in described.output
+        checked = await grpcurl(address, "grpc.health.v1.Health/Check")
+        assert checked.json() == {"status": "SERVING"}, checked.output
 
         service.send_signal()
         assert await service.wait() == 0, service.output
