@@ -42,8 +42,18 @@ StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
 def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The caller's request id when it is well-formed, else a new one."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _WELL_FORMED_ID.match(value):
-            return value
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return accept_request_id(value)
+    return str(uuid.uuid4())
+
+
+def accept_request_id(value: str | None) -> str:
+    """`value` when it is a well-formed request id, else a newly generated one.
+
+    Ids travel into logs and metadata, so only short, plain tokens are taken as given.
+    """
+    if value is not None and _WELL_FORMED_ID.match(value):
+        return value
     return str(uuid.uuid4())
 
 
