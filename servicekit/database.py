@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from servicekit.errors import Unavailable
 from servicekit.settings import ServiceSettings
 
 
@@ -54,6 +58,29 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+@asynccontextmanager
+async def connect(engine: AsyncEngine, *, write: bool, what: str) -> AsyncIterator[AsyncConnection]:
+    """A connection; `write` runs it in a transaction that commits on success.
+
+    A database that cannot be reached becomes Unavailable (retryable), never INTERNAL.
+    """
+    opened = engine.begin() if write else engine.connect()
+    try:
+        async with opened as connection:
+            yield connection
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise Unavailable(
+                f"the {what} database is unavailable; retry shortly", retry_after=1
+            ) from exc
+        raise
+
+
+def utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime: SQLite hands back naive ones, all stored in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def is_unavailable(exc: BaseException) -> bool:

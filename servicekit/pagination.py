@@ -13,9 +13,14 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import secrets
 from collections.abc import Sequence
 
 from servicekit.errors import InvalidArgument
+from servicekit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -32,6 +37,18 @@ def page_size(requested: int, *, field: str = "page_size") -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)
+
+
+def page_tokens_from(settings: ServiceSettings) -> PageTokens:
+    """PageTokens signed with the configured secret, or a random key (with a warning)."""
+    if settings.page_token_secret is not None:
+        return PageTokens(settings.page_token_secret.get_secret_value().encode())
+    log.warning(
+        "%s is not set: page tokens are signed with a random key and will not survive a "
+        "restart or work across replicas",
+        settings.variable("page_token_secret"),
+    )
+    return PageTokens(secrets.token_bytes(32))
 
 
 class PageTokens:

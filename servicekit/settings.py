@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -37,6 +37,14 @@ class ServiceSettings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     db_pool_pre_ping: bool = True
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Signs page tokens; every replica needs the same one. Unset: a random one per
+    # process (tokens then do not survive a restart or cross replicas).
+    page_token_secret: SecretStr | None = Field(default=None, min_length=16)
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable that sets `field`."""
+        return _variable(cls, field)
 
     @field_validator("addr")
     @classmethod
@@ -75,13 +83,16 @@ def load_settings(cls: type[S]) -> S:
     try:
         return cls()
     except ValidationError as exc:
-        prefix = str(cls.model_config.get("env_prefix", ""))
         problems = []
         for error in exc.errors():
-            name = (prefix + "_".join(str(part) for part in error["loc"])).upper()
+            name = _variable(cls, "_".join(str(part) for part in error["loc"]))
             if error["type"] == "missing":
                 problems.append(f"{name} is not set")
             else:
                 # The value itself is left out: it may be a secret.
                 problems.append(f"{name} is invalid: {error['msg']}")
         raise SettingsError("; ".join(problems)) from None
+
+
+def _variable(cls: type[BaseSettings], field: str) -> str:
+    return (str(cls.model_config.get("env_prefix", "")) + field).upper()

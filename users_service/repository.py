@@ -9,15 +9,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from servicekit.database import is_unavailable
-from servicekit.errors import Unavailable
+from servicekit.database import connect, utc
 from users_service.domain import User
 from users_service.models import UserRow
 
@@ -150,29 +149,14 @@ class UsersRepository:
 
     @asynccontextmanager
     async def _connect(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        """A connection; `write` runs it in a transaction that commits on success."""
-        opened = self._engine.begin() if write else self._engine.connect()
         try:
-            async with opened as connection:
+            async with connect(self._engine, write=write, what="users") as connection:
                 yield connection
-        except Exception as exc:
-            translated = _translate(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-
-
-def _translate(exc: Exception) -> Exception:
-    if isinstance(exc, IntegrityError) and "email_key" in str(exc.orig):
-        return EmailTaken()
-    if is_unavailable(exc):
-        return Unavailable("the users database is unavailable; retry shortly", retry_after=1)
-    return exc
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        except IntegrityError as exc:
+            # The only unique key besides the random primary key is the live email.
+            if "email_key" in str(exc.orig):
+                raise EmailTaken from exc
+            raise
 
 
 def _user(row: Row[*tuple[Any, ...]]) -> User:
@@ -180,8 +164,8 @@ def _user(row: Row[*tuple[Any, ...]]) -> User:
         id=row.id,
         email=row.email,
         name=row.name,
-        create_time=_utc(row.create_time),
-        update_time=_utc(row.update_time),
-        delete_time=_utc(row.delete_time) if row.delete_time is not None else None,
+        create_time=utc(row.create_time),
+        update_time=utc(row.update_time),
+        delete_time=utc(row.delete_time) if row.delete_time is not None else None,
         revision=row.revision,
     )

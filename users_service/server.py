@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
 from servicekit.database import create_engine
 from servicekit.migrations import check_at_head
-from servicekit.pagination import PageTokens
+from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts
@@ -37,7 +36,7 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
     )
     try:
         await check_at_head(engine, MIGRATIONS, "python -m users_service migrate")
-        accounts = Accounts(UsersRepository(engine), hasher, _page_tokens(settings))
+        accounts = Accounts(UsersRepository(engine), hasher, page_tokens_from(settings))
         servicer = UsersServicer(accounts)
         register = partial(users_pb2_grpc.add_UsersServiceServicer_to_server, servicer)
         yield build_server(
@@ -51,13 +50,3 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
 async def serve(settings: UsersSettings) -> None:
     async with users_server(settings) as server:
         await serve_until_signalled(server, settings.shutdown_grace_seconds)
-
-
-def _page_tokens(settings: UsersSettings) -> PageTokens:
-    if settings.page_token_secret is not None:
-        return PageTokens(settings.page_token_secret.get_secret_value().encode())
-    log.warning(
-        "USERS_PAGE_TOKEN_SECRET is not set: page tokens are signed with a random key and "
-        "will not survive a restart or work across replicas"
-    )
-    return PageTokens(secrets.token_bytes(32))

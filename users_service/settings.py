@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.settings import ServiceSettings
@@ -26,7 +26,3 @@ class UsersSettings(ServiceSettings):
     password_hash_workers: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1
     )
-
-    # Signs page tokens; every replica needs the same one. Unset: a random one per
-    # process (tokens then do not survive a restart or cross replicas).
-    page_token_secret: SecretStr | None = Field(default=None, min_length=16)
