@@ -5,7 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, MetaData, String, Text, Uuid
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Text,
+    Uuid,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = MetaData(
@@ -37,6 +49,7 @@ class AnalysisRow(Base):
     # Hash of (normalised text, model, prompt version): finds a reusable result.
     cache_key: Mapped[str] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     __table_args__ = (
         # A user's analyses, newest first, by keyset.

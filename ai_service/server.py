@@ -1,35 +1,92 @@
-"""Builds and runs the ai service: engine, schema check, servicer, gRPC server."""
+"""Builds and runs the ai service: engine, schema check, backends, servicer, gRPC server."""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
+import anthropic
+
+from ai_service.analyses import Analyses, Limits
+from ai_service.backends.anthropic import AnthropicBackend
+from ai_service.backends.base import Backend
+from ai_service.backends.offline import OfflineBackend
+from ai_service.metrics import Metrics
 from ai_service.migrations import MIGRATIONS
+from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
 from servicekit.database import create_engine
+from servicekit.errors import StartupError
 from servicekit.migrations import check_at_head
-from servicekit.server import Service, build_server, serve_until_signalled
+from servicekit.pagination import page_tokens_from
+from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 
 SERVICE_NAME = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name
 
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def ai_server(
+    settings: AiSettings, metrics: Metrics | None = None
+) -> AsyncIterator[GrpcServer]:
+    """A bound, not yet started, ai server; its resources close on exit."""
+    metrics = metrics or Metrics()
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings, application_name="tandem-ai")
+        stack.push_async_callback(engine.dispose)
+        await check_at_head(engine, MIGRATIONS, "python -m ai_service migrate")
+        backend, fallback = await _backends(settings, stack)
+        log.info(
+            "analyses by %s%s",
+            backend.model,
+            f", falling back to {fallback.model}" if fallback else "",
+        )
+        analyses = Analyses(
+            AnalysesRepository(engine),
+            backend,
+            fallback=fallback,
+            limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
+            page_tokens=page_tokens_from(settings),
+            max_concurrency=settings.max_concurrency,
+            metrics=metrics,
+        )
+        if settings.metrics_addr:
+            metrics.serve(settings.metrics_addr)
+        servicer = AnalysisServicer(
+            analyses, default_deadline_seconds=settings.default_deadline_seconds
+        )
+        register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, servicer)
+        yield build_server(
+            settings.addr, [Service(SERVICE_NAME, register)], access_log=settings.access_log
+        )
+
 
 async def serve(settings: AiSettings) -> None:
-    engine = create_engine(settings, application_name="tandem-ai")
-    try:
-        await check_at_head(engine, MIGRATIONS, "python -m ai_service migrate")
-        servicer = AnalysisServicer()  # type: ignore[abstract]
-        server = build_server(
-            settings.addr,
-            [
-                Service(
-                    SERVICE_NAME,
-                    partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, servicer),
-                )
-            ],
-            access_log=settings.access_log,
-        )
+    async with ai_server(settings) as server:
         await serve_until_signalled(server, settings.shutdown_grace_seconds)
-    finally:
-        await engine.dispose()
+
+
+async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backend, Backend | None]:
+    if settings.resolved_provider() == "offline":
+        return OfflineBackend(), None
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise StartupError("AI_PROVIDER=anthropic needs ANTHROPIC_API_KEY to be set")
+    # One client (one connection pool) for the process; key and base URL come from
+    # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL.
+    client = anthropic.AsyncAnthropic(
+        timeout=settings.anthropic_timeout_seconds, max_retries=settings.anthropic_max_retries
+    )
+    stack.push_async_callback(client.close)
+    backend = AnthropicBackend(
+        client,
+        model=settings.model,
+        max_output_tokens=settings.max_output_tokens,
+        timeout_seconds=settings.anthropic_timeout_seconds,
+    )
+    return backend, OfflineBackend() if settings.fallback == "offline" else None

@@ -1,7 +1,15 @@
-"""Settings of the ai service, from `AI_*` environment variables."""
+"""Settings of the ai service, from `AI_*` environment variables.
+
+The Anthropic SDK reads `ANTHROPIC_API_KEY` and `ANTHROPIC_BASE_URL` itself; only the
+key's presence is looked at here, to pick the provider.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Literal
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.settings import ServiceSettings
@@ -12,3 +20,31 @@ class AiSettings(ServiceSettings):
 
     addr: str = "127.0.0.1:50052"
     database_url: str = "sqlite+aiosqlite:///./data/ai.db"
+
+    # auto: Claude when ANTHROPIC_API_KEY is set, else the offline analyzer.
+    provider: Literal["auto", "anthropic", "offline"] = "auto"
+    model: str = Field(default="claude-sonnet-5-5", min_length=1)
+    # On a transient provider failure (overloaded, rate limited, down, slow), answer
+    # with the offline analyzer instead of failing; the result's `model` says so.
+    fallback: Literal["none", "offline"] = "none"
+    max_text_chars: int = Field(default=50_000, ge=1)
+    # The analysis JSON is a few hundred tokens; more only pays for runaway output.
+    max_output_tokens: int = Field(default=1024, ge=64)
+    # Calls to the provider in flight at once; more wait, within their deadline.
+    max_concurrency: int = Field(default=16, ge=1)
+    # Per-attempt HTTP timeout and SDK retries; the call's gRPC deadline bounds both.
+    anthropic_timeout_seconds: float = Field(default=60.0, gt=0)
+    anthropic_max_retries: int = Field(default=2, ge=0)
+    # The deadline of calls that come without one.
+    default_deadline_seconds: float = Field(default=120.0, gt=0)
+    # Identical requests (same normalised text, model, prompt) within this window are
+    # answered from the stored analysis; 0 turns the result cache off.
+    cache_ttl_seconds: float = Field(default=3600.0, ge=0)
+
+    # host:port to serve Prometheus /metrics on; unset: no metrics endpoint.
+    metrics_addr: str | None = None
+
+    def resolved_provider(self) -> Literal["anthropic", "offline"]:
+        if self.provider == "auto":
+            return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
+        return self.provider

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -35,3 +35,8 @@ def reason(error: grpc.aio.AioRpcError) -> str | None:
         if detail.Unpack(info):
             return str(info.reason)
     return None
+
+
+def trailers(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The trailing metadata of a failed call, as a dict."""
+    return dict(cast(Any, error.trailing_metadata()) or ())

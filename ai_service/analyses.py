@@ -1,0 +1,260 @@
+"""What the ai service does: each public method is one RPC's rules, without protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from ai_service.backends.base import Backend, UpstreamTrace, is_transient
+from ai_service.domain import Analysis, AnalysisResult, PartialResult, Usage
+from ai_service.inflight import SingleFlight
+from ai_service.metrics import Metrics
+from ai_service.prompt import PROMPT_VERSION
+from ai_service.repository import AnalysesRepository
+from servicekit.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+)
+from servicekit.pagination import PageTokens, page_size
+
+log = logging.getLogger(__name__)
+
+_WHITESPACE = re.compile(r"\s+")
+FALLBACK_MARK = " (fallback from "
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    analyses: list[Analysis]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_text_chars: int
+    cache_ttl_seconds: float
+
+
+def normalise(text: str) -> str:
+    """The text as the result cache compares it: NFC, trimmed, whitespace collapsed."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def cache_key(model: str, text: str) -> str:
+    material = "\x1f".join((PROMPT_VERSION, model, normalise(text)))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class Analyses:
+    def __init__(
+        self,
+        repository: AnalysesRepository,
+        backend: Backend,
+        *,
+        limits: Limits,
+        page_tokens: PageTokens,
+        max_concurrency: int,
+        fallback: Backend | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._repository = repository
+        self._backend = backend
+        self._fallback = fallback
+        self._limits = limits
+        self._page_tokens = page_tokens
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._flights: SingleFlight[AnalysisResult] = SingleFlight()
+        self._metrics = metrics or Metrics()
+        self._clock = clock
+
+    async def analyze(
+        self, text: str, user_id: str, *, deadline: float, trace: UpstreamTrace
+    ) -> Analysis:
+        owner = self._validate(text, user_id)
+        key = cache_key(self._backend.model, text)
+        cached = await self._cached(key)
+        if cached is not None:
+            return await self._store(owner, text, cached, cached=True)
+        result, shared = await self._flights.run(
+            key, lambda: self._produce(text, deadline=deadline, trace=trace)
+        )
+        return await self._store(owner, text, result, cached=shared)
+
+    async def stream(
+        self, text: str, user_id: str, *, deadline: float, trace: UpstreamTrace
+    ) -> AsyncIterator[PartialResult | Analysis]:
+        """Partial results as the model produces them, then the stored Analysis."""
+        owner = self._validate(text, user_id)
+        key = cache_key(self._backend.model, text)
+        cached = await self._cached(key)
+        if cached is not None:
+            yield await self._store(owner, text, cached, cached=True)
+            return
+        if self._flights.busy(key):
+            # An identical AnalyzeText is in flight: wait for its answer instead.
+            result, _ = await self._flights.run(
+                key, lambda: self._produce(text, deadline=deadline, trace=trace)
+            )
+            yield await self._store(owner, text, result, cached=True)
+            return
+        final: AnalysisResult | None = None
+        async with self._slot(deadline):
+            try:
+                async for item in self._backend.stream(text, deadline=deadline, trace=trace):
+                    if isinstance(item, AnalysisResult):
+                        final = item
+                    else:
+                        yield item
+            except ServiceError as error:
+                self._metrics.upstream_failed(self._backend.model, error)
+                if self._fallback is None or not is_transient(error) or final is not None:
+                    raise
+                final = await self._fall_back(text, error, deadline=deadline, trace=trace)
+        assert final is not None, "a backend stream always ends with its result"
+        self._metrics.produced(final)
+        yield await self._store(owner, text, final, cached=False)
+
+    async def get(self, analysis_id: str) -> Analysis:
+        parsed = _parse_uuid(analysis_id, "id")
+        analysis = await self._repository.get(parsed)
+        if analysis is None:
+            raise NotFound(
+                f"no analysis {parsed}", reason="ANALYSIS_NOT_FOUND", metadata={"id": str(parsed)}
+            )
+        return analysis
+
+    async def list(self, user_id: str, *, size: int, token: str) -> Page:
+        owner = _parse_uuid(user_id, "user_id")
+        limit = page_size(size)
+        scope = f"analyses.list:user_id={owner}"
+        before = None
+        if token:
+            cursor = self._page_tokens.decode(token, scope)
+            before = (datetime.fromisoformat(str(cursor[0])), uuid.UUID(str(cursor[1])))
+        found = await self._repository.list_for_user(owner, before=before, limit=limit + 1)
+        next_token = ""
+        if len(found) > limit:
+            found = found[:limit]
+            last = found[-1]
+            next_token = self._page_tokens.encode(
+                [last.create_time.isoformat(), str(last.id)], scope
+            )
+        return Page(found, next_token)
+
+    def _validate(self, text: str, user_id: str) -> uuid.UUID:
+        violations: list[FieldViolation] = []
+        if not text.strip():
+            violations.append(FieldViolation("text", "must not be empty or only whitespace"))
+        elif len(text) > self._limits.max_text_chars:
+            violations.append(
+                FieldViolation("text", f"must be at most {self._limits.max_text_chars} characters")
+            )
+        owner = None
+        try:
+            owner = uuid.UUID(user_id)
+        except ValueError:
+            violations.append(FieldViolation("user_id", "must be a UUID"))
+        if violations:
+            raise InvalidArgument(violations)
+        assert owner is not None
+        return owner
+
+    async def _cached(self, key: str) -> AnalysisResult | None:
+        if self._limits.cache_ttl_seconds <= 0:
+            return None
+        since = self._clock() - timedelta(seconds=self._limits.cache_ttl_seconds)
+        result = await self._repository.find_result(key, since=since)
+        if result is not None:
+            self._metrics.cache_hit(result.model)
+        return result
+
+    async def _produce(self, text: str, *, deadline: float, trace: UpstreamTrace) -> AnalysisResult:
+        async with self._slot(deadline):
+            try:
+                result = await self._backend.analyze(text, deadline=deadline, trace=trace)
+            except ServiceError as error:
+                self._metrics.upstream_failed(self._backend.model, error)
+                if self._fallback is None or not is_transient(error):
+                    raise
+                result = await self._fall_back(text, error, deadline=deadline, trace=trace)
+        self._metrics.produced(result)
+        return result
+
+    async def _fall_back(
+        self, text: str, error: ServiceError, *, deadline: float, trace: UpstreamTrace
+    ) -> AnalysisResult:
+        assert self._fallback is not None
+        log.warning(
+            "%s failed (%s: %s); answering with %s instead",
+            self._backend.model,
+            error.code.name,
+            error.message,
+            self._fallback.model,
+        )
+        self._metrics.fell_back(self._backend.model, self._fallback.model)
+        result = await self._fallback.analyze(text, deadline=deadline, trace=trace)
+        return replace(result, model=f"{result.model}{FALLBACK_MARK}{self._backend.model})")
+
+    def _slot(self, deadline: float) -> _Slot:
+        return _Slot(self._slots, deadline)
+
+    async def _store(
+        self, owner: uuid.UUID, text: str, result: AnalysisResult, *, cached: bool
+    ) -> Analysis:
+        if cached:
+            # Served without an upstream call: nothing was spent on this one.
+            result = replace(result, usage=Usage())
+        analysis = Analysis(
+            id=uuid.uuid4(),
+            user_id=owner,
+            result=result,
+            create_time=self._clock(),
+            cached=cached,
+        )
+        # A fallback's answer is filed under the analyzer that made it, so it never
+        # answers a later request meant for the primary model.
+        if FALLBACK_MARK in result.model and self._fallback is not None:
+            key = cache_key(self._fallback.model, text)
+        else:
+            key = cache_key(self._backend.model, text)
+        await self._repository.insert(analysis, cache_key=key)
+        return analysis
+
+
+class _Slot:
+    """One of the provider's concurrency slots, waited for no longer than the deadline."""
+
+    def __init__(self, semaphore: asyncio.Semaphore, deadline: float) -> None:
+        self._semaphore = semaphore
+        self._deadline = deadline
+
+    async def __aenter__(self) -> None:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "no provider slot became free before the call's deadline",
+                reason="PROVIDER_BUSY",
+            ) from None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._semaphore.release()
+
+
+def _parse_uuid(raw: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument.field(field, "must be a UUID") from None

@@ -1,0 +1,1 @@
+"""Where analyses come from: Claude through the Anthropic SDK, or the offline analyzer."""

@@ -1,0 +1,79 @@
+"""Prometheus counters of the ai service: analyses, tokens, failures, fallbacks, cache.
+
+Each Metrics has its own registry (tests build many services in one process); the
+service exposes it on AI_METRICS_ADDR when that is set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from ai_service.domain import AnalysisResult
+from servicekit.errors import ServiceError
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._analyses = Counter(
+            "tandem_ai_analyses",
+            "Analyses produced by a backend (not served from the cache).",
+            ["model"],
+            registry=self.registry,
+        )
+        # Cache reads and writes are billed differently and on top of input tokens,
+        # so each kind is counted apart.
+        self._tokens = Counter(
+            "tandem_ai_tokens",
+            "Tokens the provider counted, by kind.",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self._failures = Counter(
+            "tandem_ai_upstream_failures",
+            "Failed backend calls, by the status they became.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self._fallbacks = Counter(
+            "tandem_ai_fallbacks",
+            "Analyses answered by the fallback after the primary failed.",
+            ["primary", "fallback"],
+            registry=self.registry,
+        )
+        self._cache_hits = Counter(
+            "tandem_ai_cache_hits",
+            "Requests answered from a stored analysis.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def produced(self, result: AnalysisResult) -> None:
+        self._analyses.labels(result.model).inc()
+        usage = result.usage
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_creation", usage.cache_creation_input_tokens),
+        ):
+            self._tokens.labels(result.model, kind).inc(count)
+
+    def upstream_failed(self, model: str, error: ServiceError) -> None:
+        self._failures.labels(model, error.code.name).inc()
+
+    def fell_back(self, primary: str, fallback: str) -> None:
+        self._fallbacks.labels(primary, fallback).inc()
+
+    def cache_hit(self, model: str) -> None:
+        self._cache_hits.labels(model).inc()
+
+    def value(self, name: str, **labels: str) -> float:
+        """A counter's current value (for tests and diagnostics)."""
+        found = self.registry.get_sample_value(f"{name}_total", labels)
+        return found or 0.0
+
+    def serve(self, addr: str) -> None:
+        """Expose /metrics over HTTP on `host:port` (a daemon thread)."""
+        host, _, port = addr.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)  # noqa: S104

@@ -1,0 +1,215 @@
+"""Benchmark of the ai service's concurrency toward the provider.
+
+    .venv/bin/python bench/ai_bench.py [--calls 200] [--latency 0.5] [--json out.json]
+
+Starts the fake Messages API (tests/support/fake_anthropic.py) answering every request
+after `--latency` seconds, starts `python -m ai_service` against it as a real process
+(ANTHROPIC_BASE_URL, AI_MAX_CONCURRENCY=--calls, SQLite in a temporary folder), then
+fires `--calls` concurrent AnalyzeText calls with distinct texts from this process and
+reports the total wall time against the upstream latency. TARGET: all calls finish in
+under 2x the upstream latency - the service adds waiting, not serialisation.
+
+In the same run it measures the service with the offline analyzer on 2 KB texts
+(calls/s at 16 concurrent callers), the figure a deployment without a key gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
+from tests.support.fake_anthropic import FakeAnthropic, Reply
+
+SERVING = re.compile(r"serving .+ on (?P<addr>\S+:\d+)$")
+GOOD = {
+    "summary": "A product that works, mostly.",
+    "sentiment": "mixed",
+    "key_points": ["works", "mostly"],
+    "confidence": 0.8,
+}
+SAMPLE = (
+    "The blender arrived quickly and setup took two minutes. The motor is impressively "
+    "powerful: it crushes ice in seconds and makes silky smoothies. However, it is "
+    "extremely loud, and the lid started leaking after two weeks, which is really "
+    "disappointing for a product at this price. Customer support was friendly but slow. "
+)
+
+
+async def start_service(
+    env: dict[str, str], workdir: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("AI_", "ANTHROPIC_"))}
+    full.update(env)
+    migrate = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ai_service",
+        "migrate",
+        env=full,
+        cwd=workdir,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if await migrate.wait() != 0:
+        raise SystemExit("ai_service migrate failed")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ai_service",
+        env=full,
+        cwd=workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while line := (await process.stdout.readline()).decode():
+            if match := SERVING.search(line.strip()):
+                asyncio.get_running_loop().create_task(_drain(process.stdout))
+                return process, match["addr"]
+    raise SystemExit("ai_service did not start")
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        await process.wait()
+
+
+async def concurrency_phase(calls: int, latency: float, workdir: str) -> dict[str, Any]:
+    with FakeAnthropic() as fake:
+        fake.set_default(Reply.slow(latency, then=Reply.json_output(GOOD)))
+        env = {
+            **fake.env(),
+            "AI_ADDR": "127.0.0.1:0",
+            "AI_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/concurrency.db",
+            "AI_MAX_CONCURRENCY": str(calls),
+            "AI_ACCESS_LOG": "false",
+            "AI_MODEL": "claude-bench",
+        }
+        process, address = await start_service(env, workdir)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
+                await stub.AnalyzeText(_request("warm-up " + SAMPLE))
+                user = str(uuid.uuid4())
+                started = time.perf_counter()
+                results = await asyncio.gather(
+                    *(
+                        stub.AnalyzeText(_request(f"{i}: {SAMPLE}", user), timeout=30)
+                        for i in range(calls)
+                    ),
+                    return_exceptions=True,
+                )
+                wall = time.perf_counter() - started
+        finally:
+            await stop(process)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        upstream = len(fake.requests) - 1
+    return {
+        "calls": calls,
+        "upstream_latency_s": latency,
+        "wall_s": wall,
+        "ratio_to_latency": wall / latency,
+        "failures": len(failures),
+        "upstream_requests": upstream,
+        "target_ratio": 2.0,
+        "pass": not failures and wall < 2 * latency,
+    }
+
+
+async def offline_phase(seconds: float, concurrency: int, workdir: str) -> dict[str, Any]:
+    text = (SAMPLE * 6)[:2048]
+    env = {
+        "AI_ADDR": "127.0.0.1:0",
+        "AI_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/offline.db",
+        "AI_ACCESS_LOG": "false",
+        "AI_PROVIDER": "offline",
+        # Every call is a new analysis, not a cache hit.
+        "AI_CACHE_TTL_SECONDS": "0",
+    }
+    process, address = await start_service(env, workdir)
+    latencies: list[float] = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
+            user = str(uuid.uuid4())
+            await stub.AnalyzeText(_request(text, user))
+            deadline = time.perf_counter() + seconds
+
+            async def caller(n: int) -> None:
+                i = 0
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    await stub.AnalyzeText(_request(f"{n}.{i} {text}"[:2048], user))
+                    latencies.append(time.perf_counter() - started)
+                    i += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(n) for n in range(concurrency)))
+            wall = time.perf_counter() - started
+    finally:
+        await stop(process)
+    latencies.sort()
+    return {
+        "text_bytes": len(text.encode()),
+        "concurrency": concurrency,
+        "calls": len(latencies),
+        "calls_per_s": len(latencies) / wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    }
+
+
+def _request(text: str, user: str | None = None) -> analysis_pb2.AnalyzeTextRequest:
+    return analysis_pb2.AnalyzeTextRequest(text=text, user_id=user or str(uuid.uuid4()))
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--offline-seconds", type=float, default=5.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tandem-ai-bench-") as workdir:
+        concurrency = await concurrency_phase(args.calls, args.latency, workdir)
+        offline = await offline_phase(args.offline_seconds, 16, workdir)
+    print(f"ai service, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(
+        f"{concurrency['calls']} concurrent AnalyzeText, upstream {args.latency * 1000:.0f} ms: "
+        f"all done in {concurrency['wall_s'] * 1000:.0f} ms = "
+        f"{concurrency['ratio_to_latency']:.2f}x the upstream latency "
+        f"(target < 2.0x): {'PASS' if concurrency['pass'] else 'FAIL'}; "
+        f"{concurrency['failures']} failures, {concurrency['upstream_requests']} upstream requests"
+    )
+    print(
+        f"offline analyzer through the service, {offline['text_bytes']} B texts, "
+        f"{offline['concurrency']} callers: {offline['calls_per_s']:.0f} calls/s, "
+        f"p50 {offline['p50_ms']:.1f} ms, p99 {offline['p99_ms']:.1f} ms"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"concurrency": concurrency, "offline": offline}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
