@@ -69,8 +69,9 @@ class AnthropicBackend:
             sent_on = False
             try:
                 async with asyncio.timeout_at(deadline):
-                    client = self._client.with_options(timeout=self._attempt_timeout(deadline))
-                    async with client.messages.stream(**self._params(messages)) as stream:
+                    async with self._client.messages.stream(
+                        **self._params(messages), timeout=self._attempt_timeout(deadline)
+                    ) as stream:
                         if stream.request_id:
                             trace.request_ids.append(stream.request_id)
                         last = PartialResult()
@@ -148,11 +149,17 @@ class AnthropicBackend:
     async def _create(
         self, messages: list[dict[str, Any]], deadline: float, trace: UpstreamTrace
     ) -> Message:
-        client = self._client.with_options(timeout=self._attempt_timeout(deadline))
         try:
-            # The gRPC deadline bounds the whole call, the SDK's retries included.
+            # The gRPC deadline bounds the whole call, the SDK's retries included; the
+            # per-request timeout bounds each attempt (a per-request option, not a new
+            # client copy per call).
             async with asyncio.timeout_at(deadline):
-                message = cast(Message, await client.messages.create(**self._params(messages)))
+                message = cast(
+                    Message,
+                    await self._client.messages.create(
+                        **self._params(messages), timeout=self._attempt_timeout(deadline)
+                    ),
+                )
         except TimeoutError:
             raise _deadline_exceeded() from None
         except anthropic.APIError as exc:
