@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint types protos-lint unit integration e2e protos lock clean
+.PHONY: run test lint types protos-lint unit integration e2e protos lock clean \
+	bench-users bench-ai bench-offline calibrate-offline
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Tandem needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -39,6 +40,21 @@ integration: $(INSTALLED)
 
 e2e: $(INSTALLED)
 	$(PY) -m pytest -m e2e
+
+# Benchmarks: on demand, never part of `make test`; run them on an otherwise idle machine.
+# The users benchmark creates (and drops) its own database on TEST_DATABASE_URL's server.
+bench-users: $(INSTALLED)
+	$(PY) bench/users_bench.py $(BENCH_ARGS)
+
+bench-ai: $(INSTALLED)
+	$(PY) bench/ai_bench.py $(BENCH_ARGS)
+
+# Downloads the vaderSentiment sdist once (PyPI) for the human-rated corpora.
+bench-offline: $(INSTALLED)
+	$(PY) bench/offline_quality.py $(BENCH_ARGS)
+
+calibrate-offline: $(INSTALLED)
+	$(PY) bench/offline_calibrate.py
 
 # Regenerate protos/python/tandem_protos from the .proto files.
 protos: $(INSTALLED)

@@ -1,0 +1,289 @@
+"""The load generator: one process, N closed-loop callers, one workload, one phase.
+
+Run by users_bench.py as `python bench/_loadgen.py --workload W ...`. Every caller
+loops: take the next request, time the call with perf_counter_ns, record it. Calls
+that complete in the measurement window (after the warm-up) count; stdout carries
+
+    START               the window opened (the orchestrator samples CPU counters)
+    STOP                the window closed
+    RESULT {json}       calls, calls/s, latency percentiles per label, errors, CPU
+
+gRPC workloads send pre-serialised request bytes and take the reply as bytes (no
+serialisers on the stub), so the client spends its CPU on gRPC itself, not on
+protobuf; the same client code drives the empty server and the users service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import gc
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from tandem_protos.users.v1 import users_pb2
+
+SERVICE = "/users.v1.UsersService/"
+CALL_TIMEOUT_S = 30.0
+
+Call = Callable[[], Awaitable[str]]
+
+
+class Failed(Exception):
+    """A call that did not return what the workload expects."""
+
+
+def _grpc_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[Call], list[Any]]:
+    channels = [grpc.aio.insecure_channel(args.target) for _ in range(args.channels)]
+    method = {
+        "get": "GetUser",
+        "list": "ListUsers",
+        "auth": "AuthenticateUser",
+        "create": "CreateUser",
+    }[args.workload]
+    # No serialisers: requests go out as the bytes built up front, replies stay bytes.
+    stubs = [
+        c.unary_unary(SERVICE + method, request_serializer=None, response_deserializer=None)
+        for c in channels
+    ]
+    if args.workload == "get":
+        # Shared by all callers: built once, before the clock starts.
+        plan["payloads"] = [users_pb2.GetUserRequest(id=i).SerializeToString() for i in plan["ids"]]
+    # One generator for all callers: they share one thread, so no lock is needed.
+    rng = random.Random(args.seed)
+    calls: list[Call] = []
+    for k in range(args.concurrency):
+        stub = stubs[k % len(stubs)]
+        calls.append(_grpc_caller(args.workload, stub, plan, k, rng))
+    return calls, channels
+
+
+def _grpc_caller(
+    workload: str, stub: Any, plan: dict[str, Any], k: int, rng: random.Random
+) -> Call:
+    if workload == "get":
+        payloads: list[bytes] = plan["payloads"]
+        choose = rng.choice
+
+        async def get() -> str:
+            await stub(choose(payloads), timeout=CALL_TIMEOUT_S)
+            return "GetUser"
+
+        return get
+
+    if workload == "list":
+        pages = [
+            (str(label), users_pb2.ListUsersRequest(page_size=size, page_token=token))
+            for label, size, token in plan["list_pages"]
+        ]
+        requests = [(label, request.SerializeToString()) for label, request in pages]
+        turn = [k]
+
+        async def list_page() -> str:
+            label, request = requests[turn[0] % len(requests)]
+            turn[0] += 1
+            reply = await stub(request, timeout=CALL_TIMEOUT_S)
+            if len(reply) < 100:
+                raise Failed("short ListUsers page")
+            return label
+
+        return list_page
+
+    if workload == "auth":
+        request = users_pb2.AuthenticateUserRequest(
+            email=plan["emails"][k % len(plan["emails"])], password=plan["password"]
+        ).SerializeToString()
+
+        async def authenticate() -> str:
+            await stub(request, timeout=CALL_TIMEOUT_S)
+            return "AuthenticateUser"
+
+        return authenticate
+
+    if workload == "create":
+        prefix = f"bench.{os.getpid()}.{k}."
+        counter = iter(range(sys.maxsize))
+
+        async def create() -> str:
+            request = users_pb2.CreateUserRequest(
+                user=users_pb2.User(
+                    email=f"{prefix}{next(counter)}@example.com", name="Bench Signup"
+                ),
+                password=plan["password"],
+            )
+            await stub(request.SerializeToString(), timeout=CALL_TIMEOUT_S)
+            return "CreateUser"
+
+        return create
+
+    raise ValueError(f"unknown workload {workload}")
+
+
+async def _asyncpg_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[Call], Any]:
+    import asyncpg  # noqa: PLC0415 - only this workload needs it
+
+    pool = await asyncpg.create_pool(args.dsn, min_size=args.pool_size, max_size=args.pool_size)
+    sql = plan["sql"]
+    ids = [uuid.UUID(i) for i in plan["ids"]]
+    choose = random.Random(args.seed).choice
+
+    async def fetch() -> str:
+        row = await pool.fetchrow(sql, choose(ids), timeout=CALL_TIMEOUT_S)
+        if row is None:
+            raise Failed("no row")
+        return "asyncpg"
+
+    return [fetch] * args.concurrency, pool
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.measuring = False
+        self.stopping = False
+        self.latencies: dict[str, list[int]] = collections.defaultdict(list)
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    async def run(self, call: Call) -> None:
+        clock = time.perf_counter_ns
+        while not self.stopping:
+            started = clock()
+            try:
+                label = await call()
+            except grpc.aio.AioRpcError as exc:
+                self._failed(exc.code().name)
+                continue
+            except Failed as exc:
+                self._failed(str(exc))
+                continue
+            if self.measuring:
+                self.latencies[label].append(clock() - started)
+
+    def _failed(self, what: str) -> None:
+        if self.measuring:
+            self.errors[what] += 1
+
+
+def summarise(samples_ns: list[int], window_s: float) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+    count = len(ordered)
+
+    def pct(p: float) -> float:
+        # Nearest rank: the smallest sample with at least p % of them at or below it.
+        return ordered[max(0, math.ceil(p / 100 * count) - 1)] / 1e6
+
+    return {
+        "calls": count,
+        "calls_per_s": count / window_s,
+        "mean_ms": sum(ordered) / count / 1e6,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "p999_ms": pct(99.9),
+        "max_ms": ordered[-1] / 1e6,
+    }
+
+
+async def main(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]:
+    resource: Any
+    if args.workload == "asyncpg":
+        calls, resource = await _asyncpg_calls(args, plan)
+    else:
+        calls, resource = _grpc_calls(args, plan)
+        for channel in resource:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+    # What was built so far lives to the end; keep the collector from re-scanning it.
+    gc.collect()
+    gc.freeze()
+
+    # SIGUSR1 closes the window early: a background load (logins) runs exactly as
+    # long as the phase it disturbs.
+    closed = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, closed.set)
+    recorder = Recorder()
+    tasks = [asyncio.create_task(recorder.run(c)) for c in calls]
+    await asyncio.sleep(args.warmup)
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    recorder.measuring = True
+    _say("START")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(closed.wait(), args.duration)
+    recorder.measuring = False
+    window = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    _say("STOP")
+    recorder.stopping = True
+    await asyncio.wait(tasks, timeout=CALL_TIMEOUT_S)
+    for task in tasks:
+        task.cancel()
+    # The orchestrator reads the CPU counters of our database sessions before they go.
+    await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), CALL_TIMEOUT_S)
+
+    if args.workload == "asyncpg":
+        await resource.close()
+    else:
+        for channel in resource:
+            await channel.close()
+    return {
+        "workload": args.workload,
+        "concurrency": args.concurrency,
+        "window_s": window,
+        "client_cpu_s": cpu,
+        "errors": dict(recorder.errors),
+        "labels": {
+            label: summarise(samples, window)
+            for label, samples in sorted(recorder.latencies.items())
+            if samples
+        },
+    }
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument(
+        "--workload", required=True, choices=("get", "list", "auth", "create", "asyncpg")
+    )
+    parser.add_argument("--target", help="host:port of the gRPC server")
+    parser.add_argument("--dsn", help="PostgreSQL DSN (asyncpg workload)")
+    parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--plan", required=True, help="JSON file: ids, emails, pages, sql")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _run() -> None:
+    args = parse_args()
+    with open(args.plan, encoding="utf-8") as f:
+        plan = json.load(f)
+    try:
+        import uvloop  # noqa: PLC0415 - optional, as in servicekit.cli
+    except ImportError:
+        result = asyncio.run(main(args, plan))
+    else:
+        result = uvloop.run(main(args, plan))
+    _say("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    _run()

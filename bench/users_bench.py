@@ -1,0 +1,236 @@
+"""Benchmark of the users service, run on demand (never part of the test suite).
+
+    .venv/bin/python bench/users_bench.py [--quick] [--users N] [--duration S]
+        [--json PATH] [--profile] [--pin] [--rounds R] [--keep-db]
+
+It creates its own PostgreSQL database, applies the real migrations, seeds N users
+with COPY, starts the users service (`python -m users_service`) and an empty gRPC
+server built with servicekit (bench/_empty_server.py) as real processes, and drives
+them from separate load-generator processes (bench/_loadgen.py). It measures
+
+- GetUser calls/s and latency at 1, 16 and 64 callers, next to an empty RPC through
+  the same plumbing and the same primary-key SELECT from a bare asyncpg loop;
+- ListUsers page 1 against a page far down (half the table by default), with a
+  page token got by walking the API;
+- CreateUser calls/s, and the cost of one argon2id hash at the service's parameters;
+- GetUser p99 while 16 logins (AuthenticateUser) run, against idle;
+
+prints a report with the targets (PASS/FAIL) and writes it as JSON with --json. The
+database is dropped at the end, also on Ctrl-C or SIGTERM; one left by a killed run
+is dropped by the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import _pg
+import _report
+from _config import PAGE_SIZE, PASSWORD, Config, log
+from _facts import argon2_params, machine_facts, measure_argon2
+from _phases import Bench, select_by_id_sql
+
+
+def _argon2(config: Config, results: dict[str, Any]) -> str:
+    """Time argon2id at the service's parameters; the hash every seeded account shares."""
+    params = argon2_params(config.service_env)
+    log(f"argon2id: {config.argon2_samples} hashes at {params}")
+    results["argon2"] = measure_argon2(params, config.argon2_samples)
+    hasher = params.hasher()
+    password_hash = hasher.hash(PASSWORD)
+    # Logins must not upgrade the seeded hash: that would turn each into a write.
+    assert not hasher.check_needs_rehash(password_hash)
+    return password_hash
+
+
+async def _prepare(bench: Bench, password_hash: str, results: dict[str, Any]) -> None:
+    """Migrate, seed, start both servers and check them with one real call each."""
+    config = bench.config
+    started = time.perf_counter()
+    await _pg.migrate(bench.database, bench.env)
+    results["migrate_s"] = time.perf_counter() - started
+    log(f"seeding {config.users:,} users")
+    seeded = await _pg.seed(
+        bench.database,
+        users=config.users,
+        password_hash=password_hash,
+        sample=config.sample_ids,
+        rng=random.Random(config.seed),
+    )
+    results["seed"] = {"users": seeded.users, **seeded.timings}
+    log(f"seeded: {_report.timings(seeded.timings)}")
+    bench.write_plan(
+        ids=seeded.sample_ids,
+        emails=seeded.sample_emails[: max(config.login_callers, 1)],
+        password=PASSWORD,
+        sql=select_by_id_sql(),
+    )
+    await bench.start_servers()
+    await bench.check_servers(seeded.sample_ids[0], seeded.sample_emails[0])
+
+
+async def run(config: Config) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    # Any of these cancels the run, so that the finally blocks stop the servers and
+    # drop the database; later ones must not cut that clean-up short. (SIGINT too:
+    # a shell starts background jobs with it ignored, which asyncio.run respects.)
+    interrupts: list[int] = []
+
+    def interrupted(signum: int) -> None:
+        if not interrupts:
+            main.cancel()
+        interrupts.append(signum)
+        log(f"{signal.Signals(signum).name}: stopping the servers and cleaning up")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, interrupted, signum)
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine_facts(), "config": asdict(config)}
+    admin = _pg.admin_url(config.admin_url)
+    results["machine"]["postgresql"] = await _pg.server_version(admin)
+    dropped = await _pg.drop_stale_databases(admin)
+    if dropped:
+        log(f"dropped databases of earlier runs that were killed: {', '.join(dropped)}")
+
+    password_hash = _argon2(config, results)
+    workdir = Path(tempfile.mkdtemp(prefix="users_bench_"))
+    database = await _pg.create_database(admin)
+    bench = Bench(config, admin, database, workdir)
+    log(f"database {database.database}")
+    try:
+        await _prepare(bench, password_hash, results)
+        results["getuser"] = await bench.getuser_against_baselines()
+        results["list_users"] = await bench.list_users()
+        results["interference"] = await bench.login_interference()
+        results["create_user"] = await bench.create_users()
+        if config.profile:
+            results["profile"] = await bench.profile()
+    finally:
+        with contextlib.suppress(Exception):
+            await bench.stop_servers()
+        if config.keep_db:
+            kept = await _pg.keep_database(admin, database)
+            log(f'kept the database as {kept} (--keep-db); drop it with DROP DATABASE "{kept}"')
+        else:
+            await _pg.drop_database(admin, database)
+            log(f"dropped database {database.database}")
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["elapsed_s"] = time.perf_counter() - started
+    results["targets"] = _report.targets(results)
+    results["notes"] = _report.notes(results)
+    return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="users_bench.py",
+        description="Benchmark of the users service (creates and drops its own database).",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 users, 2 s phases")
+    parser.add_argument("--users", type=int, help="users to seed (default 1,000,000)")
+    parser.add_argument("--duration", type=float, help="seconds measured per phase (default 10)")
+    parser.add_argument("--warmup", type=float, help="seconds of unmeasured load before each")
+    parser.add_argument(
+        "--concurrency", default="1,16,64", help="GetUser caller counts (default 1,16,64)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat GetUser phases; median")
+    parser.add_argument(
+        "--deep-page", type=int, help="ListUsers page to compare with page 1 (default: middle)"
+    )
+    parser.add_argument("--login-callers", type=int, default=16)
+    parser.add_argument("--interference-callers", type=int, default=4)
+    parser.add_argument("--create-callers", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=1, help="gRPC channels per client")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers (and the bare asyncpg loop) on cpu 0, load generators on cpu 1; "
+        "the service's argon2 thread then shares cpu 0 with its event loop",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the users service")
+    parser.add_argument("--profile-raw", help="keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    parser.add_argument("--json", dest="json_path", help="write the results to this file")
+    parser.add_argument(
+        "--admin-url", help="PostgreSQL server (default $TEST_DATABASE_URL or local postgres)"
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="USERS_X=VALUE",
+        help="extra setting for the users service (repeatable), e.g. USERS_DB_POOL_SIZE=20",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the test data")
+    args = parser.parse_args(argv)
+
+    service_env = {}
+    for pair in args.service_env:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("USERS_"):
+            parser.error(f"--service-env wants USERS_NAME=VALUE, not {pair!r}")
+        service_env[key] = value
+    users = args.users or (20_000 if args.quick else 1_000_000)
+    duration = args.duration or (2.0 if args.quick else 10.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    deep_page = args.deep_page or max(2, users // 2 // PAGE_SIZE)
+    if (deep_page - 1) * PAGE_SIZE + PAGE_SIZE > users:
+        parser.error(f"--deep-page {deep_page} lies beyond {users} users")
+    return Config(
+        users=users,
+        duration=duration,
+        warmup=warmup,
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        rounds=max(1, args.rounds),
+        deep_page=deep_page,
+        login_callers=args.login_callers,
+        interference_callers=args.interference_callers,
+        create_callers=args.create_callers,
+        sample_ids=min(65_536, users),
+        argon2_samples=5 if args.quick else 20,
+        channels=args.channels,
+        pin=args.pin and (os.cpu_count() or 1) >= 2,
+        profile=args.profile,
+        profile_raw=args.profile_raw,
+        keep_db=args.keep_db,
+        json_path=args.json_path,
+        admin_url=args.admin_url,
+        service_env=service_env,
+        seed=args.seed,
+        quick=args.quick,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        results = asyncio.run(run(config))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted")
+        return 130
+    sys.stdout.write(_report.render(results))
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        log(f"results written to {config.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
