@@ -7,19 +7,18 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, insert, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ai_service.domain import Analysis, AnalysisResult, Sentiment, Usage
 from ai_service.models import AnalysisRow
-from servicekit.database import connect, utc
+from servicekit.database import Database, utc
 
 analyses = cast(Table, AnalysisRow.__table__)
 _COLUMNS = tuple(c for c in analyses.c if c.name != "cache_key")
 
 
 class AnalysesRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def insert(self, analysis: Analysis, *, cache_key: str) -> None:
         result = analysis.result
@@ -39,13 +38,11 @@ class AnalysesRepository:
             create_time=analysis.create_time,
             cached=analysis.cached,
         )
-        async with connect(self._engine, write=True, what="ai") as connection:
-            await connection.execute(statement)
+        await self._database.write(lambda c: c.execute(statement))
 
     async def get(self, analysis_id: uuid.UUID) -> Analysis | None:
         statement = select(*_COLUMNS).where(analyses.c.id == analysis_id)
-        async with connect(self._engine, write=False, what="ai") as connection:
-            row = (await connection.execute(statement)).first()
+        row = await self._database.read(lambda c: c.execute(statement).first())
         return _analysis(row) if row is not None else None
 
     async def list_for_user(
@@ -62,8 +59,7 @@ class AnalysesRepository:
             statement = statement.where(
                 tuple_(analyses.c.create_time, analyses.c.id) < tuple_(*before)
             )
-        async with connect(self._engine, write=False, what="ai") as connection:
-            rows = (await connection.execute(statement)).all()
+        rows = await self._database.read(lambda c: c.execute(statement).all())
         return [_analysis(row) for row in rows]
 
     async def find_result(self, cache_key: str, *, since: datetime) -> AnalysisResult | None:
@@ -74,8 +70,7 @@ class AnalysesRepository:
             .order_by(analyses.c.create_time.desc())
             .limit(1)
         )
-        async with connect(self._engine, write=False, what="ai") as connection:
-            row = (await connection.execute(statement)).first()
+        row = await self._database.read(lambda c: c.execute(statement).first())
         return _analysis(row).result if row is not None else None
 
 

@@ -19,7 +19,7 @@ from ai_service.migrations import MIGRATIONS
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
-from servicekit.database import create_engine
+from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
@@ -48,7 +48,7 @@ async def ai_server(
             f", falling back to {fallback.model}" if fallback else "",
         )
         analyses = Analyses(
-            AnalysesRepository(engine),
+            AnalysesRepository(Database(engine, what="ai")),
             backend,
             fallback=fallback,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),

@@ -33,9 +33,13 @@ class ServiceSettings(BaseSettings):
     access_log: bool = Field(default=True, description="log one line per call")
     database_url: str
     db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
+    # Overflow connections are opened and closed under load, which costs more than
+    # waiting for a pooled one: size the pool for the load instead.
+    db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_pool_pre_ping: bool = True
+    # A ping before each checkout costs a round trip per call; reads instead retry
+    # once on a dead connection (see servicekit.database.Database.read).
+    db_pool_pre_ping: bool = False
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # Signs page tokens; every replica needs the same one. Unset: a random one per
     # process (tokens then do not survive a restart or cross replicas).

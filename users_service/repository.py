@@ -7,18 +7,19 @@ tuple, without an identity map or unit of work that a request-scoped read never 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, Table, insert, select, tuple_, update
+from sqlalchemy import Row, Table, bindparam, insert, select, tuple_, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from servicekit.database import connect, utc
+from servicekit.database import Database, utc
 from users_service.domain import User
 from users_service.models import UserRow
+
+T = TypeVar("T")
 
 users = cast(Table, UserRow.__table__)
 _USER_COLUMNS = (
@@ -32,13 +33,26 @@ _USER_COLUMNS = (
 )
 
 
+# The hot reads, built once: SQLAlchemy then finds their compiled form in its cache
+# without rebuilding the statement and its cache key on every call.
+_LIVE = users.c.delete_time.is_(None)
+_GET_ANY = select(*_USER_COLUMNS).where(users.c.id == bindparam("id"))
+_GET_LIVE = _GET_ANY.where(_LIVE)
+_GET_WITH_HASH = select(*_USER_COLUMNS, users.c.password_hash).where(
+    users.c.id == bindparam("id"), _LIVE
+)
+_GET_WITH_HASH_BY_EMAIL = select(*_USER_COLUMNS, users.c.password_hash).where(
+    users.c.email_key == bindparam("key"), _LIVE
+)
+
+
 class EmailTaken(Exception):
     """A live account already has this email (the unique index said so)."""
 
 
 class UsersRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def insert(self, user: User, *, email_key: str, password_hash: str) -> None:
         statement = insert(users).values(
@@ -52,31 +66,23 @@ class UsersRepository:
             delete_time=None,
             revision=user.revision,
         )
-        async with self._connect(write=True) as connection:
-            await connection.execute(statement)
+        await self._write(lambda c: c.execute(statement))
 
     async def get(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> User | None:
-        statement = select(*_USER_COLUMNS).where(users.c.id == user_id)
-        if not include_deleted:
-            statement = statement.where(users.c.delete_time.is_(None))
-        async with self._connect(write=False) as connection:
-            row = (await connection.execute(statement)).first()
+        statement = _GET_ANY if include_deleted else _GET_LIVE
+        row = await self._database.read(lambda c: c.execute(statement, {"id": user_id}).first())
         return _user(row) if row is not None else None
 
     async def get_live_with_hash_by_email(self, key: str) -> tuple[User, str] | None:
-        statement = select(*_USER_COLUMNS, users.c.password_hash).where(
-            users.c.email_key == key, users.c.delete_time.is_(None)
+        row = await self._database.read(
+            lambda c: c.execute(_GET_WITH_HASH_BY_EMAIL, {"key": key}).first()
         )
-        async with self._connect(write=False) as connection:
-            row = (await connection.execute(statement)).first()
         return (_user(row), row.password_hash) if row is not None else None
 
     async def get_live_with_hash(self, user_id: uuid.UUID) -> tuple[User, str] | None:
-        statement = select(*_USER_COLUMNS, users.c.password_hash).where(
-            users.c.id == user_id, users.c.delete_time.is_(None)
+        row = await self._database.read(
+            lambda c: c.execute(_GET_WITH_HASH, {"id": user_id}).first()
         )
-        async with self._connect(write=False) as connection:
-            row = (await connection.execute(statement)).first()
         return (_user(row), row.password_hash) if row is not None else None
 
     async def list_page(
@@ -88,8 +94,7 @@ class UsersRepository:
             statement = statement.where(users.c.delete_time.is_(None))
         if after is not None:
             statement = statement.where(tuple_(users.c.create_time, users.c.id) > tuple_(*after))
-        async with self._connect(write=False) as connection:
-            rows = (await connection.execute(statement)).all()
+        rows = await self._database.read(lambda c: c.execute(statement).all())
         return [_user(row) for row in rows]
 
     async def update(
@@ -109,8 +114,7 @@ class UsersRepository:
         )
         if expected_revision is not None:
             statement = statement.where(users.c.revision == expected_revision)
-        async with self._connect(write=True) as connection:
-            row = (await connection.execute(statement)).first()
+        row = await self._write(lambda c: c.execute(statement).first())
         return _user(row) if row is not None else None
 
     async def set_deleted(self, user_id: uuid.UUID, *, deleted: bool, now: datetime) -> User | None:
@@ -126,8 +130,7 @@ class UsersRepository:
             )
             .returning(*_USER_COLUMNS)
         )
-        async with self._connect(write=True) as connection:
-            row = (await connection.execute(statement)).first()
+        row = await self._write(lambda c: c.execute(statement).first())
         return _user(row) if row is not None else None
 
     async def replace_password_hash(
@@ -143,15 +146,12 @@ class UsersRepository:
             )
             .values(password_hash=new_hash)
         )
-        async with self._connect(write=True) as connection:
-            result = await connection.execute(statement)
-        return bool(result.rowcount)
+        changed = await self._write(lambda c: c.execute(statement).rowcount)
+        return bool(changed)
 
-    @asynccontextmanager
-    async def _connect(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, work: Callable[[Connection], T]) -> T:
         try:
-            async with connect(self._engine, write=write, what="users") as connection:
-                yield connection
+            return await self._database.write(work)
         except IntegrityError as exc:
             # The only unique key besides the random primary key is the live email.
             if "email_key" in str(exc.orig):

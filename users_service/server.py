@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-from servicekit.database import create_engine
+from servicekit.database import Database, create_engine
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
@@ -36,7 +36,9 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
     )
     try:
         await check_at_head(engine, MIGRATIONS, "python -m users_service migrate")
-        accounts = Accounts(UsersRepository(engine), hasher, page_tokens_from(settings))
+        accounts = Accounts(
+            UsersRepository(Database(engine, what="users")), hasher, page_tokens_from(settings)
+        )
         servicer = UsersServicer(accounts)
         register = partial(users_pb2_grpc.add_UsersServiceServicer_to_server, servicer)
         yield build_server(
