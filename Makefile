@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 	@touch $@
 
 run: $(INSTALLED)
-	@bash deploy/run-stack.sh
+	@$(PY) deploy/stack.py
 
 test: lint types protos-lint
 	$(PY) -m pytest

@@ -40,7 +40,7 @@ async def ai_server(
     async with AsyncExitStack() as stack:
         engine = create_engine(settings, application_name="tandem-ai")
         stack.push_async_callback(engine.dispose)
-        await check_at_head(engine, MIGRATIONS, "python -m ai_service migrate")
+        await check_at_head(engine, MIGRATIONS)
         backend, fallback = await _backends(settings, stack)
         log.info(
             "analyses by %s%s",

@@ -7,12 +7,11 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from servicekit.errors import StartupError
 from servicekit.logs import configure_logging
-from servicekit.migrations import upgrade_to_head
+from servicekit.migrations import MigrationHistory, upgrade_to_head
 from servicekit.settings import ServiceSettings, SettingsError, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -26,7 +25,7 @@ def run_service(
     prog: str,
     settings_class: type[S],
     serve: Callable[[S], Coroutine[Any, Any, None]],
-    migrations: Path,
+    migrations: MigrationHistory,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument(

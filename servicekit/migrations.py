@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,23 @@ from servicekit.database import is_sqlite
 from servicekit.errors import StartupError
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationHistory:
+    """One service's Alembic history: its scripts, and the table recording how far a
+    database has come - one table per service, so two services may share a database."""
+
+    service: str
+    location: Path
+
+    @property
+    def version_table(self) -> str:
+        return f"alembic_version_{self.service.removesuffix('_service')}"
+
+    @property
+    def migrate_command(self) -> str:
+        return f"python -m {self.service} migrate"
+
+
 class SchemaNotCurrent(StartupError):
     """The database is not at the latest migration of the service."""
 
@@ -41,34 +59,36 @@ def describe_database_error(database_url: str, exc: BaseException) -> DatabaseUn
     return DatabaseUnreachable(f"cannot use the database {where}: {type(cause).__name__}: {cause}")
 
 
-def alembic_config(script_location: Path, database_url: str) -> Config:
+def alembic_config(history: MigrationHistory, database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("script_location", str(history.location))
+    config.attributes["history"] = history
     # Kept out of the ini-style options, where '%' in a password would be interpolated.
     config.attributes["database_url"] = database_url
     return config
 
 
-def upgrade_to_head(script_location: Path, database_url: str) -> str:
+def upgrade_to_head(history: MigrationHistory, database_url: str) -> str:
     """Apply every pending migration; return the revision the database is now at."""
     url = make_url(database_url)
     if is_sqlite(url) and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    config = alembic_config(script_location, database_url)
+    config = alembic_config(history, database_url)
     try:
         command.upgrade(config, "head")
     except (DBAPIError, OSError) as exc:
         raise describe_database_error(database_url, exc) from exc
-    return head_revision(script_location)
+    return head_revision(history)
 
 
-def head_revision(script_location: Path) -> str:
-    heads = ScriptDirectory.from_config(alembic_config(script_location, "")).get_heads()
+def head_revision(history: MigrationHistory) -> str:
+    heads = ScriptDirectory.from_config(alembic_config(history, "")).get_heads()
     return ",".join(sorted(heads))
 
 
-async def check_at_head(engine: AsyncEngine, script_location: Path, migrate_hint: str) -> None:
-    expected = head_revision(script_location)
+async def check_at_head(engine: AsyncEngine, history: MigrationHistory) -> None:
+    expected = head_revision(history)
+    migrate_hint = history.migrate_command
     url = engine.url
     # A one-off check at start-up, before anything else runs on the loop.
     if is_sqlite(url) and url.database and not Path(url.database).exists():  # noqa: ASYNC240
@@ -80,7 +100,8 @@ async def check_at_head(engine: AsyncEngine, script_location: Path, migrate_hint
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
     def current(connection: Connection) -> str:
-        heads = MigrationContext.configure(connection).get_current_heads()
+        opts = {"version_table": history.version_table}
+        heads = MigrationContext.configure(connection, opts=opts).get_current_heads()
         return ",".join(sorted(heads))
 
     try:
@@ -95,13 +116,16 @@ async def check_at_head(engine: AsyncEngine, script_location: Path, migrate_hint
         )
 
 
-def run_env(target_metadata: MetaData, lock_name: str) -> None:
+def run_env(target_metadata: MetaData) -> None:
     """The body of a service's alembic env.py (online mode, async driver)."""
     database_url: str = context.config.attributes["database_url"]
-    asyncio.run(_run_online(database_url, target_metadata, lock_name))
+    history: MigrationHistory = context.config.attributes["history"]
+    asyncio.run(_run_online(database_url, target_metadata, history))
 
 
-async def _run_online(database_url: str, target_metadata: MetaData, lock_name: str) -> None:
+async def _run_online(
+    database_url: str, target_metadata: MetaData, history: MigrationHistory
+) -> None:
     engine = create_async_engine(database_url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
@@ -109,16 +133,18 @@ async def _run_online(database_url: str, target_metadata: MetaData, lock_name: s
             if not sqlite:
                 # Two `migrate` runs at once (replicas of a job) take turns.
                 await connection.execute(
-                    text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(lock_name)}
+                    text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(history.version_table)}
                 )
                 await connection.commit()
-            await connection.run_sync(_migrate, target_metadata, sqlite)
+            await connection.run_sync(_migrate, target_metadata, sqlite, history.version_table)
     finally:
         await engine.dispose()
 
 
-def _migrate(connection: Connection, target_metadata: MetaData, sqlite: bool) -> None:
-    options: dict[str, Any] = {"render_as_batch": sqlite}
+def _migrate(
+    connection: Connection, target_metadata: MetaData, sqlite: bool, version_table: str
+) -> None:
+    options: dict[str, Any] = {"render_as_batch": sqlite, "version_table": version_table}
     context.configure(connection=connection, target_metadata=target_metadata, **options)
     with context.begin_transaction():
         context.run_migrations()

@@ -35,7 +35,7 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
         workers=settings.password_hash_workers,
     )
     try:
-        await check_at_head(engine, MIGRATIONS, "python -m users_service migrate")
+        await check_at_head(engine, MIGRATIONS)
         accounts = Accounts(
             UsersRepository(Database(engine, what="users")), hasher, page_tokens_from(settings)
         )

@@ -1,4 +1,4 @@
 from ai_service.models import metadata
 from servicekit.migrations import run_env
 
-run_env(metadata, lock_name="ai_service.migrations")
+run_env(metadata)

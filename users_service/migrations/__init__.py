@@ -2,4 +2,6 @@
 
 from pathlib import Path
 
-MIGRATIONS = Path(__file__).resolve().parent
+from servicekit.migrations import MigrationHistory
+
+MIGRATIONS = MigrationHistory("users_service", Path(__file__).resolve().parent)

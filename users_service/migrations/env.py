@@ -1,4 +1,4 @@
 from servicekit.migrations import run_env
 from users_service.models import metadata
 
-run_env(metadata, lock_name="users_service.migrations")
+run_env(metadata)

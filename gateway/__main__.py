@@ -1,0 +1,27 @@
+"""`python -m gateway`: serve the REST gateway on GATEWAY_ADDR (uvicorn, uvloop, httptools)."""
+
+from __future__ import annotations
+
+import sys
+
+from gateway.app import create_app
+from gateway.server import GatewayServer, uvicorn_config
+from gateway.settings import GatewaySettings
+from servicekit.logs import configure_logging
+from servicekit.settings import SettingsError, load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings(GatewaySettings)
+    except SettingsError as exc:
+        sys.stderr.write(f"gateway: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    server = GatewayServer(uvicorn_config(create_app(settings), settings))
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""`create_app(settings)`: the gateway's FastAPI application.
+
+The lifespan opens one channel per upstream on the serving loop and closes them at
+shutdown; everything per request is in the routes, the dependencies and the one
+middleware (`gateway.middleware`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
+
+from gateway.auth import LivenessCache, TokenService
+from gateway.deps import (
+    BEARER_SCHEME,
+    BEARER_SCHEME_NAME,
+    BEARER_SECURITY,
+    Runtime,
+    needs_token,
+)
+from gateway.docs import install_docs
+from gateway.middleware import RequestContextMiddleware
+from gateway.problems import install_problem_handlers, use_problem_media_type
+from gateway.routes import analyses, auth, health, users
+from gateway.schemas import PartialAnalysis
+from gateway.settings import GatewaySettings
+from gateway.upstreams import Upstreams
+
+DESCRIPTION = """\
+Tandem's public API: accounts and text analyses.
+
+Log in at `POST /v1/auth/token` (OAuth2 password form; `username` is the email) and
+send the token as `Authorization: Bearer …`. Every error is an RFC 9457 problem
+(`application/problem+json`) with `code` (the gRPC status name) and `request_id`;
+send `X-Request-ID` to choose the id, which every response echoes."""
+
+
+_REQUEST_ID_HEADER = {
+    "description": "the request's id: the client's X-Request-ID when well-formed, else a new one",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
+class GatewayApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        schema = use_problem_media_type(super().openapi())
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        # The payload of the stream route's `partial` events (named by its itemSchema).
+        components.setdefault(
+            "PartialAnalysis",
+            PartialAnalysis.model_json_schema(ref_template="#/components/schemas/{model}"),
+        )
+        schema["components"].setdefault("securitySchemes", {})[BEARER_SCHEME_NAME] = BEARER_SCHEME
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                for response in operation.get("responses", {}).values():
+                    response.setdefault("headers", {})["X-Request-ID"] = _REQUEST_ID_HEADER
+                    stream = response.get("content", {}).get("text/event-stream", {})
+                    # FastAPI adds `schema: string`; with an itemSchema, `schema` would
+                    # have to describe the whole stream (OpenAPI 3.2).
+                    if "itemSchema" in stream:
+                        stream.pop("schema", None)
+        return schema
+
+
+_NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    tokens = TokenService.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstreams = Upstreams(settings)
+        liveness = LivenessCache(settings.auth_cache_seconds)
+        app.state.runtime = Runtime(settings, upstreams, tokens, liveness)
+        try:
+            yield
+        finally:
+            await upstreams.close()
+
+    app = GatewayApp(
+        title="Tandem API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        # Operation ids are the route functions' names (`get_user`), not path soup.
+        generate_unique_id_function=_operation_id,
+        # FastAPI's native OpenTelemetry looks up the global providers on every request;
+        # nothing here exports telemetry, so it is off.
+        telemetry=_NO_TELEMETRY,
+    )
+    install_problem_handlers(app)
+    for module in (users, auth, analyses, health):
+        for route in module.router.routes:
+            # The token check is a plain dependency (cheaper than FastAPI's security
+            # classes), so the OpenAPI document learns here which routes need a token.
+            if isinstance(route, APIRoute) and needs_token(route.dependant):
+                route.openapi_extra = {**(route.openapi_extra or {}), **BEARER_SECURITY}
+        app.include_router(module.router)
+    install_docs(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+    )
+    return app

@@ -1,0 +1,82 @@
+"""Protobuf messages as the JSON the REST API returns, serialised once with orjson.
+
+Routes return these bytes in a plain Response: FastAPI then skips its own validation
+and serialisation, which would cost more than the upstream call's decoding. The shapes
+match the models in `gateway.schemas`, which document them; tests hold the two together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.responses import Response
+
+from tandem_protos.ai.v1 import analysis_pb2
+from tandem_protos.users.v1 import users_pb2
+
+_SENTIMENTS: Mapping[int, str] = {
+    analysis_pb2.SENTIMENT_POSITIVE: "positive",
+    analysis_pb2.SENTIMENT_NEGATIVE: "negative",
+    analysis_pb2.SENTIMENT_NEUTRAL: "neutral",
+    analysis_pb2.SENTIMENT_MIXED: "mixed",
+}
+
+
+class UpstreamContractError(Exception):
+    """An upstream answered something its contract rules out (a bug there, a 500 here)."""
+
+
+def timestamp(value: Timestamp) -> str:
+    return value.ToJsonString()
+
+
+def user(message: users_pb2.User) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "email": message.email,
+        "name": message.name,
+        "created_at": message.create_time.ToJsonString(),
+        "updated_at": message.update_time.ToJsonString(),
+    }
+
+
+def analysis(message: analysis_pb2.Analysis) -> dict[str, Any]:
+    sentiment = _SENTIMENTS.get(message.sentiment)
+    if sentiment is None:
+        raise UpstreamContractError(f"analysis {message.id} has no sentiment")
+    return {
+        "id": message.id,
+        "user_id": message.user_id,
+        "summary": message.summary,
+        "sentiment": sentiment,
+        "key_points": list(message.key_points),
+        "confidence": message.confidence,
+        "model": message.model,
+        "created_at": message.create_time.ToJsonString(),
+    }
+
+
+def partial(message: analysis_pb2.PartialAnalysis) -> dict[str, Any]:
+    return {
+        "summary": message.summary,
+        "sentiment": _SENTIMENTS.get(message.sentiment),
+        "key_points": list(message.key_points),
+    }
+
+
+def etag_header(etag: str) -> dict[str, str]:
+    return {"ETag": f'"{etag}"'} if etag else {}
+
+
+def json_response(
+    content: Any, *, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )

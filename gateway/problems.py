@@ -1,0 +1,239 @@
+"""Every error as one RFC 9457 `application/problem+json` body.
+
+    {"type": "https://tandem.dev/problems/not-found", "title": "Not found", "status": 404,
+     "detail": "no user 3f0c…", "code": "NOT_FOUND", "request_id": "…",
+     "errors": [{"field": "email", "message": "…"}]}        (errors: invalid input only)
+
+`type` is `https://tandem.dev/problems/<slug>`: the gRPC status name in kebab case
+(`invalid-argument`, `not-found`, `deadline-exceeded`…) when the HTTP status is the one
+that gRPC code maps to, else the HTTP reason phrase in kebab case (`precondition-failed`,
+`content-too-large`, `method-not-allowed`). `code` is the gRPC status name, or null
+where none applies. A route raises `ProblemError`; FastAPI's own errors (validation, 404,
+405, 413) go through the handlers here, so they share the shape.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://tandem.dev/problems/"
+REQUEST_ID_SCOPE_KEY = "tandem.request_id"
+
+# The gRPC code an HTTP-level error stands for, where exactly one fits.
+_CODE_BY_HTTP_STATUS: Mapping[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the invalid field's path in the request, e.g. `email`")
+    message: str
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457)."""
+
+    type: str = Field(description="identifies the kind of problem; see the module docs")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    code: str | None = Field(description="the gRPC status name, where one applies")
+    request_id: str
+    errors: list[FieldError] | None = Field(
+        default=None, description="for invalid input: what is wrong with which field"
+    )
+
+
+class ProblemError(Exception):
+    """Raise to answer with a problem; `code` defaults to the one `status` stands for."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        errors: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code if code is not None else _CODE_BY_HTTP_STATUS.get(status)
+        self.errors = tuple(errors)
+        self.headers = dict(headers or {})
+
+
+def unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def problem_document(
+    status: int,
+    detail: str,
+    request_id: str,
+    *,
+    code: grpc.StatusCode | None = None,
+    errors: Iterable[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    if code is not None and HTTP_STATUS_BY_GRPC_CODE.get(code) == status:
+        slug = code.name.lower().replace("_", "-")
+        title = code.name.replace("_", " ").capitalize()
+    else:
+        title = _phrase(status)
+        slug = title.lower().replace(" ", "-")
+    document: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code.name if code is not None else None,
+        "request_id": request_id,
+    }
+    listed = [{"field": field, "message": message} for field, message in errors]
+    if listed:
+        document["errors"] = listed
+    return document
+
+
+def problem_bytes(error: ProblemError, request_id: str) -> bytes:
+    return orjson.dumps(
+        problem_document(
+            error.status, error.detail, request_id, code=error.code, errors=error.errors
+        )
+    )
+
+
+def problem_response(error: ProblemError, request_id: str) -> Response:
+    headers = dict(error.headers)
+    if error.status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return Response(
+        problem_bytes(error, request_id),
+        status_code=error.status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get(REQUEST_ID_SCOPE_KEY, "-"))
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc, request_id_of(request))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    detail = exc.detail if exc.detail and exc.detail != _phrase(status) else ""
+    if not detail:
+        detail = _default_detail(request, status)
+    error = ProblemError(status, detail, headers=exc.headers)
+    return problem_response(error, request_id_of(request))
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_field_error(error) for error in exc.errors()]
+    detail = "; ".join(f"{field}: {message}" for field, message in errors)
+    error = ProblemError(400, detail or "the request is invalid", errors=errors)
+    return problem_response(error, request_id_of(request))
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+
+
+def _field_error(error: Mapping[str, Any]) -> tuple[str, str]:
+    loc = [str(part) for part in error.get("loc", ())]
+    # The first part says where the value was (body, query, path, header).
+    path = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "request")
+    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        path = "body"
+        reason = (error.get("ctx") or {}).get("error")
+        message = f"is not valid JSON: {reason}" if reason else "is not valid JSON"
+    return path, message
+
+
+def _default_detail(request: Request, status: int) -> str:
+    if status == 404:
+        return f"no route matches {request.url.path}"
+    if status == 405:
+        return f"{request.method} is not allowed on {request.url.path}"
+    return _phrase(status)
+
+
+# RFC 9110's names, where Python's table still has the older ones.
+_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def _phrase(status: int) -> str:
+    if status in _PHRASES:
+        return _PHRASES[status]
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries: each status answers with a Problem."""
+    return {s: {"model": Problem, "description": _phrase(s)} for s in sorted(set(statuses))}
+
+
+_UNEXPECTED_FAULT = {
+    "description": "Internal Server Error",
+    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def use_problem_media_type(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the generated OpenAPI document say what the gateway really sends for errors.
+
+    FastAPI documents extra responses in the route's media type and adds a 422 response
+    that never happens here (validation errors are 400 problems); fix both in place, and
+    document the 500 any route may answer.
+    """
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            # Any route can meet an unexpected fault.
+            responses.setdefault("500", _UNEXPECTED_FAULT)
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if status[0] in "45" and content:
+                    # Listed under the route's own media type (JSON, or SSE for a stream).
+                    schema_of_problem = next(iter(content.values()))
+                    response["content"] = {PROBLEM_MEDIA_TYPE: schema_of_problem}
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema

@@ -1,0 +1,158 @@
+"""What the REST API reads and returns (Pydantic v2); they also make the OpenAPI schema.
+
+Requests are checked for shape only (types, presence, lengths that keep requests small);
+the services own the rules (what a valid email is) and their answers come back as 400s
+naming the same fields. Responses are built from protobuf by `gateway.convert`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _plain_text(value: str) -> str:
+    # Pydantic already refuses lone surrogates (which protobuf could not encode); NUL
+    # is refused here because no upstream store accepts it in text.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+# Documents the format; checking it is the users service's job.
+_EMAIL: dict[str, Any] = {"format": "email"}
+
+
+def _email_without_default(schema: dict[str, Any]) -> None:
+    _without_default(schema)
+    schema.update(_EMAIL)
+
+
+Sentiment = Literal["positive", "negative", "neutral", "mixed"]
+
+
+# Requests
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: Text = Field(
+        min_length=1, max_length=254, examples=["ada@example.com"], json_schema_extra=_EMAIL
+    )
+    name: Text = Field(min_length=1, max_length=100, examples=["Ada Lovelace"])
+    password: Text = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+
+
+class UserUpdate(BaseModel):
+    """The fields to change: only those present are changed; at least one is needed."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    # An absent field defaults to "", which no client can send (min_length): read only
+    # the fields in `model_fields_set`. Null is refused, as for any string.
+    name: Text = Field(default="", min_length=1, max_length=100, json_schema_extra=_without_default)
+    email: Text = Field(
+        default="", min_length=1, max_length=254, json_schema_extra=_email_without_default
+    )
+
+    @model_validator(mode="after")
+    def _some_field(self) -> UserUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change: name, email")
+        return self
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: Text = Field(min_length=1, max_length=1024)
+    new_password: Text = Field(min_length=8, max_length=128)
+
+
+class LoginForm(BaseModel):
+    """OAuth2 password grant (RFC 6749 §4.3), as an HTML form."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    username: Text = Field(min_length=1, max_length=1024, description="the account's email")
+    password: Text = Field(min_length=1, max_length=1024)
+    grant_type: Literal["password"] = "password"
+    scope: str = Field(default="", max_length=1024, description="ignored: tokens have no scopes")
+
+
+class AnalysisCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Text = Field(
+        min_length=1, description="the text to analyse (the ai service sets the limit)"
+    )
+
+
+# Responses
+
+
+class User(BaseModel):
+    id: uuid.UUID
+    email: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserPage(BaseModel):
+    users: list[User]
+    next_page_token: str = Field(
+        description="pass as page_token for the next page; empty on the last"
+    )
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int = Field(description="seconds until the token expires")
+
+
+class Analysis(BaseModel):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    summary: str
+    sentiment: Sentiment
+    key_points: list[str]
+    confidence: float = Field(ge=0, le=1)
+    model: str = Field(description="which model or analyzer produced it")
+    created_at: datetime
+
+
+class PartialAnalysis(BaseModel):
+    """Fields produced so far while streaming; unvalidated, any may be empty."""
+
+    summary: str
+    sentiment: Sentiment | None
+    key_points: list[str]
+
+
+class AnalysisPage(BaseModel):
+    analyses: list[Analysis]
+    next_page_token: str = Field(
+        description="pass as page_token for the next page; empty on the last"
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    upstreams: dict[str, str] = Field(description="each upstream's grpc.health.v1 status")

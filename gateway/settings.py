@@ -1,0 +1,93 @@
+"""Settings of the gateway, from `GATEWAY_*` environment variables (pydantic-settings).
+
+Read them with `servicekit.settings.load_settings(GatewaySettings)`: a missing or invalid
+one then stops start-up with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from servicekit.settings import LogLevel
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+
+# HMAC keys shorter than the hash are weak (RFC 7518 §3.2); PyJWT warns below 32 bytes.
+JWT_SECRET_MIN_LENGTH = 32
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    addr: str = Field(
+        default="127.0.0.1:8000", description="host:port to serve HTTP on; port 0 picks one"
+    )
+    # Any gRPC target: `host:port`, `dns:///users:50051`, `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
+    users_target: str = Field(default="127.0.0.1:50051", min_length=1)
+    ai_target: str = Field(default="127.0.0.1:50052", min_length=1)
+
+    # Signs the access tokens; every replica needs the same one. Unset: a random one
+    # per process, so tokens do not survive a restart or cross replicas.
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = Field(default="tandem-gateway", min_length=1)
+    jwt_audience: str = Field(default="tandem-api", min_length=1)
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # How long a token's account counts as live without asking the users service again.
+    # A deleted account's token still works on other replicas for at most this long.
+    auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
+
+    # Deadlines of upstream calls, per kind of route.
+    users_deadline_seconds: float = Field(default=5.0, gt=0)
+    ai_deadline_seconds: float = Field(default=5.0, gt=0, description="GetAnalysis, ListAnalyses")
+    analysis_deadline_seconds: float = Field(default=60.0, gt=0, description="AnalyzeText")
+    stream_deadline_seconds: float = Field(default=120.0, gt=0, description="a whole stream")
+    ready_deadline_seconds: float = Field(default=1.0, gt=0, description="/readyz health checks")
+
+    # Larger request bodies get 413; must leave room for the ai service's longest text
+    # (50,000 characters, up to 12 bytes each once JSON-escaped).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    log_level: LogLevel = "INFO"
+    access_log: bool = Field(default=True, description="log one line per request")
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    @field_validator("addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        match = _ADDRESS.match(value)
+        if match is None or int(match.group(2)) > 65535:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8000")
+        return value
+
+    @field_validator("users_target", "ai_target")
+    @classmethod
+    def _check_target(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError("expected a gRPC target, e.g. 127.0.0.1:50051 or dns:///users:50051")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < JWT_SECRET_MIN_LENGTH:
+            raise ValueError(f"must be at least {JWT_SECRET_MIN_LENGTH} characters")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def host(self) -> str:
+        return self.addr.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.addr.rsplit(":", 1)[1])

@@ -1,0 +1,85 @@
+"""`python -m gateway` as a real process, in front of a real users_service process."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+
+from tests.conftest import ROOT
+from tests.support.ai_stub import running_ai_stub
+from tests.support.gateway import JWT_SECRET, PASSWORD, assert_problem, closed_port
+from tests.support.processes import ServiceProcess, run_command
+
+
+def gateway_env(users_target: str, ai_target: str, **extra: str) -> dict[str, str]:
+    return {
+        "GATEWAY_ADDR": "127.0.0.1:0",
+        "GATEWAY_USERS_TARGET": users_target,
+        "GATEWAY_AI_TARGET": ai_target,
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        **extra,
+    }
+
+
+async def test_the_gateway_process_serves_the_stack_and_stops_cleanly(database_url: str) -> None:
+    users_env = {"USERS_DATABASE_URL": database_url, "USERS_ADDR": "127.0.0.1:0"}
+    code, output = await run_command(["-m", "users_service", "migrate"], users_env)
+    assert code == 0, output
+    async with (
+        ServiceProcess(["-m", "users_service"], users_env, cwd=str(ROOT)) as users,
+        running_ai_stub() as ai,
+    ):
+        users_address = await users.wait_serving()
+        env = gateway_env(users_address, ai.address)
+        async with ServiceProcess(["-m", "gateway"], env, cwd=str(ROOT)) as gateway:
+            address = await gateway.wait_serving()
+            async with httpx.AsyncClient(base_url=f"http://{address}", timeout=15) as client:
+                assert (await client.get("/healthz")).json() == {"status": "ok"}
+                assert (await client.get("/readyz")).status_code == 200
+                signed_up = await client.post(
+                    "/v1/users",
+                    json={"email": "process@example.com", "name": "P", "password": PASSWORD},
+                    headers={"X-Request-ID": "e2e-signup"},
+                )
+                assert signed_up.status_code == 201, signed_up.text
+                login = await client.post(
+                    "/v1/auth/token",
+                    data={"username": "process@example.com", "password": PASSWORD},
+                )
+                token = login.json()["access_token"]
+                me = await client.get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+                assert me.json()["email"] == "process@example.com"
+            gateway.send_signal(signal.SIGTERM)
+            assert await gateway.wait() == 0, gateway.output
+        # Its log lines carry the request id; the access log names each request.
+        assert any(
+            "[e2e-signup]" in line and "POST /v1/users 201" in line for line in gateway.lines
+        ), gateway.output
+        # The request id reached the users service too.
+        assert any("[e2e-signup]" in line for line in users.lines), users.output
+
+
+async def test_without_a_jwt_secret_it_warns_and_still_serves() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    env = gateway_env(target, target)
+    del env["GATEWAY_JWT_SECRET"]
+    async with ServiceProcess(["-m", "gateway"], env, cwd=str(ROOT)) as gateway:
+        address = await gateway.wait_serving()
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=15) as client:
+            ready = await client.get("/readyz")
+            body = assert_problem(ready, 503, "UNAVAILABLE")
+            assert body["detail"] == "not ready: users is UNAVAILABLE, ai is UNAVAILABLE"
+    assert "GATEWAY_JWT_SECRET is not set" in gateway.output
+
+
+async def test_an_invalid_setting_stops_start_up_with_one_line() -> None:
+    code, output = await run_command(
+        ["-m", "gateway"], {"GATEWAY_USERS_DEADLINE_SECONDS": "soon", "GATEWAY_JWT_SECRET": "x"}
+    )
+    assert code == 2
+    assert output.strip().splitlines() == [
+        "gateway: GATEWAY_JWT_SECRET is invalid: Value error, must be at least 32 characters; "
+        "GATEWAY_USERS_DEADLINE_SECONDS is invalid: Input should be a valid number, "
+        "unable to parse string as a number"
+    ]

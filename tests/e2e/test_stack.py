@@ -1,0 +1,236 @@
+"""The whole stack as `make run` starts it: a user's journey through REST, the same
+operations on the gRPC services with grpcurl and buf curl, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.gateway import read_events
+from tests.support.grpcurl import grpcurl
+from tests.support.stack import RunningStack, make_run
+from tests.support.tools import tool
+
+PASSWORD = "correct horse battery"
+GOOD = {
+    "summary": "Fine.",
+    "sentiment": "neutral",
+    "key_points": ["fine"],
+    "confidence": 0.6,
+}
+
+
+async def buf_curl(address: str, method: str, data: dict[str, Any]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        tool("buf"),
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--data",
+        json.dumps(data),
+        f"http://{address}/{method}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def sign_up_and_log_in(client: httpx.AsyncClient, email: str) -> tuple[str, str]:
+    created = await client.post(
+        "/v1/users", json={"email": email, "name": "Journey", "password": PASSWORD}
+    )
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == f"/v1/users/{created.json()['id']}"
+    login = await client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    return created.json()["id"], login.json()["access_token"]
+
+
+async def rest_journey(stack: RunningStack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        email = f"ada-{uuid.uuid4().hex[:8]}@example.com"
+        me_id, token = await sign_up_and_log_in(client, email)
+        other_id, other_token = await sign_up_and_log_in(
+            client, f"bob-{uuid.uuid4().hex[:8]}@example.com"
+        )
+
+        # Fail the usual ways.
+        duplicate = await client.post(
+            "/v1/users", json={"email": email.upper(), "name": "Again", "password": PASSWORD}
+        )
+        assert duplicate.status_code == 409
+        assert duplicate.headers["content-type"] == "application/problem+json"
+        wrong = await client.post(
+            "/v1/auth/token", data={"username": email, "password": "nope nope"}
+        )
+        assert wrong.status_code == 401
+        garbage = await client.post(
+            "/v1/users", json={"email": "not-an-email", "name": "", "password": "x"}
+        )
+        assert garbage.status_code == 400
+        assert {e["field"] for e in garbage.json()["errors"]} >= {"name", "password"}
+        bad_email = await client.post(
+            "/v1/users", json={"email": "not-an-email", "name": "X", "password": PASSWORD}
+        )
+        assert bad_email.status_code == 400
+        assert [e["field"] for e in bad_email.json()["errors"]] == ["email"]
+        not_json = await client.post(
+            "/v1/analyses",
+            content=b"{nope",
+            headers={**bearer(token), "content-type": "application/json"},
+        )
+        assert not_json.status_code == 400
+        theirs = await client.patch(
+            f"/v1/users/{other_id}", json={"name": "Hijacked"}, headers=bearer(token)
+        )
+        assert theirs.status_code == 403
+
+        # Read and update yourself.
+        me = await client.get("/v1/users/me", headers=bearer(token))
+        assert me.json()["id"] == me_id
+        etag = me.headers["etag"]
+        renamed = await client.patch(
+            f"/v1/users/{me_id}",
+            json={"name": "Ada L."},
+            headers={**bearer(token), "If-Match": etag},
+        )
+        assert renamed.status_code == 200 and renamed.json()["name"] == "Ada L."
+        stale = await client.patch(
+            f"/v1/users/{me_id}",
+            json={"name": "Stale"},
+            headers={**bearer(token), "If-Match": etag},
+        )
+        assert stale.status_code == 412
+
+        # Analyse, plain and streamed, and list.
+        plain = await client.post(
+            "/v1/analyses", json={"text": "A wonderful, delightful product."}, headers=bearer(token)
+        )
+        assert plain.status_code == 201, plain.text
+        assert plain.json()["sentiment"] == "positive"
+        async with client.stream(
+            "POST",
+            "/v1/analyses:stream",
+            json={"text": "Terrible. It broke at once."},
+            headers=bearer(token),
+        ) as streamed:
+            events = await read_events(streamed)
+        assert [e.name for e in events][-2:] == ["analysis", "done"]
+        listed = await client.get("/v1/analyses", headers=bearer(token))
+        assert [a["id"] for a in listed.json()["analyses"]] == [
+            events[-2].data["id"],
+            plain.json()["id"],
+        ]
+        hidden = await client.get(f"/v1/analyses/{plain.json()['id']}", headers=bearer(other_token))
+        assert hidden.status_code == 404
+
+        # Delete yourself; the token stops working.
+        deleted = await client.delete(f"/v1/users/{me_id}", headers=bearer(token))
+        assert deleted.status_code == 204
+        after = await client.get("/v1/users/me", headers=bearer(token))
+        assert after.status_code == 401
+        assert after.headers["www-authenticate"].startswith("Bearer")
+
+
+async def grpc_journey(stack: RunningStack) -> None:
+    users, ai = "users.v1.UsersService", "ai.v1.AnalysisService"
+    email = f"grace-{uuid.uuid4().hex[:8]}@example.com"
+    created = await grpcurl(
+        stack.users,
+        f"{users}/CreateUser",
+        data={"user": {"email": email, "name": "Grace"}, "password": PASSWORD},
+    )
+    assert created.exit_code == 0, created.output
+    user_id = created.json()["id"]
+    login = await grpcurl(
+        stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": PASSWORD}
+    )
+    assert login.json()["id"] == user_id
+    wrong = await grpcurl(
+        stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": "bad password"}
+    )
+    assert "Code: Unauthenticated" in wrong.output
+    analysed = await grpcurl(
+        stack.ai, f"{ai}/AnalyzeText", data={"text": "Lovely and calm.", "user_id": user_id}
+    )
+    assert analysed.json()["sentiment"] == "SENTIMENT_POSITIVE"
+
+    code, fetched = await buf_curl(stack.users, f"{users}/GetUser", {"id": user_id})
+    assert code == 0, fetched
+    assert json.loads(fetched)["email"] == email
+    code, listed = await buf_curl(stack.ai, f"{ai}/ListAnalyses", {"user_id": user_id})
+    assert code == 0, listed
+    assert [a["id"] for a in json.loads(listed)["analyses"]] == [analysed.json()["id"]]
+    code, missing = await buf_curl(stack.users, f"{users}/GetUser", {"id": str(uuid.uuid4())})
+    assert code != 0 and "not_found" in missing
+
+
+async def test_the_stack_as_make_run_starts_it(tmp_path: Any) -> None:
+    env = {
+        "USERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/users.db",
+        "AI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/ai.db",
+    }
+    async with make_run(env) as stack:
+        assert "REST API" in stack.output and "grpcurl" in stack.output and "curl" in stack.output
+        assert stack.prefixed("users") and stack.prefixed("ai") and stack.prefixed("gateway")
+        await rest_journey(stack)
+        await grpc_journey(stack)
+        stack.process.send_signal(signal.SIGTERM)
+        await assert_stops_cleanly(stack)
+
+
+async def assert_stops_cleanly(stack: RunningStack) -> None:
+    # make passes SIGTERM on, waits for the stack to stop, then ends by the signal.
+    code = await asyncio.wait_for(stack.process.wait(), 30)
+    assert code in (0, -signal.SIGTERM), stack.output
+    assert "stack   | stopped" in stack.output
+    assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("users"))
+    assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("ai"))
+    assert any("Finished server process" in line for line in stack.prefixed("gateway"))
+
+
+async def test_sigterm_answers_every_accepted_request(tmp_path: Any) -> None:
+    upstream_latency = 2.0
+    with FakeAnthropic() as fake:
+        fake.set_default(Reply.slow(upstream_latency, then=Reply.json_output(GOOD)))
+        env = {
+            **fake.env(),
+            "USERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/users.db",
+            "AI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/ai.db",
+        }
+        async with (
+            make_run(env) as stack,
+            httpx.AsyncClient(base_url=stack.url, timeout=30) as client,
+        ):
+            _, token = await sign_up_and_log_in(
+                client, f"in-flight-{uuid.uuid4().hex[:8]}@example.com"
+            )
+            in_flight = [
+                asyncio.ensure_future(
+                    client.post("/v1/analyses", json={"text": f"Text {i}."}, headers=bearer(token))
+                )
+                for i in range(5)
+            ]
+            await fake.wait_for_requests_async(5)
+            signalled = time.monotonic()
+            stack.process.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*in_flight)
+            assert [a.status_code for a in answers] == [201] * 5, [a.text for a in answers]
+            await assert_stops_cleanly(stack)
+            # The default grace period is 10 s; the calls needed about 2.
+            assert time.monotonic() - signalled < 10

@@ -1,0 +1,143 @@
+"""The analyses routes end to end on the real chain: gateway -> real ai service
+(offline analyzer, and Claude through the fake Messages API) and real users service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.gateway import (
+    Account,
+    assert_problem,
+    field_errors,
+    gateway_settings,
+    read_events,
+    running_gateway,
+    unique_email,
+)
+from tests.support.servers import (
+    ai_settings,
+    migrate_ai,
+    migrate_users,
+    running_ai,
+    running_users,
+    users_settings,
+)
+
+GOOD = {
+    "summary": "Powerful but loud.",
+    "sentiment": "mixed",
+    "key_points": ["powerful motor", "loud"],
+    "confidence": 0.8,
+}
+
+
+@asynccontextmanager
+async def real_chain(database_url: str, **ai_overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    await migrate_users(database_url)
+    await migrate_ai(database_url)
+    async with (
+        running_users(users_settings(database_url)) as users_address,
+        running_ai(ai_settings(database_url, **ai_overrides)) as ai_address,
+        running_gateway(gateway_settings(users_address, ai_address)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        yield client
+
+
+async def account(client: httpx.AsyncClient) -> Account:
+    email = unique_email()
+    body = {"email": email, "name": "Reader", "password": "correct horse battery"}
+    created = await client.post("/v1/users", json=body)
+    assert created.status_code == 201, created.text
+    token = await client.post(
+        "/v1/auth/token", data={"username": email, "password": "correct horse battery"}
+    )
+    return Account(created.json()["id"], email, token.json()["access_token"])
+
+
+async def test_analyses_through_the_real_ai_service(database_url: str) -> None:
+    async with real_chain(database_url) as client:
+        me, other = await account(client), await account(client)
+        text = "What a wonderful phone. The battery lasts forever and the screen is gorgeous."
+        created = await client.post("/v1/analyses", json={"text": text}, headers=me.headers)
+        assert created.status_code == 201, created.text
+        analysis = created.json()
+        assert set(analysis) == {
+            "id",
+            "user_id",
+            "summary",
+            "sentiment",
+            "key_points",
+            "confidence",
+            "model",
+            "created_at",
+        }
+        assert analysis["user_id"] == me.id
+        assert analysis["sentiment"] == "positive"
+        assert analysis["model"].startswith("offline")
+        assert created.headers["location"] == f"/v1/analyses/{analysis['id']}"
+
+        fetched = await client.get(f"/v1/analyses/{analysis['id']}", headers=me.headers)
+        assert fetched.json() == analysis
+        hidden = await client.get(f"/v1/analyses/{analysis['id']}", headers=other.headers)
+        assert_problem(hidden, 404, "NOT_FOUND")
+
+        async with client.stream(
+            "POST",
+            "/v1/analyses:stream",
+            json={"text": "Awful. Broke in a day."},
+            headers=me.headers,
+        ) as streamed:
+            assert streamed.status_code == 200
+            events = await read_events(streamed)
+        assert [e.name for e in events][-2:] == ["analysis", "done"]
+        assert events[-2].data["sentiment"] == "negative"
+
+        listed = await client.get("/v1/analyses?page_size=1", headers=me.headers)
+        page = listed.json()
+        assert [a["id"] for a in page["analyses"]] == [events[-2].data["id"]]
+        rest = await client.get(
+            f"/v1/analyses?page_size=5&page_token={page['next_page_token']}", headers=me.headers
+        )
+        assert [a["id"] for a in rest.json()["analyses"]] == [analysis["id"]]
+        assert (await client.get("/v1/analyses", headers=other.headers)).json()["analyses"] == []
+
+        blank = await client.post("/v1/analyses", json={"text": "   "}, headers=me.headers)
+        body = assert_problem(blank, 400, "INVALID_ARGUMENT")
+        assert "text" in field_errors(body)
+        long = await client.post("/v1/analyses", json={"text": "x" * 50_001}, headers=me.headers)
+        assert long.status_code == 400
+
+
+async def test_claude_stream_relays_partials_through_the_gateway(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeAnthropic() as fake:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        fake.enqueue(Reply.json_output(GOOD, chunks=10), Reply.rate_limited(retry_after=7))
+        async with real_chain(
+            sqlite_url, model="claude-sonnet-5-5", anthropic_max_retries=0
+        ) as client:
+            me = await account(client)
+            async with client.stream(
+                "POST", "/v1/analyses:stream", json={"text": "Loud blender."}, headers=me.headers
+            ) as streamed:
+                events = await read_events(streamed)
+            names = [e.name for e in events]
+            assert names.count("partial") >= 2
+            assert names[-2:] == ["analysis", "done"]
+            assert events[-2].data["summary"] == GOOD["summary"]
+            assert fake.last_request.streamed
+
+            limited = await client.post(
+                "/v1/analyses", json={"text": "Another text."}, headers=me.headers
+            )
+            assert_problem(limited, 429, "RESOURCE_EXHAUSTED")
+            assert limited.headers["retry-after"] == "7"
