@@ -112,7 +112,6 @@ async def wait_ready(services: list[Service], died: asyncio.Task[Service]) -> No
 
 def banner() -> None:
     rest = f"http://{GATEWAY_ADDR}"
-    say("ready")
     print(
         f"""
   REST API        {rest}
@@ -131,6 +130,8 @@ def banner() -> None:
 """,
         flush=True,
     )
+    # Last, so whoever waits for this line has the addresses above already.
+    say("ready")
 
 
 async def first_exit(services: list[Service]) -> Service:
