@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -74,6 +75,10 @@ class Database:
     def __init__(self, engine: AsyncEngine, *, what: str) -> None:
         self.engine = engine
         self._what = what
+        # SQLite takes one writer at a time and makes the others poll with growing
+        # sleeps (busy_timeout), which turns a burst of writes into a long tail; taking
+        # turns here instead costs nothing. Other processes still meet busy_timeout.
+        self._write_turn = asyncio.Lock() if is_sqlite(engine.url) else None
         # A read is one statement: without BEGIN/ROLLBACK around it, it costs one
         # round trip instead of three.
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT").sync_engine
@@ -105,7 +110,10 @@ class Database:
         Never retried: after a lost connection nobody knows whether the commit landed.
         """
         try:
-            return await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
+            if self._write_turn is None:
+                return await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
+            async with self._write_turn:
+                return await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise

@@ -37,6 +37,9 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     # ...and ping them ourselves, so dead peers free their resources.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # Clients reconnect every 5 minutes, so a gateway resolving dns:/// targets finds
+    # replicas added since; in-flight calls are not cut (no max_connection_age_grace).
+    ("grpc.max_connection_age_ms", 300_000),
 )
 
 

@@ -1,0 +1,63 @@
+# syntax=docker/dockerfile:1
+#
+# One image for the whole stack; the command picks what a container runs:
+#   python -m users_service [serve|migrate]
+#   python -m ai_service [serve|migrate]
+#   python -m gateway
+#
+# No image-level HEALTHCHECK: this image runs three different servers and two one-shot
+# migrations, and a check baked in here would have to guess which one a container runs -
+# a wrong guess marks a healthy container unhealthy (and a migration can never be
+# "healthy"). Each runner checks what it started instead: docker-compose.yml per
+# service (`python -m servicekit.healthcheck` for gRPC, /readyz for the gateway),
+# Kubernetes with its native gRPC and HTTP probes, which ignore HEALTHCHECK anyway.
+
+# Both stages must use the same interpreter: the venv is built in one, run in the other.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+
+# The runtime dependencies alone first, at the pinned versions: this layer is rebuilt
+# when the pins change, not on every edit of the code. The dev extra is never installed.
+COPY pyproject.toml constraints.txt ./
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > requirements.txt \
+    && pip install -c constraints.txt -r requirements.txt
+
+# Then the project itself as a regular (not editable) install: the wheel carries the
+# generated tandem_protos package and each service's alembic migrations, so
+# `python -m users_service migrate` works from /opt/venv alone.
+COPY README.md ./
+COPY protos/python ./protos/python
+COPY servicekit ./servicekit
+COPY users_service ./users_service
+COPY ai_service ./ai_service
+COPY gateway ./gateway
+RUN pip install -c constraints.txt .
+
+FROM ${PYTHON_IMAGE} AS runtime
+# Inside a container the services must listen on every interface, not the loopback
+# the defaults use; the ports stay the defaults.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    USERS_ADDR=0.0.0.0:50051 \
+    AI_ADDR=0.0.0.0:50052 \
+    GATEWAY_ADDR=0.0.0.0:8000
+# A numeric uid, so Kubernetes' runAsNonRoot can verify it. /app/data is where the
+# embedded SQLite defaults write, for a quick `docker run` without PostgreSQL.
+RUN groupadd --system --gid 10001 tandem \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin tandem \
+    && install -d -o 10001 -g 10001 /app /app/data
+# Only the venv: no compiler, no pip cache, no sources beyond the installed packages.
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+USER 10001:10001
+EXPOSE 50051 50052 8000
+CMD ["python", "-m", "gateway"]

@@ -1,0 +1,430 @@
+"""docker-compose.yml, the Dockerfile and .dockerignore, checked without a Docker engine.
+
+No engine runs here, so what can go wrong is checked against the project itself: the
+commands are the real `python -m` entry points, every variable is a real setting of
+the component that gets it (and the settings load from what compose gives), the ports
+are the settings' defaults, the healthchecks call modules that exist, and depends_on
+starts things in the order the services need.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.support import deploy
+from tests.support.deploy import COMPONENTS, Component
+
+POSTGRES = "postgres"
+INITDB = "/docker-entrypoint-initdb.d"
+SECRETS = {
+    "users": ["USERS_PAGE_TOKEN_SECRET"],
+    "ai": ["AI_PAGE_TOKEN_SECRET"],
+    "gateway": ["GATEWAY_JWT_SECRET"],
+}
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    services = deploy.compose()["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def tandem_services(services: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run the Tandem image (everything but PostgreSQL)."""
+    return {name: s for name, s in services.items() if "build" in s}
+
+
+def runs(service: Mapping[str, Any]) -> deploy.EntryPoint:
+    return deploy.entry_point(deploy.as_argv(service["command"]))
+
+
+def servers(services: Mapping[str, Any]) -> dict[str, Component]:
+    """Long-running Tandem services, each with the component it serves."""
+    found = {}
+    for name, service in tandem_services(services).items():
+        point = runs(service)
+        if point.subcommand in (None, "serve"):
+            found[name] = deploy.component_of_module(point.module)
+    return found
+
+
+def migrations(services: Mapping[str, Any]) -> dict[str, Component]:
+    return {
+        name: deploy.component_of_module(runs(service).module)
+        for name, service in tandem_services(services).items()
+        if runs(service).subcommand == "migrate"
+    }
+
+
+def service_for(services: Mapping[str, Any], component: str) -> str:
+    names = [name for name, c in servers(services).items() if c.name == component]
+    assert len(names) == 1, f"expected one service serving {component}, found {names}"
+    return names[0]
+
+
+def test_it_parses_into_the_stack(services: dict[str, dict[str, Any]]) -> None:
+    assert deploy.raw_compose()["name"] == "tandem"
+    assert "version" not in deploy.raw_compose(), "obsolete; compose warns about it"
+    assert sorted(c.name for c in servers(services).values()) == ["ai", "gateway", "users"]
+    assert sorted(c.name for c in migrations(services).values()) == ["ai", "users"]
+    assert set(services) == {POSTGRES, *servers(services), *migrations(services)}
+
+
+def test_every_tandem_container_is_built_from_the_dockerfile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in tandem_services(services).items():
+        build = service["build"]
+        assert build == {"context": ".", "dockerfile": "Dockerfile"}, name
+        assert (deploy.ROOT / build["context"] / build["dockerfile"]).is_file()
+        # A tag shared by several builds races in compose's parallel builds.
+        assert "image" not in service, f"{name}: a shared image tag races between builds"
+    assert set(tandem_services(services)) == set(services) - {POSTGRES}
+
+
+@pytest.mark.parametrize("name", ["migrate-users", "migrate-ai", "users", "ai", "gateway"])
+def test_every_command_is_a_real_entry_point(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    point = runs(services[name])
+    component = deploy.component_of_module(point.module)
+    if name.startswith("migrate-"):
+        assert point.subcommand == "migrate"
+        assert component.name == name.removeprefix("migrate-")
+    else:
+        assert component.name == name
+        assert point.subcommand in (None, "serve")
+
+
+def test_every_environment_variable_is_a_real_setting_of_its_component(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in tandem_services(services).items():
+        component = deploy.component_of_module(runs(service).module)
+        unknown = set(deploy.environment(service)) - component.variables
+        assert not unknown, f"{name} sets variables {component.name} does not read: {unknown}"
+
+
+@pytest.mark.parametrize("host_env", [{}, {"POSTGRES_PASSWORD": "s3cret"}])
+def test_the_settings_load_from_what_compose_gives(host_env: dict[str, str]) -> None:
+    services = deploy.compose(host_env)["services"]
+    for name, service in tandem_services(services).items():
+        component = deploy.component_of_module(runs(service).module)
+        env = {k: v for k, v in deploy.environment(service).items() if v is not None}
+        settings = deploy.load_with_env(component.settings, env)
+        if name in servers(services):
+            # Every interface inside the container; the port is the default.
+            assert settings.addr == f"0.0.0.0:{component.port}", name
+
+
+def test_secrets_come_from_the_host_environment_with_dev_only_defaults() -> None:
+    raw = deploy.raw_compose()["services"]
+    for component, names in SECRETS.items():
+        service = raw[service_for(deploy.compose()["services"], component)]
+        for variable in names:
+            value = deploy.environment(service)[variable]
+            assert value is not None
+            match = re.fullmatch(r"\$\{(\w+):-(dev-only-[\w-]+)\}", value)
+            assert match and match.group(1) == variable, f"{variable}: {value}"
+    # What the shell (or .env) says wins over the defaults.
+    overrides = {
+        name: f"from-the-host-{name.lower()}-0123456789abcdef"
+        for names in SECRETS.values()
+        for name in names
+    }
+    services = deploy.compose(overrides)["services"]
+    for component, names in SECRETS.items():
+        env = deploy.environment(services[service_for(services, component)])
+        for variable in names:
+            assert env[variable] == overrides[variable]
+
+
+def test_replicas_share_their_secrets_and_can_be_scaled(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, component in servers(services).items():
+        env = deploy.environment(services[name])
+        for variable in SECRETS[component.name]:
+            # Unset, each replica would sign with a random key of its own.
+            assert env.get(variable), f"{name}: {variable} must be set for replicas to agree"
+        assert "container_name" not in services[name], f"{name}: a fixed name cannot scale"
+
+
+def test_the_ai_service_passes_the_anthropic_key_through(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = deploy.environment(services[service_for(services, "ai")])
+    # No value: set in the container only when set on the host, so the offline
+    # analyzer runs without one.
+    assert env["ANTHROPIC_API_KEY"] is None
+    settings = deploy.load_with_env(
+        COMPONENTS["ai"].settings, {k: v for k, v in env.items() if v is not None}
+    )
+    assert settings.provider == "auto"
+
+
+def test_database_urls_point_at_the_databases_postgres_creates(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    postgres = services[POSTGRES]
+    pg_env = deploy.environment(postgres)
+    created = created_databases(postgres)
+    urls: dict[str, set[str]] = {}
+    for name, service in tandem_services(services).items():
+        component = deploy.component_of_module(runs(service).module)
+        if component.name == "gateway":
+            assert not any("DATABASE_URL" in v for v in deploy.environment(service))
+            continue
+        url = make_url(deploy.environment(service)[f"{component.prefix}DATABASE_URL"] or "")
+        assert url.drivername == "postgresql+asyncpg"
+        assert (url.host, url.port) == (POSTGRES, 5432)
+        assert url.username == pg_env["POSTGRES_USER"]
+        assert url.password == pg_env["POSTGRES_PASSWORD"]
+        assert url.database in created, f"{name}: {url.database} is never created"
+        urls.setdefault(component.name, set()).add(url.render_as_string(hide_password=False))
+    # Each migration runs on the database its service serves from, and no two share one.
+    assert all(len(u) == 1 for u in urls.values()), urls
+    assert len({next(iter(u)) for u in urls.values()}) == len(urls)
+
+
+def created_databases(postgres: Mapping[str, Any]) -> set[str]:
+    """The databases the init scripts mounted into the postgres container create."""
+    created = set()
+    for volume in postgres["volumes"]:
+        source, target, *_ = volume.split(":")
+        if target.startswith(INITDB):
+            assert target.endswith(".sql")
+            script = (deploy.ROOT / source).read_text()
+            created |= set(re.findall(r"CREATE DATABASE (\w+);", script))
+    env = deploy.environment(postgres)
+    created.add(env.get("POSTGRES_DB") or env["POSTGRES_USER"] or "postgres")
+    return created
+
+
+def test_postgres_keeps_the_only_state_in_a_named_volume(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    declared = deploy.raw_compose()["volumes"]
+    assert list(declared) == ["pgdata"]
+    assert "pgdata:/var/lib/postgresql/data" in services[POSTGRES]["volumes"]
+    assert services[POSTGRES]["image"].startswith("postgres:17")
+    for name, service in tandem_services(services).items():
+        assert "volumes" not in service, f"{name} must be stateless"
+
+
+def test_the_scaled_grpc_services_publish_no_fixed_host_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, component in servers(services).items():
+        mappings = deploy.ports(services[name])
+        assert [m.target for m in mappings] == [component.port], name
+        (mapping,) = mappings
+        assert mapping.host_ip == "127.0.0.1"
+        if component.grpc_service:
+            # Docker picks a free host port per replica; a fixed one fits one replica.
+            assert mapping.published is None, f"{name}: --scale needs an unpublished host port"
+        else:
+            assert mapping.published == str(component.port)
+    for name in migrations(services):
+        assert "ports" not in services[name]
+    assert "ports" not in services[POSTGRES]
+
+
+def test_grpc_healthchecks_ask_for_the_right_service_on_the_right_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, component in servers(services).items():
+        if component.grpc_service is None:
+            continue
+        point = deploy.entry_point(deploy.healthcheck_argv(services[name]["healthcheck"]["test"]))
+        assert point.module == deploy.HEALTHCHECK_MODULE
+        args = deploy.healthcheck_args(point.args)
+        assert args.service == component.grpc_service
+        assert args.target == f"127.0.0.1:{component.port}"
+
+
+def test_the_gateway_healthcheck_asks_readyz(services: dict[str, dict[str, Any]]) -> None:
+    gateway = COMPONENTS["gateway"]
+    argv = deploy.healthcheck_argv(
+        services[service_for(services, "gateway")]["healthcheck"]["test"]
+    )
+    assert argv[:2] == ["python", "-c"] and len(argv) == 3
+    code = argv[2]
+    compile(code, "<healthcheck>", "exec")
+    url = f"http://127.0.0.1:{gateway.port}/readyz"
+    assert f"'{url}'" in code or f'"{url}"' in code
+    assert "/readyz" in deploy.gateway_routes()
+
+
+def test_postgres_is_healthy_only_once_it_serves_tcp(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    argv = deploy.healthcheck_argv(services[POSTGRES]["healthcheck"]["test"])
+    assert argv[0] == "pg_isready"
+    # Through the socket, the image's temporary init-time server already answers.
+    assert argv[argv.index("-h") + 1] == "127.0.0.1"
+
+
+def test_depends_on_starts_each_thing_after_what_it_needs(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    order = deploy.start_order(services)
+    for name, service in services.items():
+        for dependency, condition in deploy.depends_on(service).items():
+            target = services[dependency]
+            if condition == "service_healthy":
+                assert "healthcheck" in target, f"{name} waits for {dependency}'s health"
+            else:
+                assert condition == "service_completed_successfully", (name, dependency)
+                assert target.get("restart") == "no", f"{dependency} must be a one-shot"
+    for name in migrations(services):
+        assert deploy.depends_on(services[name]) == {POSTGRES: "service_healthy"}
+    for name, component in servers(services).items():
+        deps = deploy.depends_on(services[name])
+        if component.grpc_service:
+            (migrate,) = [m for m, c in migrations(services).items() if c == component]
+            assert deps == {migrate: "service_completed_successfully"}
+        else:
+            assert deps == {
+                service_for(services, "users"): "service_healthy",
+                service_for(services, "ai"): "service_healthy",
+            }
+        assert all(order.index(d) < order.index(name) for d in deps)
+
+
+def test_the_gateway_targets_every_replica_of_the_right_services(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = deploy.environment(services[service_for(services, "gateway")])
+    for upstream in ("users", "ai"):
+        host, port = deploy.dns_target(env[f"GATEWAY_{upstream.upper()}_TARGET"] or "")
+        assert host == service_for(services, upstream)
+        served = deploy.load_with_env(
+            COMPONENTS[upstream].settings,
+            {k: v for k, v in deploy.environment(services[host]).items() if v is not None},
+        )
+        assert port == deploy.split_addr(served.addr)[1] == COMPONENTS[upstream].port
+
+
+def test_containers_outlive_the_shutdown_grace_period(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, component in servers(services).items():
+        grace = component.settings.model_fields["shutdown_grace_seconds"].default
+        period = services[name]["stop_grace_period"]
+        assert period.endswith("s") and float(period[:-1]) > grace, name
+
+
+# The Dockerfile ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> deploy.Dockerfile:
+    return deploy.dockerfile()
+
+
+def test_the_image_is_multi_stage_on_one_slim_python(dockerfile: deploy.Dockerfile) -> None:
+    assert len(dockerfile.stages) >= 2
+    bases = {dockerfile.resolve(stage.base) for stage in dockerfile.stages}
+    # One interpreter for both: the venv built in the first runs in the last.
+    assert len(bases) == 1, bases
+    (base,) = bases
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
+
+
+def test_the_builder_installs_the_project_pinned_without_dev_extras(
+    dockerfile: deploy.Dockerfile,
+) -> None:
+    builder = dockerfile.stages[0]
+    assert any("python -m venv /opt/venv" in run.args for run in builder.all("RUN"))
+    installs = [run.args for run in builder.all("RUN") if "pip install" in run.args]
+    assert any(re.search(r"pip install -c constraints\.txt \.$", cmd) for cmd in installs)
+    for cmd in installs:
+        assert "-e " not in cmd and "--editable" not in cmd and "[dev]" not in cmd, cmd
+        assert "-c constraints.txt" in cmd, f"unpinned: {cmd}"
+    copied = {src for i in builder.all("COPY") for src in deploy.copy_parts(i)[1]}
+    needed = {"pyproject.toml", "constraints.txt", "README.md", *deploy.wheel_sources()}
+    needed = {s.removesuffix("/tandem_protos") for s in needed}
+    assert needed <= copied, f"the builder never copies {needed - copied}"
+
+
+def test_the_final_stage_holds_only_the_venv_and_runs_as_non_root(
+    dockerfile: deploy.Dockerfile,
+) -> None:
+    final = dockerfile.final
+    copies = [deploy.copy_parts(i) for i in final.all("COPY") + final.all("ADD")]
+    assert copies == [({"from": dockerfile.stages[0].name or "0"}, ["/opt/venv"], "/opt/venv")]
+    for run in final.all("RUN"):
+        assert not re.search(r"apt-get install|apk add|pip install|gcc|build-essential", run.args)
+    user = final.all("USER")[-1].args.split(":")[0]
+    assert user.isdigit() and int(user) != 0, "run as a numeric, non-root uid"
+    last_user = max(i for i, ins in enumerate(final.instructions) if ins.keyword == "USER")
+    last_cmd = max(i for i, ins in enumerate(final.instructions) if ins.keyword == "CMD")
+    assert last_user < last_cmd
+    env = final.env()
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+
+
+def test_the_image_settings_listen_on_every_interface_at_the_default_ports(
+    dockerfile: deploy.Dockerfile,
+) -> None:
+    env = dockerfile.final.env()
+    for component in COMPONENTS.values():
+        assert env[f"{component.prefix}ADDR"] == f"0.0.0.0:{component.port}"
+    prefixed = {n for n in env if n.startswith(tuple(c.prefix for c in COMPONENTS.values()))}
+    known = set().union(*(c.variables for c in COMPONENTS.values()))
+    assert prefixed <= known, f"not settings: {prefixed - known}"
+    exposed = {int(p) for i in dockerfile.final.all("EXPOSE") for p in i.args.split()}
+    assert exposed == {c.port for c in COMPONENTS.values()}
+
+
+def test_the_default_command_is_a_real_entry_point(dockerfile: deploy.Dockerfile) -> None:
+    (cmd,) = dockerfile.final.all("CMD")
+    assert cmd.args.startswith("["), "exec form, so the service gets SIGTERM itself"
+    deploy.entry_point(cmd.argv())
+    assert not dockerfile.final.all("ENTRYPOINT")
+
+
+def test_no_image_level_healthcheck_guesses_which_service_runs(
+    dockerfile: deploy.Dockerfile, services: dict[str, dict[str, Any]]
+) -> None:
+    assert not any(s.all("HEALTHCHECK") for s in dockerfile.stages)
+    for name in servers(services):
+        assert "healthcheck" in services[name], f"{name} needs its own healthcheck"
+
+
+def test_the_build_context_holds_what_the_builder_copies_and_no_local_state(
+    dockerfile: deploy.Dockerfile,
+) -> None:
+    for instruction in dockerfile.stages[0].all("COPY"):
+        for source in deploy.copy_parts(instruction)[1]:
+            path = deploy.ROOT / source
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            assert files, f"{source} does not exist"
+            kept = [
+                f
+                for f in files
+                if not deploy.excluded_from_context(str(f.relative_to(deploy.ROOT)))
+            ]
+            assert kept, f"{source} is left out of the build context"
+    for source in (*deploy.wheel_sources(), "protos/python/tandem_protos/users/v1/users_pb2.py"):
+        assert not deploy.excluded_from_context(source)
+    for private in (
+        ".env",
+        ".venv/bin/python",
+        ".git/config",
+        "data/users.db",
+        "tests/conftest.py",
+        "servicekit/__pycache__/cli.cpython-311.pyc",
+        "protos/users/v1/users.proto",
+        "docker-compose.yml",
+    ):
+        assert deploy.excluded_from_context(private), f"{private} reaches the build context"
