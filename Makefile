@@ -8,7 +8,7 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint types protos-lint unit integration e2e protos lock clean \
-	bench-users bench-ai bench-offline calibrate-offline
+	bench-users bench-gateway bench-ai bench-offline calibrate-offline
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Tandem needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -45,6 +45,11 @@ e2e: $(INSTALLED)
 # The users benchmark creates (and drops) its own database on TEST_DATABASE_URL's server.
 bench-users: $(INSTALLED)
 	$(PY) bench/users_bench.py $(BENCH_ARGS)
+
+# The gateway path (gateway -> users -> PostgreSQL) against a FastAPI + SQLAlchemy
+# monolith, loaded by wrk (Debian package `wrk`); creates and drops its own database.
+bench-gateway: $(INSTALLED)
+	$(PY) bench/gateway_bench.py $(BENCH_ARGS)
 
 bench-ai: $(INSTALLED)
 	$(PY) bench/ai_bench.py $(BENCH_ARGS)

@@ -1,0 +1,278 @@
+"""The gateway benchmark's servers: the gateway path and the monolith, as real processes.
+
+The gateway path is `python -m users_service` and `python -m gateway`; the monolith is
+`uvicorn bench._monolith:app --workers 2`. All listen on free ports below Linux's
+ephemeral range (a fixed port inside it can be held for a moment by any client socket),
+log at WARNING, and are found ready by asking them (gRPC health, `/healthz`), not by
+reading their logs. Children get SIGTERM when the benchmark dies (bench/_procs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+import _procs
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.settings import GatewaySettings
+
+# Below 32768, where Linux's ip_local_port_range starts.
+PORT_RANGE = (20_000, 32_767)
+START_WITHIN_S = 60.0
+MONOLITH_WORKERS = 2
+MONOLITH_POOL_SIZE = 10
+# The gateway's default: how long it trusts that a token's account is live.
+AUTH_CACHE_SECONDS = float(GatewaySettings.model_fields["auth_cache_seconds"].default)
+
+
+def free_port(taken: Sequence[int] = ()) -> int:
+    """A port below the ephemeral range that nothing is bound to right now."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(*PORT_RANGE)
+        if port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
+
+
+class Child:
+    """One server child process, its output kept for error messages."""
+
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> None:
+        self.name = name
+        self.command = list(command)
+        self.env = dict(env)
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.returncode is not None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(list(self.lines)[-lines:])
+
+    async def start(self, ready: Callable[[], Awaitable[bool]]) -> None:
+        """Start it and wait until `ready()` says so; its output if it never does."""
+        self.process = await _procs.spawn(self.command, self.env, stdout=asyncio.subprocess.PIPE)
+        self._reader = asyncio.create_task(self._read())
+        deadline = time.monotonic() + START_WITHIN_S
+        while time.monotonic() < deadline:
+            if self.exited():
+                await self._reader
+                raise RuntimeError(
+                    f"{self.name} exited ({self.process.returncode}) at start:\n{self.tail()}"
+                )
+            with contextlib.suppress(Exception):
+                if await ready():
+                    return
+            await asyncio.sleep(0.1)
+        await self.stop()
+        raise RuntimeError(f"{self.name} was not ready within {START_WITHIN_S:g} s:\n{self.tail()}")
+
+    async def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 20)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (uvicorn's workers are children of its supervisor)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children[ppid].append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+async def _grpc_serving(address: str) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=1
+        )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class Stack:
+    """The users service, the gateway and the monolith of one run, all serving at once.
+
+    The stack that is not being measured sits idle (no calls; its CPU is reported).
+    """
+
+    def __init__(self, database_url: str, *, monolith_env: Mapping[str, str]) -> None:
+        self.database_url = database_url
+        self.jwt_secret = secrets.token_urlsafe(48)
+        ports: list[int] = []
+        for _ in range(4):
+            ports.append(free_port(ports))
+        self.users_port, self.gateway_port, self.monolith_port, self.ai_port = ports
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
+        self.monolith_env = dict(monolith_env)
+        self.users: Child | None = None
+        self.gateway: Child | None = None
+        self.monolith: Child | None = None
+        self.monolith_workers: list[int] = []
+
+    def children(self) -> list[Child]:
+        return [c for c in (self.gateway, self.users, self.monolith) if c is not None]
+
+    async def start(self) -> None:
+        users_address = f"127.0.0.1:{self.users_port}"
+        self.users = Child(
+            "users service",
+            [sys.executable, "-m", "users_service"],
+            _procs.clean_env(
+                {
+                    "USERS_DATABASE_URL": self.database_url,
+                    "USERS_ADDR": users_address,
+                    "USERS_ACCESS_LOG": "false",
+                    "USERS_LOG_LEVEL": "WARNING",
+                    "USERS_PAGE_TOKEN_SECRET": secrets.token_urlsafe(32),
+                }
+            ),
+        )
+        self.gateway = Child(
+            "gateway",
+            [sys.executable, "-m", "gateway"],
+            _procs.clean_env(
+                {
+                    "GATEWAY_ADDR": f"127.0.0.1:{self.gateway_port}",
+                    "GATEWAY_USERS_TARGET": users_address,
+                    # Nothing listens there; GET /v1/users/{id} never calls the ai service.
+                    "GATEWAY_AI_TARGET": f"127.0.0.1:{self.ai_port}",
+                    "GATEWAY_JWT_SECRET": self.jwt_secret,
+                    "GATEWAY_ACCESS_LOG": "false",
+                    "GATEWAY_LOG_LEVEL": "WARNING",
+                }
+            ),
+        )
+        self.monolith = Child(
+            "monolith",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench._monolith:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.monolith_port),
+                "--workers",
+                str(MONOLITH_WORKERS),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            _procs.clean_env(
+                {
+                    "MONOLITH_DATABASE_URL": self.database_url,
+                    "MONOLITH_JWT_SECRET": self.jwt_secret,
+                    "MONOLITH_AUTH_CACHE_SECONDS": f"{AUTH_CACHE_SECONDS:g}",
+                    "MONOLITH_POOL_SIZE": str(MONOLITH_POOL_SIZE),
+                    **self.monolith_env,
+                }
+            ),
+        )
+        users, gateway, monolith = self.users, self.gateway, self.monolith
+        await asyncio.gather(
+            users.start(lambda: _grpc_serving(users_address)),
+            gateway.start(lambda: self._http_ok(self.gateway_url + "/healthz")),
+            monolith.start(self._monolith_workers_up),
+        )
+
+    async def _http_ok(self, url: str) -> bool:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(url)).status_code == 200
+
+    async def _monolith_workers_up(self) -> bool:
+        """Whether every worker answers: each new connection goes to whichever accepts it."""
+        seen: set[int] = set()
+        for _ in range(20):
+            # A fresh connection each time, so that any worker may take it.
+            async with httpx.AsyncClient(timeout=2) as client:
+                reply = await client.get(self.monolith_url + "/healthz")
+            if reply.status_code != 200:
+                return False
+            seen.add(int(reply.json()["pid"]))
+            if len(seen) == MONOLITH_WORKERS:
+                self.monolith_workers = sorted(seen)
+                return True
+        return False
+
+    async def stop(self) -> None:
+        for child in self.children():
+            await child.stop()
+
+    def tails(self) -> str:
+        """The last lines each server wrote, for error messages."""
+        return "\n".join(f"--- {c.name}:\n{c.tail()}" for c in self.children())
+
+    def check_alive(self) -> None:
+        for child in self.children():
+            if child.exited():
+                raise RuntimeError(f"the {child.name} died:\n{child.tail()}")
+
+    def pid_groups(self) -> dict[str, list[int]]:
+        """The processes of each server, for CPU accounting."""
+        assert self.gateway is not None
+        assert self.users is not None
+        assert self.monolith is not None
+        return {
+            "gateway": [self.gateway.pid],
+            "users": [self.users.pid],
+            "monolith": process_tree(self.monolith.pid),
+        }

@@ -1,0 +1,442 @@
+"""Benchmark of the REST gateway path against a monolith, run on demand (never in the tests).
+
+    .venv/bin/python bench/gateway_bench.py [--quick] [--duration S] [--users N]
+        [--rounds R] [--json PATH] [--profile | --no-profile]
+
+It creates its own PostgreSQL database, applies the users service's migrations, seeds N
+users with COPY, and starts, as real processes, the gateway path (`python -m
+users_service`, `python -m gateway`) and the monolith a user would otherwise write
+(bench/_monolith.py: one FastAPI + SQLAlchemy app doing the same token check and query,
+under uvicorn with 2 workers - as many processes as gateway + users). It signs up a real
+account through the gateway, logs in at POST /v1/auth/token, checks that both answer
+the same for the same request, then loads `GET /v1/users/{id}` with that bearer token
+and random seeded ids from wrk (a separate process) at 64 connections for a fixed time,
+alternating the two targets round by round (ABBA) so that drifting background load hits
+both. It reports requests/s, p50 and p99 of each (medians of the rounds), their ratios
+against the issue's targets, non-2xx responses, and the CPU every process used. When
+the gateway path misses a target (or with --profile) it samples the gateway and the
+users service with py-spy under the same load and reports where their CPU goes.
+
+The database is dropped at the end, also on Ctrl-C or SIGTERM; one left by a killed run
+is dropped by the next run. Needs wrk (`apt-get install -y wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import _gwload
+import _gwprofile
+import _gwreport
+import _gwstack
+import _pg
+import _procs
+import _profile
+import httpx
+from _config import PASSWORD, log
+from _facts import argon2_params, machine_facts
+from sqlalchemy.engine import URL
+
+CONNECTIONS = 64
+BENCH_EMAIL = "gateway.bench@example.com"
+_WORKDIR_PREFIX = "gateway_bench_"
+_STALE_WORKDIR = re.compile(rf"^{_WORKDIR_PREFIX}(\d+)_")
+
+
+@dataclass(frozen=True)
+class Config:
+    users: int
+    duration: int
+    warmup: int
+    rounds: int
+    connections: int
+    sample_ids: int
+    profile: bool | None  # None: only when a target is missed
+    profile_dir: str | None
+    json_path: str | None
+    admin_url: str | None
+    monolith_env: dict[str, str] = field(default_factory=dict)
+    seed: int = 1
+    quick: bool = False
+
+
+@dataclass
+class Run:
+    config: Config
+    admin: URL
+    database: URL
+    workdir: Path
+    wrk: str
+    stack: _gwstack.Stack | None = None
+    meter: _gwload.Meter | None = None
+    script: Path | None = None
+    plan: Path | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def target(self, name: str) -> _gwload.Target:
+        assert self.stack is not None
+        if name == "gateway":
+            return _gwload.Target("gateway", self.stack.gateway_url, ("gateway", "users"))
+        return _gwload.Target("monolith", self.stack.monolith_url, ("monolith",))
+
+    async def load(self, name: str, duration: int, *, measured: bool) -> dict[str, Any]:
+        assert self.stack is not None
+        assert self.script is not None
+        assert self.plan is not None
+        result = await _gwload.run_wrk(
+            self.wrk,
+            self.target(name),
+            script=self.script,
+            plan=self.plan,
+            connections=self.config.connections,
+            duration_s=duration,
+            seed=self.rng.randrange(1 << 30),
+            groups=self.stack.pid_groups() if measured else None,
+            meter=self.meter if measured else None,
+        )
+        self.stack.check_alive()
+        return result
+
+
+# --- set-up -----------------------------------------------------------------------------
+
+
+def _drop_stale_workdirs() -> None:
+    """Plan files of killed runs (their database is dropped by _pg)."""
+    root = Path(tempfile.gettempdir())
+    for entry in root.glob(f"{_WORKDIR_PREFIX}*"):
+        match = _STALE_WORKDIR.match(entry.name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+async def _account_token(base_url: str) -> tuple[str, str]:
+    """Sign up a real account through the gateway and log in; (its id, a bearer token)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        created = await client.post(
+            "/v1/users",
+            json={"email": BENCH_EMAIL, "name": "Gateway Bench", "password": PASSWORD},
+        )
+        if created.status_code != 201:
+            raise RuntimeError(f"sign-up failed: {created.status_code} {created.text}")
+        login = await client.post(
+            "/v1/auth/token", data={"username": BENCH_EMAIL, "password": PASSWORD}
+        )
+        if login.status_code != 200:
+            raise RuntimeError(f"login failed: {login.status_code} {login.text}")
+        return str(created.json()["id"]), str(login.json()["access_token"])
+
+
+def _normalised(body: dict[str, Any]) -> dict[str, Any]:
+    # Both write RFC 3339 UTC; they may differ in how many fraction digits they print.
+    return {
+        k: datetime.fromisoformat(v) if k.endswith("_at") else v for k, v in sorted(body.items())
+    }
+
+
+async def _check_same_answers(run: Run, token: str, ids: Sequence[str]) -> None:
+    """Both targets answer the same body and ETag, and refuse a request without a token."""
+    assert run.stack is not None
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for user_id in ids:
+            replies = [
+                await client.get(f"{url}/v1/users/{user_id}", headers=headers)
+                for url in (run.stack.gateway_url, run.stack.monolith_url)
+            ]
+            for reply in replies:
+                if reply.status_code != 200:
+                    await asyncio.sleep(0.5)  # lets the servers' logs reach us
+                    raise RuntimeError(
+                        f"{reply.url}: {reply.status_code} {reply.text}\n{run.stack.tails()}"
+                    )
+            gateway, monolith = replies
+            if _normalised(gateway.json()) != _normalised(monolith.json()):
+                raise RuntimeError(f"different bodies:\n{gateway.text}\n{monolith.text}")
+            if gateway.headers.get("etag") != monolith.headers.get("etag"):
+                raise RuntimeError("different ETags")
+        for url in (run.stack.gateway_url, run.stack.monolith_url):
+            anonymous = await client.get(f"{url}/v1/users/{ids[0]}")
+            if anonymous.status_code != 401:
+                raise RuntimeError(f"{url} answered {anonymous.status_code} without a token")
+
+
+async def _prepare(run: Run, results: dict[str, Any]) -> None:
+    config = run.config
+    await _pg.migrate(run.database, _procs.clean_env({}))
+    log(f"seeding {config.users:,} users")
+    hasher = argon2_params({}).hasher()
+    seeded = await _pg.seed(
+        run.database,
+        users=config.users,
+        password_hash=hasher.hash(PASSWORD),
+        sample=config.sample_ids,
+        rng=random.Random(config.seed),
+    )
+    results["seed"] = {"users": seeded.users, **seeded.timings}
+    log("starting the users service, the gateway and the monolith")
+    run.stack = _gwstack.Stack(_pg.sqlalchemy_url(run.database), monolith_env=config.monolith_env)
+    await run.stack.start()
+    results["ports"] = {
+        "users": run.stack.users_port,
+        "gateway": run.stack.gateway_port,
+        "monolith": run.stack.monolith_port,
+    }
+    account_id, token = await _account_token(run.stack.gateway_url)
+    await _check_same_answers(run, token, [account_id, *seeded.sample_ids[:5]])
+    run.script, run.plan = _gwload.write_plan(run.workdir, token, seeded.sample_ids)
+    run.meter = _gwload.Meter(_pg.dsn(run.admin), str(run.database.database))
+    await run.meter.open()
+
+
+# --- the phases ----------------------------------------------------------------------------
+
+
+async def _rounds(run: Run) -> list[dict[str, Any]]:
+    config = run.config
+    phases = []
+    for n in range(config.rounds):
+        # ABBA: each target goes first as often as the other, so drift hits both alike.
+        order = _gwreport.TARGETS if n % 2 == 0 else _gwreport.TARGETS[::-1]
+        for name in order:
+            log(f"round {n + 1}/{config.rounds}: {name}, {config.warmup} s warm-up")
+            warm = await run.load(name, config.warmup, measured=False)
+            log(f"round {n + 1}/{config.rounds}: {name}, {config.duration} s measured")
+            phase = await run.load(name, config.duration, measured=True)
+            phase.update(
+                round=n + 1,
+                warmup={k: warm[k] for k in ("requests_per_s", "non_2xx", "socket_errors")},
+            )
+            log(
+                f"  {phase['requests_per_s']:,.0f} req/s, p50 {phase['p50_ms']:.2f} ms, "
+                f"p99 {phase['p99_ms']:.2f} ms, non-2xx {phase['non_2xx']}, other cores "
+                f"{phase['cpu']['cores']['other']:.2f}"
+            )
+            phases.append(phase)
+    return phases
+
+
+async def _profiles(run: Run) -> dict[str, Any]:
+    """py-spy on the gateway path's processes, then on the monolith's, under load."""
+    py_spy = _profile.find_py_spy()
+    if py_spy is None:
+        return {"note": "py-spy not found (`.venv/bin/pip install py-spy`); not profiled"}
+    stack = run.stack
+    assert stack is not None
+    assert stack.gateway is not None
+    assert stack.users is not None
+    folder = Path(run.config.profile_dir) if run.config.profile_dir else run.workdir / "profile"
+    duration = run.config.duration
+
+    async def load(name: str, seconds: int) -> dict[str, Any]:
+        return await run.load(name, seconds, measured=True)
+
+    log(f"profile: py-spy on the gateway and the users service, {duration} s under load")
+    gateway = await _gwprofile.profile(
+        py_spy,
+        load,
+        target="gateway",
+        processes={"gateway": [stack.gateway.pid], "users service": [stack.users.pid]},
+        groups={"gateway": "gateway", "users service": "users"},
+        duration=duration,
+        folder=folder,
+    )
+    log(f"profile: py-spy on the monolith's workers, {duration} s under load")
+    monolith = await _gwprofile.profile(
+        py_spy,
+        load,
+        target="monolith",
+        processes={"monolith workers": stack.monolith_workers},
+        groups={"monolith workers": "monolith"},
+        duration=duration,
+        folder=folder,
+    )
+    return {
+        "raw_stacks": str(folder) if run.config.profile_dir else None,
+        "gateway": gateway,
+        "monolith": monolith,
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+async def run_bench(config: Config) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    # Any of these cancels the run, so that the finally blocks stop the servers and drop
+    # the database; later ones must not cut that clean-up short.
+    interrupts: list[int] = []
+
+    def interrupted(signum: int) -> None:
+        if not interrupts:
+            main.cancel()
+        interrupts.append(signum)
+        log(f"{signal.Signals(signum).name}: stopping the servers and cleaning up")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, interrupted, signum)
+
+    wrk = _gwload.find_wrk()
+    assert wrk is not None  # main() checked
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": _machine(wrk), "config": asdict(config)}
+    results["machine"]["busy_cores_before"] = await _busy_cores(2.0)
+    admin = _pg.admin_url(config.admin_url)
+    results["machine"]["postgresql"] = await _pg.server_version(admin)
+    dropped = await _pg.drop_stale_databases(admin)
+    if dropped:
+        log(f"dropped databases of earlier runs that were killed: {', '.join(dropped)}")
+    _drop_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}_"))
+    database = await _pg.create_database(admin)
+    run = Run(config, admin, database, workdir, wrk, rng=random.Random(config.seed))
+    log(f"database {database.database}")
+    try:
+        await _prepare(run, results)
+        phases = await _rounds(run)
+        results["phases"] = phases
+        medians = {
+            name: _gwreport.median_of([p for p in phases if p["target"] == name])
+            for name in _gwreport.TARGETS
+        }
+        results["medians"] = medians
+        results["ratios"] = _gwreport.ratios(medians["gateway"], medians["monolith"])
+        results["targets"] = _gwreport.targets(results)
+        if config.profile or (config.profile is None and _gwreport.missed(results)):
+            results["profile"] = await _profiles(run)
+    finally:
+        if run.meter is not None:
+            with contextlib.suppress(Exception):
+                await run.meter.close()
+        if run.stack is not None:
+            with contextlib.suppress(Exception):
+                await run.stack.stop()
+        await _pg.drop_database(admin, database)
+        log(f"dropped database {database.database}")
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["elapsed_s"] = time.perf_counter() - started
+    results["notes"] = _gwreport.notes(results)
+    return results
+
+
+async def _busy_cores(seconds: float) -> float:
+    """Cores the machine keeps busy before the benchmark starts anything: others' work."""
+    busy, _ = _procs.machine_cpu_s()
+    await asyncio.sleep(seconds)
+    return (_procs.machine_cpu_s()[0] - busy) / seconds
+
+
+def _machine(wrk: str) -> dict[str, Any]:
+    facts = machine_facts()
+    facts["wrk"] = _gwload.wrk_version(wrk)
+    for name in ("fastapi", "uvicorn", "starlette", "pyjwt", "orjson", "httptools"):
+        try:
+            facts[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            facts[name] = "-"
+    return facts
+
+
+def _env_pairs(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("MONOLITH_"):
+            parser.error(f"--monolith-env wants MONOLITH_NAME=VALUE, not {pair!r}")
+        found[key] = value
+    return found
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="gateway_bench.py",
+        description="The gateway path against a monolith (creates and drops its own database).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 20,000 users, 1 round of 3 s phases"
+    )
+    parser.add_argument("--users", type=int, help="users to seed (default 100,000)")
+    parser.add_argument("--duration", type=int, help="seconds measured per phase (default 10)")
+    parser.add_argument("--warmup", type=int, help="seconds of unmeasured load before each")
+    parser.add_argument("--rounds", type=int, help="rounds of both targets (default 3); medians")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument(
+        "--profile", action="store_true", default=None, help="always py-spy the gateway path"
+    )
+    profile.add_argument("--no-profile", dest="profile", action="store_false", help="never profile")
+    parser.add_argument("--profile-dir", help="keep py-spy's raw stacks in this folder")
+    parser.add_argument("--json", dest="json_path", help="write the results to this file")
+    parser.add_argument(
+        "--admin-url", help="PostgreSQL server (default $TEST_DATABASE_URL or local postgres)"
+    )
+    parser.add_argument(
+        "--monolith-env",
+        action="append",
+        default=[],
+        metavar="MONOLITH_X=VALUE",
+        help="extra setting for the monolith (repeatable), e.g. MONOLITH_AUTOCOMMIT=false",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the test data")
+    args = parser.parse_args(argv)
+    users = args.users or (20_000 if args.quick else 100_000)
+    duration = args.duration or (3 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 3)
+    if users < 1 or duration < 1 or warmup < 1 or rounds < 1 or args.connections < 1:
+        parser.error("--users, --duration, --warmup, --rounds and --connections must be >= 1")
+    return Config(
+        users=users,
+        duration=duration,
+        warmup=warmup,
+        rounds=rounds,
+        connections=args.connections,
+        sample_ids=min(10_000, users),
+        profile=args.profile,
+        profile_dir=args.profile_dir,
+        json_path=args.json_path,
+        admin_url=args.admin_url,
+        monolith_env=_env_pairs(parser, args.monolith_env),
+        seed=args.seed,
+        quick=args.quick,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    if _gwload.find_wrk() is None:
+        log(_gwload.WRK_MISSING)
+        return 2
+    try:
+        results = asyncio.run(run_bench(config))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted")
+        return 130
+    sys.stdout.write(_gwreport.render(results))
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        log(f"results written to {config.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
