@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -234,3 +236,35 @@ async def test_sigterm_answers_every_accepted_request(tmp_path: Any) -> None:
             await assert_stops_cleanly(stack)
             # The default grace period is 10 s; the calls needed about 2.
             assert time.monotonic() - signalled < 10
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (children of every thread)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (task / "children").read_text().split()
+            found += [int(c) for c in children]
+            pending += [int(c) for c in children]
+    return found
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+async def test_when_one_service_dies_the_others_stop_and_it_is_named(tmp_path: Any) -> None:
+    env = {
+        "USERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/users.db",
+        "AI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/ai.db",
+    }
+    async with make_run(env) as stack:
+        (ai,) = [p for p in descendants(stack.process.pid) if "-m ai_service" in command_line(p)]
+        os.kill(ai, signal.SIGKILL)
+        code = await asyncio.wait_for(stack.process.wait(), 60)
+        assert code != 0
+        assert "stack   | ai exited with code -9; stopped the others" in stack.output
+        assert any("Finished server process" in line for line in stack.prefixed("gateway"))
+        assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("users"))
