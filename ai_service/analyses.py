@@ -25,7 +25,7 @@ from servicekit.errors import (
     NotFound,
     ServiceError,
 )
-from servicekit.pagination import PageTokens, page_size
+from servicekit.pagination import PageTokens, keyset_page
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +136,16 @@ class Analyses:
 
     async def list(self, user_id: str, *, size: int, token: str) -> Page:
         owner = _parse_uuid(user_id, "user_id")
-        limit = page_size(size)
-        scope = f"analyses.list:user_id={owner}"
-        before = None
-        if token:
-            cursor = self._page_tokens.decode(token, scope)
-            before = (datetime.fromisoformat(str(cursor[0])), uuid.UUID(str(cursor[1])))
-        found = await self._repository.list_for_user(owner, before=before, limit=limit + 1)
-        next_token = ""
-        if len(found) > limit:
-            found = found[:limit]
-            last = found[-1]
-            next_token = self._page_tokens.encode(
-                [last.create_time.isoformat(), str(last.id)], scope
-            )
+        found, next_token = await keyset_page(
+            self._page_tokens,
+            size=size,
+            token=token,
+            scope=f"analyses.list:user_id={owner}",
+            fetch=lambda before, limit: self._repository.list_for_user(
+                owner, before=before, limit=limit
+            ),
+            key=lambda analysis: (analysis.create_time, analysis.id),
+        )
         return Page(found, next_token)
 
     def _validate(self, text: str, user_id: str) -> uuid.UUID:

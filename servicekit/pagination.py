@@ -15,12 +15,16 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
 
 from servicekit.errors import InvalidArgument
 from servicekit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -37,6 +41,38 @@ def page_size(requested: int, *, field: str = "page_size") -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)
+
+
+# The sort key of keyset pagination: (creation time, id), unique and stable.
+TimeKey = tuple[datetime, uuid.UUID]
+
+
+async def keyset_page(
+    tokens: PageTokens,
+    *,
+    size: int,
+    token: str,
+    scope: str,
+    fetch: Callable[[TimeKey | None, int], Awaitable[list[T]]],
+    key: Callable[[T], TimeKey],
+) -> tuple[list[T], str]:
+    """One AIP-158 page: the items `fetch` returns after the token's key, and the
+    token of the next page ("" on the last one).
+
+    `fetch(start, limit)` returns up to `limit` items past `start` in key order.
+    """
+    limit = page_size(size)
+    start = None
+    if token:
+        cursor = tokens.decode(token, scope)
+        start = (datetime.fromisoformat(str(cursor[0])), uuid.UUID(str(cursor[1])))
+    # One extra row tells whether another page follows, without a COUNT.
+    items = await fetch(start, limit + 1)
+    if len(items) <= limit:
+        return items, ""
+    items = items[:limit]
+    time, ident = key(items[-1])
+    return items, tokens.encode([time.isoformat(), str(ident)], scope)
 
 
 def page_tokens_from(settings: ServiceSettings) -> PageTokens:

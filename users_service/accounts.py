@@ -15,7 +15,7 @@ from servicekit.errors import (
     NotFound,
     Unauthenticated,
 )
-from servicekit.pagination import PageTokens, page_size
+from servicekit.pagination import PageTokens, keyset_page
 from users_service.domain import (
     User,
     Violations,
@@ -99,23 +99,16 @@ class Accounts:
         return user
 
     async def list(self, *, size: int, token: str, show_deleted: bool) -> Page:
-        limit = page_size(size)
-        scope = f"users.list:show_deleted={show_deleted}"
-        after = None
-        if token:
-            cursor = self._page_tokens.decode(token, scope)
-            after = (datetime.fromisoformat(str(cursor[0])), uuid.UUID(str(cursor[1])))
-        # One extra row tells whether another page follows, without a COUNT.
-        users = await self._repository.list_page(
-            after=after, limit=limit + 1, show_deleted=show_deleted
+        users, next_token = await keyset_page(
+            self._page_tokens,
+            size=size,
+            token=token,
+            scope=f"users.list:show_deleted={show_deleted}",
+            fetch=lambda after, limit: self._repository.list_page(
+                after=after, limit=limit, show_deleted=show_deleted
+            ),
+            key=lambda user: (user.create_time, user.id),
         )
-        next_token = ""
-        if len(users) > limit:
-            users = users[:limit]
-            last = users[-1]
-            next_token = self._page_tokens.encode(
-                [last.create_time.isoformat(), str(last.id)], scope
-            )
         return Page(users, next_token)
 
     async def update(self, changes: UserChanges) -> User:

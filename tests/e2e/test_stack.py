@@ -182,11 +182,10 @@ async def grpc_journey(stack: RunningStack) -> None:
     assert code != 0 and "not_found" in missing
 
 
-async def test_the_stack_as_make_run_starts_it(tmp_path: Any) -> None:
-    env = {
-        "USERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/users.db",
-        "AI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/ai.db",
-    }
+async def test_the_stack_as_make_run_starts_it(database_url: str) -> None:
+    # Both services in one database (on SQLite, and on PostgreSQL): each keeps its own
+    # tables and its own migration history.
+    env = {"USERS_DATABASE_URL": database_url, "AI_DATABASE_URL": database_url}
     async with make_run(env) as stack:
         assert "REST API" in stack.output and "grpcurl" in stack.output and "curl" in stack.output
         assert stack.prefixed("users") and stack.prefixed("ai") and stack.prefixed("gateway")

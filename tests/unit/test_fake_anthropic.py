@@ -92,7 +92,10 @@ async def test_create_returns_the_scripted_message_and_records_what_was_sent(fak
     assert sent.api_key == "test-key"
     assert sent.anthropic_version == ANTHROPIC_API_VERSION
     assert sent.retry_count == 0
-    assert sent.completed.is_set() and sent.done.is_set() and not sent.disconnected.is_set()
+    # The client can hold the answer before the server thread has noted it as written.
+    assert await sent.wait_done(timeout=5)
+    assert sent.completed.is_set()
+    assert not sent.disconnected.is_set()
 
 
 async def test_every_response_has_a_unique_request_id(fake):
@@ -200,7 +203,7 @@ async def test_stream_helper_yields_text_events_and_the_final_message(fake):
     assert final.usage.cache_read_input_tokens == 7
     assert stream.request_id == fake.last_request.request_id
     assert fake.last_request.streamed
-    assert fake.last_request.completed.is_set()
+    assert await fake.last_request.wait_completed(timeout=5)
 
 
 async def test_streamed_structured_output_is_parsed(fake):
