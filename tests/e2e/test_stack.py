@@ -181,6 +181,36 @@ async def grpc_journey(stack: RunningStack) -> None:
     code, missing = await buf_curl(stack.users, f"{users}/GetUser", {"id": str(uuid.uuid4())})
     assert code != 0 and "not_found" in missing
 
+    # Update yourself (with the etag), stream an analysis, delete yourself.
+    renamed = await grpcurl(
+        stack.users,
+        f"{users}/UpdateUser",
+        data={
+            "user": {"id": user_id, "name": "Grace H.", "etag": created.json()["etag"]},
+            "update_mask": {"paths": ["name"]},
+        },
+    )
+    assert renamed.json()["name"] == "Grace H.", renamed.output
+    stale = await grpcurl(
+        stack.users,
+        f"{users}/UpdateUser",
+        data={
+            "user": {"id": user_id, "name": "X", "etag": created.json()["etag"]},
+            "update_mask": {"paths": ["name"]},
+        },
+    )
+    assert "Code: Aborted" in stale.output
+    streamed = await grpcurl(
+        stack.ai, f"{ai}/StreamAnalyzeText", data={"text": "Dreadful.", "user_id": user_id}
+    )
+    assert streamed.exit_code == 0 and '"analysis"' in streamed.output, streamed.output
+    code, deleted = await buf_curl(stack.users, f"{users}/DeleteUser", {"id": user_id})
+    assert code == 0 and "deleteTime" in deleted.replace("delete_time", "deleteTime"), deleted
+    gone = await grpcurl(
+        stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": PASSWORD}
+    )
+    assert "Code: Unauthenticated" in gone.output
+
 
 async def test_the_stack_as_make_run_starts_it(database_url: str) -> None:
     # Both services in one database (on SQLite, and on PostgreSQL): each keeps its own
