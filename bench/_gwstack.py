@@ -14,7 +14,6 @@ import collections
 import contextlib
 import random
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -102,14 +101,7 @@ class Child:
     async def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 20)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await _procs.terminate(self.process, within=20)
         if self._reader is not None:
             await self._reader
 

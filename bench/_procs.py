@@ -120,16 +120,42 @@ class Server:
     async def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await terminate(self.process, within=15)
         if self._reader is not None:
             await self._reader
+
+
+async def terminate(process: asyncio.subprocess.Process, *, within: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited `within` seconds later."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+def cancel_on_signals(log: Callable[[str], None]) -> None:
+    """SIGINT, SIGTERM or SIGHUP cancel the current task (once), so that its finally
+    blocks stop the servers and drop the database; later signals must not cut that
+    clean-up short. (SIGINT too: a shell starts background jobs with it ignored, which
+    asyncio.run respects.)"""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    interrupts: list[int] = []
+
+    def interrupted(signum: int) -> None:
+        if not interrupts:
+            main.cancel()
+        interrupts.append(signum)
+        log(f"{signal.Signals(signum).name}: stopping the servers and cleaning up")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, interrupted, signum)
 
 
 def process_cpu_s(pid: int) -> float:

@@ -31,7 +31,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -279,21 +278,7 @@ async def _profiles(run: Run) -> dict[str, Any]:
 
 
 async def run_bench(config: Config) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    # Any of these cancels the run, so that the finally blocks stop the servers and drop
-    # the database; later ones must not cut that clean-up short.
-    interrupts: list[int] = []
-
-    def interrupted(signum: int) -> None:
-        if not interrupts:
-            main.cancel()
-        interrupts.append(signum)
-        log(f"{signal.Signals(signum).name}: stopping the servers and cleaning up")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, interrupted, signum)
+    _procs.cancel_on_signals(log)
 
     wrk = _gwload.find_wrk()
     assert wrk is not None  # main() checked

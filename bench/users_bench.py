@@ -29,7 +29,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import _pg
+import _procs
 import _report
 from _config import PAGE_SIZE, PASSWORD, Config, log
 from _facts import argon2_params, machine_facts, measure_argon2
@@ -84,22 +84,7 @@ async def _prepare(bench: Bench, password_hash: str, results: dict[str, Any]) ->
 
 
 async def run(config: Config) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    # Any of these cancels the run, so that the finally blocks stop the servers and
-    # drop the database; later ones must not cut that clean-up short. (SIGINT too:
-    # a shell starts background jobs with it ignored, which asyncio.run respects.)
-    interrupts: list[int] = []
-
-    def interrupted(signum: int) -> None:
-        if not interrupts:
-            main.cancel()
-        interrupts.append(signum)
-        log(f"{signal.Signals(signum).name}: stopping the servers and cleaning up")
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, interrupted, signum)
+    _procs.cancel_on_signals(log)
 
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine_facts(), "config": asdict(config)}
