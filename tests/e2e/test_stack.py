@@ -221,14 +221,15 @@ async def test_the_stack_as_make_run_starts_it(database_url: str) -> None:
         assert stack.prefixed("users") and stack.prefixed("ai") and stack.prefixed("gateway")
         await rest_journey(stack)
         await grpc_journey(stack)
-        stack.process.send_signal(signal.SIGTERM)
+        # Ctrl-C: the terminal sends SIGINT to the whole foreground process group.
+        os.killpg(stack.process.pid, signal.SIGINT)
         await assert_stops_cleanly(stack)
 
 
 async def assert_stops_cleanly(stack: RunningStack) -> None:
-    # make passes SIGTERM on, waits for the stack to stop, then ends by the signal.
+    # make passes the signal on, waits for the stack to stop, then ends by the signal.
     code = await asyncio.wait_for(stack.process.wait(), 30)
-    assert code in (0, -signal.SIGTERM), stack.output
+    assert code in (0, -signal.SIGTERM, -signal.SIGINT), stack.output
     assert "stack   | stopped" in stack.output
     assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("users"))
     assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("ai"))
