@@ -25,18 +25,11 @@ from servicekit.errors import (
     NotFound,
     ServiceError,
 )
-from servicekit.pagination import PageTokens, keyset_page
+from servicekit.pagination import Page, PageTokens, keyset_page
 
 log = logging.getLogger(__name__)
 
 _WHITESPACE = re.compile(r"\s+")
-FALLBACK_MARK = " (fallback from "
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    analyses: list[Analysis]
-    next_page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +67,7 @@ class Analyses:
         self._limits = limits
         self._page_tokens = page_tokens
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._flights: SingleFlight[AnalysisResult] = SingleFlight()
+        self._flights: SingleFlight[_Answer] = SingleFlight()
         self._metrics = metrics or Metrics()
         self._clock = clock
 
@@ -85,11 +78,11 @@ class Analyses:
         key = cache_key(self._backend.model, text)
         cached = await self._cached(key)
         if cached is not None:
-            return await self._store(owner, text, cached, cached=True)
-        result, shared = await self._flights.run(
-            key, lambda: self._produce(text, deadline=deadline, trace=trace)
+            return await self._store(owner, _Answer(cached, key), cached=True)
+        answer, shared = await self._flights.run(
+            key, lambda: self._produce(text, key, deadline=deadline, trace=trace)
         )
-        return await self._store(owner, text, result, cached=shared)
+        return await self._store(owner, answer, cached=shared)
 
     async def stream(
         self, text: str, user_id: str, *, deadline: float, trace: UpstreamTrace
@@ -99,21 +92,21 @@ class Analyses:
         key = cache_key(self._backend.model, text)
         cached = await self._cached(key)
         if cached is not None:
-            yield await self._store(owner, text, cached, cached=True)
+            yield await self._store(owner, _Answer(cached, key), cached=True)
             return
         if self._flights.busy(key):
             # An identical AnalyzeText is in flight: wait for its answer instead.
-            result, _ = await self._flights.run(
-                key, lambda: self._produce(text, deadline=deadline, trace=trace)
+            answer, _ = await self._flights.run(
+                key, lambda: self._produce(text, key, deadline=deadline, trace=trace)
             )
-            yield await self._store(owner, text, result, cached=True)
+            yield await self._store(owner, answer, cached=True)
             return
-        final: AnalysisResult | None = None
+        final: _Answer | None = None
         async with self._slot(deadline):
             try:
                 async for item in self._backend.stream(text, deadline=deadline, trace=trace):
                     if isinstance(item, AnalysisResult):
-                        final = item
+                        final = _Answer(item, key)
                     else:
                         yield item
             except ServiceError as error:
@@ -122,8 +115,8 @@ class Analyses:
                     raise
                 final = await self._fall_back(text, error, deadline=deadline, trace=trace)
         assert final is not None, "a backend stream always ends with its result"
-        self._metrics.produced(final)
-        yield await self._store(owner, text, final, cached=False)
+        self._metrics.produced(final.result)
+        yield await self._store(owner, final, cached=False)
 
     async def get(self, analysis_id: str) -> Analysis:
         parsed = _parse_uuid(analysis_id, "id")
@@ -134,9 +127,9 @@ class Analyses:
             )
         return analysis
 
-    async def list(self, user_id: str, *, size: int, token: str) -> Page:
+    async def list(self, user_id: str, *, size: int, token: str) -> Page[Analysis]:
         owner = _parse_uuid(user_id, "user_id")
-        found, next_token = await keyset_page(
+        return await keyset_page(
             self._page_tokens,
             size=size,
             token=token,
@@ -146,7 +139,6 @@ class Analyses:
             ),
             key=lambda analysis: (analysis.create_time, analysis.id),
         )
-        return Page(found, next_token)
 
     def _validate(self, text: str, user_id: str) -> uuid.UUID:
         violations: list[FieldViolation] = []
@@ -175,21 +167,25 @@ class Analyses:
             self._metrics.cache_hit(result.model)
         return result
 
-    async def _produce(self, text: str, *, deadline: float, trace: UpstreamTrace) -> AnalysisResult:
+    async def _produce(
+        self, text: str, key: str, *, deadline: float, trace: UpstreamTrace
+    ) -> _Answer:
         async with self._slot(deadline):
             try:
-                result = await self._backend.analyze(text, deadline=deadline, trace=trace)
+                answer = _Answer(
+                    await self._backend.analyze(text, deadline=deadline, trace=trace), key
+                )
             except ServiceError as error:
                 self._metrics.upstream_failed(self._backend.model, error)
                 if self._fallback is None or not is_transient(error):
                     raise
-                result = await self._fall_back(text, error, deadline=deadline, trace=trace)
-        self._metrics.produced(result)
-        return result
+                answer = await self._fall_back(text, error, deadline=deadline, trace=trace)
+        self._metrics.produced(answer.result)
+        return answer
 
     async def _fall_back(
         self, text: str, error: ServiceError, *, deadline: float, trace: UpstreamTrace
-    ) -> AnalysisResult:
+    ) -> _Answer:
         assert self._fallback is not None
         log.warning(
             "%s failed (%s: %s); answering with %s instead",
@@ -200,14 +196,18 @@ class Analyses:
         )
         self._metrics.fell_back(self._backend.model, self._fallback.model)
         result = await self._fallback.analyze(text, deadline=deadline, trace=trace)
-        return replace(result, model=f"{result.model}{FALLBACK_MARK}{self._backend.model})")
+        # Filed under the analyzer that made it, so it never answers a later request
+        # meant for the primary model.
+        return _Answer(
+            replace(result, model=f"{result.model} (fallback from {self._backend.model})"),
+            cache_key(self._fallback.model, text),
+        )
 
     def _slot(self, deadline: float) -> _Slot:
         return _Slot(self._slots, deadline)
 
-    async def _store(
-        self, owner: uuid.UUID, text: str, result: AnalysisResult, *, cached: bool
-    ) -> Analysis:
+    async def _store(self, owner: uuid.UUID, answer: _Answer, *, cached: bool) -> Analysis:
+        result = answer.result
         if cached:
             # Served without an upstream call: nothing was spent on this one.
             result = replace(result, usage=Usage())
@@ -218,14 +218,16 @@ class Analyses:
             create_time=self._clock(),
             cached=cached,
         )
-        # A fallback's answer is filed under the analyzer that made it, so it never
-        # answers a later request meant for the primary model.
-        if FALLBACK_MARK in result.model and self._fallback is not None:
-            key = cache_key(self._fallback.model, text)
-        else:
-            key = cache_key(self._backend.model, text)
-        await self._repository.insert(analysis, cache_key=key)
+        await self._repository.insert(analysis, cache_key=answer.cache_key)
         return analysis
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A result, and the result-cache key it is filed under."""
+
+    result: AnalysisResult
+    cache_key: str
 
 
 class _Slot:

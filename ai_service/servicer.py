@@ -69,7 +69,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             request.user_id, size=request.page_size, token=request.page_token
         )
         return analysis_pb2.ListAnalysesResponse(
-            analyses=[to_proto(a) for a in page.analyses], next_page_token=page.next_page_token
+            analyses=[to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
 
     def _deadline(self, context: Any) -> float:

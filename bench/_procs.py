@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,25 @@ def cancel_on_signals(log: Callable[[str], None]) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, interrupted, signum)
+
+
+def run_and_report(
+    run: Coroutine[Any, Any, dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    json_path: str | None,
+    log: Callable[[str], None],
+) -> int:
+    """Run a benchmark, print its report and write its results as JSON if asked to."""
+    try:
+        results = asyncio.run(run)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted")
+        return 130
+    sys.stdout.write(render(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        log(f"results written to {json_path}")
+    return 0
 
 
 def process_cpu_s(pid: int) -> float:

@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -411,16 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _gwload.find_wrk() is None:
         log(_gwload.WRK_MISSING)
         return 2
-    try:
-        results = asyncio.run(run_bench(config))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted")
-        return 130
-    sys.stdout.write(_gwreport.render(results))
-    if config.json_path:
-        Path(config.json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        log(f"results written to {config.json_path}")
-    return 0
+    return _procs.run_and_report(run_bench(config), _gwreport.render, config.json_path, log)
 
 
 if __name__ == "__main__":

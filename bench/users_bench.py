@@ -23,13 +23,10 @@ is dropped by the next run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -205,16 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        results = asyncio.run(run(config))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted")
-        return 130
-    sys.stdout.write(_report.render(results))
-    if config.json_path:
-        Path(config.json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        log(f"results written to {config.json_path}")
-    return 0
+    return _procs.run_and_report(run(config), _report.render, config.json_path, log)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ class CallInterceptor(_ServerInterceptor):
                 await _abort_for(exc, context, request_id)
                 raise
             finally:
-                self._end(method, code, started, context)
+                self._end(method, code, started)
                 request_id_var.reset(token)
 
         return wrapped
@@ -144,7 +144,7 @@ class CallInterceptor(_ServerInterceptor):
                 await _abort_for(exc, context, request_id)
                 raise
             finally:
-                self._end(method, code, started, context)
+                self._end(method, code, started)
                 request_id_var.reset(token)
 
         return wrapped
@@ -156,7 +156,7 @@ class CallInterceptor(_ServerInterceptor):
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         return request_id, token, time.perf_counter()
 
-    def _end(self, method: str, code: grpc.StatusCode, started: float, context: Context) -> None:
+    def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
         if self._access_log_enabled:
             elapsed_ms = (time.perf_counter() - started) * 1000
             access_log.info("%s %s %.2fms", method, code.name, elapsed_ms)

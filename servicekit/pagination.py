@@ -17,8 +17,9 @@ import logging
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from servicekit.errors import InvalidArgument
 from servicekit.settings import ServiceSettings
@@ -47,6 +48,13 @@ def page_size(requested: int, *, field: str = "page_size") -> int:
 TimeKey = tuple[datetime, uuid.UUID]
 
 
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    # Passed back as `page_token` for the next page; "" on the last one.
+    next_page_token: str
+
+
 async def keyset_page(
     tokens: PageTokens,
     *,
@@ -55,9 +63,9 @@ async def keyset_page(
     scope: str,
     fetch: Callable[[TimeKey | None, int], Awaitable[list[T]]],
     key: Callable[[T], TimeKey],
-) -> tuple[list[T], str]:
+) -> Page[T]:
     """One AIP-158 page: the items `fetch` returns after the token's key, and the
-    token of the next page ("" on the last one).
+    token of the next page.
 
     `fetch(start, limit)` returns up to `limit` items past `start` in key order.
     """
@@ -69,10 +77,10 @@ async def keyset_page(
     # One extra row tells whether another page follows, without a COUNT.
     items = await fetch(start, limit + 1)
     if len(items) <= limit:
-        return items, ""
+        return Page(items, "")
     items = items[:limit]
     time, ident = key(items[-1])
-    return items, tokens.encode([time.isoformat(), str(ident)], scope)
+    return Page(items, tokens.encode([time.isoformat(), str(ident)], scope))
 
 
 def page_tokens_from(settings: ServiceSettings) -> PageTokens:

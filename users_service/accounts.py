@@ -15,7 +15,7 @@ from servicekit.errors import (
     NotFound,
     Unauthenticated,
 )
-from servicekit.pagination import PageTokens, keyset_page
+from servicekit.pagination import Page, PageTokens, keyset_page
 from users_service.domain import (
     User,
     Violations,
@@ -34,12 +34,6 @@ log = logging.getLogger(__name__)
 
 # One message for every failed login, so a caller cannot tell which part was wrong.
 BAD_CREDENTIALS = "the email or password is incorrect"
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    users: list[User]
-    next_page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +92,8 @@ class Accounts:
             raise _not_found(parsed)
         return user
 
-    async def list(self, *, size: int, token: str, show_deleted: bool) -> Page:
-        users, next_token = await keyset_page(
+    async def list(self, *, size: int, token: str, show_deleted: bool) -> Page[User]:
+        return await keyset_page(
             self._page_tokens,
             size=size,
             token=token,
@@ -109,7 +103,6 @@ class Accounts:
             ),
             key=lambda user: (user.create_time, user.id),
         )
-        return Page(users, next_token)
 
     async def update(self, changes: UserChanges) -> User:
         parsed = parse_id(changes.id, field="user.id")
@@ -200,12 +193,12 @@ class Accounts:
         violations.check()
         # Unknown, deleted and wrong-password all verify one hash and fail alike.
         found = await self._repository.get_live_with_hash_by_email(login_key(email))
-        password_hash = found[1] if found else None
-        if not await self._hasher.verify(password_hash, password) or found is None:
+        verified = await self._hasher.verify(found[1] if found else None, password)
+        if found is None or not verified:
             raise Unauthenticated(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
-        user, _ = found
-        if self._hasher.needs_rehash(password_hash or ""):
-            await self._upgrade_hash(user, password, password_hash or "")
+        user, password_hash = found
+        if self._hasher.needs_rehash(password_hash):
+            await self._upgrade_hash(user, password, password_hash)
         return user
 
     async def _upgrade_hash(self, user: User, password: str, old_hash: str) -> None:

@@ -33,7 +33,7 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
             size=request.page_size, token=request.page_token, show_deleted=request.show_deleted
         )
         return users_pb2.ListUsersResponse(
-            users=[to_proto(u) for u in page.users], next_page_token=page.next_page_token
+            users=[to_proto(u) for u in page.items], next_page_token=page.next_page_token
         )
 
     async def UpdateUser(  # noqa: N802

@@ -11,6 +11,7 @@ import pytest
 from servicekit import errors
 from tandem_protos.ai.v1 import analysis_pb2
 from tests.support.gateway import (
+    ANALYSIS_FIELDS,
     Account,
     Stack,
     assert_problem,
@@ -20,17 +21,6 @@ from tests.support.gateway import (
     read_events,
 )
 from tests.support.servers import migrate_users
-
-ANALYSIS_FIELDS = {
-    "id",
-    "user_id",
-    "summary",
-    "sentiment",
-    "key_points",
-    "confidence",
-    "model",
-    "created_at",
-}
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.fake_anthropic import FakeAnthropic, Reply
 from tests.support.gateway import (
+    ANALYSIS_FIELDS,
     Account,
     assert_problem,
     field_errors,
@@ -68,16 +69,7 @@ async def test_analyses_through_the_real_ai_service(database_url: str) -> None:
         created = await client.post("/v1/analyses", json={"text": text}, headers=me.headers)
         assert created.status_code == 201, created.text
         analysis = created.json()
-        assert set(analysis) == {
-            "id",
-            "user_id",
-            "summary",
-            "sentiment",
-            "key_points",
-            "confidence",
-            "model",
-            "created_at",
-        }
+        assert set(analysis) == ANALYSIS_FIELDS
         assert analysis["user_id"] == me.id
         assert analysis["sentiment"] == "positive"
         assert analysis["model"].startswith("offline")

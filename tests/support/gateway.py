@@ -27,6 +27,17 @@ from tests.support.servers import running_users, users_settings
 
 JWT_SECRET = "tests-only-jwt-secret-0123456789abcdef"
 PASSWORD = "correct horse battery"
+# The fields of an analysis as the REST API returns it.
+ANALYSIS_FIELDS = {
+    "id",
+    "user_id",
+    "summary",
+    "sentiment",
+    "key_points",
+    "confidence",
+    "model",
+    "created_at",
+}
 _emails = itertools.count(1)
 
 
