@@ -7,6 +7,7 @@ import sys
 from gateway.app import create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings
+from servicekit.heap import freeze_startup_objects
 from servicekit.logs import configure_logging
 from servicekit.settings import SettingsError, load_settings
 
@@ -19,6 +20,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     server = GatewayServer(uvicorn_config(create_app(settings), settings))
+    freeze_startup_objects()
     server.run()
     return 0 if server.started else 1
 

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from servicekit.errors import StartupError
 from servicekit.health import HealthServicer
+from servicekit.heap import freeze_startup_objects
 from servicekit.interceptor import CallInterceptor
 
 log = logging.getLogger("servicekit.server")
@@ -112,6 +113,7 @@ async def serve_until_signalled(server: GrpcServer, grace: float) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
+        freeze_startup_objects()
         log.info("serving %s on %s", ", ".join(server.service_names), server.address)
         await stop.wait()
         log.info("shutting down: in-flight calls have %.1fs to finish", grace)
