@@ -218,7 +218,7 @@ class Analyses:
             create_time=self._clock(),
             cached=cached,
         )
-        await self._repository.insert(analysis, cache_key=answer.cache_key)
+        await self._repository.insert(analysis, cache_key=None if cached else answer.cache_key)
         return analysis
 
 

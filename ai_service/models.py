@@ -46,8 +46,9 @@ class AnalysisRow(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger)
-    # Hash of (normalised text, model, prompt version): finds a reusable result.
-    cache_key: Mapped[str] = mapped_column(String(64))
+    # Hash of (normalised text, model, prompt version) of a produced result, which later
+    # identical requests reuse; NULL on the copies that were served from the cache.
+    cache_key: Mapped[str | None] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cached: Mapped[bool] = mapped_column(Boolean, server_default=false())
 

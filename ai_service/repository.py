@@ -1,48 +1,78 @@
-"""All SQL of the ai service: SQLAlchemy Core statements on the `analyses` table."""
+"""All SQL of the ai service: SQLAlchemy Core statements on the `analyses` table.
+
+The two statements every AnalyzeText makes - the result-cache lookup before the call
+and the insert after it - go through batchers: under load, concurrent calls share one
+`IN` query and one transaction (group commit) instead of a round trip each.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, insert, select, tuple_
+from sqlalchemy import Row, Table, bindparam, insert, select, tuple_
 
 from ai_service.domain import Analysis, AnalysisResult, Sentiment, Usage
 from ai_service.models import AnalysisRow
+from servicekit.batching import Batcher
 from servicekit.database import Database, utc
+from servicekit.errors import Unavailable
 
 analyses = cast(Table, AnalysisRow.__table__)
 _COLUMNS = tuple(c for c in analyses.c if c.name != "cache_key")
+
+# Built once: SQLAlchemy then finds their compiled form in its cache without rebuilding
+# the statement and its cache key on every call.
+_INSERT = insert(analyses)
+_GET = select(*_COLUMNS).where(analyses.c.id == bindparam("id"))
+_FIND_RESULTS = select(*_COLUMNS, analyses.c.cache_key).where(
+    analyses.c.cache_key.in_(bindparam("keys", expanding=True)),
+    analyses.c.create_time >= bindparam("since"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    cache_key: str
+    since: datetime
 
 
 class AnalysesRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._inserts = Batcher(self._insert_rows)
+        self._lookups = Batcher(self._find_results)
 
-    async def insert(self, analysis: Analysis, *, cache_key: str) -> None:
+    async def insert(self, analysis: Analysis, *, cache_key: str | None) -> None:
+        """Stores `analysis`; returns once it is committed.
+
+        `cache_key` files a produced result for reuse; a copy served from the cache
+        has none, so the cache's lifetime counts from when the result was made.
+        """
         result = analysis.result
-        statement = insert(analyses).values(
-            id=analysis.id,
-            user_id=analysis.user_id,
-            summary=result.summary,
-            sentiment=result.sentiment.value,
-            key_points=list(result.key_points),
-            confidence=result.confidence,
-            model=result.model,
-            input_tokens=result.usage.input_tokens,
-            output_tokens=result.usage.output_tokens,
-            cache_read_input_tokens=result.usage.cache_read_input_tokens,
-            cache_creation_input_tokens=result.usage.cache_creation_input_tokens,
-            cache_key=cache_key,
-            create_time=analysis.create_time,
-            cached=analysis.cached,
+        await self._inserts.submit(
+            {
+                "id": analysis.id,
+                "user_id": analysis.user_id,
+                "summary": result.summary,
+                "sentiment": result.sentiment.value,
+                "key_points": list(result.key_points),
+                "confidence": result.confidence,
+                "model": result.model,
+                "input_tokens": result.usage.input_tokens,
+                "output_tokens": result.usage.output_tokens,
+                "cache_read_input_tokens": result.usage.cache_read_input_tokens,
+                "cache_creation_input_tokens": result.usage.cache_creation_input_tokens,
+                "cache_key": cache_key,
+                "create_time": analysis.create_time,
+                "cached": analysis.cached,
+            }
         )
-        await self._database.write(lambda c: c.execute(statement))
 
     async def get(self, analysis_id: uuid.UUID) -> Analysis | None:
-        statement = select(*_COLUMNS).where(analyses.c.id == analysis_id)
-        row = await self._database.read(lambda c: c.execute(statement).first())
+        row = await self._database.read(lambda c: c.execute(_GET, {"id": analysis_id}).first())
         return _analysis(row) if row is not None else None
 
     async def list_for_user(
@@ -63,15 +93,48 @@ class AnalysesRepository:
         return [_analysis(row) for row in rows]
 
     async def find_result(self, cache_key: str, *, since: datetime) -> AnalysisResult | None:
-        """The newest stored result for `cache_key` made at or after `since`."""
-        statement = (
-            select(*_COLUMNS)
-            .where(analyses.c.cache_key == cache_key, analyses.c.create_time >= since)
-            .order_by(analyses.c.create_time.desc())
-            .limit(1)
-        )
-        row = await self._database.read(lambda c: c.execute(statement).first())
-        return _analysis(row).result if row is not None else None
+        """The newest result produced under `cache_key` at or after `since`."""
+        return await self._lookups.submit(_Lookup(cache_key, since))
+
+    async def _insert_rows(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
+        try:
+            await self._database.write(lambda c: c.execute(_INSERT, rows))
+        except Unavailable:
+            # Whether the commit landed is unknown: never written again blind.
+            raise
+        except Exception:
+            if len(rows) == 1:
+                raise
+            # The transaction failed as a whole, so nothing was stored; one bad row
+            # must not fail the others, so each goes again on its own.
+            return [await self._insert_alone(row) for row in rows]
+        return [None] * len(rows)
+
+    async def _insert_alone(self, row: dict[str, Any]) -> Exception | None:
+        try:
+            await self._database.write(lambda c: c.execute(_INSERT, row))
+        except Exception as exc:  # noqa: BLE001 - raised to this row's caller
+            return exc
+        return None
+
+    async def _find_results(self, lookups: list[_Lookup]) -> list[AnalysisResult | None]:
+        parameters = {
+            "keys": sorted({lookup.cache_key for lookup in lookups}),
+            "since": min(lookup.since for lookup in lookups),
+        }
+        rows = await self._database.read(lambda c: c.execute(_FIND_RESULTS, parameters).all())
+        newest: dict[str, Row[*tuple[Any, ...]]] = {}
+        for row in rows:
+            best = newest.get(row.cache_key)
+            if best is None or row.create_time > best.create_time:
+                newest[row.cache_key] = row
+        return [_result_since(newest.get(lookup.cache_key), lookup.since) for lookup in lookups]
+
+
+def _result_since(row: Row[*tuple[Any, ...]] | None, since: datetime) -> AnalysisResult | None:
+    if row is None or utc(row.create_time) < since:
+        return None
+    return _analysis(row).result
 
 
 def _analysis(row: Row[*tuple[Any, ...]]) -> Analysis:
