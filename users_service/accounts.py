@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +25,7 @@ from users_service.domain import (
     normalize_email,
     normalize_name,
     parse_id,
+    parse_ids,
     resolve_update_mask,
 )
 from users_service.passwords import PasswordHasher
@@ -91,6 +92,15 @@ class Accounts:
         if user is None:
             raise _not_found(parsed)
         return user
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[User]:
+        """Live accounts in the order asked (repeats included); all of them or NotFound."""
+        parsed = parse_ids(user_ids)
+        found = {user.id: user for user in await self._repository.get_many(set(parsed))}
+        missing = next((user_id for user_id in parsed if user_id not in found), None)
+        if missing is not None:
+            raise _not_found(missing)
+        return [found[user_id] for user_id in parsed]
 
     async def list(self, *, size: int, token: str, show_deleted: bool) -> Page[User]:
         return await keyset_page(

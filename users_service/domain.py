@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +18,8 @@ NAME_MAX = 100
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
 EMAIL_MAX = 254
+# Ids one BatchGetUsers may ask for (AIP-231 leaves the limit to the API).
+BATCH_GET_MAX = 1000
 UPDATABLE_FIELDS = frozenset({"name", "email"})
 
 
@@ -57,6 +59,23 @@ def parse_id(raw: str, *, field: str = "id") -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise InvalidArgument.field(field, "must be a UUID") from None
+
+
+def parse_ids(raw: Sequence[str], *, field: str = "ids") -> list[uuid.UUID]:
+    """The ids of a batch request, every malformed one named by its index."""
+    violations = Violations()
+    if not raw:
+        violations.add(field, "must name at least one id")
+    elif len(raw) > BATCH_GET_MAX:
+        violations.add(field, f"must name at most {BATCH_GET_MAX} ids")
+    parsed: list[uuid.UUID] = []
+    for index, value in enumerate(raw[:BATCH_GET_MAX]):
+        try:
+            parsed.append(uuid.UUID(value))
+        except ValueError:
+            violations.add(f"{field}[{index}]", "must be a UUID")
+    violations.check()
+    return parsed
 
 
 def normalize_email(raw: str, field: str, violations: Violations) -> str:

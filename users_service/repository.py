@@ -7,7 +7,7 @@ tuple, without an identity map or unit of work that a request-scoped read never 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -38,6 +38,9 @@ _USER_COLUMNS = (
 _LIVE = users.c.delete_time.is_(None)
 _GET_ANY = select(*_USER_COLUMNS).where(users.c.id == bindparam("id"))
 _GET_LIVE = _GET_ANY.where(_LIVE)
+_GET_MANY_LIVE = select(*_USER_COLUMNS).where(
+    users.c.id.in_(bindparam("ids", expanding=True)), _LIVE
+)
 _GET_WITH_HASH = select(*_USER_COLUMNS, users.c.password_hash).where(
     users.c.id == bindparam("id"), _LIVE
 )
@@ -72,6 +75,13 @@ class UsersRepository:
         statement = _GET_ANY if include_deleted else _GET_LIVE
         row = await self._database.read(lambda c: c.execute(statement, {"id": user_id}).first())
         return _user(row) if row is not None else None
+
+    async def get_many(self, user_ids: Collection[uuid.UUID]) -> list[User]:
+        """The live accounts among `user_ids`, in no particular order."""
+        rows = await self._database.read(
+            lambda c: c.execute(_GET_MANY_LIVE, {"ids": list(user_ids)}).all()
+        )
+        return [_user(row) for row in rows]
 
     async def get_live_with_hash_by_email(self, key: str) -> tuple[User, str] | None:
         row = await self._database.read(

@@ -26,6 +26,12 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
     async def GetUser(self, request: users_pb2.GetUserRequest, context: Any) -> users_pb2.User:  # noqa: N802
         return to_proto(await self._accounts.get(request.id))
 
+    async def BatchGetUsers(  # noqa: N802
+        self, request: users_pb2.BatchGetUsersRequest, context: Any
+    ) -> users_pb2.BatchGetUsersResponse:
+        users = await self._accounts.get_many(request.ids)
+        return users_pb2.BatchGetUsersResponse(users=[to_proto(u) for u in users])
+
     async def ListUsers(  # noqa: N802
         self, request: users_pb2.ListUsersRequest, context: Any
     ) -> users_pb2.ListUsersResponse:

@@ -114,6 +114,47 @@ async def test_get_rejects_a_non_uuid_and_reports_unknown_ids(users: Stub) -> No
     assert error.details() == f"no user {missing}"
 
 
+# --- BatchGetUsers --------------------------------------------------------------------
+
+
+async def test_batch_get_returns_the_accounts_in_the_order_asked(users: Stub) -> None:
+    ada = await create(users, email="ada@example.com")
+    bob = await create(users, email="bob@example.com", name="Bob")
+    ids = [bob.id, ada.id, bob.id]
+    reply = await users.BatchGetUsers(users_pb2.BatchGetUsersRequest(ids=ids))
+    assert list(reply.users) == [bob, ada, bob]
+
+
+async def test_batch_get_is_all_or_nothing(users: Stub) -> None:
+    ada = await create(users, email="ada@example.com")
+    gone = await create(users, email="gone@example.com")
+    await users.DeleteUser(users_pb2.DeleteUserRequest(id=gone.id))
+    missing = str(uuid.uuid4())
+    for absent in (missing, gone.id):
+        request = users_pb2.BatchGetUsersRequest(ids=[ada.id, absent, ada.id])
+        error = await rpc_error(users.BatchGetUsers(request))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error.details() == f"no user {absent}"
+        assert reason(error) == "USER_NOT_FOUND"
+
+
+async def test_batch_get_names_each_malformed_id_and_bounds_the_batch(users: Stub) -> None:
+    ada = await create(users)
+    request = users_pb2.BatchGetUsersRequest(ids=[ada.id, "42", "", ada.id])
+    error = await rpc_error(users.BatchGetUsers(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == {"ids[1]": "must be a UUID", "ids[2]": "must be a UUID"}
+
+    error = await rpc_error(users.BatchGetUsers(users_pb2.BatchGetUsersRequest()))
+    assert violations(error) == {"ids": "must name at least one id"}
+
+    too_many = users_pb2.BatchGetUsersRequest(ids=[ada.id] * 1001)
+    error = await rpc_error(users.BatchGetUsers(too_many))
+    assert violations(error) == {"ids": "must name at most 1000 ids"}
+    at_most = await users.BatchGetUsers(users_pb2.BatchGetUsersRequest(ids=[ada.id] * 1000))
+    assert len(at_most.users) == 1000
+
+
 # --- ListUsers ------------------------------------------------------------------------
 
 

@@ -50,6 +50,11 @@ class UsersServiceStub:
                 request_serializer=users_dot_v1_dot_users__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=users_dot_v1_dot_users__pb2.User.FromString,
                 _registered_method=True)
+        self.BatchGetUsers = channel.unary_unary(
+                '/users.v1.UsersService/BatchGetUsers',
+                request_serializer=users_dot_v1_dot_users__pb2.BatchGetUsersRequest.SerializeToString,
+                response_deserializer=users_dot_v1_dot_users__pb2.BatchGetUsersResponse.FromString,
+                _registered_method=True)
         self.ListUsers = channel.unary_unary(
                 '/users.v1.UsersService/ListUsers',
                 request_serializer=users_dot_v1_dot_users__pb2.ListUsersRequest.SerializeToString,
@@ -99,6 +104,15 @@ class UsersServiceServicer:
 
     def GetUser(self, request, context):
         """Returns a live account. NOT_FOUND for an unknown or deleted id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetUsers(self, request, context):
+        """Returns several live accounts at once (AIP-231), in the order asked, repeats
+        included. All or nothing: NOT_FOUND names the first unknown or deleted id;
+        INVALID_ARGUMENT for a malformed id (field `ids[i]`), no ids, or more than 1000.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +174,11 @@ def add_UsersServiceServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=users_dot_v1_dot_users__pb2.GetUserRequest.FromString,
                     response_serializer=users_dot_v1_dot_users__pb2.User.SerializeToString,
+            ),
+            'BatchGetUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetUsers,
+                    request_deserializer=users_dot_v1_dot_users__pb2.BatchGetUsersRequest.FromString,
+                    response_serializer=users_dot_v1_dot_users__pb2.BatchGetUsersResponse.SerializeToString,
             ),
             'ListUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUsers,
@@ -251,6 +270,33 @@ class UsersService:
             '/users.v1.UsersService/GetUser',
             users_dot_v1_dot_users__pb2.GetUserRequest.SerializeToString,
             users_dot_v1_dot_users__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/users.v1.UsersService/BatchGetUsers',
+            users_dot_v1_dot_users__pb2.BatchGetUsersRequest.SerializeToString,
+            users_dot_v1_dot_users__pb2.BatchGetUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

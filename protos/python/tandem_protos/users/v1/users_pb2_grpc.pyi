@@ -43,6 +43,11 @@ class UsersServiceStub:
     """Creates an account. ALREADY_EXISTS when a live account holds the email."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.User]
     """Returns a live account. NOT_FOUND for an unknown or deleted id."""
+    BatchGetUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.BatchGetUsersRequest, _users_pb2.BatchGetUsersResponse]
+    """Returns several live accounts at once (AIP-231), in the order asked, repeats
+    included. All or nothing: NOT_FOUND names the first unknown or deleted id;
+    INVALID_ARGUMENT for a malformed id (field `ids[i]`), no ids, or more than 1000.
+    """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]
     """Lists accounts, oldest first (AIP-158 pagination)."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.User]
@@ -74,6 +79,11 @@ class UsersServiceAsyncStub(UsersServiceStub):
     """Creates an account. ALREADY_EXISTS when a live account holds the email."""
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.User]  # type: ignore[assignment]
     """Returns a live account. NOT_FOUND for an unknown or deleted id."""
+    BatchGetUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.BatchGetUsersRequest, _users_pb2.BatchGetUsersResponse]  # type: ignore[assignment]
+    """Returns several live accounts at once (AIP-231), in the order asked, repeats
+    included. All or nothing: NOT_FOUND names the first unknown or deleted id;
+    INVALID_ARGUMENT for a malformed id (field `ids[i]`), no ids, or more than 1000.
+    """
     ListUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]  # type: ignore[assignment]
     """Lists accounts, oldest first (AIP-158 pagination)."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.User]  # type: ignore[assignment]
@@ -114,6 +124,17 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.User, _abc.Awaitable[_users_pb2.User]]:
         """Returns a live account. NOT_FOUND for an unknown or deleted id."""
+
+    @_abc_1.abstractmethod
+    def BatchGetUsers(
+        self,
+        request: _users_pb2.BatchGetUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.BatchGetUsersResponse, _abc.Awaitable[_users_pb2.BatchGetUsersResponse]]:
+        """Returns several live accounts at once (AIP-231), in the order asked, repeats
+        included. All or nothing: NOT_FOUND names the first unknown or deleted id;
+        INVALID_ARGUMENT for a malformed id (field `ids[i]`), no ids, or more than 1000.
+        """
 
     @_abc_1.abstractmethod
     def ListUsers(
