@@ -26,6 +26,7 @@ from gateway.deps import (
 from gateway.docs import install_docs
 from gateway.middleware import RequestContextMiddleware
 from gateway.problems import install_problem_handlers, use_problem_media_type
+from gateway.readers import UserReader
 from gateway.routes import analyses, auth, health, users
 from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
@@ -88,7 +89,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = Upstreams(settings)
         liveness = LivenessCache(settings.auth_cache_seconds)
-        app.state.runtime = Runtime(settings, upstreams, tokens, liveness)
+        reader = UserReader(upstreams.users)
+        app.state.runtime = Runtime(settings, upstreams, tokens, liveness, reader)
         try:
             yield
         finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any, cast
 
 import grpc
 from fastapi import Depends, Path, Query, Request
@@ -21,10 +21,9 @@ from fastapi.dependencies.models import Dependant
 
 from gateway.auth import InvalidToken, LivenessCache, TokenService
 from gateway.problems import ProblemError, unauthorized
+from gateway.readers import UserReader
 from gateway.settings import GatewaySettings
-from gateway.upstreams import Upstream, UpstreamError, Upstreams
-from tandem_protos.ai.v1 import analysis_pb2_grpc
-from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
+from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
 
 TOKEN_URL = "/v1/auth/token"  # noqa: S105 - a URL, not a password
 BEARER_SCHEME_NAME = "OAuth2PasswordBearer"
@@ -37,14 +36,6 @@ BEARER_SCHEME: dict[str, Any] = {
 
 BEARER_SECURITY: dict[str, Any] = {"security": [{BEARER_SCHEME_NAME: []}]}
 
-# The generated async stub types exist only for type checkers.
-if TYPE_CHECKING:
-    UsersStub = users_pb2_grpc.UsersServiceAsyncStub
-    AiStub = analysis_pb2_grpc.AnalysisServiceAsyncStub
-else:
-    UsersStub = users_pb2_grpc.UsersServiceStub
-    AiStub = analysis_pb2_grpc.AnalysisServiceStub
-
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
@@ -54,6 +45,8 @@ class Runtime:
     upstreams: Upstreams
     tokens: TokenService
     liveness: LivenessCache
+    # Every read of one account by id goes through here (coalesced calls).
+    user_reader: UserReader
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -104,9 +97,8 @@ async def current_user(request: Request) -> str:
     subject = _bearer_subject(request, runtime)
     liveness = runtime.liveness
     if not liveness.is_live(subject):
-        users = runtime.upstreams.users
         try:
-            await users.call(users.stub.GetUser, users_pb2.GetUserRequest(id=subject))
+            await runtime.user_reader.get(subject)
         except UpstreamError as exc:
             if exc.grpc_code in GONE:
                 raise unauthorized(ACCOUNT_GONE) from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -34,7 +34,7 @@ AI_SERVICE = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_na
 
 # Methods marked `idempotency_level = NO_SIDE_EFFECTS` in the protos: safe to send twice.
 IDEMPOTENT_METHODS: Mapping[str, Sequence[str]] = {
-    USERS_SERVICE: ("GetUser", "ListUsers"),
+    USERS_SERVICE: ("GetUser", "BatchGetUsers", "ListUsers"),
     AI_SERVICE: ("GetAnalysis", "ListAnalyses"),
 }
 RETRY_POLICY: Mapping[str, Any] = {
@@ -44,6 +44,14 @@ RETRY_POLICY: Mapping[str, Any] = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+
+# The generated async stub types exist only for type checkers.
+if TYPE_CHECKING:
+    UsersStub = users_pb2_grpc.UsersServiceAsyncStub
+    AiStub = analysis_pb2_grpc.AnalysisServiceAsyncStub
+else:
+    UsersStub = users_pb2_grpc.UsersServiceStub
+    AiStub = analysis_pb2_grpc.AnalysisServiceStub
 
 _UNEXPECTED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
 
@@ -129,6 +137,14 @@ def rpc_problem(error: grpc.aio.AioRpcError, upstream: str) -> UpstreamError:
     )
 
 
+def deadline_exceeded(upstream: str) -> UpstreamError:
+    """The problem of a call to `upstream` that ran out of time."""
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    return UpstreamError(
+        HTTP_STATUS_BY_GRPC_CODE[code], _detail(code, None, upstream), grpc_code=code, reason=None
+    )
+
+
 def rest_field(field: str) -> str:
     """A request field path of the gRPC API as the REST API names it (`user.email`)."""
     return field.removeprefix("user.")
@@ -190,14 +206,20 @@ class Upstream(Generic[StubT]):
         request: Req,
         *,
         deadline: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Resp:
-        """Make one unary call (within `deadline` seconds, else the upstream's default).
+        """Make one unary call (within `deadline` seconds, else the upstream's default),
+        carrying `metadata`, else the current request's id.
 
         A failure raises the UpstreamError it stands for.
         """
-        timeout = deadline or self.deadline
+        timeout = self.deadline if deadline is None else deadline
         try:
-            return await method(request, timeout=timeout, metadata=call_metadata())
+            return await method(
+                request,
+                timeout=timeout,
+                metadata=call_metadata() if metadata is None else tuple(metadata),
+            )
         except grpc.aio.AioRpcError as error:
             raise rpc_problem(error, self.name) from None
 

@@ -60,9 +60,8 @@ async def create_user(body: UserCreate, users: UsersUpstream) -> Response:
     responses={200: {"headers": _ETAG}, **problem_responses(*_AUTHED)},
 )
 async def get_me(subject: TokenSubject, runtime: RuntimeDep) -> Response:
-    users = runtime.upstreams.users
     try:
-        me = await users.call(users.stub.GetUser, users_pb2.GetUserRequest(id=subject))
+        me = await runtime.user_reader.get(subject)
     except UpstreamError as exc:
         if exc.grpc_code in GONE:
             runtime.liveness.forget(subject)
@@ -78,8 +77,8 @@ async def get_me(subject: TokenSubject, runtime: RuntimeDep) -> Response:
     summary="An account",
     responses={200: {"headers": _ETAG}, **problem_responses(400, *_AUTHED, 404)},
 )
-async def get_user(id: UserId, caller: CurrentUser, users: UsersUpstream) -> Response:
-    found = await users.call(users.stub.GetUser, users_pb2.GetUserRequest(id=str(id)))
+async def get_user(id: UserId, caller: CurrentUser, runtime: RuntimeDep) -> Response:
+    found = await runtime.user_reader.get(str(id))
     return convert.json_response(convert.user(found), headers=convert.etag_header(found.etag))
 
 
