@@ -242,6 +242,14 @@ def render(results: dict[str, Any]) -> str:
             f"{_fmt(g.get('postgres_us_per_request'), 0)} / "
             f"{_fmt(m.get('postgres_us_per_request'), 0)}",
         ]
+    coalescing = results.get("coalescing")
+    if coalescing:
+        reads, calls = coalescing["reads"], coalescing["calls"]
+        out.append(
+            f"coalescing: the gateway answered {reads:,} account reads with {calls:,} users "
+            f"calls ({reads / max(calls, 1):.1f} reads per call; all its phases, warm-ups "
+            "included): concurrent reads share one BatchGetUsers (gateway/readers.py)"
+        )
     out += _render_profiles(results.get("profile") or {})
     out += ["", "Targets"]
     for target in results.get("targets") or []:

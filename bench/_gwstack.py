@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import random
+import re
 import secrets
 import socket
 import sys
@@ -32,6 +33,8 @@ PORT_RANGE = (20_000, 32_767)
 START_WITHIN_S = 60.0
 MONOLITH_WORKERS = 2
 MONOLITH_POOL_SIZE = 10
+# The gateway's line at exit (gateway/app.py).
+_COALESCING = re.compile(r"(?P<reads>\d+) account reads took (?P<calls>\d+) users calls")
 # The gateway's default: how long it trusts that a token's account is live.
 AUTH_CACHE_SECONDS = float(GatewaySettings.model_fields["auth_cache_seconds"].default)
 
@@ -184,7 +187,9 @@ class Stack:
                     "GATEWAY_AI_TARGET": f"127.0.0.1:{self.ai_port}",
                     "GATEWAY_JWT_SECRET": self.jwt_secret,
                     "GATEWAY_ACCESS_LOG": "false",
-                    "GATEWAY_LOG_LEVEL": "WARNING",
+                    # No line per request (no access log); INFO for the one at exit
+                    # that says how well account reads coalesced.
+                    "GATEWAY_LOG_LEVEL": "INFO",
                 }
             ),
         )
@@ -248,6 +253,14 @@ class Stack:
     async def stop(self) -> None:
         for child in self.children():
             await child.stop()
+
+    def coalescing(self) -> dict[str, int] | None:
+        """How many account reads the gateway answered with how many calls (once stopped)."""
+        assert self.gateway is not None
+        for line in reversed(self.gateway.lines):
+            if match := _COALESCING.search(line):
+                return {"reads": int(match["reads"]), "calls": int(match["calls"])}
+        return None
 
     def tails(self) -> str:
         """The last lines each server wrote, for error messages."""

@@ -313,6 +313,7 @@ async def run_bench(config: Config) -> dict[str, Any]:
         if run.stack is not None:
             with contextlib.suppress(Exception):
                 await run.stack.stop()
+                results["coalescing"] = run.stack.coalescing()
         await _pg.drop_database(admin, database)
         log(f"dropped database {database.database}")
         shutil.rmtree(workdir, ignore_errors=True)

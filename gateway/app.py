@@ -7,6 +7,7 @@ middleware (`gateway.middleware`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from gateway.routes import analyses, auth, health, users
 from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
+
+log = logging.getLogger("gateway.app")
 
 DESCRIPTION = """\
 Tandem's public API: accounts and text analyses.
@@ -95,6 +98,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await upstreams.close()
+            log.info("%d account reads took %d users calls", reader.reads, reader.calls)
 
     app = GatewayApp(
         title="Tandem API",

@@ -42,8 +42,12 @@ class UserReader:
     def __init__(self, upstream: Upstream[UsersStub], *, max_batch: int = MAX_BATCH) -> None:
         self._upstream = upstream
         self._batcher = Batcher(self._read, max_size=max_batch)
+        # How well reads coalesce: reads asked for, and the calls that answered them.
+        self.reads = 0
+        self.calls = 0
 
     async def get(self, user_id: str) -> users_pb2.User:
+        self.reads += 1
         deadline = asyncio.get_running_loop().time() + self._upstream.deadline
         return await self._batcher.submit(_Read(user_id, request_id_var.get(), deadline))
 
@@ -60,6 +64,7 @@ class UserReader:
         if len(reads) <= 1:
             return [await self._outcome(read) for read in reads]
         stub = self._upstream.stub
+        self.calls += 1
         try:
             reply = await self._upstream.call(
                 stub.BatchGetUsers,
@@ -75,6 +80,7 @@ class UserReader:
         return list(reply.users)
 
     async def _outcome(self, read: _Read) -> users_pb2.User | Exception:
+        self.calls += 1
         try:
             return await self._upstream.call(
                 self._upstream.stub.GetUser,
