@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.readers import UserReader
+from gateway.readers import MAX_BATCH, UserReader
 from gateway.upstreams import USERS_SERVICE, Upstream, UpstreamError
 from servicekit.errors import NotFound
 from servicekit.logs import request_id_var
@@ -186,3 +186,18 @@ async def test_reads_behind_a_slow_call_keep_their_own_deadline(
     # The reads queued behind the first did not get a full deadline of their own after
     # it: they were answered (504) when theirs ran out, with at most one more call.
     assert len(servicer.calls) <= 2
+
+
+async def test_a_full_batch_of_the_longest_request_ids_fits_in_the_calls_metadata(
+    accounts: Any, reader_for: Any
+) -> None:
+    # gRPC refuses metadata over 8 KB; every read's id (up to 128 characters) rides along.
+    servicer, _ = accounts
+    ids = [servicer.add(f"user {i}") for i in range(MAX_BATCH)]
+    reader = reader_for()
+    request_ids = [f"{i:03d}".ljust(128, "x") for i in range(MAX_BATCH)]
+    found = await asyncio.gather(
+        *(read_as(reader, u, r) for u, r in zip(ids, request_ids, strict=True))
+    )
+    assert len(found) == MAX_BATCH
+    assert servicer.calls == [("BatchGetUsers", ids, request_ids)]
