@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -487,3 +488,35 @@ async def test_a_read_costs_one_users_call_while_the_caller_is_known_live(
 
 
 GET_USER_LOG_PREFIX = "/users.v1.UsersService/GetUser OK "
+
+
+async def test_concurrent_reads_coalesce_and_each_gets_its_own_answer(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await migrate_users(sqlite_url)
+    caplog.set_level(logging.INFO, logger="servicekit.access")
+    async with (
+        running_users(users_settings(sqlite_url, access_log=True)) as users_address,
+        running_ai_stub() as ai,
+        running_gateway(gateway_settings(users_address, ai.address)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        people = []
+        for i in range(12):
+            body = {"email": unique_email(), "name": f"Person {i}", "password": PASSWORD}
+            people.append((await client.post("/v1/users", json=body)).json())
+        login = await client.post(
+            "/v1/auth/token", data={"username": people[0]["email"], "password": PASSWORD}
+        )
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        missing = [str(uuid.uuid4()), str(uuid.uuid4())]
+        paths = [f"/v1/users/{p['id']}" for p in people] + [f"/v1/users/{m}" for m in missing]
+        await client.get("/v1/users/me", headers=headers)  # the caller is known live
+        caplog.clear()
+        responses = await asyncio.gather(*(client.get(p, headers=headers) for p in paths))
+    assert [r.json() for r in responses[:12]] == people
+    for response, absent in zip(responses[12:], missing, strict=True):
+        assert_problem(response, 404, "NOT_FOUND")
+        assert response.json()["detail"] == f"no user {absent}"
+    methods = [r.getMessage().split()[0] for r in caplog.records]
+    assert "/users.v1.UsersService/BatchGetUsers" in methods
