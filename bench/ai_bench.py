@@ -1,13 +1,16 @@
 """Benchmark of the ai service's concurrency toward the provider.
 
     .venv/bin/python bench/ai_bench.py [--calls 200] [--latency 0.5] [--json out.json]
+        [--admin-url URL | --no-postgres]
 
 Starts the fake Messages API (tests/support/fake_anthropic.py) answering every request
 after `--latency` seconds, starts `python -m ai_service` against it as a real process
-(ANTHROPIC_BASE_URL, AI_MAX_CONCURRENCY=--calls, SQLite in a temporary folder), then
-fires `--calls` concurrent AnalyzeText calls with distinct texts from this process and
-reports the total wall time against the upstream latency. TARGET: all calls finish in
-under 2x the upstream latency - the service adds waiting, not serialisation.
+(ANTHROPIC_BASE_URL, AI_MAX_CONCURRENCY=--calls), then fires `--calls` concurrent
+AnalyzeText calls with distinct texts from this process and reports the total wall time
+against the upstream latency. TARGET: all calls finish in under 2x the upstream
+latency - the service adds waiting, not serialisation. It runs once on SQLite in a
+temporary folder (the embedded default) and once on a PostgreSQL database of its own
+(created on TEST_DATABASE_URL's server and dropped afterwards).
 
 In the same run it measures the service with the offline analyzer on 2 KB texts
 (calls/s at 16 concurrent callers), the figure a deployment without a key gets.
@@ -28,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import _pg
 import grpc
 
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
@@ -100,13 +104,15 @@ async def fake_upstream(latency: float) -> tuple[asyncio.subprocess.Process, dic
     return process, {"ANTHROPIC_BASE_URL": line[2], "ANTHROPIC_API_KEY": line[4]}
 
 
-async def concurrency_phase(calls: int, latency: float, workdir: str) -> dict[str, Any]:
+async def concurrency_phase(
+    calls: int, latency: float, workdir: str, database_url: str
+) -> dict[str, Any]:
     fake, fake_env = await fake_upstream(latency)
     try:
         env = {
             **fake_env,
             "AI_ADDR": "127.0.0.1:0",
-            "AI_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/concurrency.db",
+            "AI_DATABASE_URL": database_url,
             "AI_MAX_CONCURRENCY": str(calls),
             "AI_ACCESS_LOG": "false",
             "AI_MODEL": "claude-bench",
@@ -197,18 +203,36 @@ async def main() -> int:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--offline-seconds", type=float, default=5.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--admin-url", help="PostgreSQL server (default $TEST_DATABASE_URL or local postgres)"
+    )
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="measure on SQLite only (the default store)"
+    )
     args = parser.parse_args()
+    concurrency: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="tandem-ai-bench-") as workdir:
-        concurrency = await concurrency_phase(args.calls, args.latency, workdir)
+        sqlite = f"sqlite+aiosqlite:///{workdir}/concurrency.db"
+        concurrency["SQLite"] = await concurrency_phase(args.calls, args.latency, workdir, sqlite)
+        if not args.no_postgres:
+            admin = _pg.admin_url(args.admin_url)
+            database = await _pg.create_database(admin)
+            try:
+                concurrency["PostgreSQL"] = await concurrency_phase(
+                    args.calls, args.latency, workdir, _pg.sqlalchemy_url(database)
+                )
+            finally:
+                await _pg.drop_database(admin, database)
         offline = await offline_phase(args.offline_seconds, 16, workdir)
     print(f"ai service, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print(
-        f"{concurrency['calls']} concurrent AnalyzeText, upstream {args.latency * 1000:.0f} ms: "
-        f"all done in {concurrency['wall_s'] * 1000:.0f} ms = "
-        f"{concurrency['ratio_to_latency']:.2f}x the upstream latency "
-        f"(target < 2.0x): {'PASS' if concurrency['pass'] else 'FAIL'}; "
-        f"{concurrency['failures']} failures"
-    )
+    for where, phase in concurrency.items():
+        print(
+            f"{phase['calls']} concurrent AnalyzeText on {where}, upstream "
+            f"{args.latency * 1000:.0f} ms: all done in {phase['wall_s'] * 1000:.0f} ms = "
+            f"{phase['ratio_to_latency']:.2f}x the upstream latency "
+            f"(target < 2.0x): {'PASS' if phase['pass'] else 'FAIL'}; "
+            f"{phase['failures']} failures"
+        )
     print(
         f"offline analyzer through the service, {offline['text_bytes']} B texts, "
         f"{offline['concurrency']} callers: {offline['calls_per_s']:.0f} calls/s, "
