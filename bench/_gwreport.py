@@ -199,6 +199,9 @@ def render(results: dict[str, Any]) -> str:
         f"start {load}, {_fmt(machine.get('busy_cores_before'))} cores busy before it began; "
         f"took {results.get('elapsed_s', 0):.0f} s"
     )
+    settings = {**config.get("gateway_env", {}), **config.get("monolith_env", {})}
+    if settings:
+        out.append("settings  " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     seed = results.get("seed")
     if seed:
         out.append(

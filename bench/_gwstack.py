@@ -143,7 +143,13 @@ class Stack:
     The stack that is not being measured sits idle (no calls; its CPU is reported).
     """
 
-    def __init__(self, database_url: str, *, monolith_env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        monolith_env: Mapping[str, str],
+        gateway_env: Mapping[str, str],
+    ) -> None:
         self.database_url = database_url
         self.jwt_secret = secrets.token_urlsafe(48)
         ports: list[int] = []
@@ -153,6 +159,7 @@ class Stack:
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
         self.monolith_env = dict(monolith_env)
+        self.gateway_env = dict(gateway_env)
         self.users: Child | None = None
         self.gateway: Child | None = None
         self.monolith: Child | None = None
@@ -190,6 +197,7 @@ class Stack:
                     # No line per request (no access log); INFO for the one at exit
                     # that says how well account reads coalesced.
                     "GATEWAY_LOG_LEVEL": "INFO",
+                    **self.gateway_env,
                 }
             ),
         )

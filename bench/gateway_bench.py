@@ -70,6 +70,7 @@ class Config:
     json_path: str | None
     admin_url: str | None
     monolith_env: dict[str, str] = field(default_factory=dict)
+    gateway_env: dict[str, str] = field(default_factory=dict)
     seed: int = 1
     quick: bool = False
 
@@ -189,7 +190,11 @@ async def _prepare(run: Run, results: dict[str, Any]) -> None:
     )
     results["seed"] = {"users": seeded.users, **seeded.timings}
     log("starting the users service, the gateway and the monolith")
-    run.stack = _gwstack.Stack(_pg.sqlalchemy_url(run.database), monolith_env=config.monolith_env)
+    run.stack = _gwstack.Stack(
+        _pg.sqlalchemy_url(run.database),
+        monolith_env=config.monolith_env,
+        gateway_env=config.gateway_env,
+    )
     await run.stack.start()
     results["ports"] = {
         "users": run.stack.users_port,
@@ -340,12 +345,15 @@ def _machine(wrk: str) -> dict[str, Any]:
     return facts
 
 
-def _env_pairs(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, str]:
+def _env_pairs(
+    parser: argparse.ArgumentParser, pairs: Sequence[str], prefix: str
+) -> dict[str, str]:
     found = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.startswith("MONOLITH_"):
-            parser.error(f"--monolith-env wants MONOLITH_NAME=VALUE, not {pair!r}")
+        if not sep or not key.startswith(prefix):
+            option = f"--{prefix.rstrip('_').lower()}-env"
+            parser.error(f"{option} wants {prefix}NAME=VALUE, not {pair!r}")
         found[key] = value
     return found
 
@@ -380,6 +388,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         metavar="MONOLITH_X=VALUE",
         help="extra setting for the monolith (repeatable), e.g. MONOLITH_AUTOCOMMIT=false",
     )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="GATEWAY_X=VALUE",
+        help="extra setting for the gateway (repeatable), e.g. GATEWAY_COALESCE_READS=false",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the test data")
     args = parser.parse_args(argv)
     users = args.users or (20_000 if args.quick else 100_000)
@@ -399,7 +414,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         profile_dir=args.profile_dir,
         json_path=args.json_path,
         admin_url=args.admin_url,
-        monolith_env=_env_pairs(parser, args.monolith_env),
+        monolith_env=_env_pairs(parser, args.monolith_env, "MONOLITH_"),
+        gateway_env=_env_pairs(parser, args.gateway_env, "GATEWAY_"),
         seed=args.seed,
         quick=args.quick,
     )

@@ -92,7 +92,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = Upstreams(settings)
         liveness = LivenessCache(settings.auth_cache_seconds)
-        reader = UserReader(upstreams.users)
+        reader = UserReader(upstreams.users, coalesce=settings.coalesce_reads)
         app.state.runtime = Runtime(settings, upstreams, tokens, liveness, reader)
         try:
             yield

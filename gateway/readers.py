@@ -2,10 +2,11 @@
 
 Every account GET and every liveness check of a token's account reads one user by
 id, and under load many are in flight at once. A gRPC call costs the gateway and the
-users service about 0.5 ms of CPU whatever it carries, so the reads that arrive while
-one call is out go together in the next (`servicekit.batching`): the same answers, as
-fresh, for a fraction of the calls. A lone read is a plain GetUser. Each read keeps
-its own deadline, and its request id travels with the call that carries it.
+users service about 0.5 ms of CPU whatever it carries, so reads go out together
+(`servicekit.batching`): when MAX_IN_FLIGHT calls are already out, the reads that
+arrive meanwhile wait and share the next one. The same answers, as fresh, for a
+fraction of the calls; a lone read is a plain GetUser. Each read keeps its own
+deadline, and its request id travels with the call that carries it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from tandem_protos.users.v1 import users_pb2
 # id (up to 128 characters, 171 bytes as gRPC counts them) rides along, and gRPC
 # refuses more than 8 KB. 32 of the longest take 5.5 KB.
 MAX_BATCH = 32
+# Batch calls out at once: a slow one (a slow replica) holds up only its own reads.
+MAX_IN_FLIGHT = 4
 
 # The statuses with which the all-or-nothing BatchGetUsers answers for one bad id.
 _ONE_ID_FAILED = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
@@ -41,9 +44,20 @@ class _Read:
 class UserReader:
     """`get(user_id)`: the live account, or the UpstreamError a GetUser would raise."""
 
-    def __init__(self, upstream: Upstream[UsersStub], *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        upstream: Upstream[UsersStub],
+        *,
+        coalesce: bool = True,
+        max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self._upstream = upstream
-        self._batcher = Batcher(self._read, max_size=max_batch)
+        self._batcher = (
+            Batcher(self._read, max_size=max_batch, max_in_flight=max_in_flight)
+            if coalesce
+            else None
+        )
         # How well reads coalesce: reads asked for, and the calls that answered them.
         self.reads = 0
         self.calls = 0
@@ -51,7 +65,10 @@ class UserReader:
     async def get(self, user_id: str) -> users_pb2.User:
         self.reads += 1
         deadline = asyncio.get_running_loop().time() + self._upstream.deadline
-        return await self._batcher.submit(_Read(user_id, request_id_var.get(), deadline))
+        read = _Read(user_id, request_id_var.get(), deadline)
+        if self._batcher is None:
+            return await self._get_one(read)
+        return await self._batcher.submit(read)
 
     async def _read(self, reads: list[_Read]) -> list[users_pb2.User | Exception]:
         # A read that waited out its deadline behind an earlier call is answered as a
@@ -81,14 +98,17 @@ class UserReader:
             return list(await asyncio.gather(*(self._outcome(read) for read in reads)))
         return list(reply.users)
 
-    async def _outcome(self, read: _Read) -> users_pb2.User | Exception:
+    async def _get_one(self, read: _Read) -> users_pb2.User:
         self.calls += 1
+        return await self._upstream.call(
+            self._upstream.stub.GetUser,
+            users_pb2.GetUserRequest(id=read.user_id),
+            deadline=read.deadline - asyncio.get_running_loop().time(),
+            metadata=((REQUEST_ID_KEY, read.request_id),),
+        )
+
+    async def _outcome(self, read: _Read) -> users_pb2.User | Exception:
         try:
-            return await self._upstream.call(
-                self._upstream.stub.GetUser,
-                users_pb2.GetUserRequest(id=read.user_id),
-                deadline=read.deadline - asyncio.get_running_loop().time(),
-                metadata=((REQUEST_ID_KEY, read.request_id),),
-            )
+            return await self._get_one(read)
         except UpstreamError as error:
             return error

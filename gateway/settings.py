@@ -40,6 +40,9 @@ class GatewaySettings(BaseSettings):
     # How long a token's account counts as live without asking the users service again.
     # A deleted account's token still works on other replicas for at most this long.
     auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
+    # Concurrent reads of accounts by id share one BatchGetUsers (gateway.readers);
+    # off, each is a GetUser of its own.
+    coalesce_reads: bool = True
 
     # Deadlines of upstream calls, per kind of route.
     users_deadline_seconds: float = Field(default=5.0, gt=0)

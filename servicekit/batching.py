@@ -1,8 +1,8 @@
-"""Micro-batching: concurrent callers' items reach the database in one round trip.
+"""Micro-batching: concurrent callers' items reach a database or a service in one trip.
 
-Group commit for writes and one `IN` query for lookups. While a batch is at the
-database, the items that arrive queue up and go together in the next one, so batches
-grow with load and a lone call waits for nobody. Each caller gets its own item's
+Group commit for writes, one `IN` query for lookups, one batch call for reads. While
+a batch is out, the items that arrive queue up and go together in the next one, so
+batches grow with load and a lone call waits for nobody. Each caller gets its own item's
 result: a value, an error of its own, or the error of the batch its item was in.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -17,12 +18,16 @@ Result = TypeVar("Result")
 
 
 class Batcher(Generic[Item, Result]):
-    """Runs `run` on batches of submitted items, one batch at a time.
+    """Runs `run` on batches of submitted items, at most `max_in_flight` at a time.
 
     `run` takes the items in submission order and returns one outcome per item, in the
     same order: its result, or an exception to raise to that item's caller alone. An
     item whose caller has given up (cancelled) before its batch starts is left out, so
     a write nobody will acknowledge is not made.
+
+    With one batch in flight, items wait for the one before (group commit: the most
+    sharing). More let a slow batch hold up only its own items, at the price of
+    smaller batches when there is room to send them.
     """
 
     def __init__(
@@ -30,35 +35,58 @@ class Batcher(Generic[Item, Result]):
         run: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
         *,
         max_size: int = 256,
+        max_in_flight: int = 1,
     ) -> None:
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
+        if max_size < 1 or max_in_flight < 1:
+            raise ValueError("max_size and max_in_flight must be at least 1")
         self._run = run
         self._max_size = max_size
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._worker: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._queue.append((item, future))
-        if self._worker is None:
+        if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
+            self._worker.add_done_callback(self._drained)
         return await future
 
     async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = [entry for entry in self._queue[: self._max_size] if not entry[1].done()]
-                del self._queue[: self._max_size]
-                if batch:
-                    await self._run_batch(batch)
-        finally:
+        while self._queue:
+            await self._slots.acquire()
+            batch = [entry for entry in self._queue[: self._max_size] if not entry[1].done()]
+            del self._queue[: self._max_size]
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(partial(self._finished, batch))
+
+    def _drained(self, worker: asyncio.Task[None]) -> None:
+        # A callback, not a `finally`: a task cancelled before it first ran never
+        # enters its coroutine.
+        if self._worker is worker:
             self._worker = None
-            # Only when cancelled (the process is stopping): nobody learns a result.
+        if worker.cancelled():
+            # The process is stopping: nobody learns a result.
             for _, future in self._queue:
                 future.cancel()
             self._queue.clear()
+
+    def _finished(
+        self, batch: list[tuple[Item, asyncio.Future[Result]]], task: asyncio.Task[None]
+    ) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if task.cancelled():
+            # The process is stopping: nobody learns a result.
+            for _, future in batch:
+                future.cancel()
 
     async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
@@ -70,10 +98,6 @@ class Batcher(Generic[Item, Result]):
                 if not future.done():
                     future.set_exception(exc)
             return
-        except BaseException:
-            for _, future in batch:
-                future.cancel()
-            raise
         for (_, future), outcome in zip(batch, results, strict=True):
             if future.done():
                 continue

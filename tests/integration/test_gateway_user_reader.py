@@ -30,6 +30,8 @@ class Accounts(users_pb2_grpc.UsersServiceServicer):
     # (method, ids asked, request ids the call carried)
     calls: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
     held: asyncio.Event | None = None
+    # Only calls asking for one of these ids are held (all calls when empty).
+    hold_only: set[str] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, name: str) -> str:
@@ -41,7 +43,7 @@ class Accounts(users_pb2_grpc.UsersServiceServicer):
         request_ids = [v for k, v in context.invocation_metadata() if k == "x-request-id"]
         self.calls.append((method, list(ids), request_ids))
         self.arrived.set()
-        if self.held is not None:
+        if self.held is not None and (not self.hold_only or self.hold_only & set(ids)):
             await self.held.wait()
 
     def _find(self, user_id: str) -> users_pb2.User:
@@ -137,6 +139,20 @@ async def test_reads_arriving_during_a_call_go_together_in_the_next(
         ("GetUser", ids[:1]),
         ("BatchGetUsers", ids[1:]),
     ]
+
+
+async def test_a_slow_call_holds_up_only_its_own_reads(accounts: Any, reader_for: Any) -> None:
+    servicer, _ = accounts
+    slow, *others = [servicer.add(f"user {i}") for i in range(4)]
+    reader = reader_for()
+    servicer.held, servicer.hold_only = asyncio.Event(), {slow}
+    first = asyncio.ensure_future(read_as(reader, slow, "slow"))
+    await servicer.arrived.wait()
+    found = await asyncio.gather(*(read_as(reader, u, "fast") for u in others))
+    assert [user.name for user in found] == ["user 1", "user 2", "user 3"]
+    assert not first.done()
+    servicer.held.set()
+    assert (await first).name == "user 0"
 
 
 async def test_a_missing_account_fails_only_its_own_read(accounts: Any, reader_for: Any) -> None:

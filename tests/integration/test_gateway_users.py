@@ -490,15 +490,18 @@ async def test_a_read_costs_one_users_call_while_the_caller_is_known_live(
 GET_USER_LOG_PREFIX = "/users.v1.UsersService/GetUser OK "
 
 
+@pytest.mark.parametrize("coalesce", [True, False])
 async def test_concurrent_reads_coalesce_and_each_gets_its_own_answer(
-    sqlite_url: str, caplog: pytest.LogCaptureFixture
+    sqlite_url: str, caplog: pytest.LogCaptureFixture, coalesce: bool
 ) -> None:
     await migrate_users(sqlite_url)
     caplog.set_level(logging.INFO, logger="servicekit.access")
     async with (
         running_users(users_settings(sqlite_url, access_log=True)) as users_address,
         running_ai_stub() as ai,
-        running_gateway(gateway_settings(users_address, ai.address)) as url,
+        running_gateway(
+            gateway_settings(users_address, ai.address, coalesce_reads=coalesce)
+        ) as url,
         httpx.AsyncClient(base_url=url) as client,
     ):
         people = []
@@ -519,4 +522,7 @@ async def test_concurrent_reads_coalesce_and_each_gets_its_own_answer(
         assert_problem(response, 404, "NOT_FOUND")
         assert response.json()["detail"] == f"no user {absent}"
     methods = [r.getMessage().split()[0] for r in caplog.records]
-    assert "/users.v1.UsersService/BatchGetUsers" in methods
+    if coalesce:
+        assert "/users.v1.UsersService/BatchGetUsers" in methods
+    else:
+        assert methods == ["/users.v1.UsersService/GetUser"] * len(paths)

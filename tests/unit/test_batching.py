@@ -110,7 +110,28 @@ async def test_an_item_whose_caller_gave_up_is_left_out() -> None:
     assert run.batches == [[1], [3]]
 
 
-async def test_stopping_the_worker_cancels_the_callers_instead_of_leaving_them_waiting() -> None:
+async def test_with_room_for_two_batches_a_slow_one_holds_up_only_its_own_items() -> None:
+    first_started, release_first = asyncio.Event(), asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> Sequence[int | Exception]:
+        batches.append(items)
+        if items == [1]:
+            first_started.set()
+            await release_first.wait()
+        return items
+
+    batcher = Batcher(run, max_in_flight=2)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await first_started.wait()
+    assert list(await asyncio.gather(batcher.submit(2), batcher.submit(3))) == [2, 3]
+    assert not first.done()
+    release_first.set()
+    assert await first == 1
+    assert batches == [[1], [2, 3]]
+
+
+async def test_stopping_cancels_the_callers_instead_of_leaving_them_waiting() -> None:
     run = Recorder()
     run.gate.clear()
     batcher = Batcher(run)
@@ -118,11 +139,12 @@ async def test_stopping_the_worker_cancels_the_callers_instead_of_leaving_them_w
     await run.entered.wait()
     queued = asyncio.ensure_future(batcher.submit(9))
     await asyncio.sleep(0)
-    worker = batcher._worker
-    assert worker is not None
-    worker.cancel()
+    # What asyncio.run does to the batcher's own tasks when the process stops.
+    for task in asyncio.all_tasks():
+        if task not in (*callers, queued, asyncio.current_task()):
+            task.cancel()
     results = await asyncio.gather(*callers, queued, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
-    # The next item starts a new worker.
+    # The next item starts anew.
     run.gate.set()
     assert await batcher.submit(5) == 50
