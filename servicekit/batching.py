@@ -1,9 +1,9 @@
 """Micro-batching: concurrent callers' items reach a database or a service in one trip.
 
 Group commit for writes, one `IN` query for lookups, one batch call for reads. While
-a batch is out, the items that arrive queue up and go together in the next one, so
-batches grow with load and a lone call waits for nobody. Each caller gets its own item's
-result: a value, an error of its own, or the error of the batch its item was in.
+as many batches as allowed are out, the items that arrive queue up and go together in
+the next one, so batches grow with load and a lone call waits for nobody. Each caller
+gets its own item's result: a value, an error of its own, or the error of its batch.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Batcher(Generic[Item, Result]):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._worker: asyncio.Task[None] | None = None
+        # The loop holds tasks only weakly; these must not be collected mid-batch.
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
