@@ -33,6 +33,11 @@ async def test_grpcurl_session(database_url: str) -> None:
         fetched = await grpcurl(address, f"{SERVICE}/GetUser", data={"id": user["id"]})
         assert fetched.json() == user
 
+        batch = await grpcurl(
+            address, f"{SERVICE}/BatchGetUsers", data={"ids": [user["id"], user["id"]]}
+        )
+        assert batch.json() == {"users": [user, user]}
+
         listed = await grpcurl(address, f"{SERVICE}/ListUsers", data={"page_size": 10})
         assert [u["id"] for u in listed.json()["users"]] == [user["id"]]
 
@@ -48,6 +53,9 @@ async def test_grpcurl_session(database_url: str) -> None:
         assert "Code: InvalidArgument" in invalid.output
         # grpcurl decodes the google.rpc.BadRequest detail by itself.
         assert '"field":"id"' in invalid.output
+        bad_batch = await grpcurl(address, f"{SERVICE}/BatchGetUsers", data={"ids": ["x"]})
+        assert bad_batch.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert '"field":"ids[0]"' in bad_batch.output
 
         duplicate_data = {"user": {"email": "x@example.com", "name": "X"}, "password": "12345678"}
         first = await grpcurl(address, f"{SERVICE}/CreateUser", data=duplicate_data)
