@@ -9,9 +9,7 @@ leaves its database behind; the next run drops it once its pid is gone.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import re
 import sys
 import time
 import uuid
@@ -22,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.support.postgres import ThrowawayDatabases, dsn
+
 PREFIX = "tandem_bench_users_"
-_NAME = re.compile(rf"^{PREFIX}(\d+)_[0-9a-f]+$")
 ROOT = Path(__file__).resolve().parent.parent
 
 COLUMNS = (
@@ -63,65 +61,23 @@ _DOMAINS = (
 _CHUNK = 50_000
 
 
-def admin_url(raw: str | None = None) -> URL:
-    url = make_url(raw or os.environ.get("TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
-    return url.set(drivername="postgresql")
-
-
-def dsn(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def databases(admin: URL) -> ThrowawayDatabases:
+    """The users benchmark's databases on `admin`'s server."""
+    return ThrowawayDatabases(PREFIX, admin)
 
 
 async def drop_stale_databases(admin: URL) -> list[str]:
     """Drop the databases of benchmark runs whose process is gone (killed runs)."""
-    connection = await asyncpg.connect(dsn(admin), timeout=5)
-    dropped = []
-    try:
-        names = await connection.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1", PREFIX + "%"
-        )
-        for record in names:
-            name = record["datname"]
-            match = _NAME.match(name)
-            if match and not _alive(int(match.group(1))):
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                dropped.append(name)
-    finally:
-        await connection.close()
-    return dropped
+    return await databases(admin).drop_stale()
 
 
 async def create_database(admin: URL) -> URL:
     """A new empty database named after this process; its plain (libpq-style) URL."""
-    name = f"{PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    connection = await asyncpg.connect(dsn(admin), timeout=5)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return admin.set(database=name)
+    return await databases(admin).create()
 
 
 async def drop_database(admin: URL, database: URL) -> None:
-    name = database.database
-    assert name is not None
-    assert name.startswith(PREFIX), name
-    connection = await asyncpg.connect(dsn(admin), timeout=10)
-    try:
-        # FORCE: the service or a load generator may still hold connections.
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    await databases(admin).drop(database.database)
 
 
 async def keep_database(admin: URL, database: URL) -> str:

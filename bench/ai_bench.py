@@ -31,10 +31,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import _pg
 import grpc
 
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
+from tests.support.postgres import ThrowawayDatabases, admin_url, dsn
 
 SERVING = re.compile(r"serving .+ on (?P<addr>\S+:\d+)$")
 SAMPLE = (
@@ -215,14 +215,16 @@ async def main() -> int:
         sqlite = f"sqlite+aiosqlite:///{workdir}/concurrency.db"
         concurrency["SQLite"] = await concurrency_phase(args.calls, args.latency, workdir, sqlite)
         if not args.no_postgres:
-            admin = _pg.admin_url(args.admin_url)
-            database = await _pg.create_database(admin)
+            databases = ThrowawayDatabases("tandem_bench_ai_", admin_url(args.admin_url))
+            await databases.drop_stale()
+            database = await databases.create()
             try:
+                url = dsn(database.set(drivername="postgresql+asyncpg"))
                 concurrency["PostgreSQL"] = await concurrency_phase(
-                    args.calls, args.latency, workdir, _pg.sqlalchemy_url(database)
+                    args.calls, args.latency, workdir, url
                 )
             finally:
-                await _pg.drop_database(admin, database)
+                await databases.drop(database.database)
         offline = await offline_phase(args.offline_seconds, 16, workdir)
     print(f"ai service, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     for where, phase in concurrency.items():

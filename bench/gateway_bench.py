@@ -51,6 +51,8 @@ from _config import PASSWORD, log
 from _facts import argon2_params, machine_facts
 from sqlalchemy.engine import URL
 
+from tests.support.postgres import admin_url
+
 CONNECTIONS = 64
 BENCH_EMAIL = "gateway.bench@example.com"
 _WORKDIR_PREFIX = "gateway_bench_"
@@ -288,7 +290,7 @@ async def run_bench(config: Config) -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": _machine(wrk), "config": asdict(config)}
     results["machine"]["busy_cores_before"] = await _busy_cores(2.0)
-    admin = _pg.admin_url(config.admin_url)
+    admin = admin_url(config.admin_url)
     results["machine"]["postgresql"] = await _pg.server_version(admin)
     dropped = await _pg.drop_stale_databases(admin)
     if dropped:

@@ -41,6 +41,8 @@ from _config import PAGE_SIZE, PASSWORD, Config, log
 from _facts import argon2_params, machine_facts, measure_argon2
 from _phases import Bench, select_by_id_sql
 
+from tests.support.postgres import admin_url
+
 
 def _argon2(config: Config, results: dict[str, Any]) -> str:
     """Time argon2id at the service's parameters; the hash every seeded account shares."""
@@ -85,7 +87,7 @@ async def run(config: Config) -> dict[str, Any]:
 
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine_facts(), "config": asdict(config)}
-    admin = _pg.admin_url(config.admin_url)
+    admin = admin_url(config.admin_url)
     results["machine"]["postgresql"] = await _pg.server_version(admin)
     dropped = await _pg.drop_stale_databases(admin)
     if dropped:
