@@ -7,21 +7,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
-from tests.support.ai_stub import running_ai_stub
 from tests.support.gateway import (
     PASSWORD,
     Stack,
     assert_problem,
     field_errors,
-    gateway_settings,
     gateway_stack,
     running_gateway,
     unique_email,
 )
-from tests.support.servers import migrate_users, running_users, users_settings
+from tests.support.servers import migrate_users
 
 USER_FIELDS = {"id", "email", "name", "created_at", "updated_at"}
 
@@ -466,23 +463,13 @@ async def test_a_read_costs_one_users_call_while_the_caller_is_known_live(
 ) -> None:
     await migrate_users(sqlite_url)
     caplog.set_level(logging.INFO, logger="servicekit.access")
-    async with (
-        running_users(users_settings(sqlite_url, access_log=True)) as users_address,
-        running_ai_stub() as ai,
-    ):
-        settings = gateway_settings(users_address, ai.address, auth_cache_seconds=cache_seconds)
-        async with running_gateway(settings) as url, httpx.AsyncClient(base_url=url) as client:
-            email = unique_email()
-            body = {"email": email, "name": "Reader", "password": PASSWORD}
-            user = (await client.post("/v1/users", json=body)).json()
-            login = await client.post(
-                "/v1/auth/token", data={"username": email, "password": PASSWORD}
-            )
-            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-            caplog.clear()
-            for _ in range(10):
-                response = await client.get(f"/v1/users/{user['id']}", headers=headers)
-                assert response.status_code == 200
+    stack_of = gateway_stack(sqlite_url, users_access_log=True, auth_cache_seconds=cache_seconds)
+    async with stack_of as stack:
+        account = await stack.new_account(name="Reader")
+        caplog.clear()
+        for _ in range(10):
+            response = await stack.client.get(f"/v1/users/{account.id}", headers=account.headers)
+            assert response.status_code == 200
     calls = [r for r in caplog.records if r.getMessage().startswith(GET_USER_LOG_PREFIX)]
     assert len(calls) == 10 * calls_per_read
 
@@ -496,22 +483,10 @@ async def test_concurrent_reads_coalesce_and_each_gets_its_own_answer(
 ) -> None:
     await migrate_users(sqlite_url)
     caplog.set_level(logging.INFO, logger="servicekit.access")
-    async with (
-        running_users(users_settings(sqlite_url, access_log=True)) as users_address,
-        running_ai_stub() as ai,
-        running_gateway(
-            gateway_settings(users_address, ai.address, coalesce_reads=coalesce)
-        ) as url,
-        httpx.AsyncClient(base_url=url) as client,
-    ):
-        people = []
-        for i in range(12):
-            body = {"email": unique_email(), "name": f"Person {i}", "password": PASSWORD}
-            people.append((await client.post("/v1/users", json=body)).json())
-        login = await client.post(
-            "/v1/auth/token", data={"username": people[0]["email"], "password": PASSWORD}
-        )
-        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    async with gateway_stack(sqlite_url, users_access_log=True, coalesce_reads=coalesce) as stack:
+        client = stack.client
+        people = [await stack.sign_up(name=f"Person {i}") for i in range(12)]
+        headers = {"Authorization": f"Bearer {await stack.token(people[0]['email'])}"}
         missing = [str(uuid.uuid4()), str(uuid.uuid4())]
         paths = [f"/v1/users/{p['id']}" for p in people] + [f"/v1/users/{m}" for m in missing]
         await client.get("/v1/users/me", headers=headers)  # the caller is known live

@@ -155,11 +155,20 @@ def unique_email() -> str:
 
 @asynccontextmanager
 async def gateway_stack(
-    users_database_url: str, stub: AnalysisStub | None = None, **overrides: Any
+    users_database_url: str,
+    stub: AnalysisStub | None = None,
+    *,
+    users_access_log: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """The whole chain on real ports; `users_database_url` must be migrated."""
+    """The whole chain on real ports; `users_database_url` must be migrated.
+
+    `users_access_log` logs each call the users server answers (`servicekit.access`),
+    for tests that count them; `overrides` are gateway settings.
+    """
+    users = users_settings(users_database_url, access_log=users_access_log)
     async with (
-        running_users(users_settings(users_database_url)) as users_address,
+        running_users(users) as users_address,
         running_ai_stub(stub) as ai,
     ):
         settings = gateway_settings(users_address, ai.address, **overrides)
