@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -31,12 +30,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import _procs
 import grpc
 
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tests.support.postgres import ThrowawayDatabases, admin_url, dsn
 
-SERVING = re.compile(r"serving .+ on (?P<addr>\S+:\d+)$")
 SAMPLE = (
     "The blender arrived quickly and setup took two minutes. The motor is impressively "
     "powerful: it crushes ice in seconds and makes silky smoothies. However, it is "
@@ -45,57 +44,24 @@ SAMPLE = (
 )
 
 
-async def start_service(
-    env: dict[str, str], workdir: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("AI_", "ANTHROPIC_"))}
-    full.update(env)
-    migrate = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ai_service",
-        "migrate",
-        env=full,
-        cwd=workdir,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+async def start_service(env: dict[str, str]) -> _procs.Server:
+    """`python -m ai_service` migrated and serving, with `env` as its only Tandem settings."""
+    full = _procs.clean_env(env)
+    migrate = await _procs.spawn(
+        [sys.executable, "-m", "ai_service", "migrate"], full, stdout=asyncio.subprocess.PIPE
     )
-    if await migrate.wait() != 0:
-        raise SystemExit("ai_service migrate failed")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ai_service",
-        env=full,
-        cwd=workdir,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        while line := (await process.stdout.readline()).decode():
-            if match := SERVING.search(line.strip()):
-                asyncio.get_running_loop().create_task(_drain(process.stdout))
-                return process, match["addr"]
-    raise SystemExit("ai_service did not start")
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
-
-
-async def stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        await process.wait()
+    output, _ = await migrate.communicate()
+    if migrate.returncode != 0:
+        raise SystemExit(f"ai_service migrate failed:\n{output.decode(errors='replace')}")
+    server = _procs.Server("ai service", [sys.executable, "-m", "ai_service"], full)
+    await server.start(within_s=30)
+    return server
 
 
 async def fake_upstream(latency: float) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(Path(__file__).with_name("_fake_upstream.py")),
-        str(latency),
+    process = await _procs.spawn(
+        [sys.executable, str(Path(__file__).with_name("_fake_upstream.py")), str(latency)],
+        os.environ,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -104,9 +70,7 @@ async def fake_upstream(latency: float) -> tuple[asyncio.subprocess.Process, dic
     return process, {"ANTHROPIC_BASE_URL": line[2], "ANTHROPIC_API_KEY": line[4]}
 
 
-async def concurrency_phase(
-    calls: int, latency: float, workdir: str, database_url: str
-) -> dict[str, Any]:
+async def concurrency_phase(calls: int, latency: float, database_url: str) -> dict[str, Any]:
     fake, fake_env = await fake_upstream(latency)
     try:
         env = {
@@ -117,7 +81,8 @@ async def concurrency_phase(
             "AI_ACCESS_LOG": "false",
             "AI_MODEL": "claude-bench",
         }
-        process, address = await start_service(env, workdir)
+        server = await start_service(env)
+        address = server.address
         try:
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
@@ -133,7 +98,7 @@ async def concurrency_phase(
                 )
                 wall = time.perf_counter() - started
         finally:
-            await stop(process)
+            await server.stop()
     finally:
         assert fake.stdin is not None
         fake.stdin.close()
@@ -160,7 +125,8 @@ async def offline_phase(seconds: float, concurrency: int, workdir: str) -> dict[
         # Every call is a new analysis, not a cache hit.
         "AI_CACHE_TTL_SECONDS": "0",
     }
-    process, address = await start_service(env, workdir)
+    server = await start_service(env)
+    address = server.address
     latencies: list[float] = []
     try:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -181,7 +147,7 @@ async def offline_phase(seconds: float, concurrency: int, workdir: str) -> dict[
             await asyncio.gather(*(caller(n) for n in range(concurrency)))
             wall = time.perf_counter() - started
     finally:
-        await stop(process)
+        await server.stop()
     latencies.sort()
     return {
         "text_bytes": len(text.encode()),
@@ -213,16 +179,14 @@ async def main() -> int:
     concurrency: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="tandem-ai-bench-") as workdir:
         sqlite = f"sqlite+aiosqlite:///{workdir}/concurrency.db"
-        concurrency["SQLite"] = await concurrency_phase(args.calls, args.latency, workdir, sqlite)
+        concurrency["SQLite"] = await concurrency_phase(args.calls, args.latency, sqlite)
         if not args.no_postgres:
             databases = ThrowawayDatabases("tandem_bench_ai_", admin_url(args.admin_url))
             await databases.drop_stale()
             database = await databases.create()
             try:
                 url = dsn(database.set(drivername="postgresql+asyncpg"))
-                concurrency["PostgreSQL"] = await concurrency_phase(
-                    args.calls, args.latency, workdir, url
-                )
+                concurrency["PostgreSQL"] = await concurrency_phase(args.calls, args.latency, url)
             finally:
                 await databases.drop(database.database)
         offline = await offline_phase(args.offline_seconds, 16, workdir)
