@@ -89,6 +89,10 @@ def load_settings(cls: type[S]) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
+            if not error["loc"]:
+                # A rule across several settings (a model validator) names them itself.
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
             name = _variable(cls, "_".join(str(part) for part in error["loc"]))
             if error["type"] == "missing":
                 problems.append(f"{name} is not set")

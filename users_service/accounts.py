@@ -29,6 +29,7 @@ from users_service.domain import (
     resolve_update_mask,
 )
 from users_service.passwords import PasswordHasher
+from users_service.policy import Action, Caller, Role, View, authorize, view_of
 from users_service.repository import EmailTaken, UsersRepository
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class UserChanges:
     email: str
     etag: str
     mask_paths: list[str]
+    # Required to change the email.
+    current_password: str = ""
 
 
 class Accounts:
@@ -86,23 +89,27 @@ class Accounts:
             raise _email_taken() from None
         return user
 
-    async def get(self, user_id: str) -> User:
+    async def get(self, user_id: str, caller: Caller) -> tuple[User, View]:
+        """A live account, and how much of it the caller may see."""
         parsed = parse_id(user_id)
         user = await self._repository.get(parsed)
         if user is None:
             raise _not_found(parsed)
-        return user
+        return user, view_of(caller, parsed)
 
-    async def get_many(self, user_ids: Sequence[str]) -> list[User]:
+    async def get_many(self, user_ids: Sequence[str], caller: Caller) -> list[tuple[User, View]]:
         """Live accounts in the order asked (repeats included); all of them or NotFound."""
         parsed = parse_ids(user_ids)
         found = {user.id: user for user in await self._repository.get_many(set(parsed))}
         missing = next((user_id for user_id in parsed if user_id not in found), None)
         if missing is not None:
             raise _not_found(missing)
-        return [found[user_id] for user_id in parsed]
+        return [(found[user_id], view_of(caller, user_id)) for user_id in parsed]
 
-    async def list(self, *, size: int, token: str, show_deleted: bool) -> Page[User]:
+    async def list(
+        self, *, size: int, token: str, show_deleted: bool, caller: Caller
+    ) -> Page[User]:
+        authorize(caller, Action.LIST)
         return await keyset_page(
             self._page_tokens,
             size=size,
@@ -114,8 +121,9 @@ class Accounts:
             key=lambda user: (user.create_time, user.id),
         )
 
-    async def update(self, changes: UserChanges) -> User:
+    async def update(self, changes: UserChanges, caller: Caller) -> User:
         parsed = parse_id(changes.id, field="user.id")
+        authorize(caller, Action.UPDATE, parsed)
         populated = [f for f, v in (("name", changes.name), ("email", changes.email)) if v]
         fields = resolve_update_mask(changes.mask_paths, populated)
         violations = Violations()
@@ -125,7 +133,11 @@ class Accounts:
         if "email" in fields:
             values["email"] = normalize_email(changes.email, "user.email", violations)
             values["email_key"] = email_key(values["email"])
+            if not changes.current_password and not caller.is_service:
+                violations.add("current_password", "is required to change the email")
         violations.check()
+        if "email" in fields and not caller.is_service:
+            await self._check_password(parsed, changes.current_password)
 
         expected_revision = None
         if changes.etag:
@@ -147,15 +159,17 @@ class Accounts:
             raise _not_found(parsed)
         return updated
 
-    async def delete(self, user_id: str) -> User:
+    async def delete(self, user_id: str, caller: Caller) -> User:
         parsed = parse_id(user_id)
+        authorize(caller, Action.DELETE, parsed)
         deleted = await self._repository.set_deleted(parsed, deleted=True, now=self._clock())
         if deleted is None:
             raise _not_found(parsed)
         return deleted
 
-    async def undelete(self, user_id: str) -> User:
+    async def undelete(self, user_id: str, caller: Caller) -> User:
         parsed = parse_id(user_id)
+        authorize(caller, Action.UNDELETE, parsed)
         try:
             restored = await self._repository.set_deleted(parsed, deleted=False, now=self._clock())
         except EmailTaken:
@@ -174,8 +188,12 @@ class Accounts:
             raise _not_found(parsed)
         return restored
 
-    async def change_password(self, user_id: str, *, current: str, new: str) -> None:
+    async def change_password(
+        self, user_id: str, *, current: str, new: str, caller: Caller
+    ) -> None:
+        """Replace the password; every session of the account but the caller's ends."""
         parsed = parse_id(user_id)
+        authorize(caller, Action.CHANGE_PASSWORD, parsed)
         violations = Violations()
         if not current:
             violations.add("current_password", "is required")
@@ -189,7 +207,11 @@ class Accounts:
             raise Unauthenticated("the current password is incorrect", reason="WRONG_PASSWORD")
         new_hash = await self._hasher.hash(new)
         if not await self._repository.replace_password_hash(
-            parsed, old_hash=old_hash, new_hash=new_hash
+            parsed,
+            old_hash=old_hash,
+            new_hash=new_hash,
+            end_sessions_but=caller.session_id,
+            now=self._clock(),
         ):
             # Deleted, or its password changed, between our read and our write.
             raise _not_found(parsed)
@@ -210,6 +232,20 @@ class Accounts:
         if self._hasher.needs_rehash(password_hash):
             await self._upgrade_hash(user, password, password_hash)
         return user
+
+    async def set_role(self, email: str, role: Role) -> User:
+        """Make the account of `email` an admin or an ordinary user (the CLI's job)."""
+        user = await self._repository.set_role(login_key(email), role.value, now=self._clock())
+        if user is None:
+            raise NotFound("no live account has this email", reason="USER_NOT_FOUND")
+        return user
+
+    async def _check_password(self, user_id: uuid.UUID, password: str) -> None:
+        found = await self._repository.get_live_with_hash(user_id)
+        if found is None:
+            raise _not_found(user_id)
+        if not await self._hasher.verify(found[1], password):
+            raise Unauthenticated("the current password is incorrect", reason="WRONG_PASSWORD")
 
     async def _upgrade_hash(self, user: User, password: str, old_hash: str) -> None:
         new_hash = await self._hasher.hash(password)

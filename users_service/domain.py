@@ -32,6 +32,7 @@ class User:
     update_time: datetime
     delete_time: datetime | None
     revision: int
+    role: str = "user"
 
     @property
     def etag(self) -> str:

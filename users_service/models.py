@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, String, Uuid
+from sqlalchemy import DateTime, Index, Integer, MetaData, String, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = MetaData(
@@ -36,6 +36,8 @@ class UserRow(Base):
     delete_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Bumped on every change; the etag is derived from it.
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    # `user` or `admin` (users_service.policy.Role); only the CLI makes admins.
+    role: Mapped[str] = mapped_column(String(16), server_default=text("'user'"))
 
     __table_args__ = (
         # Uniqueness among live accounts is the database's job, not a
@@ -50,3 +52,40 @@ class UserRow(Base):
         # Keyset pagination walks (create_time, id).
         Index("ix_users_create_time_id", "create_time", "id"),
     )
+
+
+class SessionRow(Base):
+    """A login: what an account's access and refresh tokens belong to."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The absolute end: no refresh carries a session past it.
+    expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set when it was ended early (logout, password change, deletion, reuse).
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (
+        # Ending every session of an account (password change, deletion).
+        Index("ix_sessions_user_id", "user_id"),
+    )
+
+
+class RefreshTokenRow(Base):
+    """One refresh token of a session, by its hash; the token itself is never stored."""
+
+    __tablename__ = "refresh_tokens"
+
+    # SHA-256 of the token, hex: the token is 256 random bits, so no salt or slow hash
+    # is needed to make the stored value useless to whoever reads the table.
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When it was traded for the next one; presenting it again after that is reuse.
+    rotate_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_refresh_tokens_session_id", "session_id"),)

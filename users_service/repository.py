@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from servicekit.database import Database, utc
 from users_service.domain import User
 from users_service.models import UserRow
+from users_service.sessions_repository import EndReason, end_sessions
 
 T = TypeVar("T")
 
@@ -30,6 +31,7 @@ _USER_COLUMNS = (
     users.c.update_time,
     users.c.delete_time,
     users.c.revision,
+    users.c.role,
 )
 
 
@@ -68,6 +70,7 @@ class UsersRepository:
             update_time=user.update_time,
             delete_time=None,
             revision=user.revision,
+            role=user.role,
         )
         await self._write(lambda c: c.execute(statement))
 
@@ -128,7 +131,11 @@ class UsersRepository:
         return _user(row) if row is not None else None
 
     async def set_deleted(self, user_id: uuid.UUID, *, deleted: bool, now: datetime) -> User | None:
-        """Soft-delete (or restore) an account; None if it was not live (not deleted)."""
+        """Soft-delete (or restore) an account; None if it was not live (not deleted).
+
+        Deleting ends every session of the account in the same transaction; restoring
+        brings none back.
+        """
         in_state = users.c.delete_time.is_(None) if deleted else users.c.delete_time.is_not(None)
         statement = (
             update(users)
@@ -140,13 +147,52 @@ class UsersRepository:
             )
             .returning(*_USER_COLUMNS)
         )
-        row = await self._write(lambda c: c.execute(statement).first())
+        ending = end_sessions(user_id, now=now, reason=EndReason.ACCOUNT_DELETED)
+
+        def work(connection: Connection) -> Row[Any] | None:
+            row = connection.execute(statement).first()
+            if row is not None and deleted:
+                connection.execute(ending)
+            return row
+
+        row = await self._write(work)
+        return _user(row) if row is not None else None
+
+    async def set_role(self, key: str, role: str, *, now: datetime) -> User | None:
+        """Give the live account of email key `key` a role; None if there is none.
+
+        Taking admin away ends the account's sessions, so no token outlives the role.
+        """
+        statement = (
+            update(users)
+            .where(users.c.email_key == key, _LIVE)
+            .values(role=role, update_time=now, revision=users.c.revision + 1)
+            .returning(*_USER_COLUMNS)
+        )
+
+        def work(connection: Connection) -> Row[Any] | None:
+            row = connection.execute(statement).first()
+            if row is not None and role != "admin":
+                connection.execute(end_sessions(row.id, now=now, reason=EndReason.ROLE_REVOKED))
+            return row
+
+        row = await self._write(work)
         return _user(row) if row is not None else None
 
     async def replace_password_hash(
-        self, user_id: uuid.UUID, *, old_hash: str, new_hash: str
+        self,
+        user_id: uuid.UUID,
+        *,
+        old_hash: str,
+        new_hash: str,
+        end_sessions_but: uuid.UUID | None = None,
+        now: datetime | None = None,
     ) -> bool:
-        """Swap the hash, unless it changed since `old_hash` was read (lost update)."""
+        """Swap the hash, unless it changed since `old_hash` was read (lost update).
+
+        With `now`, the account's other sessions (all but `end_sessions_but`) end in the
+        same transaction: a password change logs out everyone else.
+        """
         statement = (
             update(users)
             .where(
@@ -156,8 +202,18 @@ class UsersRepository:
             )
             .values(password_hash=new_hash)
         )
-        changed = await self._write(lambda c: c.execute(statement).rowcount)
-        return bool(changed)
+
+        def work(connection: Connection) -> int:
+            changed = connection.execute(statement).rowcount
+            if changed and now is not None:
+                connection.execute(
+                    end_sessions(
+                        user_id, now=now, reason=EndReason.PASSWORD_CHANGED, keep=end_sessions_but
+                    )
+                )
+            return changed
+
+        return bool(await self._write(work))
 
     async def _write(self, work: Callable[[Connection], T]) -> T:
         try:
@@ -178,4 +234,5 @@ def _user(row: Row[*tuple[Any, ...]]) -> User:
         update_time=utc(row.update_time),
         delete_time=utc(row.delete_time) if row.delete_time is not None else None,
         revision=row.revision,
+        role=row.role,
     )

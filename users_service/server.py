@@ -1,32 +1,64 @@
-"""Builds and runs the users service: engine, schema check, servicer, gRPC server."""
+"""Builds and runs the users service: engine, schema check, servicers, gRPC server."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from servicekit.database import Database, create_engine
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
-from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
+from servicekit.tokens import KeySet, TokenVerifier
+from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts
+from users_service.auth_servicer import AuthServicer
+from users_service.callers import CallerResolver
 from users_service.migrations import MIGRATIONS
 from users_service.passwords import PasswordHasher
 from users_service.repository import UsersRepository
 from users_service.servicer import UsersServicer
+from users_service.sessions import Sessions
+from users_service.sessions_repository import SessionsRepository
 from users_service.settings import UsersSettings
+from users_service.signing_keys import SigningKeys, load_signing_keys
+from users_service.tokens import AccessTokens
 
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
+AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 
 log = logging.getLogger(__name__)
+
+
+def signing_keys_from(settings: UsersSettings) -> SigningKeys:
+    return load_signing_keys(
+        settings.token_signing_key_file, settings.verify_key_paths, settings.token_dev_key_file
+    )
+
+
+def local_verifier(settings: UsersSettings, keys: SigningKeys) -> TokenVerifier:
+    """Verifies this service's own tokens against its configured keys (no fetch)."""
+    jwks = keys.jwks()
+
+    async def source() -> Mapping[str, Any]:
+        return jwks
+
+    return TokenVerifier(
+        KeySet(source, max_age_seconds=float("inf")),
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        max_lifetime_seconds=settings.token_max_lifetime_seconds,
+    )
 
 
 @asynccontextmanager
 async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
     """A bound, not yet started, users server; its resources close on exit."""
+    keys = signing_keys_from(settings)
     engine = create_engine(settings, application_name="tandem-users")
     hasher = PasswordHasher(
         memory_kib=settings.argon2_memory_kib,
@@ -36,14 +68,42 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
     )
     try:
         await check_at_head(engine, MIGRATIONS)
-        accounts = Accounts(
-            UsersRepository(Database(engine, what="users")), hasher, page_tokens_from(settings)
+        database = Database(engine, what="users")
+        accounts = Accounts(UsersRepository(database), hasher, page_tokens_from(settings))
+        verifier = local_verifier(settings, keys)
+        callers = CallerResolver(verifier)
+        sessions = Sessions(
+            accounts,
+            SessionsRepository(database),
+            AccessTokens(
+                keys,
+                issuer=settings.token_issuer,
+                audience=settings.token_audience,
+                ttl_seconds=settings.access_token_ttl_seconds,
+            ),
+            verifier,
+            refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+            session_max=timedelta(seconds=settings.session_max_seconds),
+            reuse_grace=timedelta(seconds=settings.refresh_reuse_grace_seconds),
         )
-        servicer = UsersServicer(accounts)
-        register = partial(users_pb2_grpc.add_UsersServiceServicer_to_server, servicer)
-        yield build_server(
-            settings.addr, [Service(SERVICE_NAME, register)], access_log=settings.access_log
-        )
+        services = [
+            Service(
+                SERVICE_NAME,
+                partial(
+                    users_pb2_grpc.add_UsersServiceServicer_to_server,
+                    UsersServicer(accounts, callers),
+                ),
+            ),
+            Service(
+                AUTH_SERVICE_NAME,
+                partial(
+                    auth_pb2_grpc.add_AuthServiceServicer_to_server,
+                    AuthServicer(sessions, callers, keys.jwks),
+                ),
+            ),
+        ]
+        log.info("access tokens are signed with key %s", keys.signing_kid)
+        yield build_server(settings.addr, services, access_log=settings.access_log)
     finally:
         hasher.close()
         await engine.dispose()

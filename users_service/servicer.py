@@ -8,12 +8,17 @@ from google.protobuf import empty_pb2
 
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts, UserChanges
+from users_service.callers import CallerResolver
 from users_service.domain import User
+from users_service.policy import Role, View
+
+_ROLES = {Role.USER.value: users_pb2.ROLE_USER, Role.ADMIN.value: users_pb2.ROLE_ADMIN}
 
 
 class UsersServicer(users_pb2_grpc.UsersServiceServicer):
-    def __init__(self, accounts: Accounts) -> None:
+    def __init__(self, accounts: Accounts, callers: CallerResolver) -> None:
         self._accounts = accounts
+        self._callers = callers
 
     async def CreateUser(  # noqa: N802
         self, request: users_pb2.CreateUserRequest, context: Any
@@ -24,19 +29,24 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         return to_proto(user)
 
     async def GetUser(self, request: users_pb2.GetUserRequest, context: Any) -> users_pb2.User:  # noqa: N802
-        return to_proto(await self._accounts.get(request.id))
+        caller = await self._callers.caller(context)
+        return to_proto(*await self._accounts.get(request.id, caller))
 
     async def BatchGetUsers(  # noqa: N802
         self, request: users_pb2.BatchGetUsersRequest, context: Any
     ) -> users_pb2.BatchGetUsersResponse:
-        users = await self._accounts.get_many(request.ids)
-        return users_pb2.BatchGetUsersResponse(users=[to_proto(u) for u in users])
+        caller = await self._callers.caller(context)
+        users = await self._accounts.get_many(request.ids, caller)
+        return users_pb2.BatchGetUsersResponse(users=[to_proto(u, v) for u, v in users])
 
     async def ListUsers(  # noqa: N802
         self, request: users_pb2.ListUsersRequest, context: Any
     ) -> users_pb2.ListUsersResponse:
         page = await self._accounts.list(
-            size=request.page_size, token=request.page_token, show_deleted=request.show_deleted
+            size=request.page_size,
+            token=request.page_token,
+            show_deleted=request.show_deleted,
+            caller=await self._callers.caller(context),
         )
         return users_pb2.ListUsersResponse(
             users=[to_proto(u) for u in page.items], next_page_token=page.next_page_token
@@ -51,24 +61,31 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
             email=request.user.email,
             etag=request.user.etag,
             mask_paths=list(request.update_mask.paths),
+            current_password=request.current_password,
         )
-        return to_proto(await self._accounts.update(changes))
+        caller = await self._callers.caller(context)
+        return to_proto(await self._accounts.update(changes, caller))
 
     async def DeleteUser(  # noqa: N802
         self, request: users_pb2.DeleteUserRequest, context: Any
     ) -> users_pb2.User:
-        return to_proto(await self._accounts.delete(request.id))
+        caller = await self._callers.caller(context)
+        return to_proto(await self._accounts.delete(request.id, caller))
 
     async def UndeleteUser(  # noqa: N802
         self, request: users_pb2.UndeleteUserRequest, context: Any
     ) -> users_pb2.User:
-        return to_proto(await self._accounts.undelete(request.id))
+        caller = await self._callers.caller(context)
+        return to_proto(await self._accounts.undelete(request.id, caller))
 
     async def ChangePassword(  # noqa: N802
         self, request: users_pb2.ChangePasswordRequest, context: Any
     ) -> empty_pb2.Empty:
         await self._accounts.change_password(
-            request.id, current=request.current_password, new=request.new_password
+            request.id,
+            current=request.current_password,
+            new=request.new_password,
+            caller=await self._callers.caller(context),
         )
         return empty_pb2.Empty()
 
@@ -79,8 +96,17 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         return to_proto(user)
 
 
-def to_proto(user: User) -> users_pb2.User:
-    message = users_pb2.User(id=str(user.id), email=user.email, name=user.name, etag=user.etag)
+def to_proto(user: User, view: View = View.FULL) -> users_pb2.User:
+    if view is View.PUBLIC:
+        return users_pb2.User(id=str(user.id), name=user.name, view=users_pb2.USER_VIEW_PUBLIC)
+    message = users_pb2.User(
+        id=str(user.id),
+        email=user.email,
+        name=user.name,
+        etag=user.etag,
+        role=_ROLES.get(user.role, users_pb2.ROLE_UNSPECIFIED),
+        view=users_pb2.USER_VIEW_FULL,
+    )
     message.create_time.FromDatetime(user.create_time)
     message.update_time.FromDatetime(user.update_time)
     if user.delete_time is not None:

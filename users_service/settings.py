@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.settings import ServiceSettings
@@ -26,3 +27,40 @@ class UsersSettings(ServiceSettings):
     password_hash_workers: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1
     )
+
+    # Access tokens (users_service.tokens) and the keys that sign them
+    # (users_service.signing_keys). The issuer and audience must match what the
+    # gateway and the other services verify.
+    token_issuer: str = Field(default="tandem-users", min_length=1)
+    token_audience: str = Field(default="tandem-api", min_length=1)
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=24 * 3600)
+    # What this service's own verifier accepts as `exp - iat`, whatever the signature.
+    token_max_lifetime_seconds: int = Field(default=3600, ge=30, le=24 * 3600)
+    token_signing_key_file: Path | None = None
+    # Comma-separated PEM files (public or private keys) that verify but do not sign.
+    token_verify_key_files: str = ""
+    token_dev_key_file: Path = Path("./data/users-token-key.pem")
+    # Refresh tokens rotate on every use; each lasts this long unless traded first.
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    # A session ends this long after its login, however often it was refreshed.
+    session_max_seconds: int = Field(default=90 * 24 * 3600, ge=60)
+    # A rotated refresh token presented again within this many seconds of its rotation
+    # gets invalid_grant (a concurrent refresh lost the race, or a client retried after
+    # a lost answer); later, it is reuse and ends the session.
+    refresh_reuse_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    @property
+    def verify_key_paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.token_verify_key_files.split(",") if p.strip()]
+
+    @model_validator(mode="after")
+    def _check_lifetimes(self) -> UsersSettings:
+        if self.access_token_ttl_seconds > self.token_max_lifetime_seconds:
+            raise ValueError(
+                "USERS_ACCESS_TOKEN_TTL_SECONDS must not exceed USERS_TOKEN_MAX_LIFETIME_SECONDS"
+            )
+        if self.refresh_token_ttl_seconds > self.session_max_seconds:
+            raise ValueError(
+                "USERS_REFRESH_TOKEN_TTL_SECONDS must not exceed USERS_SESSION_MAX_SECONDS"
+            )
+        return self

@@ -14,6 +14,7 @@ from ai_service.migrations import MIGRATIONS as AI_MIGRATIONS
 from ai_service.server import ai_server
 from ai_service.settings import AiSettings
 from servicekit.migrations import upgrade_to_head
+from tests.support.keys import signing_key_file
 from users_service.migrations import MIGRATIONS as USERS_MIGRATIONS
 from users_service.server import users_server
 from users_service.settings import UsersSettings
@@ -59,6 +60,7 @@ def users_settings(database_url: str, **overrides: Any) -> UsersSettings:
         "database_url": database_url,
         "page_token_secret": "test-page-token-secret",
         "access_log": False,
+        "token_signing_key_file": signing_key_file(),
         **FAST_ARGON2,
         **overrides,
     }

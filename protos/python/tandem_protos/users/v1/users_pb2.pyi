@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,52 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_USER: _Role.ValueType  # 1
+    """An ordinary account."""
+    ROLE_ADMIN: _Role.ValueType  # 2
+    """Reads, lists, deletes and undeletes every account."""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """What an account may do. Nobody becomes an admin through the API: operators run
+    `python -m users_service grant-admin EMAIL`.
+    """
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_USER: Role.ValueType  # 1
+"""An ordinary account."""
+ROLE_ADMIN: Role.ValueType  # 2
+"""Reads, lists, deletes and undeletes every account."""
+Global___Role: _TypeAlias = Role  # noqa: Y015
+
+class _UserView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UserViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USER_VIEW_UNSPECIFIED: _UserView.ValueType  # 0
+    USER_VIEW_PUBLIC: _UserView.ValueType  # 1
+    """`id` and `name` only: another account, to an ordinary caller."""
+    USER_VIEW_FULL: _UserView.ValueType  # 2
+    """Every field: the caller's own account, or any account to an admin."""
+
+class UserView(_UserView, metaclass=_UserViewEnumTypeWrapper):
+    """How much of an account a caller sees."""
+
+USER_VIEW_UNSPECIFIED: UserView.ValueType  # 0
+USER_VIEW_PUBLIC: UserView.ValueType  # 1
+"""`id` and `name` only: another account, to an ordinary caller."""
+USER_VIEW_FULL: UserView.ValueType  # 2
+"""Every field: the caller's own account, or any account to an admin."""
+Global___UserView: _TypeAlias = UserView  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
@@ -33,6 +80,8 @@ class User(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The account's UUID."""
     email: _builtins.str
@@ -42,6 +91,12 @@ class User(_message.Message):
     etag: _builtins.str
     """A checksum of the account's state (AIP-154). Send it back on UpdateUser to
     change the account only if nobody else changed it first.
+    """
+    role: Global___Role.ValueType
+    """Output only. What the account may do; set only in the full view."""
+    view: Global___UserView.ValueType
+    """Output only. Which fields the caller may see: a public profile carries only
+    `id` and `name`.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -65,10 +120,12 @@ class User(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+        view: Global___UserView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "email", b"email", "etag", b"etag", "id", b"id", "name", b"name", "role", b"role", "update_time", b"update_time", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +279,11 @@ class UpdateUserRequest(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
+    current_password: _builtins.str
+    """The account's current password: required when the mask changes `email`, so a
+    stolen access token cannot take the account over (UNAUTHENTICATED if wrong).
+    """
     @_builtins.property
     def user(self) -> Global___User:
         """The account to change, identified by `user.id`; `user.etag` is optional."""
@@ -235,10 +297,11 @@ class UpdateUserRequest(_message.Message):
         *,
         user: Global___User | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        current_password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "update_mask", b"update_mask", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

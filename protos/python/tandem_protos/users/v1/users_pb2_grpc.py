@@ -29,6 +29,14 @@ if _version_not_supported:
 class UsersServiceStub:
     """Manages Tandem's user accounts.
 
+    Who may do what (the users service decides; see `users_service/policy.py`):
+    an account reads itself in full and any other live account as a public profile
+    (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
+    accounts and delete or undelete any account. A call names its caller with
+    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
+    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
+    trusted internal service until service authentication lands.)
+
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
     Every response carries the call's `x-request-id` in its trailing metadata.
@@ -90,6 +98,14 @@ class UsersServiceStub:
 class UsersServiceServicer:
     """Manages Tandem's user accounts.
 
+    Who may do what (the users service decides; see `users_service/policy.py`):
+    an account reads itself in full and any other live account as a public profile
+    (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
+    accounts and delete or undelete any account. A call names its caller with
+    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
+    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
+    trusted internal service until service authentication lands.)
+
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
     Every response carries the call's `x-request-id` in its trailing metadata.
@@ -119,7 +135,7 @@ class UsersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUsers(self, request, context):
-        """Lists accounts, oldest first (AIP-158 pagination).
+        """Lists accounts, oldest first (AIP-158 pagination). Admins only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,21 +150,24 @@ class UsersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUser(self, request, context):
-        """Soft-deletes an account (AIP-164) and frees its email for a new account.
+        """Soft-deletes an account (AIP-164), frees its email for a new account and ends
+        every session of it. The account itself or an admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UndeleteUser(self, request, context):
-        """Restores a soft-deleted account. ALREADY_EXISTS when its email was taken meanwhile.
+        """Restores a soft-deleted account (admins only); its ended sessions stay ended.
+        ALREADY_EXISTS when its email was taken meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ChangePassword(self, request, context):
-        """Replaces the password after checking the current one (UNAUTHENTICATED if wrong).
+        """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
+        and ends every other session of the account: the caller's own goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +239,14 @@ def add_UsersServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class UsersService:
     """Manages Tandem's user accounts.
+
+    Who may do what (the users service decides; see `users_service/policy.py`):
+    an account reads itself in full and any other live account as a public profile
+    (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
+    accounts and delete or undelete any account. A call names its caller with
+    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
+    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
+    trusted internal service until service authentication lands.)
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.

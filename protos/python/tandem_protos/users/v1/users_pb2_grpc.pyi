@@ -30,6 +30,14 @@ GRPC_VERSION: str
 class UsersServiceStub:
     """Manages Tandem's user accounts.
 
+    Who may do what (the users service decides; see `users_service/policy.py`):
+    an account reads itself in full and any other live account as a public profile
+    (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
+    accounts and delete or undelete any account. A call names its caller with
+    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
+    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
+    trusted internal service until service authentication lands.)
+
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
     Every response carries the call's `x-request-id` in its trailing metadata.
@@ -49,17 +57,23 @@ class UsersServiceStub:
     INVALID_ARGUMENT for a malformed id (field `ids[i]`), no ids, or more than 1000.
     """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]
-    """Lists accounts, oldest first (AIP-158 pagination)."""
+    """Lists accounts, oldest first (AIP-158 pagination). Admins only."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.User]
     """Changes the fields named in `update_mask` (AIP-134). ABORTED when `user.etag`
     is set and no longer matches the stored account (AIP-154).
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.User]
-    """Soft-deletes an account (AIP-164) and frees its email for a new account."""
+    """Soft-deletes an account (AIP-164), frees its email for a new account and ends
+    every session of it. The account itself or an admin.
+    """
     UndeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.UndeleteUserRequest, _users_pb2.User]
-    """Restores a soft-deleted account. ALREADY_EXISTS when its email was taken meanwhile."""
+    """Restores a soft-deleted account (admins only); its ended sessions stay ended.
+    ALREADY_EXISTS when its email was taken meanwhile.
+    """
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_users_pb2.ChangePasswordRequest, _empty_pb2.Empty]
-    """Replaces the password after checking the current one (UNAUTHENTICATED if wrong)."""
+    """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
+    and ends every other session of the account: the caller's own goes on.
+    """
     AuthenticateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.AuthenticateUserRequest, _users_pb2.User]
     """Checks an email and password pair. UNAUTHENTICATED, with one message, for a wrong
     password, an unknown email and a deleted account alike.
@@ -68,6 +82,14 @@ class UsersServiceStub:
 @_typing.type_check_only
 class UsersServiceAsyncStub(UsersServiceStub):
     """Manages Tandem's user accounts.
+
+    Who may do what (the users service decides; see `users_service/policy.py`):
+    an account reads itself in full and any other live account as a public profile
+    (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
+    accounts and delete or undelete any account. A call names its caller with
+    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
+    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
+    trusted internal service until service authentication lands.)
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
@@ -85,17 +107,23 @@ class UsersServiceAsyncStub(UsersServiceStub):
     INVALID_ARGUMENT for a malformed id (field `ids[i]`), no ids, or more than 1000.
     """
     ListUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.ListUsersRequest, _users_pb2.ListUsersResponse]  # type: ignore[assignment]
-    """Lists accounts, oldest first (AIP-158 pagination)."""
+    """Lists accounts, oldest first (AIP-158 pagination). Admins only."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.User]  # type: ignore[assignment]
     """Changes the fields named in `update_mask` (AIP-134). ABORTED when `user.etag`
     is set and no longer matches the stored account (AIP-154).
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.User]  # type: ignore[assignment]
-    """Soft-deletes an account (AIP-164) and frees its email for a new account."""
+    """Soft-deletes an account (AIP-164), frees its email for a new account and ends
+    every session of it. The account itself or an admin.
+    """
     UndeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.UndeleteUserRequest, _users_pb2.User]  # type: ignore[assignment]
-    """Restores a soft-deleted account. ALREADY_EXISTS when its email was taken meanwhile."""
+    """Restores a soft-deleted account (admins only); its ended sessions stay ended.
+    ALREADY_EXISTS when its email was taken meanwhile.
+    """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_users_pb2.ChangePasswordRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Replaces the password after checking the current one (UNAUTHENTICATED if wrong)."""
+    """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
+    and ends every other session of the account: the caller's own goes on.
+    """
     AuthenticateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.AuthenticateUserRequest, _users_pb2.User]  # type: ignore[assignment]
     """Checks an email and password pair. UNAUTHENTICATED, with one message, for a wrong
     password, an unknown email and a deleted account alike.
@@ -103,6 +131,14 @@ class UsersServiceAsyncStub(UsersServiceStub):
 
 class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages Tandem's user accounts.
+
+    Who may do what (the users service decides; see `users_service/policy.py`):
+    an account reads itself in full and any other live account as a public profile
+    (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
+    accounts and delete or undelete any account. A call names its caller with
+    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
+    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
+    trusted internal service until service authentication lands.)
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
@@ -142,7 +178,7 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.ListUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.ListUsersResponse, _abc.Awaitable[_users_pb2.ListUsersResponse]]:
-        """Lists accounts, oldest first (AIP-158 pagination)."""
+        """Lists accounts, oldest first (AIP-158 pagination). Admins only."""
 
     @_abc_1.abstractmethod
     def UpdateUser(
@@ -160,7 +196,9 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.DeleteUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.User, _abc.Awaitable[_users_pb2.User]]:
-        """Soft-deletes an account (AIP-164) and frees its email for a new account."""
+        """Soft-deletes an account (AIP-164), frees its email for a new account and ends
+        every session of it. The account itself or an admin.
+        """
 
     @_abc_1.abstractmethod
     def UndeleteUser(
@@ -168,7 +206,9 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.UndeleteUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.User, _abc.Awaitable[_users_pb2.User]]:
-        """Restores a soft-deleted account. ALREADY_EXISTS when its email was taken meanwhile."""
+        """Restores a soft-deleted account (admins only); its ended sessions stay ended.
+        ALREADY_EXISTS when its email was taken meanwhile.
+        """
 
     @_abc_1.abstractmethod
     def ChangePassword(
@@ -176,7 +216,9 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.ChangePasswordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Replaces the password after checking the current one (UNAUTHENTICATED if wrong)."""
+        """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
+        and ends every other session of the account: the caller's own goes on.
+        """
 
     @_abc_1.abstractmethod
     def AuthenticateUser(

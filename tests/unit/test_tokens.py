@@ -1,0 +1,320 @@
+"""Access tokens: what the users service signs, what every verifier accepts and refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from servicekit.tokens import KeySet, KeysUnavailable, TokenRejected, TokenVerifier
+from users_service.signing_keys import PublicKey, build_signing_keys, thumbprint
+from users_service.tokens import AccessTokens
+
+ISSUER, AUDIENCE = "tandem-users", "tandem-api"
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    """A JWKS endpoint that counts its fetches and can be changed or broken."""
+
+    def __init__(self, jwks: Mapping[str, Any]) -> None:
+        self.jwks = jwks
+        self.fetches = 0
+        self.fail = False
+
+    async def __call__(self) -> Mapping[str, Any]:
+        self.fetches += 1
+        await asyncio.sleep(0)
+        if self.fail:
+            raise ConnectionError("users is down")
+        return self.jwks
+
+
+def issuer_of(key: Ed25519PrivateKey, *also: Ed25519PrivateKey, ttl: int = 900) -> AccessTokens:
+    verify_only = [PublicKey(thumbprint(k.public_key()), k.public_key()) for k in also]
+    keys = build_signing_keys(key, verify_only)
+    return AccessTokens(keys, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=ttl)
+
+
+def issue(tokens: AccessTokens, *, role: str = "user", now: datetime = NOW) -> str:
+    return tokens.issue(
+        user_id=uuid.uuid4(),
+        session_id=uuid.uuid4(),
+        role=role,
+        now=now,
+        ends=datetime(2027, 1, 1, tzinfo=UTC),
+    ).token
+
+
+def verifier(
+    source: Source, *, clock: float | None = None, max_lifetime: int = 3600, **key_options: Any
+) -> TokenVerifier:
+    return TokenVerifier(
+        KeySet(source, clock=Clock(0), **key_options),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        max_lifetime_seconds=max_lifetime,
+        clock=Clock(clock if clock is not None else NOW.timestamp() + 1),
+    )
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def forge(claims: Mapping[str, Any], key: Any, *, algorithm: str, kid: str | None) -> str:
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(dict(claims), key, algorithm=algorithm, headers=headers)
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+async def test_an_issued_token_verifies_with_nothing_but_pyjwt_and_the_jwks(
+    key: Ed25519PrivateKey,
+) -> None:
+    tokens = issuer_of(key)
+    token = issue(tokens, role="admin")
+    jwks = json.loads(json.dumps(tokens.keys.jwks()))
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "EdDSA"
+    public = jwt.PyJWKSet.from_dict(jwks)[header["kid"]]
+    claims = jwt.decode(
+        token,
+        public,
+        algorithms=["EdDSA"],
+        audience=AUDIENCE,
+        issuer=ISSUER,
+        options={"verify_exp": False},
+    )
+    assert set(claims) == {"iss", "aud", "sub", "iat", "exp", "jti", "sid", "role"}
+    assert claims["role"] == "admin"
+    assert claims["exp"] - claims["iat"] == 900
+    assert jwks["keys"][0] == {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": jwks["keys"][0]["x"],
+        "kid": header["kid"],
+        "use": "sig",
+        "alg": "EdDSA",
+    }
+
+
+def test_the_kid_is_the_rfc7638_thumbprint() -> None:
+    # RFC 8037 appendix A.3: the thumbprint of its example Ed25519 key.
+    x = base64.urlsafe_b64decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    public = Ed25519PublicKey.from_public_bytes(x)
+    assert thumbprint(public) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+async def test_the_verifier_accepts_a_good_token_and_remembers_it(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    check = verifier(source)
+    token = issue(tokens)
+    first = await check.verify(token)
+    assert first.role == "user"
+    assert first.session_id == claims_of(token)["sid"]
+    assert await check.verify(token) is first
+    assert source.fetches == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"aud": "another-api"}, "WRONG_AUDIENCE"),
+        ({"iss": "someone-else"}, "TOKEN_INVALID"),
+        ({"role": "root"}, "TOKEN_INVALID"),
+        ({"sid": ""}, "TOKEN_INVALID"),
+    ],
+)
+async def test_claims_are_checked(
+    key: Ed25519PrivateKey, change: dict[str, Any], reason: str
+) -> None:
+    tokens = issuer_of(key)
+    claims = {**claims_of(issue(tokens)), **change}
+    token = forge(claims, key, algorithm="EdDSA", kid=tokens.keys.signing_kid)
+    with pytest.raises(TokenRejected) as caught:
+        await verifier(Source(tokens.keys.jwks())).verify(token)
+    assert caught.value.reason == reason
+
+
+async def test_a_missing_claim_is_refused(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    claims = claims_of(issue(tokens))
+    del claims["sid"]
+    token = forge(claims, key, algorithm="EdDSA", kid=tokens.keys.signing_kid)
+    with pytest.raises(TokenRejected) as caught:
+        await verifier(Source(tokens.keys.jwks())).verify(token)
+    assert caught.value.reason == "TOKEN_INVALID"
+
+
+async def test_forgeries_are_refused(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    jwks = tokens.keys.jwks()
+    kid = tokens.keys.signing_kid
+    claims = claims_of(issue(tokens))
+    public_pem = jwks["keys"][0]["x"]
+    foreign = Ed25519PrivateKey.generate()
+    header, payload, signature = issue(tokens).split(".")
+    tampered_claims = {**claims_of(f"{header}.{payload}.{signature}"), "sid": str(uuid.uuid4())}
+    tampered_payload = (
+        base64.urlsafe_b64encode(json.dumps(tampered_claims).encode()).rstrip(b"=").decode()
+    )
+    forgeries = {
+        "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "HS256 keyed with the public key": forge(
+            claims, public_pem.encode(), algorithm="HS256", kid=kid
+        ),
+        "a foreign key under our kid": forge(claims, foreign, algorithm="EdDSA", kid=kid),
+        "no kid": forge(claims, key, algorithm="EdDSA", kid=None),
+        "a tampered sid": f"{header}.{tampered_payload}.{signature}",
+        "not a JWT": "not-a-jwt",
+    }
+    check = verifier(Source(jwks))
+    for name, token in forgeries.items():
+        with pytest.raises(TokenRejected) as caught:
+            await check.verify(token)
+        assert caught.value.reason == "TOKEN_INVALID", name
+
+
+async def test_an_unknown_kid_is_refused_after_one_refetch(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    check = verifier(source, min_refetch_seconds=10)
+    foreign = Ed25519PrivateKey.generate()
+    forged = forge(
+        claims_of(issue(tokens)), foreign, algorithm="EdDSA", kid=thumbprint(foreign.public_key())
+    )
+    with pytest.raises(TokenRejected) as caught:
+        await check.verify(forged)
+    assert caught.value.reason == "UNKNOWN_SIGNING_KEY"
+    assert source.fetches == 1
+
+
+async def test_a_flood_of_garbage_kids_fetches_at_most_once_per_interval(
+    key: Ed25519PrivateKey,
+) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    keys = KeySet(source, min_refetch_seconds=10, clock=(clock := Clock(0)))
+    await keys.get(tokens.keys.signing_kid)
+    with pytest.raises(TokenRejected):
+        await keys.get("garbage-right-after-a-fetch")
+    assert source.fetches == 1
+    clock.now += 10
+    results = await asyncio.gather(
+        *(keys.get(f"garbage-{i}") for i in range(200)), return_exceptions=True
+    )
+    assert all(isinstance(r, TokenRejected) for r in results)
+    assert source.fetches == 2
+    clock.now += 5
+    with pytest.raises(TokenRejected):
+        await keys.get("garbage-again")
+    assert source.fetches == 2
+    clock.now += 6
+    with pytest.raises(TokenRejected):
+        await keys.get("garbage-later")
+    assert source.fetches == 3
+
+
+async def test_rotation_with_tokens_of_the_old_key_in_flight(key: Ed25519PrivateKey) -> None:
+    old_issuer = issuer_of(key)
+    new_key = Ed25519PrivateKey.generate()
+    source = Source(old_issuer.keys.jwks())
+    check = verifier(source, min_refetch_seconds=0)
+    old_token = issue(old_issuer)
+    await check.verify(old_token)
+    # Step 2: the new key signs, the old one only verifies; the verifier learns the new
+    # kid on its first token, and the old key's tokens still verify.
+    new_issuer = issuer_of(new_key, key)
+    source.jwks = new_issuer.keys.jwks()
+    assert {k["kid"] for k in source.jwks["keys"]} == {
+        old_issuer.keys.signing_kid,
+        new_issuer.keys.signing_kid,
+    }
+    await check.verify(issue(new_issuer))
+    fresh = verifier(source)
+    await fresh.verify(old_token)
+    await fresh.verify(issue(new_issuer))
+    # Step 3: the old key is dropped; its tokens stop verifying (once not remembered).
+    source.jwks = issuer_of(new_key).keys.jwks()
+    with pytest.raises(TokenRejected) as caught:
+        await verifier(source).verify(old_token)
+    assert caught.value.reason == "UNKNOWN_SIGNING_KEY"
+
+
+async def test_expiry_and_the_lifetime_cap(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    jwks = tokens.keys.jwks()
+    token = issue(tokens)
+    expired = verifier(Source(jwks), clock=NOW.timestamp() + 900 + 31)
+    with pytest.raises(TokenRejected) as caught:
+        await expired.verify(token)
+    assert caught.value.reason == "TOKEN_EXPIRED"
+    assert (await expired.verify(token, allow_expired=True)).expires_at == claims_of(token)["exp"]
+    # Signed by the real key, but claiming a day of life: refused whatever the signature.
+    long_lived = issue(issuer_of(key, ttl=24 * 3600))
+    with pytest.raises(TokenRejected) as caught:
+        await verifier(Source(jwks), max_lifetime=3600).verify(long_lived)
+    assert caught.value.reason == "TOKEN_LIFETIME_TOO_LONG"
+
+
+async def test_a_remembered_token_still_expires(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    clock = Clock(NOW.timestamp() + 1)
+    check = TokenVerifier(
+        KeySet(Source(tokens.keys.jwks())),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        max_lifetime_seconds=3600,
+        clock=clock,
+    )
+    token = issue(tokens)
+    await check.verify(token)
+    clock.now += 900 + 31
+    with pytest.raises(TokenRejected) as caught:
+        await check.verify(token)
+    assert caught.value.reason == "TOKEN_EXPIRED"
+
+
+async def test_keys_that_cannot_be_fetched(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    source.fail = True
+    clock = Clock(0)
+    keys = KeySet(source, max_age_seconds=60, min_refetch_seconds=10, clock=clock)
+    with pytest.raises(KeysUnavailable):
+        await keys.get(tokens.keys.signing_kid)
+    # Not asked again at once: an outage of the users service is not multiplied.
+    with pytest.raises(KeysUnavailable):
+        await keys.get(tokens.keys.signing_kid)
+    assert source.fetches == 1
+    clock.now += 10
+    source.fail = False
+    await keys.get(tokens.keys.signing_kid)
+    # Once known, a failed refresh keeps the keys it had.
+    source.fail = True
+    clock.now += 61
+    await keys.get(tokens.keys.signing_kid)
+    assert source.fetches == 3
