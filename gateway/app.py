@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
-from gateway.auth import LivenessCache, TokenService
+from gateway.auth import SessionCache, token_verifier
 from gateway.deps import (
     BEARER_SCHEME,
     BEARER_SCHEME_NAME,
@@ -27,7 +27,7 @@ from gateway.deps import (
 from gateway.docs import install_docs
 from gateway.middleware import RequestContextMiddleware
 from gateway.problems import install_problem_handlers, use_problem_media_type
-from gateway.readers import UserReader
+from gateway.readers import SessionReader, UserReader
 from gateway.routes import analyses, auth, health, users
 from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
@@ -39,7 +39,10 @@ DESCRIPTION = """\
 Tandem's public API: accounts and text analyses.
 
 Log in at `POST /v1/auth/token` (OAuth2 password form; `username` is the email) and
-send the token as `Authorization: Bearer …`. Every error is an RFC 9457 problem
+send the access token as `Authorization: Bearer …`; trade the refresh token at the same
+endpoint (`grant_type=refresh_token`) before the access token expires, and log out at
+`POST /v1/auth/revoke`. The public keys that verify access tokens are at
+`/.well-known/jwks.json`. Every error is an RFC 9457 problem
 (`application/problem+json`) with `code` (the gRPC status name) and `request_id`;
 send `X-Request-ID` to choose the id, which every response echoes."""
 
@@ -86,19 +89,25 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    tokens = TokenService.from_settings(settings)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = Upstreams(settings)
-        liveness = LivenessCache(settings.auth_cache_seconds)
         reader = UserReader(upstreams.users, coalesce=settings.coalesce_reads)
-        app.state.runtime = Runtime(settings, upstreams, tokens, liveness, reader)
+        checks = SessionReader(upstreams.auth, coalesce=settings.coalesce_reads)
+        app.state.runtime = Runtime(
+            settings,
+            upstreams,
+            token_verifier(settings, upstreams.auth),
+            SessionCache(settings.auth_cache_seconds),
+            reader,
+            checks,
+        )
         try:
             yield
         finally:
             await upstreams.close()
             log.info("%d account reads took %d users calls", reader.reads, reader.calls)
+            log.info("%d session checks took %d users calls", checks.reads, checks.calls)
 
     app = GatewayApp(
         title="Tandem API",

@@ -1,136 +1,71 @@
-"""Access tokens (JWT, PyJWT) and the short memory of which accounts are still live.
+"""Who is calling: an access token verified with the users service's keys, of a live session.
 
-A token says who its bearer is (`sub`, the user id) until it expires; it is signed with
-`GATEWAY_JWT_SECRET` and carries `iat`, `exp`, `iss`, `aud` and a unique `jti`, all
-checked on every request. A token alone cannot know that its account was deleted since,
-so each bearer request also checks the account with the users service, remembering a
-live answer for `GATEWAY_AUTH_CACHE_SECONDS` (`LivenessCache`). A DELETE through this
-gateway forgets the account at once; another replica may still accept the deleted
-account's token for at most that many seconds.
+The users service issues and signs the tokens; the gateway holds no secret. It checks a
+token's signature and claims with the published keys (`servicekit.tokens`: cached, and
+fetched again when a token names an unknown key), then that the token's session has not
+ended: the users service is asked (coalesced: `gateway.readers.SessionReader`) and a
+live answer is remembered for `GATEWAY_AUTH_CACHE_SECONDS` (`SessionCache`). A logout,
+password change or deletion through this gateway forgets the sessions it ended at once;
+a session ended elsewhere stops working here within that many seconds.
 """
 
 from __future__ import annotations
 
-import logging
-import secrets
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import jwt
+from google.protobuf.json_format import MessageToDict
 
 from gateway.settings import GatewaySettings
-
-log = logging.getLogger(__name__)
-
-_REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
-
-
-class InvalidToken(Exception):
-    """The token is missing a claim, expired, forged or malformed; the message says which."""
+from gateway.upstreams import Upstream, UsersAuthStub
+from servicekit.tokens import KeySet, TokenVerifier
+from tandem_protos.users.v1 import auth_pb2
 
 
 @dataclass(frozen=True, slots=True)
-class IssuedToken:
-    token: str
-    expires_in: int
+class Principal:
+    """The caller of a request: its account, session and role, and its credential."""
+
+    user_id: str
+    session_id: str
+    role: str
+    # Forwarded to the users service, which decides what this caller may see.
+    authorization: str
 
 
-class TokenService:
-    def __init__(
-        self,
-        secret: str,
-        *,
-        algorithm: str,
-        issuer: str,
-        audience: str,
-        ttl_seconds: int,
-        clock: Callable[[], float] = time.time,
-        max_verified: int = 10_000,
-    ) -> None:
-        self._secret = secret
-        self._algorithm = algorithm
-        self._issuer = issuer
-        self._audience = audience
-        self._ttl = ttl_seconds
-        self._clock = clock
-        self._max_verified = max_verified
-        # token -> (subject, expiry), for tokens that passed the full check.
-        self._verified: dict[str, tuple[str, float]] = {}
-
-    @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> TokenService:
-        if settings.jwt_secret is not None:
-            secret = settings.jwt_secret.get_secret_value()
-        else:
-            log.warning(
-                "GATEWAY_JWT_SECRET is not set: tokens are signed with a random key and will "
-                "not survive a restart or work across replicas"
-            )
-            secret = secrets.token_urlsafe(48)
-        return cls(
-            secret,
-            algorithm=settings.jwt_algorithm,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            ttl_seconds=settings.token_ttl_seconds,
+def jwks_source(upstream: Upstream[UsersAuthStub]) -> Callable[[], Any]:
+    async def fetch() -> Mapping[str, Any]:
+        reply = await upstream.call(
+            upstream.stub.GetJsonWebKeySet, auth_pb2.GetJsonWebKeySetRequest()
         )
+        return jwks_document(reply)
 
-    def issue(self, user_id: str) -> IssuedToken:
-        now = int(self._clock())
-        claims = {
-            "sub": user_id,
-            "iat": now,
-            "exp": now + self._ttl,
-            "iss": self._issuer,
-            "aud": self._audience,
-            "jti": uuid.uuid4().hex,
-        }
-        return IssuedToken(jwt.encode(claims, self._secret, algorithm=self._algorithm), self._ttl)
-
-    def verify(self, token: str) -> str:
-        """The user id a valid token names; InvalidToken otherwise.
-
-        A token once verified is remembered until it expires (bounded; only tokens
-        that passed the full check): checking an HMAC and decoding the claims costs
-        tens of microseconds, and a client sends the same token with every request.
-        """
-        known = self._verified.get(token)
-        if known is not None:
-            subject, expires_at = known
-            if self._clock() < expires_at:
-                return subject
-            del self._verified[token]
-            raise InvalidToken("the access token has expired")
-        subject, expires_at = self._decode(token)
-        if len(self._verified) >= self._max_verified:
-            self._verified.clear()
-        self._verified[token] = (subject, expires_at)
-        return subject
-
-    def _decode(self, token: str) -> tuple[str, float]:
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[self._algorithm],
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": _REQUIRED_CLAIMS},
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("the access token has expired") from None
-        except jwt.PyJWTError:
-            raise InvalidToken("the access token is invalid") from None
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise InvalidToken("the access token is invalid")
-        return subject, float(claims["exp"])
+    return fetch
 
 
-class LivenessCache:
-    """User ids recently seen live, each for `ttl` seconds; ttl 0 remembers nothing."""
+def jwks_document(reply: auth_pb2.JsonWebKeySet) -> dict[str, Any]:
+    """The key set as RFC 7517 JSON: field names as in the proto."""
+    return MessageToDict(reply, preserving_proto_field_name=True)
+
+
+def token_verifier(settings: GatewaySettings, upstream: Upstream[UsersAuthStub]) -> TokenVerifier:
+    keys = KeySet(
+        jwks_source(upstream),
+        max_age_seconds=settings.jwks_max_age_seconds,
+        min_refetch_seconds=settings.jwks_min_refetch_seconds,
+    )
+    return TokenVerifier(
+        keys,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        max_lifetime_seconds=settings.token_max_lifetime_seconds,
+    )
+
+
+class SessionCache:
+    """Session ids recently seen live, each for `ttl` seconds; ttl 0 remembers nothing."""
 
     def __init__(
         self,
@@ -142,32 +77,39 @@ class LivenessCache:
         self._ttl = ttl
         self._max_entries = max_entries
         self._clock = clock
-        self._live_until: dict[str, float] = {}
+        # session id -> (user id, live until)
+        self._live_until: dict[str, tuple[str, float]] = {}
 
-    def is_live(self, user_id: str) -> bool:
-        until = self._live_until.get(user_id)
-        if until is None:
+    def is_live(self, session_id: str) -> bool:
+        entry = self._live_until.get(session_id)
+        if entry is None:
             return False
-        if until <= self._clock():
-            del self._live_until[user_id]
+        if entry[1] <= self._clock():
+            del self._live_until[session_id]
             return False
         return True
 
-    def mark_live(self, user_id: str) -> None:
+    def mark_live(self, session_id: str, user_id: str) -> None:
         if self._ttl <= 0:
             return
         if len(self._live_until) >= self._max_entries:
             self._prune()
-        self._live_until[user_id] = self._clock() + self._ttl
+        self._live_until[session_id] = (user_id, self._clock() + self._ttl)
 
-    def forget(self, user_id: str) -> None:
-        self._live_until.pop(user_id, None)
+    def forget(self, session_id: str) -> None:
+        self._live_until.pop(session_id, None)
+
+    def forget_user(self, user_id: str, *, keep: str | None = None) -> None:
+        """Forget every session of an account (but `keep`): they have just ended."""
+        ended = [s for s, (u, _) in self._live_until.items() if u == user_id and s != keep]
+        for session_id in ended:
+            del self._live_until[session_id]
 
     def _prune(self) -> None:
         now = self._clock()
-        for user_id in [u for u, until in self._live_until.items() if until <= now]:
-            del self._live_until[user_id]
+        for session_id in [s for s, (_, until) in self._live_until.items() if until <= now]:
+            del self._live_until[session_id]
         # Still full of fresh entries: drop the oldest half (dicts keep insertion order).
         if len(self._live_until) >= self._max_entries:
-            for user_id in list(self._live_until)[: self._max_entries // 2]:
-                del self._live_until[user_id]
+            for session_id in list(self._live_until)[: self._max_entries // 2]:
+                del self._live_until[session_id]

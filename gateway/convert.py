@@ -33,14 +33,24 @@ def timestamp(value: Timestamp) -> str:
     return value.ToJsonString()
 
 
+_ROLES: Mapping[int, str] = {users_pb2.ROLE_USER: "user", users_pb2.ROLE_ADMIN: "admin"}
+
+
 def user(message: users_pb2.User) -> dict[str, Any]:
-    return {
+    """The account as the users service let the caller see it: in full, or its profile."""
+    if message.view != users_pb2.USER_VIEW_FULL:
+        return {"id": message.id, "name": message.name}
+    content = {
         "id": message.id,
         "email": message.email,
         "name": message.name,
+        "role": _ROLES.get(message.role, "user"),
         "created_at": message.create_time.ToJsonString(),
         "updated_at": message.update_time.ToJsonString(),
     }
+    if message.HasField("delete_time"):
+        content["deleted_at"] = message.delete_time.ToJsonString()
+    return content
 
 
 def analysis(message: analysis_pb2.Analysis) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Dependencies of the routes, as `Annotated` aliases: routes read like their signature.
 
-    async def get_user(id: UserId, caller: CurrentUser, users: UsersUpstream) -> ...
+    async def get_user(id: UserId, caller: CurrentUser, runtime: RuntimeDep) -> ...
 
 Each dependency reads what it needs from the request itself rather than from other
 dependencies: FastAPI spends several microseconds on every node of a dependency graph
@@ -13,25 +13,28 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 import grpc
 from fastapi import Depends, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 
-from gateway.auth import InvalidToken, LivenessCache, TokenService
+from gateway.auth import Principal, SessionCache
+from gateway.paths import TOKEN_URL
 from gateway.problems import ProblemError, unauthorized
-from gateway.readers import UserReader
+from gateway.readers import SessionReader, UserReader
 from gateway.settings import GatewaySettings
 from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
+from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier
+from tandem_protos.users.v1 import auth_pb2
 
-TOKEN_URL = "/v1/auth/token"  # noqa: S105 - a URL, not a password
 BEARER_SCHEME_NAME = "OAuth2PasswordBearer"
 # How the OpenAPI document describes the bearer token (Swagger UI's "Authorize" logs in
 # through TOKEN_URL); `GatewayApp.openapi` attaches it to each route that needs a token.
 BEARER_SCHEME: dict[str, Any] = {
     "type": "oauth2",
-    "flows": {"password": {"tokenUrl": TOKEN_URL, "scopes": {}}},
+    "flows": {"password": {"tokenUrl": TOKEN_URL, "refreshUrl": TOKEN_URL, "scopes": {}}},
 }
 
 BEARER_SECURITY: dict[str, Any] = {"security": [{BEARER_SCHEME_NAME: []}]}
@@ -43,10 +46,12 @@ class Runtime:
 
     settings: GatewaySettings
     upstreams: Upstreams
-    tokens: TokenService
-    liveness: LivenessCache
+    tokens: TokenVerifier
+    sessions: SessionCache
     # Every read of one account by id goes through here (coalesced calls).
     user_reader: UserReader
+    # Every check that a token's session is live, likewise.
+    session_reader: SessionReader
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -69,58 +74,63 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 UsersUpstream = Annotated[Upstream[UsersStub], Depends(get_users)]
 AiUpstream = Annotated[Upstream[AiStub], Depends(get_ai)]
 
+SESSION_ENDED = "the session of this access token has ended; log in again"
 
-def _bearer_subject(request: Request, runtime: Runtime) -> str:
-    """The user id of the request's valid bearer token; 401 for any other request."""
+
+def bearer_token(request: Request) -> str:
+    """The request's bearer token; 401 for a request without one."""
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise unauthorized("this route needs a bearer token (Authorization: Bearer …)")
+        raise unauthorized(
+            "this route needs a bearer token (Authorization: Bearer …)", reason="TOKEN_MISSING"
+        )
+    return token.strip()
+
+
+async def verified_claims(runtime: Runtime, token: str) -> AccessClaims:
+    """The claims of a valid token; 401 with the verifier's reason, 503 without keys."""
     try:
-        return runtime.tokens.verify(token.strip())
-    except InvalidToken as exc:
-        raise unauthorized(str(exc)) from None
+        return await runtime.tokens.verify(token)
+    except TokenRejected as exc:
+        raise unauthorized(exc.message, reason=exc.reason) from None
+    except KeysUnavailable:
+        raise ProblemError(
+            503, "the users service's signing keys are unavailable; retry shortly"
+        ) from None
 
 
-async def token_subject(request: Request) -> str:
-    """The user id of a valid bearer token, not checked to be a live account."""
-    return _bearer_subject(request, runtime_of(request))
-
-
-# What the users service says of an id that is not a live account.
-GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
-ACCOUNT_GONE = "the account of this access token no longer exists"
-
-
-async def current_user(request: Request) -> str:
-    """The caller's user id: a valid bearer token whose account is still live."""
+async def current_user(request: Request) -> Principal:
+    """The caller: a valid bearer token whose session is still live."""
     runtime = runtime_of(request)
-    subject = _bearer_subject(request, runtime)
-    liveness = runtime.liveness
-    if not liveness.is_live(subject):
+    token = bearer_token(request)
+    claims = await verified_claims(runtime, token)
+    if not runtime.sessions.is_live(claims.session_id):
         try:
-            await runtime.user_reader.get(subject)
+            session = await runtime.session_reader.get(claims.session_id)
         except UpstreamError as exc:
             if exc.grpc_code in GONE:
-                raise unauthorized(ACCOUNT_GONE) from None
+                raise unauthorized(SESSION_ENDED, reason="SESSION_ENDED") from None
             raise
-        liveness.mark_live(subject)
-    return subject
+        if not session_is_live(session, claims.user_id):
+            raise unauthorized(SESSION_ENDED, reason="SESSION_ENDED")
+        runtime.sessions.mark_live(claims.session_id, claims.user_id)
+    return Principal(claims.user_id, claims.session_id, claims.role, f"Bearer {token}")
 
 
-TokenSubject = Annotated[str, Depends(token_subject)]
-CurrentUser = Annotated[str, Depends(current_user)]
+def session_is_live(session: auth_pb2.Session, user_id: str) -> bool:
+    return (
+        session.user_id == user_id
+        and not session.HasField("end_time")
+        and session.expire_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC)
+    )
+
+
+# What the users service says of an id that is not a live account or session.
+GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
 
 UserId = Annotated[uuid.UUID, Path(description="the user's id")]
-
-
-async def own_account(id: UserId, caller: CurrentUser) -> str:
-    """The path's user id, when it is the caller's own: acting on others is 403."""
-    if str(id) != caller:
-        raise ProblemError(403, "you can act only on your own account")
-    return caller
-
-
-OwnAccount = Annotated[str, Depends(own_account)]
 
 PageSize = Annotated[
     int | None, Query(ge=1, le=1000, description="at most this many items (default 50)")
@@ -130,7 +140,7 @@ PageToken = Annotated[
     Query(max_length=4096, description="the next_page_token of the previous page"),
 ]
 
-_NEEDS_TOKEN: frozenset[Callable[..., Any]] = frozenset({token_subject, current_user})
+_NEEDS_TOKEN: frozenset[Callable[..., Any]] = frozenset({current_user})
 
 
 def needs_token(dependant: Dependant) -> bool:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from gateway.paths import OAUTH_PATHS
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -60,8 +61,19 @@ class Problem(BaseModel):
     detail: str
     code: str | None = Field(description="the gRPC status name, where one applies")
     request_id: str
+    reason: str | None = Field(
+        default=None,
+        description="why, as a stable UPPER_SNAKE identifier to branch on (google.rpc.ErrorInfo)",
+    )
     errors: list[FieldError] | None = Field(
         default=None, description="for invalid input: what is wrong with which field"
+    )
+    error: str | None = Field(
+        default=None,
+        description="token and revocation endpoints only: the RFC 6749 §5.2 error code",
+    )
+    error_description: str | None = Field(
+        default=None, description="token and revocation endpoints only: as `detail`"
     )
 
 
@@ -76,6 +88,8 @@ class ProblemError(Exception):
         code: grpc.StatusCode | None = None,
         errors: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
+        reason: str | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -83,10 +97,17 @@ class ProblemError(Exception):
         self.code = code if code is not None else _CODE_BY_HTTP_STATUS.get(status)
         self.errors = tuple(errors)
         self.headers = dict(headers or {})
+        self.reason = reason
+        # Members a protocol adds to the document (OAuth 2's `error`).
+        self.extra = dict(extra or {})
 
 
-def unauthorized(detail: str) -> ProblemError:
-    return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+def unauthorized(detail: str, *, reason: str | None = None) -> ProblemError:
+    # RFC 6750 §3: the challenge names the error, so clients can tell expiry apart.
+    challenge = (
+        'Bearer error="invalid_token"' if reason not in (None, "TOKEN_MISSING") else "Bearer"
+    )
+    return ProblemError(401, detail, headers={"WWW-Authenticate": challenge}, reason=reason)
 
 
 def problem_document(
@@ -96,6 +117,8 @@ def problem_document(
     *,
     code: grpc.StatusCode | None = None,
     errors: Iterable[tuple[str, str]] = (),
+    reason: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     if code is not None and HTTP_STATUS_BY_GRPC_CODE.get(code) == status:
         slug = code.name.lower().replace("_", "-")
@@ -111,6 +134,10 @@ def problem_document(
         "code": code.name if code is not None else None,
         "request_id": request_id,
     }
+    if reason is not None:
+        document["reason"] = reason
+    if extra:
+        document.update(extra)
     listed = [{"field": field, "message": message} for field, message in errors]
     if listed:
         document["errors"] = listed
@@ -120,7 +147,13 @@ def problem_document(
 def problem_bytes(error: ProblemError, request_id: str) -> bytes:
     return orjson.dumps(
         problem_document(
-            error.status, error.detail, request_id, code=error.code, errors=error.errors
+            error.status,
+            error.detail,
+            request_id,
+            code=error.code,
+            errors=error.errors,
+            reason=error.reason,
+            extra=error.extra,
         )
     )
 
@@ -160,7 +193,11 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [_field_error(error) for error in exc.errors()]
     detail = "; ".join(f"{field}: {message}" for field, message in errors)
-    error = ProblemError(400, detail or "the request is invalid", errors=errors)
+    detail = detail or "the request is invalid"
+    extra = None
+    if request.url.path in OAUTH_PATHS:
+        extra = {"error": "invalid_request", "error_description": detail}
+    error = ProblemError(400, detail, errors=errors, extra=extra)
     return problem_response(error, request_id_of(request))
 
 

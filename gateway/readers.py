@@ -1,52 +1,70 @@
-"""Reading accounts by id, coalesced: concurrent requests share one BatchGetUsers call.
+"""Reads by id, coalesced: concurrent requests share one batch call (AIP-231).
 
-Every account GET and every liveness check of a token's account reads one user by
-id, and under load many are in flight at once. A gRPC call costs the gateway and the
+Every account GET reads one user by id, and every bearer request checks one session
+by id; under load many are in flight at once. A gRPC call costs the gateway and the
 users service about 0.5 ms of CPU whatever it carries, so reads go out together
 (`servicekit.batching`): when MAX_IN_FLIGHT calls are already out, the reads that
-arrive meanwhile wait and share the next one. The same answers, as fresh, for a
-fraction of the calls; a lone read is a plain GetUser. Each read keeps its own
-deadline, and its request id travels with the call that carries it.
+arrive meanwhile wait and share the next one. A lone read is a call of its own.
+
+Account reads act for their caller: the users service decides from the caller's token
+what each may see, so a batch carries one caller's reads only, with that caller's
+`authorization`. Session checks are the gateway's own and share calls across callers.
+Each read keeps its own deadline, and its request id travels with the call that
+carries it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
 
-from gateway.upstreams import Upstream, UpstreamError, UsersStub, deadline_exceeded
+from gateway.upstreams import (
+    Upstream,
+    UpstreamError,
+    UsersAuthStub,
+    UsersStub,
+    deadline_exceeded,
+)
 from servicekit.batching import Batcher
 from servicekit.interceptor import REQUEST_ID_KEY
 from servicekit.logs import request_id_var
-from tandem_protos.users.v1 import users_pb2
+from tandem_protos.users.v1 import auth_pb2, users_pb2
 
-# Bounded by the call's metadata, not by BatchGetUsers' 1000 ids: every read's request
-# id (up to 128 characters, 171 bytes as gRPC counts them) rides along, and gRPC
-# refuses more than 8 KB. 32 of the longest take 5.5 KB.
+# Bounded by the call's metadata, not by the batch methods' 1000 ids: every read's
+# request id (up to 128 characters, 171 bytes as gRPC counts them) rides along, and
+# gRPC refuses more than 8 KB. 32 of the longest take 5.5 KB, and a token 1 KB more.
 MAX_BATCH = 32
 # Batch calls out at once: a slow one (a slow replica) holds up only its own reads.
 MAX_IN_FLIGHT = 4
 
-# The statuses with which the all-or-nothing BatchGetUsers answers for one bad id.
+# The statuses with which an all-or-nothing batch answers for one bad id.
 _ONE_ID_FAILED = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+StubT = TypeVar("StubT")
+Msg = TypeVar("Msg")
 
 
 @dataclass(frozen=True, slots=True)
 class _Read:
-    user_id: str
+    id: str
     request_id: str
     # Loop time by which the read must be answered.
     deadline: float
+    # The caller's `authorization` metadata; None for the gateway's own reads.
+    authorization: str | None
 
 
-class UserReader:
-    """`get(user_id)`: the live account, or the UpstreamError a GetUser would raise."""
+class _CoalescedReader(Generic[StubT, Msg]):
+    """`get(id)`: the resource, or the UpstreamError a single get would raise."""
 
     def __init__(
         self,
-        upstream: Upstream[UsersStub],
+        upstream: Upstream[StubT],
         *,
         coalesce: bool = True,
         max_batch: int = MAX_BATCH,
@@ -62,53 +80,120 @@ class UserReader:
         self.reads = 0
         self.calls = 0
 
-    async def get(self, user_id: str) -> users_pb2.User:
+    async def _get(self, resource_id: str, authorization: str | None) -> Msg:
         self.reads += 1
         deadline = asyncio.get_running_loop().time() + self._upstream.deadline
-        read = _Read(user_id, request_id_var.get(), deadline)
+        read = _Read(resource_id, request_id_var.get(), deadline, authorization)
         if self._batcher is None:
             return await self._get_one(read)
         return await self._batcher.submit(read)
 
-    async def _read(self, reads: list[_Read]) -> list[users_pb2.User | Exception]:
+    async def _read(self, reads: list[_Read]) -> list[Msg | Exception]:
         # A read that waited out its deadline behind an earlier call is answered as a
         # call that timed out; the others go on with what is left of theirs.
         now = asyncio.get_running_loop().time()
-        answers = iter(await self._read_live([read for read in reads if read.deadline > now]))
-        return [
-            next(answers) if read.deadline > now else deadline_exceeded("users") for read in reads
-        ]
-
-    async def _read_live(self, reads: list[_Read]) -> list[users_pb2.User | Exception]:
-        if len(reads) <= 1:
-            return [await self._outcome(read) for read in reads]
-        stub = self._upstream.stub
-        self.calls += 1
-        try:
-            reply = await self._upstream.call(
-                stub.BatchGetUsers,
-                users_pb2.BatchGetUsersRequest(ids=[read.user_id for read in reads]),
-                deadline=min(read.deadline for read in reads) - asyncio.get_running_loop().time(),
-                metadata=tuple((REQUEST_ID_KEY, read.request_id) for read in reads),
+        live = [read for read in reads if read.deadline > now]
+        by_caller = [
+            list(group)
+            for _, group in itertools.groupby(
+                sorted(live, key=_caller_key), key=lambda read: read.authorization
             )
+        ]
+        answered = await asyncio.gather(*(self._read_group(group) for group in by_caller))
+        outcome: dict[int, Msg | Exception] = {}
+        for group, answers in zip(by_caller, answered, strict=True):
+            outcome.update((id(read), answer) for read, answer in zip(group, answers, strict=True))
+        return [outcome.get(id(read), deadline_exceeded("users")) for read in reads]
+
+    async def _read_group(self, reads: list[_Read]) -> Sequence[Msg | Exception]:
+        if len(reads) == 1:
+            return [await self._outcome(reads[0])]
+        self.calls += 1
+        metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
+        if reads[0].authorization is not None:
+            metadata.append(("authorization", reads[0].authorization))
+        deadline = min(read.deadline for read in reads) - asyncio.get_running_loop().time()
+        try:
+            return await self._get_batch([read.id for read in reads], deadline, metadata)
         except UpstreamError as error:
             if error.grpc_code not in _ONE_ID_FAILED:
-                raise
+                return [error] * len(reads)
             # All or nothing: whether an id is missing is each read's own answer.
             return list(await asyncio.gather(*(self._outcome(read) for read in reads)))
-        return list(reply.users)
 
-    async def _get_one(self, read: _Read) -> users_pb2.User:
-        self.calls += 1
-        return await self._upstream.call(
-            self._upstream.stub.GetUser,
-            users_pb2.GetUserRequest(id=read.user_id),
-            deadline=read.deadline - asyncio.get_running_loop().time(),
-            metadata=((REQUEST_ID_KEY, read.request_id),),
-        )
-
-    async def _outcome(self, read: _Read) -> users_pb2.User | Exception:
+    async def _outcome(self, read: _Read) -> Msg | Exception:
         try:
             return await self._get_one(read)
         except UpstreamError as error:
             return error
+
+    async def _get_one(self, read: _Read) -> Msg:
+        self.calls += 1
+        metadata = [(REQUEST_ID_KEY, read.request_id)]
+        if read.authorization is not None:
+            metadata.append(("authorization", read.authorization))
+        deadline = read.deadline - asyncio.get_running_loop().time()
+        return await self._get_single(read.id, deadline, metadata)
+
+    async def _get_single(
+        self, resource_id: str, deadline: float, metadata: Sequence[tuple[str, str]]
+    ) -> Msg:
+        raise NotImplementedError
+
+    async def _get_batch(
+        self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
+    ) -> Sequence[Msg]:
+        raise NotImplementedError
+
+
+def _caller_key(read: _Read) -> str:
+    return read.authorization or ""
+
+
+class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):
+    """Accounts by id, as their caller may see them (GetUser / BatchGetUsers)."""
+
+    async def get(self, user_id: str, authorization: str) -> users_pb2.User:
+        return await self._get(user_id, authorization)
+
+    async def _get_single(
+        self, resource_id: str, deadline: float, metadata: Sequence[tuple[str, str]]
+    ) -> users_pb2.User:
+        stub = self._upstream.stub
+        request = users_pb2.GetUserRequest(id=resource_id)
+        return await self._upstream.call(
+            stub.GetUser, request, deadline=deadline, metadata=metadata
+        )
+
+    async def _get_batch(
+        self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
+    ) -> Sequence[users_pb2.User]:
+        stub = self._upstream.stub
+        request = users_pb2.BatchGetUsersRequest(ids=ids)
+        reply = await self._upstream.call(
+            stub.BatchGetUsers, request, deadline=deadline, metadata=metadata
+        )
+        return list(reply.users)
+
+
+class SessionReader(_CoalescedReader[UsersAuthStub, auth_pb2.Session]):
+    """Sessions by id (BatchGetSessions), for the gateway's check of every token."""
+
+    async def get(self, session_id: str) -> auth_pb2.Session:
+        return await self._get(session_id, None)
+
+    async def _get_single(
+        self, resource_id: str, deadline: float, metadata: Sequence[tuple[str, str]]
+    ) -> auth_pb2.Session:
+        (session,) = await self._get_batch([resource_id], deadline, metadata)
+        return session
+
+    async def _get_batch(
+        self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
+    ) -> Sequence[auth_pb2.Session]:
+        stub = self._upstream.stub
+        request = auth_pb2.BatchGetSessionsRequest(ids=ids)
+        reply = await self._upstream.call(
+            stub.BatchGetSessions, request, deadline=deadline, metadata=metadata
+        )
+        return list(reply.sessions)

@@ -65,10 +65,17 @@ class UserUpdate(BaseModel):
     email: Text = Field(
         default="", min_length=1, max_length=254, json_schema_extra=_email_without_default
     )
+    current_password: Text = Field(
+        default="",
+        min_length=1,
+        max_length=1024,
+        description="the account's password: required to change `email`",
+        json_schema_extra=_without_default,
+    )
 
     @model_validator(mode="after")
     def _some_field(self) -> UserUpdate:
-        if not self.model_fields_set:
+        if not self.model_fields_set - {"current_password"}:
             raise ValueError("give at least one field to change: name, email")
         return self
 
@@ -80,15 +87,32 @@ class PasswordChange(BaseModel):
     new_password: Text = Field(min_length=8, max_length=128)
 
 
-class LoginForm(BaseModel):
-    """OAuth2 password grant (RFC 6749 §4.3), as an HTML form."""
+class TokenForm(BaseModel):
+    """The token endpoint's form (RFC 6749 §4.3 and §6); which fields count depends on
+    `grant_type`, and a missing one is an OAuth `invalid_request`."""
 
     model_config = ConfigDict(extra="ignore")
 
-    username: Text = Field(min_length=1, max_length=1024, description="the account's email")
-    password: Text = Field(min_length=1, max_length=1024)
-    grant_type: Literal["password"] = "password"
+    grant_type: str = Field(default="", max_length=64, description="`password` or `refresh_token`")
+    username: Text | None = Field(
+        default=None, max_length=1024, description="password grant: the account's email"
+    )
+    password: Text | None = Field(default=None, max_length=1024, description="password grant")
+    refresh_token: str | None = Field(
+        default=None, max_length=256, description="refresh_token grant: the latest one"
+    )
     scope: str = Field(default="", max_length=1024, description="ignored: tokens have no scopes")
+
+
+class RevokeForm(BaseModel):
+    """RFC 7009 §2.1."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    token: str = Field(default="", max_length=4096, description="a refresh or access token")
+    token_type_hint: str | None = Field(
+        default=None, max_length=64, description="`refresh_token` or `access_token`"
+    )
 
 
 class AnalysisCreate(BaseModel):
@@ -102,12 +126,28 @@ class AnalysisCreate(BaseModel):
 # Responses
 
 
+Role = Literal["user", "admin"]
+
+
 class User(BaseModel):
+    """An account as its owner (or an admin) sees it."""
+
     id: uuid.UUID
     email: str
     name: str
+    role: Role
     created_at: datetime
     updated_at: datetime
+    deleted_at: datetime | None = Field(
+        default=None, description="set on deleted accounts, which only admins list"
+    )
+
+
+class PublicProfile(BaseModel):
+    """Another account, as an ordinary user sees it."""
+
+    id: uuid.UUID
+    name: str
 
 
 class UserPage(BaseModel):
@@ -118,9 +158,25 @@ class UserPage(BaseModel):
 
 
 class Token(BaseModel):
-    access_token: str
-    token_type: Literal["bearer"]
-    expires_in: int = Field(description="seconds until the token expires")
+    access_token: str = Field(description="a JWT for `Authorization: Bearer …`")
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="seconds until the access token expires")
+    refresh_token: str = Field(
+        description="trade it once, at grant_type=refresh_token, for the next pair"
+    )
+
+
+class JsonWebKey(BaseModel):
+    kty: str
+    crv: str
+    x: str
+    kid: str
+    use: str
+    alg: str
+
+
+class JsonWebKeySet(BaseModel):
+    keys: list[JsonWebKey]
 
 
 class Analysis(BaseModel):

@@ -7,17 +7,13 @@ one then stops start-up with one line naming the variable.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from servicekit.settings import LogLevel
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
-
-# HMAC keys shorter than the hash are weak (RFC 7518 §3.2); PyJWT warns below 32 bytes.
-JWT_SECRET_MIN_LENGTH = 32
 
 
 class GatewaySettings(BaseSettings):
@@ -30,15 +26,19 @@ class GatewaySettings(BaseSettings):
     users_target: str = Field(default="127.0.0.1:50051", min_length=1)
     ai_target: str = Field(default="127.0.0.1:50052", min_length=1)
 
-    # Signs the access tokens; every replica needs the same one. Unset: a random one
-    # per process, so tokens do not survive a restart or cross replicas.
-    jwt_secret: SecretStr | None = None
-    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
-    jwt_issuer: str = Field(default="tandem-gateway", min_length=1)
-    jwt_audience: str = Field(default="tandem-api", min_length=1)
-    token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
-    # How long a token's account counts as live without asking the users service again.
-    # A deleted account's token still works on other replicas for at most this long.
+    # Access tokens are issued and signed by the users service; the gateway verifies
+    # them with its public keys (JWKS, fetched over gRPC and cached).
+    token_issuer: str = Field(default="tandem-users", min_length=1)
+    token_audience: str = Field(default="tandem-api", min_length=1)
+    # A token whose `exp - iat` is longer than this is refused, whatever its signature.
+    token_max_lifetime_seconds: int = Field(default=3600, ge=30, le=24 * 3600)
+    # How long the fetched keys are used before fetching them again; a token naming
+    # an unknown key fetches them at once, but at most once per jwks_min_refetch_seconds.
+    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
+    jwks_min_refetch_seconds: float = Field(default=10.0, ge=0)
+    # How long a token's session counts as live without asking the users service again.
+    # A token of a session ended elsewhere (logout, password change, deletion on
+    # another replica) still works here for at most this long.
     auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
     # Concurrent reads of accounts by id share one BatchGetUsers (gateway.readers);
     # off, each is a GetUser of its own.
@@ -73,13 +73,6 @@ class GatewaySettings(BaseSettings):
         value = value.strip()
         if not value or any(ch.isspace() for ch in value):
             raise ValueError("expected a gRPC target, e.g. 127.0.0.1:50051 or dns:///users:50051")
-        return value
-
-    @field_validator("jwt_secret")
-    @classmethod
-    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < JWT_SECRET_MIN_LENGTH:
-            raise ValueError(f"must be at least {JWT_SECRET_MIN_LENGTH} characters")
         return value
 
     @field_validator("log_level", mode="before")

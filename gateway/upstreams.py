@@ -25,16 +25,18 @@ from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE, decode_details, field_vi
 from servicekit.interceptor import REQUEST_ID_KEY
 from servicekit.logs import request_id_var
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
-from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
+from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 USERS_SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
+AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 AI_SERVICE = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name
 
 # Methods marked `idempotency_level = NO_SIDE_EFFECTS` in the protos: safe to send twice.
 IDEMPOTENT_METHODS: Mapping[str, Sequence[str]] = {
     USERS_SERVICE: ("GetUser", "BatchGetUsers", "ListUsers"),
+    AUTH_SERVICE: ("GetJsonWebKeySet", "BatchGetSessions"),
     AI_SERVICE: ("GetAnalysis", "ListAnalyses"),
 }
 RETRY_POLICY: Mapping[str, Any] = {
@@ -48,9 +50,11 @@ RETRY_POLICY: Mapping[str, Any] = {
 # The generated async stub types exist only for type checkers.
 if TYPE_CHECKING:
     UsersStub = users_pb2_grpc.UsersServiceAsyncStub
+    UsersAuthStub = auth_pb2_grpc.AuthServiceAsyncStub
     AiStub = analysis_pb2_grpc.AnalysisServiceAsyncStub
 else:
     UsersStub = users_pb2_grpc.UsersServiceStub
+    UsersAuthStub = auth_pb2_grpc.AuthServiceStub
     AiStub = analysis_pb2_grpc.AnalysisServiceStub
 
 _UNEXPECTED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
@@ -60,13 +64,17 @@ Resp = TypeVar("Resp")
 StubT = TypeVar("StubT")
 
 
-def service_config(service: str) -> str:
+def service_config(services: Sequence[str]) -> str:
     """The channel's service config: round_robin, and retries for the idempotent methods."""
     config = {
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
-                "name": [{"service": service, "method": m} for m in IDEMPOTENT_METHODS[service]],
+                "name": [
+                    {"service": service, "method": m}
+                    for service in services
+                    for m in IDEMPOTENT_METHODS[service]
+                ],
                 "retryPolicy": RETRY_POLICY,
             }
         ],
@@ -74,9 +82,9 @@ def service_config(service: str) -> str:
     return json.dumps(config)
 
 
-def channel_options(service: str) -> list[tuple[str, Any]]:
+def channel_options(services: Sequence[str]) -> list[tuple[str, Any]]:
     return [
-        ("grpc.service_config", service_config(service)),
+        ("grpc.service_config", service_config(services)),
         # Ours, not one a DNS TXT record might carry.
         ("grpc.service_config_disable_resolution", 1),
         ("grpc.enable_retries", 1),
@@ -106,9 +114,10 @@ class UpstreamError(ProblemError):
         errors: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(status, detail, code=grpc_code, errors=errors, headers=headers)
+        super().__init__(
+            status, detail, code=grpc_code, errors=errors, headers=headers, reason=reason
+        )
         self.grpc_code = grpc_code
-        self.reason = reason
 
 
 def rpc_problem(error: grpc.aio.AioRpcError, upstream: str) -> UpstreamError:
@@ -176,9 +185,12 @@ def _reason(status: status_pb2.Status | None) -> str | None:
     return None
 
 
-def call_metadata() -> tuple[tuple[str, str], ...]:
-    """What every upstream call carries: the current request's id."""
-    return ((REQUEST_ID_KEY, request_id_var.get()),)
+def call_metadata(authorization: str | None = None) -> tuple[tuple[str, str], ...]:
+    """What every upstream call carries: the current request's id, and the caller's
+    `authorization` when the call acts for it."""
+    if authorization is None:
+        return ((REQUEST_ID_KEY, request_id_var.get()),)
+    return ((REQUEST_ID_KEY, request_id_var.get()), ("authorization", authorization))
 
 
 class Upstream(Generic[StubT]):
@@ -191,12 +203,19 @@ class Upstream(Generic[StubT]):
         target: str,
         stub: Callable[[grpc.aio.Channel], StubT],
         deadline: float,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        channel_services: Sequence[str] = (),
     ) -> None:
+        """`channel`: share another upstream's; else one is opened, configured for
+        `channel_services` (by default `service` alone)."""
         self.name = name
         self.service = service
         self.target = target
         self.deadline = deadline
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(service))
+        self.channel = channel or grpc.aio.insecure_channel(
+            target, options=channel_options(channel_services or [service])
+        )
         self.stub: StubT = stub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -207,9 +226,10 @@ class Upstream(Generic[StubT]):
         *,
         deadline: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
+        authorization: str | None = None,
     ) -> Resp:
         """Make one unary call (within `deadline` seconds, else the upstream's default),
-        carrying `metadata`, else the current request's id.
+        carrying `metadata`, else the current request's id (and `authorization`).
 
         A failure raises the UpstreamError it stands for.
         """
@@ -218,7 +238,7 @@ class Upstream(Generic[StubT]):
             return await method(
                 request,
                 timeout=timeout,
-                metadata=call_metadata() if metadata is None else tuple(metadata),
+                metadata=call_metadata(authorization) if metadata is None else tuple(metadata),
             )
         except grpc.aio.AioRpcError as error:
             raise rpc_problem(error, self.name) from None
@@ -247,6 +267,16 @@ class Upstreams:
             settings.users_target,
             users_pb2_grpc.UsersServiceStub,
             settings.users_deadline_seconds,
+            channel_services=(USERS_SERVICE, AUTH_SERVICE),
+        )
+        # The users service's identity provider, on the same channel.
+        self.auth = Upstream(
+            "users",
+            AUTH_SERVICE,
+            settings.users_target,
+            auth_pb2_grpc.AuthServiceStub,
+            settings.users_deadline_seconds,
+            channel=self.users.channel,
         )
         self.ai = Upstream(
             "ai",

@@ -54,7 +54,7 @@ responses. Closing the connection cancels the analysis upstream."""
 async def create_analysis(
     body: AnalysisCreate, caller: CurrentUser, ai: AiUpstream, runtime: RuntimeDep
 ) -> Response:
-    request = analysis_pb2.AnalyzeTextRequest(text=body.text, user_id=caller)
+    request = analysis_pb2.AnalyzeTextRequest(text=body.text, user_id=caller.user_id)
     deadline = runtime.settings.analysis_deadline_seconds
     made = await ai.call(ai.stub.AnalyzeText, request, deadline=deadline)
     headers = {"Location": f"/v1/analyses/{made.id}"}
@@ -103,7 +103,7 @@ _EVENT_SCHEMA = {
 async def stream_analysis(
     body: AnalysisCreate, caller: CurrentUser, ai: AiUpstream, runtime: RuntimeDep
 ) -> Response:
-    request = analysis_pb2.AnalyzeTextRequest(text=body.text, user_id=caller)
+    request = analysis_pb2.AnalyzeTextRequest(text=body.text, user_id=caller.user_id)
     call: StreamCall = ai.stub.StreamAnalyzeText(
         request, timeout=runtime.settings.stream_deadline_seconds, metadata=call_metadata()
     )
@@ -160,7 +160,7 @@ async def get_analysis(id: uuid.UUID, caller: CurrentUser, ai: AiUpstream) -> Re
             raise not_found from None
         raise
     # Another user's analysis is "not found": its existence is not the caller's business.
-    if found.user_id != caller:
+    if found.user_id != caller.user_id:
         raise not_found
     return convert.json_response(convert.analysis(found))
 
@@ -178,7 +178,7 @@ async def list_analyses(
     page_token: PageToken = None,
 ) -> Response:
     request = analysis_pb2.ListAnalysesRequest(
-        user_id=caller, page_size=page_size or 0, page_token=page_token or ""
+        user_id=caller.user_id, page_size=page_size or 0, page_token=page_token or ""
     )
     page = await ai.call(ai.stub.ListAnalyses, request)
     content = {

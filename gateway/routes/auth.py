@@ -1,4 +1,10 @@
-"""`/v1/auth/token`: the OAuth2 password grant, answering a bearer JWT."""
+"""`/v1/auth/token` (RFC 6749), `/v1/auth/revoke` (RFC 7009) and the JWKS (RFC 7517).
+
+The users service issues, rotates and revokes the tokens; these routes translate the
+OAuth 2 forms into its `AuthService` calls. Errors are problems that also carry the
+OAuth fields (`error`, `error_description`), so OAuth clients and Swagger UI's
+"Authorize" show the real reason.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +14,135 @@ import grpc
 from fastapi import APIRouter, Form, Response
 
 from gateway import convert
-from gateway.deps import TOKEN_URL, RuntimeDep
-from gateway.problems import problem_responses, unauthorized
-from gateway.schemas import LoginForm, Token
+from gateway.auth import jwks_document
+from gateway.deps import RuntimeDep
+from gateway.paths import REVOKE_URL, TOKEN_URL
+from gateway.problems import ProblemError, problem_responses
+from gateway.schemas import JsonWebKeySet, RevokeForm, Token, TokenForm
 from gateway.upstreams import UpstreamError
-from tandem_protos.users.v1 import users_pb2
+from tandem_protos.users.v1 import auth_pb2
 
 router = APIRouter(tags=["auth"])
 
-# One answer for every failed login, so a caller cannot tell which part was wrong.
-BAD_CREDENTIALS = "the email or password is incorrect"
-_LOGIN_FAILED = (
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-)
+# RFC 6749 §5.1: responses carrying tokens are not to be cached.
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_HINTS = {
+    "access_token": auth_pb2.TOKEN_TYPE_HINT_ACCESS_TOKEN,
+    "refresh_token": auth_pb2.TOKEN_TYPE_HINT_REFRESH_TOKEN,
+}
+
+
+def oauth_error(
+    status: int, error: str, description: str, *, reason: str | None = None
+) -> ProblemError:
+    """A problem that is also an RFC 6749 §5.2 error response."""
+    return ProblemError(
+        status,
+        description,
+        reason=reason,
+        headers=_NO_STORE,
+        extra={"error": error, "error_description": description},
+    )
+
+
+def _as_oauth(exc: UpstreamError) -> ProblemError:
+    if exc.grpc_code == grpc.StatusCode.UNAUTHENTICATED:
+        return oauth_error(400, "invalid_grant", exc.detail, reason=exc.reason)
+    if exc.grpc_code == grpc.StatusCode.INVALID_ARGUMENT:
+        return oauth_error(400, "invalid_request", exc.detail, reason=exc.reason)
+    error = "temporarily_unavailable" if exc.status in (503, 504) else "server_error"
+    exc.extra = {"error": error, "error_description": exc.detail}
+    return exc
 
 
 @router.post(
     TOKEN_URL,
     response_model=Token,
-    summary="Log in",
-    description="OAuth2 password grant: `username` is the account's email.",
-    responses=problem_responses(400, 401, 413, 503, 504),
+    summary="Log in, or refresh a session's tokens",
+    description=(
+        "OAuth 2 token endpoint. `grant_type=password` with `username` (the email) and "
+        "`password` starts a session; `grant_type=refresh_token` with `refresh_token` "
+        "trades it for a new pair (the old refresh token stops working; presenting it "
+        "again later ends the session). Errors carry `error` and `error_description` "
+        "(RFC 6749 §5.2)."
+    ),
+    responses=problem_responses(400, 413, 503, 504),
 )
-async def issue_token(form: Annotated[LoginForm, Form()], runtime: RuntimeDep) -> Response:
-    users = runtime.upstreams.users
-    request = users_pb2.AuthenticateUserRequest(email=form.username, password=form.password)
+async def issue_token(form: Annotated[TokenForm, Form()], runtime: RuntimeDep) -> Response:
+    request = _grant(form)
+    auth = runtime.upstreams.auth
     try:
-        user = await users.call(users.stub.AuthenticateUser, request)
+        issued = await auth.call(auth.stub.IssueToken, request)
     except UpstreamError as exc:
-        if exc.grpc_code in _LOGIN_FAILED:
-            raise unauthorized(BAD_CREDENTIALS) from None
-        raise
-    runtime.liveness.mark_live(user.id)
-    issued = runtime.tokens.issue(user.id)
+        raise _as_oauth(exc) from None
     content = {
-        "access_token": issued.token,
-        "token_type": "bearer",
+        "access_token": issued.access_token,
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
+        "refresh_token": issued.refresh_token,
     }
-    # RFC 6749 §5.1: responses carrying tokens are not to be cached.
+    return convert.json_response(content, headers=_NO_STORE)
+
+
+def _grant(form: TokenForm) -> auth_pb2.IssueTokenRequest:
+    if form.grant_type == "password":
+        missing = [name for name in ("username", "password") if not getattr(form, name)]
+        if missing:
+            raise oauth_error(400, "invalid_request", f"{' and '.join(missing)} required")
+        grant = auth_pb2.PasswordGrant(email=form.username or "", password=form.password or "")
+        return auth_pb2.IssueTokenRequest(password=grant)
+    if form.grant_type == "refresh_token":
+        if not form.refresh_token:
+            raise oauth_error(400, "invalid_request", "refresh_token required")
+        refresh = auth_pb2.RefreshTokenGrant(refresh_token=form.refresh_token)
+        return auth_pb2.IssueTokenRequest(refresh_token=refresh)
+    if not form.grant_type:
+        raise oauth_error(400, "invalid_request", "grant_type required")
+    raise oauth_error(
+        400,
+        "unsupported_grant_type",
+        "grant_type must be password or refresh_token",
+        reason="UNSUPPORTED_GRANT_TYPE",
+    )
+
+
+@router.post(
+    REVOKE_URL,
+    status_code=200,
+    summary="Log out: revoke a refresh or access token",
+    description=(
+        "RFC 7009: ends the session of the token (`token_type_hint`: `refresh_token` or "
+        "`access_token`). Answers 200 for an unknown or already revoked token too."
+    ),
+    responses={200: {"description": "revoked (or unknown)"}, **problem_responses(400, 503, 504)},
+)
+async def revoke_token(form: Annotated[RevokeForm, Form()], runtime: RuntimeDep) -> Response:
+    if not form.token:
+        raise oauth_error(400, "invalid_request", "token required")
+    hint = _HINTS.get(form.token_type_hint or "", auth_pb2.TOKEN_TYPE_HINT_UNSPECIFIED)
+    auth = runtime.upstreams.auth
+    try:
+        ended = await auth.call(
+            auth.stub.RevokeToken,
+            auth_pb2.RevokeTokenRequest(token=form.token, token_type_hint=hint),
+        )
+    except UpstreamError as exc:
+        raise _as_oauth(exc) from None
+    if ended.session_id:
+        runtime.sessions.forget(ended.session_id)
+    return Response(status_code=200, headers=_NO_STORE)
+
+
+@router.get(
+    "/.well-known/jwks.json",
+    response_model=JsonWebKeySet,
+    summary="The public keys that verify access tokens (JWKS, RFC 7517)",
+    responses=problem_responses(503, 504),
+)
+async def jwks(runtime: RuntimeDep) -> Response:
+    auth = runtime.upstreams.auth
+    reply = await auth.call(auth.stub.GetJsonWebKeySet, auth_pb2.GetJsonWebKeySetRequest())
     return convert.json_response(
-        content, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+        jwks_document(reply),
+        headers={"Cache-Control": "public, max-age=300"},
     )

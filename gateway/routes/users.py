@@ -1,28 +1,28 @@
-"""`/v1/users`: sign-up, reading accounts, and changing or deleting one's own."""
+"""`/v1/users`: sign-up, reading, changing, deleting and undeleting accounts.
+
+Who may do what is the users service's decision (it reads the caller's forwarded
+token); these routes only translate, and map PERMISSION_DENIED to 403.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Response
 from google.protobuf import field_mask_pb2
 
 from gateway import convert
 from gateway.deps import (
-    ACCOUNT_GONE,
-    GONE,
     CurrentUser,
-    OwnAccount,
     PageSize,
     PageToken,
     RuntimeDep,
-    TokenSubject,
     UserId,
     UsersUpstream,
 )
-from gateway.problems import ProblemError, problem_responses, unauthorized
-from gateway.schemas import PasswordChange, User, UserCreate, UserPage, UserUpdate
+from gateway.problems import ProblemError, problem_responses
+from gateway.schemas import PasswordChange, PublicProfile, User, UserCreate, UserPage, UserUpdate
 from gateway.upstreams import UpstreamError
 from tandem_protos.users.v1 import users_pb2
 
@@ -59,43 +59,42 @@ async def create_user(body: UserCreate, users: UsersUpstream) -> Response:
     summary="The caller's account",
     responses={200: {"headers": _ETAG}, **problem_responses(*_AUTHED)},
 )
-async def get_me(subject: TokenSubject, runtime: RuntimeDep) -> Response:
-    try:
-        me = await runtime.user_reader.get(subject)
-    except UpstreamError as exc:
-        if exc.grpc_code in GONE:
-            runtime.liveness.forget(subject)
-            raise unauthorized(ACCOUNT_GONE) from None
-        raise
-    runtime.liveness.mark_live(subject)
-    return convert.json_response(convert.user(me), headers=convert.etag_header(me.etag))
+async def get_me(caller: CurrentUser, runtime: RuntimeDep) -> Response:
+    me = await runtime.user_reader.get(caller.user_id, caller.authorization)
+    return _user_response(me)
 
 
 @router.get(
     "/{id}",
-    response_model=User,
+    response_model=User | PublicProfile,
     summary="An account",
+    description=(
+        "One's own account (any account, for an admin) in full; another live account as "
+        "its public profile: `id` and `name`."
+    ),
     responses={200: {"headers": _ETAG}, **problem_responses(400, *_AUTHED, 404)},
 )
 async def get_user(id: UserId, caller: CurrentUser, runtime: RuntimeDep) -> Response:
-    found = await runtime.user_reader.get(str(id))
-    return convert.json_response(convert.user(found), headers=convert.etag_header(found.etag))
+    return _user_response(await runtime.user_reader.get(str(id), caller.authorization))
 
 
 @router.get(
     "",
     response_model=UserPage,
-    summary="List accounts, oldest first",
-    responses=problem_responses(400, *_AUTHED),
+    summary="List accounts, oldest first (admins only)",
+    responses=problem_responses(400, *_AUTHED, 403),
 )
 async def list_users(
     caller: CurrentUser,
     users: UsersUpstream,
     page_size: PageSize = None,
     page_token: PageToken = None,
+    show_deleted: Annotated[bool, Query(description="include deleted accounts")] = False,
 ) -> Response:
-    request = users_pb2.ListUsersRequest(page_size=page_size or 0, page_token=page_token or "")
-    page = await users.call(users.stub.ListUsers, request)
+    request = users_pb2.ListUsersRequest(
+        page_size=page_size or 0, page_token=page_token or "", show_deleted=show_deleted
+    )
+    page = await users.call(users.stub.ListUsers, request, authorization=caller.authorization)
     content = {
         "users": [convert.user(u) for u in page.users],
         "next_page_token": page.next_page_token,
@@ -108,9 +107,9 @@ async def list_users(
     response_model=User,
     summary="Change one's name or email",
     description=(
-        "Changes only the fields present in the body. With `If-Match` set to the "
-        "account's ETag, the change happens only if nobody changed the account since "
-        "(412 otherwise)."
+        "Changes only the fields present in the body; changing `email` needs "
+        "`current_password` too. With `If-Match` set to the account's ETag, the change "
+        "happens only if nobody changed the account since (412 otherwise)."
     ),
     responses={
         200: {"headers": _ETAG},
@@ -118,59 +117,88 @@ async def list_users(
     },
 )
 async def update_user(
+    id: UserId,
     body: UserUpdate,
-    caller: OwnAccount,
+    caller: CurrentUser,
     users: UsersUpstream,
     if_match: Annotated[
         str | None, Header(max_length=256, description="the ETag of the account as last read")
     ] = None,
 ) -> Response:
-    fields = sorted(body.model_fields_set)
-    changes = users_pb2.User(id=caller, etag=_etag_from(if_match))
+    fields = sorted(body.model_fields_set - {"current_password"})
+    changes = users_pb2.User(id=str(id), etag=_etag_from(if_match))
     if "name" in fields:
         changes.name = body.name
     if "email" in fields:
         changes.email = body.email
     request = users_pb2.UpdateUserRequest(
-        user=changes, update_mask=field_mask_pb2.FieldMask(paths=fields)
+        user=changes,
+        update_mask=field_mask_pb2.FieldMask(paths=fields),
+        current_password=body.current_password,
     )
     try:
-        updated = await users.call(users.stub.UpdateUser, request)
+        updated = await users.call(
+            users.stub.UpdateUser, request, authorization=caller.authorization
+        )
     except UpstreamError as exc:
         if exc.grpc_code == grpc.StatusCode.ABORTED and exc.reason == "ETAG_MISMATCH":
             raise ProblemError(412, exc.detail, code=exc.grpc_code) from None
         raise
-    return convert.json_response(convert.user(updated), headers=convert.etag_header(updated.etag))
+    return _user_response(updated)
 
 
 @router.put(
     "/{id}/password",
     status_code=204,
     summary="Change one's password",
+    description="Ends every other session of the account; the caller's own goes on.",
     responses=problem_responses(400, *_AUTHED, 403, 404, 413),
 )
 async def change_password(
-    body: PasswordChange, caller: OwnAccount, users: UsersUpstream
+    id: UserId, body: PasswordChange, caller: CurrentUser, runtime: RuntimeDep
 ) -> Response:
+    users = runtime.upstreams.users
     request = users_pb2.ChangePasswordRequest(
-        id=caller, current_password=body.current_password, new_password=body.new_password
+        id=str(id), current_password=body.current_password, new_password=body.new_password
     )
-    await users.call(users.stub.ChangePassword, request)
+    await users.call(users.stub.ChangePassword, request, authorization=caller.authorization)
+    runtime.sessions.forget_user(str(id), keep=caller.session_id)
     return Response(status_code=204)
 
 
 @router.delete(
     "/{id}",
     status_code=204,
-    summary="Delete one's account",
-    description="Soft-deletes the account; its access tokens stop working.",
+    summary="Delete an account (one's own; any, for an admin)",
+    description="Soft-deletes the account and ends all its sessions: its tokens stop working.",
     responses=problem_responses(400, *_AUTHED, 403, 404),
 )
-async def delete_user(caller: OwnAccount, runtime: RuntimeDep) -> Response:
+async def delete_user(id: UserId, caller: CurrentUser, runtime: RuntimeDep) -> Response:
     users = runtime.upstreams.users
-    await users.call(users.stub.DeleteUser, users_pb2.DeleteUserRequest(id=caller))
-    runtime.liveness.forget(caller)
+    request = users_pb2.DeleteUserRequest(id=str(id))
+    await users.call(users.stub.DeleteUser, request, authorization=caller.authorization)
+    runtime.sessions.forget_user(str(id))
     return Response(status_code=204)
+
+
+@router.post(
+    "/{id}:undelete",
+    response_model=User,
+    summary="Restore a deleted account (admins only)",
+    description="AIP-136 custom method. The account's ended sessions stay ended.",
+    responses={200: {"headers": _ETAG}, **problem_responses(400, *_AUTHED, 403, 404, 409)},
+)
+async def undelete_user(id: UserId, caller: CurrentUser, users: UsersUpstream) -> Response:
+    request = users_pb2.UndeleteUserRequest(id=str(id))
+    restored = await users.call(
+        users.stub.UndeleteUser, request, authorization=caller.authorization
+    )
+    return _user_response(restored)
+
+
+def _user_response(message: users_pb2.User, *, status_code: int = 200) -> Response:
+    headers = convert.etag_header(message.etag)
+    return convert.json_response(convert.user(message), status_code=status_code, headers=headers)
 
 
 def _etag_from(if_match: str | None) -> str:

@@ -45,7 +45,11 @@ async def test_the_gateway_process_serves_the_stack_and_stops_cleanly(database_u
                 assert signed_up.status_code == 201, signed_up.text
                 login = await client.post(
                     "/v1/auth/token",
-                    data={"username": "process@example.com", "password": PASSWORD},
+                    data={
+                        "grant_type": "password",
+                        "username": "process@example.com",
+                        "password": PASSWORD,
+                    },
                 )
                 token = login.json()["access_token"]
                 me = await client.get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})

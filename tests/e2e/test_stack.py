@@ -58,7 +58,9 @@ async def sign_up_and_log_in(client: httpx.AsyncClient, email: str) -> tuple[str
     )
     assert created.status_code == 201, created.text
     assert created.headers["location"] == f"/v1/users/{created.json()['id']}"
-    login = await client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+    login = await client.post(
+        "/v1/auth/token", data={"grant_type": "password", "username": email, "password": PASSWORD}
+    )
     assert login.status_code == 200, login.text
     return created.json()["id"], login.json()["access_token"]
 
@@ -78,7 +80,8 @@ async def rest_journey(stack: RunningStack) -> None:
         assert duplicate.status_code == 409
         assert duplicate.headers["content-type"] == "application/problem+json"
         wrong = await client.post(
-            "/v1/auth/token", data={"username": email, "password": "nope nope"}
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": "nope nope"},
         )
         assert wrong.status_code == 401
         garbage = await client.post(

@@ -57,7 +57,8 @@ async def account(client: httpx.AsyncClient) -> Account:
     created = await client.post("/v1/users", json=body)
     assert created.status_code == 201, created.text
     token = await client.post(
-        "/v1/auth/token", data={"username": email, "password": "correct horse battery"}
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": email, "password": "correct horse battery"},
     )
     return Account(created.json()["id"], email, token.json()["access_token"])
 

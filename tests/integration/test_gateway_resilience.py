@@ -50,7 +50,8 @@ async def test_users_down_is_503_problem_quickly() -> None:
         problem = assert_problem(response, 503, "UNAVAILABLE")
         assert problem["detail"] == "the users service is unavailable; retry shortly"
         login = await client.post(
-            "/v1/auth/token", data={"username": "a@example.com", "password": PASSWORD}
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": "a@example.com", "password": PASSWORD},
         )
         assert_problem(login, 503, "UNAVAILABLE")
 
@@ -65,7 +66,10 @@ async def test_ai_down_is_503_while_users_work(users_db: str) -> None:
             )
             assert created.status_code == 201
             token = (
-                await client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+                await client.post(
+                    "/v1/auth/token",
+                    data={"grant_type": "password", "username": email, "password": PASSWORD},
+                )
             ).json()["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
             assert (await client.get("/v1/users/me", headers=headers)).status_code == 200
@@ -218,5 +222,8 @@ async def gateway_stack_on(
     ):
         email = unique_email()
         await client.post("/v1/users", json={"email": email, "name": "N", "password": PASSWORD})
-        login = await client.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+        login = await client.post(
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": PASSWORD},
+        )
         yield client, {"Authorization": f"Bearer {login.json()['access_token']}"}

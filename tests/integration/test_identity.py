@@ -31,7 +31,8 @@ class Idp:
 
     async def sign_up(self, email: str, password: str = PASSWORD) -> users_pb2.User:
         request = users_pb2.CreateUserRequest(
-            user=users_pb2.User(email=email, name=email.split("@")[0]), password=password
+            user=users_pb2.User(email=email, name=email.split("@", maxsplit=1)[0]),
+            password=password,
         )
         user: users_pb2.User = await self.users.CreateUser(request)
         return user

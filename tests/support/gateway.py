@@ -25,7 +25,6 @@ from gateway.settings import GatewaySettings
 from tests.support.ai_stub import AnalysisStub, RunningStub, running_ai_stub
 from tests.support.servers import running_users, users_settings
 
-JWT_SECRET = "tests-only-jwt-secret-0123456789abcdef"
 PASSWORD = "correct horse battery"
 # The fields of an analysis as the REST API returns it.
 ANALYSIS_FIELDS = {
@@ -46,7 +45,6 @@ def gateway_settings(users_target: str, ai_target: str, **overrides: Any) -> Gat
         "addr": "127.0.0.1:0",
         "users_target": users_target,
         "ai_target": ai_target,
-        "jwt_secret": JWT_SECRET,
         "access_log": False,
         "shutdown_grace_seconds": 1,
         **overrides,
@@ -135,7 +133,8 @@ class Stack:
 
     async def login(self, email: str, password: str = PASSWORD) -> httpx.Response:
         return await self.client.post(
-            "/v1/auth/token", data={"username": email, "password": password}
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": password},
         )
 
     async def token(self, email: str, password: str = PASSWORD) -> str:
@@ -194,7 +193,18 @@ def assert_problem(
     assert body["request_id"] == response.headers["x-request-id"]
     if request_id is not None:
         assert body["request_id"] == request_id
-    assert set(body) <= {"type", "title", "status", "detail", "code", "request_id", "errors"}
+    assert set(body) <= {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "code",
+        "request_id",
+        "reason",
+        "errors",
+        "error",
+        "error_description",
+    }
     return body
 
 
