@@ -122,6 +122,8 @@ def banner() -> None:
   try:
     curl -s -X POST {rest}/v1/users -H 'content-type: application/json' \\
       -d '{{"email": "ada@example.com", "name": "Ada", "password": "correct horse"}}'
+    curl -s -X POST {rest}/v1/auth/token -d grant_type=password \
+      -d username=ada@example.com -d 'password=correct horse'
     .venv/bin/grpcurl -plaintext {USERS_ADDR} list
     .venv/bin/grpcurl -plaintext -d '{{"page_size": 5}}' {USERS_ADDR} \\
       users.v1.UsersService/ListUsers

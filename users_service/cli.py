@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -9,7 +10,7 @@ from servicekit.cli import Command, run_service
 from servicekit.database import Database, create_engine
 from servicekit.errors import NotFound
 from servicekit.migrations import check_at_head
-from servicekit.pagination import page_tokens_from
+from servicekit.pagination import PageTokens
 from users_service.accounts import Accounts
 from users_service.migrations import MIGRATIONS
 from users_service.passwords import PasswordHasher
@@ -28,9 +29,9 @@ async def set_role(settings: UsersSettings, email: str, role: Role) -> int:
     )
     try:
         await check_at_head(engine, MIGRATIONS)
-        accounts = Accounts(
-            UsersRepository(Database(engine, what="users")), hasher, page_tokens_from(settings)
-        )
+        # Nothing is listed here: page tokens are never made.
+        unused_pages = PageTokens(secrets.token_bytes(32))
+        accounts = Accounts(UsersRepository(Database(engine, what="users")), hasher, unused_pages)
         try:
             user = await accounts.set_role(email, role)
         except NotFound:

@@ -8,7 +8,7 @@ import httpx
 
 from tests.conftest import ROOT
 from tests.support.ai_stub import running_ai_stub
-from tests.support.gateway import JWT_SECRET, PASSWORD, assert_problem, closed_port
+from tests.support.gateway import PASSWORD, assert_problem, closed_port
 from tests.support.processes import ServiceProcess, run_command
 
 
@@ -17,7 +17,6 @@ def gateway_env(users_target: str, ai_target: str, **extra: str) -> dict[str, st
         "GATEWAY_ADDR": "127.0.0.1:0",
         "GATEWAY_USERS_TARGET": users_target,
         "GATEWAY_AI_TARGET": ai_target,
-        "GATEWAY_JWT_SECRET": JWT_SECRET,
         **extra,
     }
 
@@ -64,26 +63,33 @@ async def test_the_gateway_process_serves_the_stack_and_stops_cleanly(database_u
         assert any("[e2e-signup]" in line for line in users.lines), users.output
 
 
-async def test_without_a_jwt_secret_it_warns_and_still_serves() -> None:
+async def test_without_its_upstreams_it_serves_and_says_why_it_cannot_verify() -> None:
     target = f"127.0.0.1:{closed_port()}"
     env = gateway_env(target, target)
-    del env["GATEWAY_JWT_SECRET"]
     async with ServiceProcess(["-m", "gateway"], env, cwd=str(ROOT)) as gateway:
         address = await gateway.wait_serving()
         async with httpx.AsyncClient(base_url=f"http://{address}", timeout=15) as client:
             ready = await client.get("/readyz")
             body = assert_problem(ready, 503, "UNAVAILABLE")
             assert body["detail"] == "not ready: users is UNAVAILABLE, ai is UNAVAILABLE"
-    assert "GATEWAY_JWT_SECRET is not set" in gateway.output
+            # No keys to verify with: the users service is down, not the token bad.
+            headers = {"Authorization": "Bearer a.b.c"}
+            bad = await client.get("/v1/users/me", headers=headers)
+            assert_problem(bad, 401, "UNAUTHENTICATED")
+            header = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsifQ"  # {"alg":"EdDSA","kid":"k"}
+            headers = {"Authorization": f"Bearer {header}.e30.AAAA"}
+            unverifiable = await client.get("/v1/users/me", headers=headers)
+            assert_problem(unverifiable, 503, "UNAVAILABLE")
 
 
 async def test_an_invalid_setting_stops_start_up_with_one_line() -> None:
     code, output = await run_command(
-        ["-m", "gateway"], {"GATEWAY_USERS_DEADLINE_SECONDS": "soon", "GATEWAY_JWT_SECRET": "x"}
+        ["-m", "gateway"],
+        {"GATEWAY_USERS_DEADLINE_SECONDS": "soon", "GATEWAY_TOKEN_MAX_LIFETIME_SECONDS": "1"},
     )
     assert code == 2
     assert output.strip().splitlines() == [
-        "gateway: GATEWAY_JWT_SECRET is invalid: Value error, must be at least 32 characters; "
-        "GATEWAY_USERS_DEADLINE_SECONDS is invalid: Input should be a valid number, "
-        "unable to parse string as a number"
+        "gateway: GATEWAY_TOKEN_MAX_LIFETIME_SECONDS is invalid: Input should be greater than "
+        "or equal to 30; GATEWAY_USERS_DEADLINE_SECONDS is invalid: Input should be a valid "
+        "number, unable to parse string as a number"
     ]

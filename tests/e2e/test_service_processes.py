@@ -14,6 +14,11 @@ SERVICES = {
     "users_service": ("USERS_", "users.v1.UsersService"),
     "ai_service": ("AI_", "ai.v1.AnalysisService"),
 }
+# What each process hosts besides health and reflection.
+HOSTED = {
+    "users_service": {"users.v1.UsersService", "users.v1.AuthService"},
+    "ai_service": {"ai.v1.AnalysisService"},
+}
 
 
 @pytest.mark.parametrize("module", list(SERVICES))
@@ -37,7 +42,7 @@ async def test_service_migrates_serves_and_stops_cleanly(module: str, database_u
         listed = await grpcurl(address, "list")
         assert listed.exit_code == 0, listed.output
         assert set(listed.output.split()) == {
-            service_name,
+            *HOSTED[module],
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }
@@ -80,3 +85,37 @@ async def test_an_unreachable_database_is_one_line_without_password() -> None:
     assert code == 1
     assert "cannot use the database postgresql+asyncpg://tandem:***@127.0.0.1:9/users" in output
     assert "s3cret" not in output and "Traceback" not in output
+
+
+async def test_grant_and_revoke_admin_from_the_command_line(database_url: str) -> None:
+    env = {"USERS_DATABASE_URL": database_url, "USERS_ADDR": "127.0.0.1:0"}
+    code, output = await run_command(["-m", "users_service", "migrate"], env)
+    assert code == 0, output
+    async with ServiceProcess(["-m", "users_service"], env, cwd=str(ROOT)) as service:
+        address = await service.wait_serving()
+        created = await grpcurl(
+            address,
+            "users.v1.UsersService/CreateUser",
+            data={"user": {"email": "root@example.com", "name": "Root"}, "password": "long enough"},
+        )
+        assert created.exit_code == 0, created.output
+        service.send_signal()
+        assert await service.wait() == 0, service.output
+
+    code, output = await run_command(
+        ["-m", "users_service", "grant-admin", "Root@Example.com"], env
+    )
+    assert code == 0, output
+    assert "root@example.com" in output and "is now admin" in output
+    code, output = await run_command(
+        ["-m", "users_service", "revoke-admin", "root@example.com"], env
+    )
+    assert code == 0, output
+    assert "is now user" in output
+
+    code, output = await run_command(["-m", "users_service", "grant-admin", "who@example.com"], env)
+    assert code == 1
+    assert output.strip() == "users_service: no live account has the email 'who@example.com'"
+    code, output = await run_command(["-m", "users_service", "grant-admin"], env)
+    assert code == 2
+    assert "grant-admin takes EMAIL" in output

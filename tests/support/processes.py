@@ -10,13 +10,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
+from tests.support.keys import signing_key_file
+
 SERVING = re.compile(r"serving (?P<services>.+) on (?P<host>[^\s]+):(?P<port>\d+)$")
 PREFIXES = ("USERS_", "AI_", "GATEWAY_", "ANTHROPIC_")
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """This environment without any Tandem setting, plus `extra`."""
+    """This environment without any Tandem setting, plus `extra`.
+
+    A users service signs with the tests' key unless `extra` says otherwise, so that no
+    test process generates a development key under the checkout's ./data.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+    if not any(k.startswith("USERS_TOKEN_") for k in extra):
+        env["USERS_TOKEN_SIGNING_KEY_FILE"] = str(signing_key_file())
     env.update(extra)
     return env
 
