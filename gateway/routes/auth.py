@@ -109,6 +109,8 @@ def _grant(form: TokenForm) -> auth_pb2.IssueTokenRequest:
 @router.post(
     REVOKE_URL,
     status_code=200,
+    # RFC 7009 §2.2: the body of the answer is empty.
+    response_class=Response,
     summary="Log out: revoke a refresh or access token",
     description=(
         "RFC 7009: ends the session of the token (`token_type_hint`: `refresh_token` or "

@@ -72,7 +72,7 @@ async def stack(sqlite_url: str) -> AsyncIterator[Stack]:
 
 
 async def test_the_schema_lists_every_route() -> None:
-    assert len(OPERATIONS) == 14
+    assert len(OPERATIONS) == 17
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)

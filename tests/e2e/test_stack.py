@@ -21,6 +21,8 @@ from tests.support.stack import RunningStack, make_run
 from tests.support.tools import tool
 
 PASSWORD = "correct horse battery"
+# Every token the journeys were given: none may show up in a log line.
+ISSUED: list[str] = []
 GOOD = {
     "summary": "Fine.",
     "sentiment": "neutral",
@@ -62,6 +64,7 @@ async def sign_up_and_log_in(client: httpx.AsyncClient, email: str) -> tuple[str
         "/v1/auth/token", data={"grant_type": "password", "username": email, "password": PASSWORD}
     )
     assert login.status_code == 200, login.text
+    ISSUED.extend([login.json()["access_token"], login.json()["refresh_token"]])
     return created.json()["id"], login.json()["access_token"]
 
 
@@ -83,7 +86,7 @@ async def rest_journey(stack: RunningStack) -> None:
             "/v1/auth/token",
             data={"grant_type": "password", "username": email, "password": "nope nope"},
         )
-        assert wrong.status_code == 401
+        assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
         garbage = await client.post(
             "/v1/users", json={"email": "not-an-email", "name": "", "password": "x"}
         )
@@ -144,6 +147,32 @@ async def rest_journey(stack: RunningStack) -> None:
         hidden = await client.get(f"/v1/analyses/{plain.json()['id']}", headers=bearer(other_token))
         assert hidden.status_code == 404
 
+        # Refresh, log out, and use the ended session's tokens.
+        again = await client.post(
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": PASSWORD},
+        )
+        refreshed = await client.post(
+            "/v1/auth/token",
+            data={"grant_type": "refresh_token", "refresh_token": again.json()["refresh_token"]},
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        ISSUED.extend(refreshed.json()[k] for k in ("access_token", "refresh_token"))
+        ISSUED.extend(again.json()[k] for k in ("access_token", "refresh_token"))
+        revoked = await client.post(
+            "/v1/auth/revoke", data={"token": refreshed.json()["refresh_token"]}
+        )
+        assert revoked.status_code == 200
+        ended = await client.get("/v1/users/me", headers=bearer(refreshed.json()["access_token"]))
+        assert ended.status_code == 401 and ended.json()["reason"] == "SESSION_ENDED"
+        reused = await client.post(
+            "/v1/auth/token",
+            data={"grant_type": "refresh_token", "refresh_token": again.json()["refresh_token"]},
+        )
+        assert reused.status_code == 400
+        jwks = await client.get("/.well-known/jwks.json")
+        assert [k["alg"] for k in jwks.json()["keys"]] == ["EdDSA"]
+
         # Delete yourself; the token stops working.
         deleted = await client.delete(f"/v1/users/{me_id}", headers=bearer(token))
         assert deleted.status_code == 204
@@ -170,6 +199,18 @@ async def grpc_journey(stack: RunningStack) -> None:
         stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": "bad password"}
     )
     assert "Code: Unauthenticated" in wrong.output
+    issued = await grpcurl(
+        stack.users,
+        "users.v1.AuthService/IssueToken",
+        data={"password": {"email": email, "password": PASSWORD}},
+    )
+    assert issued.exit_code == 0, issued.output
+    tokens = issued.json()
+    ISSUED.extend([tokens["access_token"], tokens["refresh_token"]])
+    own = await grpcurl(
+        "-H", f"authorization: Bearer {tokens['access_token']}", stack.users, f"{users}/ListUsers"
+    )
+    assert "Code: PermissionDenied" in own.output and "ADMIN_REQUIRED" in own.output
     analysed = await grpcurl(
         stack.ai, f"{ai}/AnalyzeText", data={"text": "Lovely and calm.", "user_id": user_id}
     )
@@ -222,11 +263,18 @@ async def test_the_stack_as_make_run_starts_it(database_url: str) -> None:
     async with make_run(env) as stack:
         assert "REST API" in stack.output and "grpcurl" in stack.output and "curl" in stack.output
         assert stack.prefixed("users") and stack.prefixed("ai") and stack.prefixed("gateway")
+        ISSUED.clear()
         await rest_journey(stack)
         await grpc_journey(stack)
         # Ctrl-C: the terminal sends SIGINT to the whole foreground process group.
         os.killpg(stack.process.pid, signal.SIGINT)
         await assert_stops_cleanly(stack)
+    # No password, token or key in any log line of the whole run.
+    assert len(ISSUED) >= 10
+    leaked = [t[:12] for t in ISSUED if t in stack.output or t.split(".")[-1] in stack.output]
+    assert not leaked, leaked
+    assert PASSWORD not in stack.output
+    assert "PRIVATE KEY" not in stack.output
 
 
 async def assert_stops_cleanly(stack: RunningStack) -> None:

@@ -28,7 +28,16 @@ async def test_grpcurl_session(database_url: str) -> None:
         assert created.exit_code == 0, created.output
         user = created.json()
         assert user["email"] == "Grace@example.com"
-        assert set(user) == {"id", "email", "name", "create_time", "update_time", "etag"}
+        assert set(user) == {
+            "id",
+            "email",
+            "name",
+            "create_time",
+            "update_time",
+            "etag",
+            "role",
+            "view",
+        }
 
         fetched = await grpcurl(address, f"{SERVICE}/GetUser", data={"id": user["id"]})
         assert fetched.json() == user
