@@ -33,9 +33,10 @@ from typing import Any
 
 import grpc
 
-from tandem_protos.users.v1 import users_pb2
+from tandem_protos.users.v1 import auth_pb2, users_pb2
 
 SERVICE = "/users.v1.UsersService/"
+AUTH_SERVICE = "/users.v1.AuthService/"
 CALL_TIMEOUT_S = 30.0
 
 Call = Callable[[], Awaitable[str]]
@@ -48,15 +49,16 @@ class Failed(Exception):
 def _grpc_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[Call], list[Any]]:
     channels = [grpc.aio.insecure_channel(args.target) for _ in range(args.channels)]
     method = {
-        "get": "GetUser",
-        "list": "ListUsers",
-        "auth": "AuthenticateUser",
-        "create": "CreateUser",
+        "get": SERVICE + "GetUser",
+        "list": SERVICE + "ListUsers",
+        "auth": SERVICE + "AuthenticateUser",
+        "create": SERVICE + "CreateUser",
+        "login": AUTH_SERVICE + "IssueToken",
+        "refresh": AUTH_SERVICE + "IssueToken",
     }[args.workload]
     # No serialisers: requests go out as the bytes built up front, replies stay bytes.
     stubs = [
-        c.unary_unary(SERVICE + method, request_serializer=None, response_deserializer=None)
-        for c in channels
+        c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels
     ]
     if args.workload == "get":
         # Shared by all callers: built once, before the clock starts.
@@ -111,6 +113,41 @@ def _grpc_caller(
             return "AuthenticateUser"
 
         return authenticate
+
+    if workload in ("login", "refresh"):
+        email = plan["emails"][k % len(plan["emails"])]
+        login = auth_pb2.IssueTokenRequest(
+            password=auth_pb2.PasswordGrant(email=email, password=plan["password"])
+        ).SerializeToString()
+        if workload == "login":
+
+            async def log_in() -> str:
+                await stub(login, timeout=CALL_TIMEOUT_S)
+                return "IssueToken password"
+
+            return log_in
+        # Each caller keeps its own session and trades its latest refresh token; the
+        # first call logs in (inside the warm-up).
+        latest: list[str] = []
+
+        async def refresh() -> str:
+            if not latest:
+                reply = auth_pb2.IssueTokenResponse.FromString(
+                    await stub(login, timeout=CALL_TIMEOUT_S)
+                )
+                latest.append(reply.refresh_token)
+                return "IssueToken password"
+            grant = auth_pb2.RefreshTokenGrant(refresh_token=latest[0])
+            reply = auth_pb2.IssueTokenResponse.FromString(
+                await stub(
+                    auth_pb2.IssueTokenRequest(refresh_token=grant).SerializeToString(),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            )
+            latest[0] = reply.refresh_token
+            return "IssueToken refresh_token"
+
+        return refresh
 
     if workload == "create":
         prefix = f"bench.{os.getpid()}.{k}."
@@ -258,7 +295,9 @@ def _say(line: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument(
-        "--workload", required=True, choices=("get", "list", "auth", "create", "asyncpg")
+        "--workload",
+        required=True,
+        choices=("get", "list", "auth", "create", "login", "refresh", "asyncpg"),
     )
     parser.add_argument("--target", help="host:port of the gRPC server")
     parser.add_argument("--dsn", help="PostgreSQL DSN (asyncpg workload)")

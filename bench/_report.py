@@ -83,6 +83,9 @@ def _phases(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             found.append((f"interference {name}", interference[name]))
     if results.get("create_user"):
         found.append(("CreateUser", results["create_user"]))
+    for name in ("login", "refresh"):
+        if (results.get("tokens") or {}).get(name):
+            found.append((f"IssueToken {name}", results["tokens"][name]))
     return found
 
 
@@ -211,6 +214,16 @@ def render(results: dict[str, Any]) -> str:
             f"  deep / page 1  p50 x{_fmt(listing['deep_per_page1_p50'])}, "
             f"p99 x{_fmt(listing['deep_per_page1_p99'])}"
         )
+
+    tokens = results.get("tokens")
+    if tokens:
+        out += ["", f"IssueToken at {tokens['callers']} callers"]
+        for name, what in (("login", "password grant"), ("refresh", "refresh_token grant")):
+            phase = tokens[name]
+            out.append(
+                f"  {what:<20} {_fmt(phase.get('calls_per_s'), 1)} calls/s, p50 "
+                f"{_fmt(phase.get('p50_ms'), 1)} ms, p99 {_fmt(phase.get('p99_ms'), 1)} ms"
+            )
 
     argon2 = results.get("argon2")
     create = results.get("create_user")

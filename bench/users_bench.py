@@ -14,6 +14,7 @@ them from separate load-generator processes (bench/_loadgen.py). It measures
   page token got by walking the API;
 - CreateUser calls/s, and the cost of one argon2id hash at the service's parameters;
 - GetUser p99 while 16 logins (AuthenticateUser) run, against idle;
+- IssueToken calls/s: password grants (logins) and refresh-token rotations;
 
 prints a report with the targets (PASS/FAIL) and writes it as JSON with --json. The
 database is dropped at the end, also on Ctrl-C or SIGTERM; one left by a killed run
@@ -103,6 +104,7 @@ async def run(config: Config) -> dict[str, Any]:
         results["getuser"] = await bench.getuser_against_baselines()
         results["list_users"] = await bench.list_users()
         results["interference"] = await bench.login_interference()
+        results["tokens"] = await bench.token_endpoints()
         results["create_user"] = await bench.create_users()
         if config.profile:
             results["profile"] = await bench.profile()
