@@ -5,6 +5,10 @@ The gateway path is `python -m users_service` and `python -m gateway`; the monol
 ephemeral range (a fixed port inside it can be held for a moment by any client socket),
 log at WARNING, and are found ready by asking them (gRPC health, `/healthz`), not by
 reading their logs. Children get SIGTERM when the benchmark dies (bench/_procs.py).
+
+The users service signs access tokens with an Ed25519 key generated for the run in the
+benchmark's work directory (never the development key under ./data); the gateway fetches
+its public half from the users service's JWKS, the monolith reads it from a PEM file.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 import _procs
 import grpc
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import GatewaySettings
@@ -35,8 +41,12 @@ MONOLITH_WORKERS = 2
 MONOLITH_POOL_SIZE = 10
 # The gateway's line at exit (gateway/app.py).
 _COALESCING = re.compile(r"(?P<reads>\d+) account reads took (?P<calls>\d+) users calls")
-# The gateway's default: how long it trusts that a token's account is live.
+# The gateway's default: how long it trusts that a token's session is live.
 AUTH_CACHE_SECONDS = float(GatewaySettings.model_fields["auth_cache_seconds"].default)
+# Who signs the access tokens and for whom, told to all three alike.
+TOKEN_ISSUER = str(GatewaySettings.model_fields["token_issuer"].default)
+TOKEN_AUDIENCE = str(GatewaySettings.model_fields["token_audience"].default)
+TOKEN_MAX_LIFETIME_SECONDS = int(GatewaySettings.model_fields["token_max_lifetime_seconds"].default)
 
 
 def free_port(taken: Sequence[int] = ()) -> int:
@@ -109,6 +119,27 @@ class Child:
             await self._reader
 
 
+def write_token_keys(folder: Path) -> tuple[Path, Path]:
+    """A fresh Ed25519 key pair as PEM files in `folder`: (private PKCS8, public SPKI)."""
+    key = Ed25519PrivateKey.generate()
+    private = folder / "token-signing-key.pem"
+    public = folder / "token-public-key.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (uvicorn's workers are children of its supervisor)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
@@ -147,11 +178,12 @@ class Stack:
         self,
         database_url: str,
         *,
+        workdir: Path,
         monolith_env: Mapping[str, str],
         gateway_env: Mapping[str, str],
     ) -> None:
         self.database_url = database_url
-        self.jwt_secret = secrets.token_urlsafe(48)
+        self.signing_key_file, self.public_key_file = write_token_keys(workdir)
         ports: list[int] = []
         for _ in range(4):
             ports.append(free_port(ports))
@@ -180,6 +212,9 @@ class Stack:
                     "USERS_ACCESS_LOG": "false",
                     "USERS_LOG_LEVEL": "WARNING",
                     "USERS_PAGE_TOKEN_SECRET": secrets.token_urlsafe(32),
+                    "USERS_TOKEN_SIGNING_KEY_FILE": str(self.signing_key_file),
+                    "USERS_TOKEN_ISSUER": TOKEN_ISSUER,
+                    "USERS_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
                 }
             ),
         )
@@ -192,7 +227,8 @@ class Stack:
                     "GATEWAY_USERS_TARGET": users_address,
                     # Nothing listens there; GET /v1/users/{id} never calls the ai service.
                     "GATEWAY_AI_TARGET": f"127.0.0.1:{self.ai_port}",
-                    "GATEWAY_JWT_SECRET": self.jwt_secret,
+                    "GATEWAY_TOKEN_ISSUER": TOKEN_ISSUER,
+                    "GATEWAY_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
                     "GATEWAY_ACCESS_LOG": "false",
                     # No line per request (no access log); INFO for the one at exit
                     # that says how well account reads coalesced.
@@ -225,7 +261,10 @@ class Stack:
             _procs.clean_env(
                 {
                     "MONOLITH_DATABASE_URL": self.database_url,
-                    "MONOLITH_JWT_SECRET": self.jwt_secret,
+                    "MONOLITH_PUBLIC_KEY_FILE": str(self.public_key_file),
+                    "MONOLITH_TOKEN_ISSUER": TOKEN_ISSUER,
+                    "MONOLITH_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
+                    "MONOLITH_TOKEN_MAX_LIFETIME_SECONDS": str(TOKEN_MAX_LIFETIME_SECONDS),
                     "MONOLITH_AUTH_CACHE_SECONDS": f"{AUTH_CACHE_SECONDS:g}",
                     "MONOLITH_POOL_SIZE": str(MONOLITH_POOL_SIZE),
                     **self.monolith_env,

@@ -8,14 +8,16 @@ users with COPY, and starts, as real processes, the gateway path (`python -m
 users_service`, `python -m gateway`) and the monolith a user would otherwise write
 (bench/_monolith.py: one FastAPI + SQLAlchemy app doing the same token check and query,
 under uvicorn with 2 workers - as many processes as gateway + users). It signs up a real
-account through the gateway, logs in at POST /v1/auth/token, checks that both answer
-the same for the same request, then loads `GET /v1/users/{id}` with that bearer token
-and random seeded ids from wrk (a separate process) at 64 connections for a fixed time,
-alternating the two targets round by round (ABBA) so that drifting background load hits
-both. It reports requests/s, p50 and p99 of each (medians of the rounds), their ratios
-against the issue's targets, non-2xx responses, and the CPU every process used. When
-the gateway path misses a target (or with --profile) it samples the gateway and the
-users service with py-spy under the same load and reports where their CPU goes.
+account through the gateway, logs in at POST /v1/auth/token (an EdDSA access token
+signed by the users service with a key made for the run), checks that both answer the
+same for the same request (its own account in full, seeded ones as public profiles),
+then loads `GET /v1/users/{id}` with that bearer token and random seeded ids (other
+accounts: public profiles) from wrk (a separate process) at 64 connections for a fixed
+time, alternating the two targets round by round (ABBA) so that drifting background
+load hits both. It reports requests/s, p50 and p99 of each (medians of the rounds),
+their ratios against the issue's targets, non-2xx responses, and the CPU every process
+used. When the gateway path misses a target (or with --profile) it samples the gateway
+and the users service with py-spy under the same load and reports where their CPU goes.
 
 The database is dropped at the end, also on Ctrl-C or SIGTERM; one left by a killed run
 is dropped by the next run. Needs wrk (`apt-get install -y wrk`).
@@ -137,7 +139,8 @@ async def _account_token(base_url: str) -> tuple[str, str]:
         if created.status_code != 201:
             raise RuntimeError(f"sign-up failed: {created.status_code} {created.text}")
         login = await client.post(
-            "/v1/auth/token", data={"username": BENCH_EMAIL, "password": PASSWORD}
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": BENCH_EMAIL, "password": PASSWORD},
         )
         if login.status_code != 200:
             raise RuntimeError(f"login failed: {login.status_code} {login.text}")
@@ -151,12 +154,20 @@ def _normalised(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _check_same_answers(run: Run, token: str, ids: Sequence[str]) -> None:
-    """Both targets answer the same body and ETag, and refuse a request without a token."""
+FULL_VIEW = frozenset({"id", "email", "name", "role", "created_at", "updated_at"})
+PUBLIC_VIEW = frozenset({"id", "name"})
+
+
+async def _check_same_answers(run: Run, token: str, own_id: str, others: Sequence[str]) -> None:
+    """Both targets answer the same body and ETag, and refuse a request without a token.
+
+    The caller's own account comes in full with an ETag; any other as its public
+    profile, without one.
+    """
     assert run.stack is not None
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(timeout=30) as client:
-        for user_id in ids:
+        for user_id in [own_id, *others]:
             replies = [
                 await client.get(f"{url}/v1/users/{user_id}", headers=headers)
                 for url in (run.stack.gateway_url, run.stack.monolith_url)
@@ -172,8 +183,15 @@ async def _check_same_answers(run: Run, token: str, ids: Sequence[str]) -> None:
                 raise RuntimeError(f"different bodies:\n{gateway.text}\n{monolith.text}")
             if gateway.headers.get("etag") != monolith.headers.get("etag"):
                 raise RuntimeError("different ETags")
+            own = user_id == own_id
+            view = FULL_VIEW if own else PUBLIC_VIEW
+            if set(gateway.json()) != view or (gateway.headers.get("etag") is None) == own:
+                kind = "its own account in full" if own else "another's public profile"
+                raise RuntimeError(
+                    f"expected {kind} at {gateway.url}: {dict(gateway.headers)} {gateway.text}"
+                )
         for url in (run.stack.gateway_url, run.stack.monolith_url):
-            anonymous = await client.get(f"{url}/v1/users/{ids[0]}")
+            anonymous = await client.get(f"{url}/v1/users/{own_id}")
             if anonymous.status_code != 401:
                 raise RuntimeError(f"{url} answered {anonymous.status_code} without a token")
 
@@ -194,6 +212,7 @@ async def _prepare(run: Run, results: dict[str, Any]) -> None:
     log("starting the users service, the gateway and the monolith")
     run.stack = _gwstack.Stack(
         _pg.sqlalchemy_url(run.database),
+        workdir=run.workdir,
         monolith_env=config.monolith_env,
         gateway_env=config.gateway_env,
     )
@@ -204,7 +223,7 @@ async def _prepare(run: Run, results: dict[str, Any]) -> None:
         "monolith": run.stack.monolith_port,
     }
     account_id, token = await _account_token(run.stack.gateway_url)
-    await _check_same_answers(run, token, [account_id, *seeded.sample_ids[:5]])
+    await _check_same_answers(run, token, account_id, seeded.sample_ids[:5])
     run.script, run.plan = _gwload.write_plan(run.workdir, token, seeded.sample_ids)
     run.meter = _gwload.Meter(_pg.dsn(run.admin), str(run.database.database))
     await run.meter.open()
@@ -339,7 +358,7 @@ async def _busy_cores(seconds: float) -> float:
 def _machine(wrk: str) -> dict[str, Any]:
     facts = machine_facts()
     facts["wrk"] = _gwload.wrk_version(wrk)
-    for name in ("fastapi", "uvicorn", "starlette", "pyjwt", "orjson", "httptools"):
+    for name in ("fastapi", "uvicorn", "starlette", "pyjwt", "cryptography", "orjson", "httptools"):
         try:
             facts[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
