@@ -51,10 +51,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_ADDR=0.0.0.0:8000
 # A numeric uid, so Kubernetes' runAsNonRoot can verify it. /app/data is where the
 # embedded SQLite defaults write, for a quick `docker run` without PostgreSQL.
+# /var/lib/tandem/keys is where docker-compose.yml mounts the users service's key
+# volume: a new named volume copies the ownership of the directory it is mounted on, so
+# it must exist here, owned by that user, or the service could not write its key.
 RUN groupadd --system --gid 10001 tandem \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin tandem \
-    && install -d -o 10001 -g 10001 /app /app/data
+    && install -d -o 10001 -g 10001 /app /app/data \
+    && install -d -m 0700 -o 10001 -g 10001 /var/lib/tandem/keys
 # Only the venv: no compiler, no pip cache, no sources beyond the installed packages.
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app

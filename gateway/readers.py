@@ -16,7 +16,6 @@ carries it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -69,13 +68,16 @@ class _CoalescedReader(Generic[StubT, Msg]):
         coalesce: bool = True,
         max_batch: int = MAX_BATCH,
         max_in_flight: int = MAX_IN_FLIGHT,
+        max_callers: int = 10_000,
     ) -> None:
         self._upstream = upstream
-        self._batcher = (
-            Batcher(self._read, max_size=max_batch, max_in_flight=max_in_flight)
-            if coalesce
-            else None
-        )
+        self._coalesce = coalesce
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._max_callers = max_callers
+        # One batcher per caller (`authorization`), so that one caller's slow call holds
+        # up only that caller's reads.
+        self._batchers: dict[str | None, Batcher[_Read, Msg]] = {}
         # How well reads coalesce: reads asked for, and the calls that answered them.
         self.reads = 0
         self.calls = 0
@@ -84,30 +86,35 @@ class _CoalescedReader(Generic[StubT, Msg]):
         self.reads += 1
         deadline = asyncio.get_running_loop().time() + self._upstream.deadline
         read = _Read(resource_id, request_id_var.get(), deadline, authorization)
-        if self._batcher is None:
+        if not self._coalesce:
             return await self._get_one(read)
-        return await self._batcher.submit(read)
+        return await self._batcher_of(authorization).submit(read)
+
+    def _batcher_of(self, authorization: str | None) -> Batcher[_Read, Msg]:
+        batcher = self._batchers.get(authorization)
+        if batcher is None:
+            if len(self._batchers) >= self._max_callers:
+                # Forgetting a batcher is safe: one that is busy finishes what it holds.
+                self._batchers.clear()
+            batcher = Batcher(
+                self._read, max_size=self._max_batch, max_in_flight=self._max_in_flight
+            )
+            self._batchers[authorization] = batcher
+        return batcher
 
     async def _read(self, reads: list[_Read]) -> list[Msg | Exception]:
         # A read that waited out its deadline behind an earlier call is answered as a
         # call that timed out; the others go on with what is left of theirs.
         now = asyncio.get_running_loop().time()
-        live = [read for read in reads if read.deadline > now]
-        by_caller = [
-            list(group)
-            for _, group in itertools.groupby(
-                sorted(live, key=_caller_key), key=lambda read: read.authorization
-            )
+        answers = iter(await self._read_group([read for read in reads if read.deadline > now]))
+        return [
+            next(answers) if read.deadline > now else deadline_exceeded("users") for read in reads
         ]
-        answered = await asyncio.gather(*(self._read_group(group) for group in by_caller))
-        outcome: dict[int, Msg | Exception] = {}
-        for group, answers in zip(by_caller, answered, strict=True):
-            outcome.update((id(read), answer) for read, answer in zip(group, answers, strict=True))
-        return [outcome.get(id(read), deadline_exceeded("users")) for read in reads]
 
     async def _read_group(self, reads: list[_Read]) -> Sequence[Msg | Exception]:
-        if len(reads) == 1:
-            return [await self._outcome(reads[0])]
+        """One call for reads of one caller."""
+        if len(reads) <= 1:
+            return [await self._outcome(read) for read in reads]
         self.calls += 1
         metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
         if reads[0].authorization is not None:
@@ -144,10 +151,6 @@ class _CoalescedReader(Generic[StubT, Msg]):
         self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
     ) -> Sequence[Msg]:
         raise NotImplementedError
-
-
-def _caller_key(read: _Read) -> str:
-    return read.authorization or ""
 
 
 class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):

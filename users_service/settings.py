@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.settings import ServiceSettings
@@ -48,6 +48,12 @@ class UsersSettings(ServiceSettings):
     # gets invalid_grant (a concurrent refresh lost the race, or a client retried after
     # a lost answer); later, it is reuse and ends the session.
     refresh_reuse_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    @field_validator("token_signing_key_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        # `USERS_TOKEN_SIGNING_KEY_FILE=` (as compose passes an unset variable) means none.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def verify_key_paths(self) -> list[Path]:

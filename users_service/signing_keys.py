@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,17 +93,28 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
 def _dev_key(path: Path) -> Ed25519PrivateKey:
     if path.exists():
         return _private_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     try:
-        # O_EXCL: when two processes start at once, one key wins and both use it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _private_key(path)
-    with os.fdopen(fd, "wb") as out:
-        out.write(private_key_pem(key))
-        out.flush()
-        os.fsync(out.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole to a file of its own, then linked into place: the key file only
+        # ever appears complete, and when replicas start at once one link wins and
+        # every replica reads that key.
+        fd, draft = tempfile.mkstemp(dir=path.parent, prefix=".users-token-key-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(private_key_pem(key))
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(draft, path)
+        except FileExistsError:
+            return _private_key(path)
+        finally:
+            os.unlink(draft)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write the generated token key {path}: {exc.strerror}; make its "
+            "directory writable or set USERS_TOKEN_SIGNING_KEY_FILE"
+        ) from None
     log.warning(
         "no token signing key is configured: generated one in %s (set "
         "USERS_TOKEN_SIGNING_KEY_FILE in production)",

@@ -7,8 +7,11 @@ import asyncio
 import re
 import signal
 import uuid
+from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import ROOT
 from tests.support.processes import ServiceProcess, run_command
@@ -19,7 +22,7 @@ GET_USER_OK = "/users.v1.UsersService/GetUser OK"
 
 
 async def test_replicas_share_the_load_and_survive_one_dying(
-    postgres_url: str, sqlite_url: str
+    postgres_url: str, sqlite_url: str, tmp_path: Path
 ) -> None:
     code, output = await run_command(
         ["-m", "users_service", "migrate"], {"USERS_DATABASE_URL": postgres_url}
@@ -30,9 +33,20 @@ async def test_replicas_share_the_load_and_survive_one_dying(
     )
     assert code == 0, output
 
+    # One signing key for both replicas: a token one issues, the gateway verifies with
+    # the keys it fetched from either.
+    signing_key = tmp_path / "users-token-key.pem"
+    signing_key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     users_env = {
         "USERS_DATABASE_URL": postgres_url,
         "USERS_PAGE_TOKEN_SECRET": "replicas-share-this-secret",
+        "USERS_TOKEN_SIGNING_KEY_FILE": str(signing_key),
     }
     first = ServiceProcess(
         ["-m", "users_service"], {**users_env, "USERS_ADDR": f"127.0.0.1:{free_port()}"}
@@ -51,7 +65,6 @@ async def test_replicas_share_the_load_and_survive_one_dying(
                 "GATEWAY_ADDR": f"127.0.0.1:{free_port()}",
                 "GATEWAY_USERS_TARGET": "ipv4:" + ",".join(addresses),
                 "GATEWAY_AI_TARGET": await ai.wait_serving(),
-                "GATEWAY_JWT_SECRET": "replica-test-secret-0123456789abcdefgh",
                 # Every request asks the users service, so both replicas see the load.
                 "GATEWAY_AUTH_CACHE_SECONDS": "0",
             },
@@ -67,7 +80,8 @@ async def test_replicas_share_the_load_and_survive_one_dying(
                 )
                 assert created.status_code == 201, created.text
                 login = await client.post(
-                    "/v1/auth/token", data={"username": email, "password": "correct horse"}
+                    "/v1/auth/token",
+                    data={"grant_type": "password", "username": email, "password": "correct horse"},
                 )
                 headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
                 path = f"/v1/users/{created.json()['id']}"

@@ -232,6 +232,14 @@ def load_with_env(settings: type[BaseSettings], env: Mapping[str, str]) -> Any:
         return load_settings(settings)
 
 
+def check_tokens_agree(users: Any, gateway: Any) -> None:
+    """The gateway accepts the access tokens the users service issues: same issuer and
+    audience, and a lifetime the gateway does not refuse as too long."""
+    assert gateway.token_issuer == users.token_issuer
+    assert gateway.token_audience == users.token_audience
+    assert users.access_token_ttl_seconds <= gateway.token_max_lifetime_seconds
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
@@ -351,6 +359,39 @@ def ports(service: Mapping[str, Any]) -> list[PortMapping]:
         host_ip = parts[-3] if len(parts) == 3 else None
         mappings.append(PortMapping(target, published, host_ip))
     return mappings
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    kind: str  # "volume" (named, or anonymous without a source), "bind" or "tmpfs"
+    source: str | None
+    target: str
+    read_only: bool
+
+
+def volume_mounts(service: Mapping[str, Any]) -> list[VolumeMount]:
+    """A service's `volumes`, short (`source:target[:mode]`) or long syntax."""
+    mounts = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            mounts.append(
+                VolumeMount(
+                    str(volume.get("type", "volume")),
+                    volume.get("source"),
+                    str(volume["target"]),
+                    bool(volume.get("read_only", False)),
+                )
+            )
+            continue
+        source, sep, rest = str(volume).partition(":")
+        if not sep:
+            mounts.append(VolumeMount("volume", None, source, False))
+            continue
+        target, _, mode = rest.partition(":")
+        # A path (relative, absolute or from home) is a bind mount; a name, a volume.
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+        mounts.append(VolumeMount(kind, source, target, "ro" in mode.split(",")))
+    return mounts
 
 
 def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
@@ -475,6 +516,35 @@ def copy_parts(instruction: Instruction) -> tuple[dict[str, str], list[str], str
     flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
     paths = [w for w in words if not w.startswith("--")]
     return flags, paths[:-1], paths[-1]
+
+
+@dataclass(frozen=True)
+class Directory:
+    owner: str | None
+    group: str | None
+    mode: str | None
+
+
+def created_directories(stage: Stage) -> dict[str, Directory]:
+    """The directories the stage's RUN steps create with `install -d`, with the owner,
+    group and mode each gets (None: install's default, root and 0755)."""
+    created = {}
+    for run in stage.all("RUN"):
+        for command in re.split(r"&&|;", run.args):
+            words = shlex.split(command)
+            if not words or words[0] != "install" or "-d" not in words:
+                continue
+            options: dict[str, str] = {}
+            paths = []
+            rest = iter(words[1:])
+            for word in rest:
+                if word in ("-o", "-g", "-m"):
+                    options[word] = next(rest)
+                elif not word.startswith("-"):
+                    paths.append(word)
+            for path in paths:
+                created[path] = Directory(options.get("-o"), options.get("-g"), options.get("-m"))
+    return created
 
 
 # .dockerignore ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import random
 import re
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,14 +54,20 @@ class RunningStack:
 async def make_run(
     env: Mapping[str, str], *, ready_timeout: float = 90
 ) -> AsyncIterator[RunningStack]:
-    """`make run` on free ports with `env`; yields once the stack printed that it is ready."""
+    """`make run` on free ports with `env`; yields once the stack printed that it is ready.
+
+    Like `make run` with nothing configured, the users service generates its token
+    signing key on first start: here in a temporary directory of this run, never in
+    the checkout's ./data.
+    """
+    keys = tempfile.TemporaryDirectory(prefix="tandem-stack-keys-")
     users, ai, gateway = (f"127.0.0.1:{free_port()}" for _ in range(3))
     full = clean_env(
         {
             "USERS_ADDR": users,
             "AI_ADDR": ai,
             "GATEWAY_ADDR": gateway,
-            "GATEWAY_JWT_SECRET": "stack-test-secret-0123456789abcdefghij",
+            "USERS_TOKEN_DEV_KEY_FILE": f"{keys.name}/users-token-key.pem",
             **env,
         }
     )
@@ -106,3 +113,4 @@ async def make_run(
                 process.kill()
                 await process.wait()
         await reader
+        keys.cleanup()

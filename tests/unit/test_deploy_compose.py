@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
@@ -21,11 +22,14 @@ from tests.support.deploy import COMPONENTS, Component
 
 POSTGRES = "postgres"
 INITDB = "/docker-entrypoint-initdb.d"
+# The gateway has none: it signs nothing, and verifies with the users service's keys.
 SECRETS = {
     "users": ["USERS_PAGE_TOKEN_SECRET"],
     "ai": ["AI_PAGE_TOKEN_SECRET"],
-    "gateway": ["GATEWAY_JWT_SECRET"],
 }
+# Passed through from the host when set there (no value in the file), for a key of
+# the operator's own; unset, the users service uses its generated key.
+KEY_FILES = ["USERS_TOKEN_SIGNING_KEY_FILE", "USERS_TOKEN_VERIFY_KEY_FILES"]
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +154,70 @@ def test_replicas_share_their_secrets_and_can_be_scaled(
 ) -> None:
     for name, component in servers(services).items():
         env = deploy.environment(services[name])
-        for variable in SECRETS[component.name]:
+        for variable in SECRETS.get(component.name, []):
             # Unset, each replica would sign with a random key of its own.
             assert env.get(variable), f"{name}: {variable} must be set for replicas to agree"
         assert "container_name" not in services[name], f"{name}: a fixed name cannot scale"
+
+
+def loaded(services: Mapping[str, Any], component: str) -> Any:
+    """The settings of the service serving `component`, as compose starts it."""
+    env = deploy.environment(services[service_for(services, component)])
+    return deploy.load_with_env(
+        COMPONENTS[component].settings, {k: v for k, v in env.items() if v is not None}
+    )
+
+
+def test_users_replicas_share_one_generated_signing_key_in_a_named_volume(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    name = service_for(services, "users")
+    env = deploy.environment(services[name])
+    for variable in KEY_FILES:
+        assert variable in env and env[variable] is None, f"{variable}: pass it through"
+    settings = loaded(services, "users")
+    # No key in the file: the first replica generates one, every replica reads it.
+    assert settings.token_signing_key_file is None
+    assert settings.verify_key_paths == []
+    key_file = PurePosixPath(settings.token_dev_key_file)
+    assert key_file.is_absolute(), "relative to the working directory, inside the image"
+    (mount,) = [m for m in deploy.volume_mounts(services[name]) if m.target == str(key_file.parent)]
+    # A named volume is one for all replicas (and outlives them); an anonymous one,
+    # or none, would be one key per container.
+    assert mount.kind == "volume" and mount.source in deploy.raw_compose()["volumes"]
+    assert not mount.read_only, "the first replica writes the key there"
+    # A new named volume takes the image directory's ownership: it must be the
+    # non-root user's, or the service could not create its key in it.
+    dockerfile = deploy.dockerfile()
+    uid = dockerfile.final.all("USER")[-1].args.split(":")[0]
+    directory = deploy.created_directories(dockerfile.final).get(mount.target)
+    assert directory is not None, f"{mount.target} must exist in the image"
+    assert directory.owner == uid, f"{mount.target} must belong to uid {uid}"
+
+
+def test_a_signing_key_of_ones_own_replaces_the_generated_one(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = deploy.environment(services[service_for(services, "users")])
+    mine = {
+        "USERS_TOKEN_SIGNING_KEY_FILE": "/run/secrets/users-token-key.pem",
+        "USERS_TOKEN_VERIFY_KEY_FILES": "/run/secrets/old-key.pem",
+    }
+    settings = deploy.load_with_env(
+        COMPONENTS["users"].settings,
+        {**{k: v for k, v in env.items() if v is not None}, **mine},
+    )
+    assert str(settings.token_signing_key_file) == mine["USERS_TOKEN_SIGNING_KEY_FILE"]
+    assert [str(p) for p in settings.verify_key_paths] == [mine["USERS_TOKEN_VERIFY_KEY_FILES"]]
+
+
+def test_the_gateway_holds_no_secret_and_accepts_the_users_tokens(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = deploy.environment(services[service_for(services, "gateway")])
+    assert not [v for v in env if v.endswith(("_SECRET", "_KEY", "_KEY_FILE"))], env
+    assert "JWT_SECRET" not in deploy.COMPOSE_FILE.read_text()
+    deploy.check_tokens_agree(loaded(services, "users"), loaded(services, "gateway"))
 
 
 def test_the_ai_service_passes_the_anthropic_key_through(
@@ -207,15 +271,24 @@ def created_databases(postgres: Mapping[str, Any]) -> set[str]:
     return created
 
 
-def test_postgres_keeps_the_only_state_in_a_named_volume(
+def test_the_state_lives_in_named_volumes_of_postgres_and_the_users_keys(
     services: dict[str, dict[str, Any]],
 ) -> None:
     declared = deploy.raw_compose()["volumes"]
-    assert list(declared) == ["pgdata"]
     assert "pgdata:/var/lib/postgresql/data" in services[POSTGRES]["volumes"]
     assert services[POSTGRES]["image"].startswith("postgres:17")
+    users = service_for(services, "users")
+    key_dir = str(PurePosixPath(loaded(services, "users").token_dev_key_file).parent)
+    used = {"pgdata"}
     for name, service in tandem_services(services).items():
-        assert "volumes" not in service, f"{name} must be stateless"
+        mounts = deploy.volume_mounts(service)
+        if name == users:
+            # The signing key only: accounts and sessions live in PostgreSQL.
+            assert [m.target for m in mounts] == [key_dir], name
+            used |= {m.source for m in mounts if m.source}
+        else:
+            assert not mounts, f"{name} must be stateless"
+    assert sorted(declared) == sorted(used)
 
 
 def test_the_scaled_grpc_services_publish_no_fixed_host_port(

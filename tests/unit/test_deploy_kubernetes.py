@@ -3,20 +3,26 @@
 The same consistency as for docker-compose.yml: each container runs a real entry point,
 every variable it gets (from its ConfigMap, its Secret or `env`) is a real setting of
 that component, and the settings load from them; probes, ports and Services agree with
-the settings' defaults; the gateway's targets name the headless Services.
+the settings' defaults; the gateway's targets name the headless Services. Files
+(the users service's signing key) come from Secrets mounted read-only, where the
+settings that name them point.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
+from servicekit.errors import StartupError
 from servicekit.settings import SettingsError
 from tests.support import deploy
 from tests.support.deploy import COMPONENTS
+from users_service.server import signing_keys_from
 
 NAMESPACE = "tandem"
 PLACEHOLDER = "REPLACE-ME"
@@ -93,6 +99,63 @@ def container_env(objects: list[dict[str, Any]], workload: Mapping[str, Any]) ->
     return env
 
 
+def env_sources(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(kind, name) of every ConfigMap and Secret some container reads variables from."""
+    kinds = {
+        "configMapRef": "ConfigMap",
+        "secretRef": "Secret",
+        "configMapKeyRef": "ConfigMap",
+        "secretKeyRef": "Secret",
+    }
+    found = set()
+    for workload in workloads(objects):
+        c = container(workload)
+        refs = list(c.get("envFrom", []))
+        refs += [v["valueFrom"] for v in c.get("env", []) if "valueFrom" in v]
+        for ref in refs:
+            ((kind, target),) = ref.items()
+            found.add((kinds[kind], target["name"]))
+    return found
+
+
+@dataclass(frozen=True)
+class MountedFile:
+    secret: str
+    key: str
+    mode: int
+    read_only: bool
+
+
+def mounted_files(
+    objects: list[dict[str, Any]], workload: Mapping[str, Any]
+) -> dict[str, MountedFile]:
+    """Each file the container sees from a mounted Secret, by its path. Fails on a
+    mount of a volume, Secret or key that does not exist."""
+    secrets = of_kind(objects, "Secret")
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    files = {}
+    for mount in container(workload).get("volumeMounts", []):
+        volume = volumes.get(mount["name"])
+        assert volume is not None, f"no volume {mount['name']}"
+        if "secret" not in volume:
+            continue
+        source = volume["secret"]
+        secret = secrets.get(source["secretName"])
+        assert secret is not None, f"Secret {source['secretName']} is not in the manifests"
+        keys = data(secret)
+        items = source.get("items") or [{"key": key, "path": key} for key in keys]
+        for item in items:
+            assert item["key"] in keys, f"{source['secretName']} has no key {item['key']}"
+            path = str(PurePosixPath(mount["mountPath"]) / item["path"])
+            files[path] = MountedFile(
+                source["secretName"],
+                item["key"],
+                int(item.get("mode", source.get("defaultMode", 0o644))),
+                bool(mount.get("readOnly", False)),
+            )
+    return files
+
+
 def data(config: Mapping[str, Any]) -> dict[str, str]:
     assert "data" not in config or config["kind"] == "ConfigMap", "Secrets: use stringData"
     values = config.get("data") or config.get("stringData") or {}
@@ -157,11 +220,26 @@ def test_every_variable_is_a_real_setting_of_its_component(
         component = deploy.component_of_module(runs(workload).module)
         unknown = set(container_env(objects, workload)) - component.variables
         assert not unknown, f"{workload['metadata']['name']} gets non-settings {unknown}"
-    for config in [*of_kind(objects, "ConfigMap").values(), *of_kind(objects, "Secret").values()]:
-        # One ConfigMap and one Secret per component, named after it.
-        component = COMPONENTS[config["metadata"]["name"].rsplit("-", 1)[0]]
-        unknown = set(data(config)) - component.variables
-        assert not unknown, f"{config['metadata']['name']} holds non-settings {unknown}"
+    # What containers read variables from: one ConfigMap and at most one Secret per
+    # component, named after it (`users-config`, `users-secrets`).
+    for kind, name in env_sources(objects):
+        config = of_kind(objects, kind)[name]
+        component_name, suffix = name.rsplit("-", 1)
+        assert suffix == {"ConfigMap": "config", "Secret": "secrets"}[kind], name
+        unknown = set(data(config)) - COMPONENTS[component_name].variables
+        assert not unknown, f"{name} holds non-settings {unknown}"
+    # Every other Secret holds files, mounted into a container; nothing is left over.
+    mounted = {
+        file.secret
+        for workload in workloads(objects)
+        for file in mounted_files(objects, workload).values()
+    }
+    sources = {name for kind, name in env_sources(objects) if kind == "Secret"}
+    assert not sources & mounted, "a Secret is either variables or files"
+    assert sources | mounted == set(of_kind(objects, "Secret"))
+    assert {n for k, n in env_sources(objects) if k == "ConfigMap"} == set(
+        of_kind(objects, "ConfigMap")
+    )
 
 
 def test_configuration_comes_from_configmaps_and_secrets_only(
@@ -190,13 +268,82 @@ def test_the_settings_load_once_the_placeholders_are_replaced(
             assert settings.addr == f"0.0.0.0:{component.port}"
 
 
-@pytest.mark.parametrize("component", sorted(COMPONENTS))
+@pytest.mark.parametrize("component", ["users", "ai"])
 def test_a_placeholder_secret_stops_start_up(objects: list[dict[str, Any]], component: str) -> None:
     env = container_env(objects, deployment_for(objects, component))
     with pytest.raises(SettingsError) as caught:
         deploy.load_with_env(COMPONENTS[component].settings, env)
     secrets = {n for n, v in env.items() if PLACEHOLDER in v and n.endswith("_SECRET")}
     assert secrets and all(name in str(caught.value) for name in secrets)
+
+
+def test_the_gateway_holds_no_secret_and_accepts_the_users_tokens(
+    objects: list[dict[str, Any]],
+) -> None:
+    gateway = deployment_for(objects, "gateway")
+    c = container(gateway)
+    assert not [s for s in c.get("envFrom", []) if "secretRef" in s]
+    assert not [v for v in c.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})]
+    assert not mounted_files(objects, gateway)
+    # It verifies with the users service's public keys: nothing to replace first.
+    env = container_env(objects, gateway)
+    assert not [v for v in env.values() if PLACEHOLDER in v]
+    gateway_settings = deploy.load_with_env(COMPONENTS["gateway"].settings, env)
+    users_env = filled_in(container_env(objects, deployment_for(objects, "users")))
+    users_settings = deploy.load_with_env(COMPONENTS["users"].settings, users_env)
+    deploy.check_tokens_agree(users_settings, gateway_settings)
+    assert not any("JWT_SECRET" in p.read_text() for p in deploy.kubernetes_files())
+
+
+def test_the_users_pods_sign_with_the_key_mounted_from_a_secret(
+    objects: list[dict[str, Any]],
+) -> None:
+    users = deployment_for(objects, "users")
+    settings = deploy.load_with_env(
+        COMPONENTS["users"].settings, filled_in(container_env(objects, users))
+    )
+    # One key for every pod, from the Secret: never a generated one per pod.
+    assert settings.token_signing_key_file is not None
+    files = mounted_files(objects, users)
+    key = files.get(str(settings.token_signing_key_file))
+    assert key is not None, f"{settings.token_signing_key_file} is not mounted"
+    assert key.read_only
+    for path in settings.verify_key_paths:
+        assert str(path) in files, f"{path} is not mounted"
+    # The pod's non-root user can read it: group-readable and the pod's fsGroup, or
+    # readable by everyone.
+    security = pod_spec(users)["securityContext"]
+    image_group = int(deploy.dockerfile().final.all("USER")[-1].args.split(":")[1])
+    readable_by_group = key.mode & 0o040 and security.get("fsGroup") == image_group
+    assert readable_by_group or key.mode & 0o004, oct(key.mode)
+    # Only the pods that sign hold the private key.
+    for workload in workloads(objects):
+        if workload is not users:
+            holders = {f.secret for f in mounted_files(objects, workload).values()}
+            assert key.secret not in holders, workload["metadata"]["name"]
+
+
+def test_the_placeholder_signing_key_stops_start_up(
+    objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    users = deployment_for(objects, "users")
+    env = filled_in(container_env(objects, users))
+    # The mounted files, as they would be, under tmp_path.
+    secrets = of_kind(objects, "Secret")
+    for path, file in mounted_files(objects, users).items():
+        local = tmp_path / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(data(secrets[file.secret])[file.key])
+    signing = env["USERS_TOKEN_SIGNING_KEY_FILE"]
+    assert PLACEHOLDER in (tmp_path / signing.lstrip("/")).read_text()
+    env["USERS_TOKEN_SIGNING_KEY_FILE"] = str(tmp_path / signing.lstrip("/"))
+    env["USERS_TOKEN_DEV_KEY_FILE"] = str(tmp_path / "dev" / "key.pem")
+    settings = deploy.load_with_env(COMPONENTS["users"].settings, env)
+    with pytest.raises(StartupError) as caught:
+        signing_keys_from(settings)
+    assert env["USERS_TOKEN_SIGNING_KEY_FILE"] in str(caught.value)
+    # Never a generated key in its place.
+    assert not (tmp_path / "dev").exists()
 
 
 def test_the_ai_service_runs_offline_until_a_key_is_set(
