@@ -88,7 +88,7 @@ async def test_swagger_ui_renders_every_operation_without_internet(
         for path in schema["paths"].values()
         for method, operation in path.items()
     }
-    assert len(expected) == 14
+    assert len(expected) == 17
     assert rendered == expected
     paths = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
     assert paths == set(schema["paths"])

@@ -182,7 +182,7 @@ async def test_forgeries_are_refused(key: Ed25519PrivateKey) -> None:
         base64.urlsafe_b64encode(json.dumps(tampered_claims).encode()).rstrip(b"=").decode()
     )
     forgeries = {
-        "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "alg none": jwt.encode(claims, "", algorithm="none", headers={"kid": kid}),
         "HS256 keyed with the public key": forge(
             claims, public_pem.encode(), algorithm="HS256", kid=kid
         ),
