@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +62,31 @@ def bearer(tokens: auth_pb2.IssueTokenResponse) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {tokens.access_token}"),)
 
 
-@pytest.fixture
-async def idp(database_url: str) -> AsyncIterator[Idp]:
+@asynccontextmanager
+async def running_idp(database_url: str, *, reuse_grace: float) -> AsyncIterator[Idp]:
     await migrate_users(database_url)
-    settings = users_settings(database_url, refresh_reuse_grace_seconds=0.2)
+    settings = users_settings(database_url, refresh_reuse_grace_seconds=reuse_grace)
     async with running_users(settings) as address, channel_to(address) as channel:
         yield Idp(
             users_pb2_grpc.UsersServiceStub(channel),
             auth_pb2_grpc.AuthServiceStub(channel),
             database_url,
         )
+
+
+@pytest.fixture
+async def idp(database_url: str) -> AsyncIterator[Idp]:
+    """A users server whose reuse grace outlasts any test: a re-presented token is
+    always within it."""
+    async with running_idp(database_url, reuse_grace=300) as idp:
+        yield idp
+
+
+@pytest.fixture
+async def strict_idp(database_url: str) -> AsyncIterator[Idp]:
+    """A users server without a reuse grace: every re-presented token is reuse."""
+    async with running_idp(database_url, reuse_grace=0) as idp:
+        yield idp
 
 
 async def test_a_login_issues_a_signed_access_token_and_a_refresh_token(idp: Idp) -> None:
@@ -112,7 +128,9 @@ async def test_a_failed_login_is_one_answer_whatever_failed(idp: Idp) -> None:
         assert error.details() == "the email or password is incorrect"
 
 
-async def test_refresh_rotates_and_reuse_ends_the_session(idp: Idp) -> None:
+async def test_refresh_rotates_and_within_the_grace_a_rotated_token_is_only_refused(
+    idp: Idp,
+) -> None:
     await idp.sign_up("ada@example.com")
     first = await idp.login("ada@example.com")
     second = await idp.refresh(first.refresh_token)
@@ -120,12 +138,18 @@ async def test_refresh_rotates_and_reuse_ends_the_session(idp: Idp) -> None:
     assert second.refresh_token != first.refresh_token
     assert second.access_token != first.access_token
     third = await idp.refresh(second.refresh_token)
-    # Within the grace period, a rotated token is refused but the session goes on.
     error = await rpc_error(idp.refresh(second.refresh_token))
     assert reason(error) == "INVALID_GRANT"
     assert not (await idp.session(first.session_id)).HasField("end_time")
-    # Later, presenting a rotated token is reuse: the whole session ends.
-    await asyncio.sleep(0.25)
+    assert (await idp.refresh(third.refresh_token)).session_id == first.session_id
+
+
+async def test_reuse_after_the_grace_ends_the_session(strict_idp: Idp) -> None:
+    idp = strict_idp
+    await idp.sign_up("ada@example.com")
+    first = await idp.login("ada@example.com")
+    second = await idp.refresh(first.refresh_token)
+    third = await idp.refresh(second.refresh_token)
     error = await rpc_error(idp.refresh(first.refresh_token))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert reason(error) == "REFRESH_TOKEN_REUSED"
