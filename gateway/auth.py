@@ -20,7 +20,7 @@ from google.protobuf.json_format import MessageToDict
 
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstream, UsersAuthStub
-from servicekit.tokens import KeySet, TokenVerifier
+from servicekit.tokens import JwksSource, KeySet, TokenVerifier
 from tandem_protos.users.v1 import auth_pb2
 
 
@@ -35,7 +35,7 @@ class Principal:
     authorization: str
 
 
-def jwks_source(upstream: Upstream[UsersAuthStub]) -> Callable[[], Any]:
+def jwks_source(upstream: Upstream[UsersAuthStub]) -> JwksSource:
     async def fetch() -> Mapping[str, Any]:
         reply = await upstream.call(
             upstream.stub.GetJsonWebKeySet, auth_pb2.GetJsonWebKeySetRequest()

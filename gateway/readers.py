@@ -116,9 +116,7 @@ class _CoalescedReader(Generic[StubT, Msg]):
         if len(reads) <= 1:
             return [await self._outcome(read) for read in reads]
         self.calls += 1
-        metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
-        if reads[0].authorization is not None:
-            metadata.append(("authorization", reads[0].authorization))
+        metadata = _metadata(reads)
         deadline = min(read.deadline for read in reads) - asyncio.get_running_loop().time()
         try:
             return await self._get_batch([read.id for read in reads], deadline, metadata)
@@ -136,9 +134,7 @@ class _CoalescedReader(Generic[StubT, Msg]):
 
     async def _get_one(self, read: _Read) -> Msg:
         self.calls += 1
-        metadata = [(REQUEST_ID_KEY, read.request_id)]
-        if read.authorization is not None:
-            metadata.append(("authorization", read.authorization))
+        metadata = _metadata([read])
         deadline = read.deadline - asyncio.get_running_loop().time()
         return await self._get_single(read.id, deadline, metadata)
 
@@ -151,6 +147,14 @@ class _CoalescedReader(Generic[StubT, Msg]):
         self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
     ) -> Sequence[Msg]:
         raise NotImplementedError
+
+
+def _metadata(reads: Sequence[_Read]) -> list[tuple[str, str]]:
+    """A call's metadata: every read's request id, and their one caller's credential."""
+    metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
+    if reads[0].authorization is not None:
+        metadata.append(("authorization", reads[0].authorization))
+    return metadata
 
 
 class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):

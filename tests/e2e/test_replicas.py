@@ -10,10 +10,9 @@ import uuid
 from pathlib import Path
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import ROOT
+from tests.support.keys import write_key
 from tests.support.processes import ServiceProcess, run_command
 from tests.support.stack import free_port
 
@@ -35,14 +34,7 @@ async def test_replicas_share_the_load_and_survive_one_dying(
 
     # One signing key for both replicas: a token one issues, the gateway verifies with
     # the keys it fetched from either.
-    signing_key = tmp_path / "users-token-key.pem"
-    signing_key.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    signing_key = write_key(f"replicas-{uuid.uuid4().hex}")
     users_env = {
         "USERS_DATABASE_URL": postgres_url,
         "USERS_PAGE_TOKEN_SECRET": "replicas-share-this-secret",

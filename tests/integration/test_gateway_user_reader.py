@@ -21,8 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.readers import MAX_BATCH, UserReader
 from gateway.upstreams import USERS_SERVICE, Upstream, UpstreamError
@@ -31,7 +29,7 @@ from servicekit.logs import request_id_var
 from servicekit.server import GrpcServer, Service, build_server
 from servicekit.tokens import KeySet, TokenVerifier
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
-from tests.support.keys import signing_key_file
+from tests.support.keys import signing_key
 from tests.support.servers import users_settings
 from users_service.callers import CallerResolver
 from users_service.policy import Caller, View, view_of
@@ -42,13 +40,7 @@ from users_service.tokens import AccessTokens
 SETTINGS = users_settings("sqlite+aiosqlite:///unused.db")
 
 
-def _signing_keys() -> SigningKeys:
-    key = load_pem_private_key(signing_key_file().read_bytes(), password=None)
-    assert isinstance(key, Ed25519PrivateKey)
-    return build_signing_keys(key, [])
-
-
-KEYS = _signing_keys()
+KEYS: SigningKeys = build_signing_keys(signing_key(), [])
 ISSUER = AccessTokens(
     KEYS,
     issuer=SETTINGS.token_issuer,

@@ -18,7 +18,6 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.deps import SESSION_ENDED
 from tests.support.gateway import (
@@ -31,7 +30,7 @@ from tests.support.gateway import (
     running_gateway,
     unique_email,
 )
-from tests.support.keys import signing_key_file
+from tests.support.keys import signing_key
 from tests.support.servers import migrate_users, users_settings
 from users_service.cli import set_role
 from users_service.policy import Role
@@ -73,9 +72,7 @@ def public(user: dict[str, Any]) -> dict[str, Any]:
 
 def the_tests_signing_key() -> Ed25519PrivateKey:
     """The key every in-process users server of the tests signs tokens with."""
-    key = load_pem_private_key(signing_key_file().read_bytes(), password=None)
-    assert isinstance(key, Ed25519PrivateKey)
-    return key
+    return signing_key()
 
 
 def hs256(claims: dict[str, Any], secret: bytes, kid: str) -> str:

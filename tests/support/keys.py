@@ -22,6 +22,12 @@ def write_key(name: str, key: Ed25519PrivateKey | None = None, *, public: bool =
 
 
 @functools.cache
+def signing_key() -> Ed25519PrivateKey:
+    """The key every users server of this test run signs with."""
+    return Ed25519PrivateKey.generate()
+
+
+@functools.cache
 def signing_key_file() -> Path:
-    """The key every in-process users server of this test run signs with."""
-    return write_key("signing")
+    """`signing_key()` as the PEM file the servers read."""
+    return write_key("signing", signing_key())
