@@ -145,7 +145,9 @@ class AnalyzeTextRequest(_message.Message):
     by default).
     """
     user_id: _builtins.str
-    """The UUID of the user the analysis belongs to."""
+    """The UUID of the user the analysis belongs to. Empty: the caller's own account
+    (a user's token); a service account must name one.
+    """
     def __init__(
         self,
         *,
@@ -247,7 +249,7 @@ class ListAnalysesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The UUID of the user whose analyses to list."""
+    """The UUID of the user whose analyses to list. Empty: the caller's own."""
     page_size: _builtins.int
     """At most this many analyses; 0 means 50, more than 1000 means 1000."""
     page_token: _builtins.str

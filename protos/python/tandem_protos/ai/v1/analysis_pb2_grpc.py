@@ -29,6 +29,15 @@ class AnalysisServiceStub:
     """Turns a text into a structured analysis: summary, sentiment, key points and a
     calibrated confidence. Backed by Claude, or by a deterministic offline analyzer.
 
+    Every call needs `authorization: Bearer <access token>` metadata (tokens of the
+    users service, verified with its published keys). An analysis belongs to a user:
+    a user's token acts for its own account, and reads only its own analyses (admins
+    read anyone's). A service account names the user in `user_id`, and needs the
+    `analyses.write` scope to analyse for them or `analyses.read` to read theirs.
+    UNAUTHENTICATED and PERMISSION_DENIED carry an ErrorInfo `reason` as the users
+    service's do (CREDENTIALS_MISSING, TOKEN_EXPIRED, SESSION_ENDED, ...;
+    NOT_ANALYSIS_OWNER, SCOPE_REQUIRED).
+
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer.
     Every response carries the call's `x-request-id` in its trailing metadata.
     """
@@ -65,6 +74,15 @@ class AnalysisServiceServicer:
     """Turns a text into a structured analysis: summary, sentiment, key points and a
     calibrated confidence. Backed by Claude, or by a deterministic offline analyzer.
 
+    Every call needs `authorization: Bearer <access token>` metadata (tokens of the
+    users service, verified with its published keys). An analysis belongs to a user:
+    a user's token acts for its own account, and reads only its own analyses (admins
+    read anyone's). A service account names the user in `user_id`, and needs the
+    `analyses.write` scope to analyse for them or `analyses.read` to read theirs.
+    UNAUTHENTICATED and PERMISSION_DENIED carry an ErrorInfo `reason` as the users
+    service's do (CREDENTIALS_MISSING, TOKEN_EXPIRED, SESSION_ENDED, ...;
+    NOT_ANALYSIS_OWNER, SCOPE_REQUIRED).
+
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer.
     Every response carries the call's `x-request-id` in its trailing metadata.
     """
@@ -86,7 +104,8 @@ class AnalysisServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAnalysis(self, request, context):
-        """Returns a stored analysis. NOT_FOUND for an unknown id.
+        """Returns a stored analysis. NOT_FOUND for an unknown id, and for another user's
+        analysis (its existence is not revealed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +152,15 @@ def add_AnalysisServiceServicer_to_server(servicer, server):
 class AnalysisService:
     """Turns a text into a structured analysis: summary, sentiment, key points and a
     calibrated confidence. Backed by Claude, or by a deterministic offline analyzer.
+
+    Every call needs `authorization: Bearer <access token>` metadata (tokens of the
+    users service, verified with its published keys). An analysis belongs to a user:
+    a user's token acts for its own account, and reads only its own analyses (admins
+    read anyone's). A service account names the user in `user_id`, and needs the
+    `analyses.write` scope to analyse for them or `analyses.read` to read theirs.
+    UNAUTHENTICATED and PERMISSION_DENIED carry an ErrorInfo `reason` as the users
+    service's do (CREDENTIALS_MISSING, TOKEN_EXPIRED, SESSION_ENDED, ...;
+    NOT_ANALYSIS_OWNER, SCOPE_REQUIRED).
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer.
     Every response carries the call's `x-request-id` in its trailing metadata.

@@ -30,6 +30,15 @@ class AnalysisServiceStub:
     """Turns a text into a structured analysis: summary, sentiment, key points and a
     calibrated confidence. Backed by Claude, or by a deterministic offline analyzer.
 
+    Every call needs `authorization: Bearer <access token>` metadata (tokens of the
+    users service, verified with its published keys). An analysis belongs to a user:
+    a user's token acts for its own account, and reads only its own analyses (admins
+    read anyone's). A service account names the user in `user_id`, and needs the
+    `analyses.write` scope to analyse for them or `analyses.read` to read theirs.
+    UNAUTHENTICATED and PERMISSION_DENIED carry an ErrorInfo `reason` as the users
+    service's do (CREDENTIALS_MISSING, TOKEN_EXPIRED, SESSION_ENDED, ...;
+    NOT_ANALYSIS_OWNER, SCOPE_REQUIRED).
+
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer.
     Every response carries the call's `x-request-id` in its trailing metadata.
     """
@@ -46,7 +55,9 @@ class AnalysisServiceStub:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     """
     GetAnalysis: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.GetAnalysisRequest, _analysis_pb2.Analysis]
-    """Returns a stored analysis. NOT_FOUND for an unknown id."""
+    """Returns a stored analysis. NOT_FOUND for an unknown id, and for another user's
+    analysis (its existence is not revealed).
+    """
     ListAnalyses: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.ListAnalysesRequest, _analysis_pb2.ListAnalysesResponse]
     """Lists a user's analyses, newest first (AIP-158 pagination)."""
 
@@ -54,6 +65,15 @@ class AnalysisServiceStub:
 class AnalysisServiceAsyncStub(AnalysisServiceStub):
     """Turns a text into a structured analysis: summary, sentiment, key points and a
     calibrated confidence. Backed by Claude, or by a deterministic offline analyzer.
+
+    Every call needs `authorization: Bearer <access token>` metadata (tokens of the
+    users service, verified with its published keys). An analysis belongs to a user:
+    a user's token acts for its own account, and reads only its own analyses (admins
+    read anyone's). A service account names the user in `user_id`, and needs the
+    `analyses.write` scope to analyse for them or `analyses.read` to read theirs.
+    UNAUTHENTICATED and PERMISSION_DENIED carry an ErrorInfo `reason` as the users
+    service's do (CREDENTIALS_MISSING, TOKEN_EXPIRED, SESSION_ENDED, ...;
+    NOT_ANALYSIS_OWNER, SCOPE_REQUIRED).
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer.
     Every response carries the call's `x-request-id` in its trailing metadata.
@@ -68,13 +88,24 @@ class AnalysisServiceAsyncStub(AnalysisServiceStub):
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     """
     GetAnalysis: _aio.UnaryUnaryMultiCallable[_analysis_pb2.GetAnalysisRequest, _analysis_pb2.Analysis]  # type: ignore[assignment]
-    """Returns a stored analysis. NOT_FOUND for an unknown id."""
+    """Returns a stored analysis. NOT_FOUND for an unknown id, and for another user's
+    analysis (its existence is not revealed).
+    """
     ListAnalyses: _aio.UnaryUnaryMultiCallable[_analysis_pb2.ListAnalysesRequest, _analysis_pb2.ListAnalysesResponse]  # type: ignore[assignment]
     """Lists a user's analyses, newest first (AIP-158 pagination)."""
 
 class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns a text into a structured analysis: summary, sentiment, key points and a
     calibrated confidence. Backed by Claude, or by a deterministic offline analyzer.
+
+    Every call needs `authorization: Bearer <access token>` metadata (tokens of the
+    users service, verified with its published keys). An analysis belongs to a user:
+    a user's token acts for its own account, and reads only its own analyses (admins
+    read anyone's). A service account names the user in `user_id`, and needs the
+    `analyses.write` scope to analyse for them or `analyses.read` to read theirs.
+    UNAUTHENTICATED and PERMISSION_DENIED carry an ErrorInfo `reason` as the users
+    service's do (CREDENTIALS_MISSING, TOKEN_EXPIRED, SESSION_ENDED, ...;
+    NOT_ANALYSIS_OWNER, SCOPE_REQUIRED).
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer.
     Every response carries the call's `x-request-id` in its trailing metadata.
@@ -105,7 +136,9 @@ class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analysis_pb2.GetAnalysisRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analysis_pb2.Analysis, _abc.Awaitable[_analysis_pb2.Analysis]]:
-        """Returns a stored analysis. NOT_FOUND for an unknown id."""
+        """Returns a stored analysis. NOT_FOUND for an unknown id, and for another user's
+        analysis (its existence is not revealed).
+        """
 
     @_abc_1.abstractmethod
     def ListAnalyses(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13users/v1/auth.proto\x12\x08users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x7f\n\x11IssueTokenRequest\x12+\n\x08password\x18\x01 \x01(\x0b\x32\x17.users.v1.PasswordGrantH\x00\x12\x34\n\rrefresh_token\x18\x02 \x01(\x0b\x32\x1b.users.v1.RefreshTokenGrantH\x00\x42\x07\n\x05grant\"0\n\rPasswordGrant\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"*\n\x11RefreshTokenGrant\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\xcd\x01\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\"U\n\x12RevokeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x30\n\x0ftoken_type_hint\x18\x02 \x01(\x0e\x32\x17.users.v1.TokenTypeHint\":\n\x13RevokeTokenResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x19\n\x17GetJsonWebKeySetRequest\"3\n\rJsonWebKeySet\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.users.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\"\xb6\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x17\x42\x61tchGetSessionsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"?\n\x18\x42\x61tchGetSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.users.v1.Session*u\n\rTokenTypeHint\x12\x1f\n\x1bTOKEN_TYPE_HINT_UNSPECIFIED\x10\x00\x12 \n\x1cTOKEN_TYPE_HINT_ACCESS_TOKEN\x10\x01\x12!\n\x1dTOKEN_TYPE_HINT_REFRESH_TOKEN\x10\x02\x32\xd7\x02\n\x0b\x41uthService\x12G\n\nIssueToken\x12\x1b.users.v1.IssueTokenRequest\x1a\x1c.users.v1.IssueTokenResponse\x12J\n\x0bRevokeToken\x12\x1c.users.v1.RevokeTokenRequest\x1a\x1d.users.v1.RevokeTokenResponse\x12S\n\x10GetJsonWebKeySet\x12!.users.v1.GetJsonWebKeySetRequest\x1a\x17.users.v1.JsonWebKeySet\"\x03\x90\x02\x01\x12^\n\x10\x42\x61tchGetSessions\x12!.users.v1.BatchGetSessionsRequest\x1a\".users.v1.BatchGetSessionsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13users/v1/auth.proto\x12\x08users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x11IssueTokenRequest\x12+\n\x08password\x18\x01 \x01(\x0b\x32\x17.users.v1.PasswordGrantH\x00\x12\x34\n\rrefresh_token\x18\x02 \x01(\x0b\x32\x1b.users.v1.RefreshTokenGrantH\x00\x12>\n\x12\x63lient_credentials\x18\x03 \x01(\x0b\x32 .users.v1.ClientCredentialsGrantH\x00\x42\x07\n\x05grant\"0\n\rPasswordGrant\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"B\n\x16\x43lientCredentialsGrant\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"*\n\x11RefreshTokenGrant\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\xdc\x01\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\r\n\x05scope\x18\x08 \x01(\t\"U\n\x12RevokeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x30\n\x0ftoken_type_hint\x18\x02 \x01(\x0e\x32\x17.users.v1.TokenTypeHint\":\n\x13RevokeTokenResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x19\n\x17GetJsonWebKeySetRequest\"3\n\rJsonWebKeySet\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.users.v1.JsonWebKey\"X\n\nJsonWebKey\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\"\xb6\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x17\x42\x61tchGetSessionsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"?\n\x18\x42\x61tchGetSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.users.v1.Session*u\n\rTokenTypeHint\x12\x1f\n\x1bTOKEN_TYPE_HINT_UNSPECIFIED\x10\x00\x12 \n\x1cTOKEN_TYPE_HINT_ACCESS_TOKEN\x10\x01\x12!\n\x1dTOKEN_TYPE_HINT_REFRESH_TOKEN\x10\x02\x32\xd7\x02\n\x0b\x41uthService\x12G\n\nIssueToken\x12\x1b.users.v1.IssueTokenRequest\x1a\x1c.users.v1.IssueTokenResponse\x12J\n\x0bRevokeToken\x12\x1c.users.v1.RevokeTokenRequest\x1a\x1d.users.v1.RevokeTokenResponse\x12S\n\x10GetJsonWebKeySet\x12!.users.v1.GetJsonWebKeySetRequest\x1a\x17.users.v1.JsonWebKeySet\"\x03\x90\x02\x01\x12^\n\x10\x42\x61tchGetSessions\x12!.users.v1.BatchGetSessionsRequest\x1a\".users.v1.BatchGetSessionsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['GetJsonWebKeySet']._serialized_options = b'\220\002\001'
   _globals['_AUTHSERVICE'].methods_by_name['BatchGetSessions']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['BatchGetSessions']._serialized_options = b'\220\002\001'
-  _globals['_TOKENTYPEHINT']._serialized_start=1104
-  _globals['_TOKENTYPEHINT']._serialized_end=1221
-  _globals['_ISSUETOKENREQUEST']._serialized_start=66
-  _globals['_ISSUETOKENREQUEST']._serialized_end=193
-  _globals['_PASSWORDGRANT']._serialized_start=195
-  _globals['_PASSWORDGRANT']._serialized_end=243
-  _globals['_REFRESHTOKENGRANT']._serialized_start=245
-  _globals['_REFRESHTOKENGRANT']._serialized_end=287
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=290
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=495
-  _globals['_REVOKETOKENREQUEST']._serialized_start=497
-  _globals['_REVOKETOKENREQUEST']._serialized_end=582
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=584
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=642
-  _globals['_GETJSONWEBKEYSETREQUEST']._serialized_start=644
-  _globals['_GETJSONWEBKEYSETREQUEST']._serialized_end=669
-  _globals['_JSONWEBKEYSET']._serialized_start=671
-  _globals['_JSONWEBKEYSET']._serialized_end=722
-  _globals['_JSONWEBKEY']._serialized_start=724
-  _globals['_JSONWEBKEY']._serialized_end=812
-  _globals['_SESSION']._serialized_start=815
-  _globals['_SESSION']._serialized_end=997
-  _globals['_BATCHGETSESSIONSREQUEST']._serialized_start=999
-  _globals['_BATCHGETSESSIONSREQUEST']._serialized_end=1037
-  _globals['_BATCHGETSESSIONSRESPONSE']._serialized_start=1039
-  _globals['_BATCHGETSESSIONSRESPONSE']._serialized_end=1102
-  _globals['_AUTHSERVICE']._serialized_start=1224
-  _globals['_AUTHSERVICE']._serialized_end=1567
+  _globals['_TOKENTYPEHINT']._serialized_start=1252
+  _globals['_TOKENTYPEHINT']._serialized_end=1369
+  _globals['_ISSUETOKENREQUEST']._serialized_start=67
+  _globals['_ISSUETOKENREQUEST']._serialized_end=258
+  _globals['_PASSWORDGRANT']._serialized_start=260
+  _globals['_PASSWORDGRANT']._serialized_end=308
+  _globals['_CLIENTCREDENTIALSGRANT']._serialized_start=310
+  _globals['_CLIENTCREDENTIALSGRANT']._serialized_end=376
+  _globals['_REFRESHTOKENGRANT']._serialized_start=378
+  _globals['_REFRESHTOKENGRANT']._serialized_end=420
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=423
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=643
+  _globals['_REVOKETOKENREQUEST']._serialized_start=645
+  _globals['_REVOKETOKENREQUEST']._serialized_end=730
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=732
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=790
+  _globals['_GETJSONWEBKEYSETREQUEST']._serialized_start=792
+  _globals['_GETJSONWEBKEYSETREQUEST']._serialized_end=817
+  _globals['_JSONWEBKEYSET']._serialized_start=819
+  _globals['_JSONWEBKEYSET']._serialized_end=870
+  _globals['_JSONWEBKEY']._serialized_start=872
+  _globals['_JSONWEBKEY']._serialized_end=960
+  _globals['_SESSION']._serialized_start=963
+  _globals['_SESSION']._serialized_end=1145
+  _globals['_BATCHGETSESSIONSREQUEST']._serialized_start=1147
+  _globals['_BATCHGETSESSIONSREQUEST']._serialized_end=1185
+  _globals['_BATCHGETSESSIONSRESPONSE']._serialized_start=1187
+  _globals['_BATCHGETSESSIONSRESPONSE']._serialized_end=1250
+  _globals['_AUTHSERVICE']._serialized_start=1372
+  _globals['_AUTHSERVICE']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

@@ -44,21 +44,25 @@ class IssueTokenRequest(_message.Message):
 
     PASSWORD_FIELD_NUMBER: _builtins.int
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    CLIENT_CREDENTIALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def password(self) -> Global___PasswordGrant: ...
     @_builtins.property
     def refresh_token(self) -> Global___RefreshTokenGrant: ...
+    @_builtins.property
+    def client_credentials(self) -> Global___ClientCredentialsGrant: ...
     def __init__(
         self,
         *,
         password: Global___PasswordGrant | None = ...,
         refresh_token: Global___RefreshTokenGrant | None = ...,
+        client_credentials: Global___ClientCredentialsGrant | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "password", b"password", "refresh_token", b"refresh_token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_credentials", b"client_credentials", "grant", b"grant", "password", b"password", "refresh_token", b"refresh_token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "password", b"password", "refresh_token", b"refresh_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_credentials", b"client_credentials", "grant", b"grant", "password", b"password", "refresh_token", b"refresh_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_grant: _TypeAlias = _typing.Literal["password", "refresh_token"]  # noqa: Y015
+    _WhichOneofReturnType_grant: _TypeAlias = _typing.Literal["password", "refresh_token", "client_credentials"]  # noqa: Y015
     _WhichOneofArgType_grant: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_grant) -> _WhichOneofReturnType_grant | None: ...
 
@@ -88,6 +92,34 @@ class PasswordGrant(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PasswordGrant: _TypeAlias = PasswordGrant  # noqa: Y015
+
+@_typing.final
+class ClientCredentialsGrant(_message.Message):
+    """The client credentials grant (RFC 6749 §4.4) of a service account, made with
+    `python -m users_service create-service-account NAME --scope ...`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The service account's name."""
+    client_secret: _builtins.str
+    """The secret printed when the account was made (or its secret last replaced)."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        client_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientCredentialsGrant: _TypeAlias = ClientCredentialsGrant  # noqa: Y015
 
 @_typing.final
 class RefreshTokenGrant(_message.Message):
@@ -122,6 +154,7 @@ class IssueTokenResponse(_message.Message):
     REFRESH_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
     """A JWT for `authorization: Bearer …`."""
     token_type: _builtins.str
@@ -129,11 +162,19 @@ class IssueTokenResponse(_message.Message):
     expires_in: _builtins.int
     """Seconds until `access_token` expires."""
     refresh_token: _builtins.str
-    """Opaque; trades for the next pair once, at IssueToken with a refresh-token grant."""
+    """Opaque; trades for the next pair once, at IssueToken with a refresh-token grant.
+    Empty for a client-credentials grant.
+    """
     session_id: _builtins.str
-    """The session both tokens belong to (the access token's `sid`)."""
+    """The session both tokens belong to (the access token's `sid`); empty for a
+    client-credentials grant.
+    """
     user_id: _builtins.str
-    """The account the tokens act for (the access token's `sub`)."""
+    """The account the tokens act for (the access token's `sub`); empty for a
+    client-credentials grant.
+    """
+    scope: _builtins.str
+    """The scopes granted, space-separated (RFC 6749 §5.1); empty for a user's token."""
     @_builtins.property
     def refresh_token_expire_time(self) -> _timestamp_pb2.Timestamp:
         """When `refresh_token` stops working, used or not."""
@@ -148,10 +189,11 @@ class IssueTokenResponse(_message.Message):
         refresh_token_expire_time: _timestamp_pb2.Timestamp | None = ...,
         session_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        scope: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["refresh_token_expire_time", b"refresh_token_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_in", b"expires_in", "refresh_token", b"refresh_token", "refresh_token_expire_time", b"refresh_token_expire_time", "session_id", b"session_id", "token_type", b"token_type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_in", b"expires_in", "refresh_token", b"refresh_token", "refresh_token_expire_time", b"refresh_token_expire_time", "scope", b"scope", "session_id", b"session_id", "token_type", b"token_type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,8 +30,16 @@ class AuthServiceStub:
     (EdDSA-signed JWTs) and rotating refresh tokens, revokes them, publishes the public
     keys that verify them (JWKS), and says whether a session is still live.
 
-    An access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`, `jti`,
-    `sid` (the session id) and `role`; its header names the signing key (`kid`).
+    A user's access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`,
+    `jti`, `sid` (the session id) and `role` ("user" or "admin"); a service account's
+    (client-credentials grant) carries `sub` and `client_id` (the account's name),
+    `role` "service" and `scope` (its scopes, space-separated) instead of `sid`. The
+    header names the signing key (`kid`).
+
+    Every call needs `authorization: Bearer <access token>` metadata, except
+    GetJsonWebKeySet (the keys that verify tokens are public) and IssueToken with a
+    client-credentials grant (the grant is the credential). The password and
+    refresh-token grants need a service token with the `users.login` scope.
     Refusals carry a `google.rpc.ErrorInfo` whose `reason` is one of
     BAD_CREDENTIALS, INVALID_GRANT, REFRESH_TOKEN_REUSED, SESSION_ENDED,
     TOKEN_EXPIRED, TOKEN_INVALID, UNKNOWN_SIGNING_KEY, WRONG_AUDIENCE,
@@ -71,8 +79,16 @@ class AuthServiceServicer:
     (EdDSA-signed JWTs) and rotating refresh tokens, revokes them, publishes the public
     keys that verify them (JWKS), and says whether a session is still live.
 
-    An access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`, `jti`,
-    `sid` (the session id) and `role`; its header names the signing key (`kid`).
+    A user's access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`,
+    `jti`, `sid` (the session id) and `role` ("user" or "admin"); a service account's
+    (client-credentials grant) carries `sub` and `client_id` (the account's name),
+    `role` "service" and `scope` (its scopes, space-separated) instead of `sid`. The
+    header names the signing key (`kid`).
+
+    Every call needs `authorization: Bearer <access token>` metadata, except
+    GetJsonWebKeySet (the keys that verify tokens are public) and IssueToken with a
+    client-credentials grant (the grant is the credential). The password and
+    refresh-token grants need a service token with the `users.login` scope.
     Refusals carry a `google.rpc.ErrorInfo` whose `reason` is one of
     BAD_CREDENTIALS, INVALID_GRANT, REFRESH_TOKEN_REUSED, SESSION_ENDED,
     TOKEN_EXPIRED, TOKEN_INVALID, UNKNOWN_SIGNING_KEY, WRONG_AUDIENCE,
@@ -81,6 +97,11 @@ class AuthServiceServicer:
 
     def IssueToken(self, request, context):
         """Issues an access token and a refresh token (RFC 6749 §4.3 and §6).
+
+        The client-credentials grant (RFC 6749 §4.4) issues a service account's access
+        token, with no refresh token and no session; UNAUTHENTICATED (BAD_CREDENTIALS)
+        for an unknown account or a wrong secret. Renew it before it expires by asking
+        again.
 
         The password grant starts a new session; UNAUTHENTICATED (BAD_CREDENTIALS), with
         one message, for a wrong password, an unknown email and a deleted account alike.
@@ -152,8 +173,16 @@ class AuthService:
     (EdDSA-signed JWTs) and rotating refresh tokens, revokes them, publishes the public
     keys that verify them (JWKS), and says whether a session is still live.
 
-    An access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`, `jti`,
-    `sid` (the session id) and `role`; its header names the signing key (`kid`).
+    A user's access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`,
+    `jti`, `sid` (the session id) and `role` ("user" or "admin"); a service account's
+    (client-credentials grant) carries `sub` and `client_id` (the account's name),
+    `role` "service" and `scope` (its scopes, space-separated) instead of `sid`. The
+    header names the signing key (`kid`).
+
+    Every call needs `authorization: Bearer <access token>` metadata, except
+    GetJsonWebKeySet (the keys that verify tokens are public) and IssueToken with a
+    client-credentials grant (the grant is the credential). The password and
+    refresh-token grants need a service token with the `users.login` scope.
     Refusals carry a `google.rpc.ErrorInfo` whose `reason` is one of
     BAD_CREDENTIALS, INVALID_GRANT, REFRESH_TOKEN_REUSED, SESSION_ENDED,
     TOKEN_EXPIRED, TOKEN_INVALID, UNKNOWN_SIGNING_KEY, WRONG_AUDIENCE,

@@ -31,8 +31,16 @@ class AuthServiceStub:
     (EdDSA-signed JWTs) and rotating refresh tokens, revokes them, publishes the public
     keys that verify them (JWKS), and says whether a session is still live.
 
-    An access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`, `jti`,
-    `sid` (the session id) and `role`; its header names the signing key (`kid`).
+    A user's access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`,
+    `jti`, `sid` (the session id) and `role` ("user" or "admin"); a service account's
+    (client-credentials grant) carries `sub` and `client_id` (the account's name),
+    `role` "service" and `scope` (its scopes, space-separated) instead of `sid`. The
+    header names the signing key (`kid`).
+
+    Every call needs `authorization: Bearer <access token>` metadata, except
+    GetJsonWebKeySet (the keys that verify tokens are public) and IssueToken with a
+    client-credentials grant (the grant is the credential). The password and
+    refresh-token grants need a service token with the `users.login` scope.
     Refusals carry a `google.rpc.ErrorInfo` whose `reason` is one of
     BAD_CREDENTIALS, INVALID_GRANT, REFRESH_TOKEN_REUSED, SESSION_ENDED,
     TOKEN_EXPIRED, TOKEN_INVALID, UNKNOWN_SIGNING_KEY, WRONG_AUDIENCE,
@@ -45,6 +53,11 @@ class AuthServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     IssueToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.IssueTokenRequest, _auth_pb2.IssueTokenResponse]
     """Issues an access token and a refresh token (RFC 6749 §4.3 and §6).
+
+    The client-credentials grant (RFC 6749 §4.4) issues a service account's access
+    token, with no refresh token and no session; UNAUTHENTICATED (BAD_CREDENTIALS)
+    for an unknown account or a wrong secret. Renew it before it expires by asking
+    again.
 
     The password grant starts a new session; UNAUTHENTICATED (BAD_CREDENTIALS), with
     one message, for a wrong password, an unknown email and a deleted account alike.
@@ -70,8 +83,16 @@ class AuthServiceAsyncStub(AuthServiceStub):
     (EdDSA-signed JWTs) and rotating refresh tokens, revokes them, publishes the public
     keys that verify them (JWKS), and says whether a session is still live.
 
-    An access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`, `jti`,
-    `sid` (the session id) and `role`; its header names the signing key (`kid`).
+    A user's access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`,
+    `jti`, `sid` (the session id) and `role` ("user" or "admin"); a service account's
+    (client-credentials grant) carries `sub` and `client_id` (the account's name),
+    `role` "service" and `scope` (its scopes, space-separated) instead of `sid`. The
+    header names the signing key (`kid`).
+
+    Every call needs `authorization: Bearer <access token>` metadata, except
+    GetJsonWebKeySet (the keys that verify tokens are public) and IssueToken with a
+    client-credentials grant (the grant is the credential). The password and
+    refresh-token grants need a service token with the `users.login` scope.
     Refusals carry a `google.rpc.ErrorInfo` whose `reason` is one of
     BAD_CREDENTIALS, INVALID_GRANT, REFRESH_TOKEN_REUSED, SESSION_ENDED,
     TOKEN_EXPIRED, TOKEN_INVALID, UNKNOWN_SIGNING_KEY, WRONG_AUDIENCE,
@@ -81,6 +102,11 @@ class AuthServiceAsyncStub(AuthServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.IssueTokenRequest, _auth_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """Issues an access token and a refresh token (RFC 6749 §4.3 and §6).
+
+    The client-credentials grant (RFC 6749 §4.4) issues a service account's access
+    token, with no refresh token and no session; UNAUTHENTICATED (BAD_CREDENTIALS)
+    for an unknown account or a wrong secret. Renew it before it expires by asking
+    again.
 
     The password grant starts a new session; UNAUTHENTICATED (BAD_CREDENTIALS), with
     one message, for a wrong password, an unknown email and a deleted account alike.
@@ -105,8 +131,16 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     (EdDSA-signed JWTs) and rotating refresh tokens, revokes them, publishes the public
     keys that verify them (JWKS), and says whether a session is still live.
 
-    An access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`, `jti`,
-    `sid` (the session id) and `role`; its header names the signing key (`kid`).
+    A user's access token carries `iss`, `aud`, `sub` (the user id), `iat`, `exp`,
+    `jti`, `sid` (the session id) and `role` ("user" or "admin"); a service account's
+    (client-credentials grant) carries `sub` and `client_id` (the account's name),
+    `role` "service" and `scope` (its scopes, space-separated) instead of `sid`. The
+    header names the signing key (`kid`).
+
+    Every call needs `authorization: Bearer <access token>` metadata, except
+    GetJsonWebKeySet (the keys that verify tokens are public) and IssueToken with a
+    client-credentials grant (the grant is the credential). The password and
+    refresh-token grants need a service token with the `users.login` scope.
     Refusals carry a `google.rpc.ErrorInfo` whose `reason` is one of
     BAD_CREDENTIALS, INVALID_GRANT, REFRESH_TOKEN_REUSED, SESSION_ENDED,
     TOKEN_EXPIRED, TOKEN_INVALID, UNKNOWN_SIGNING_KEY, WRONG_AUDIENCE,
@@ -120,6 +154,11 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.IssueTokenResponse, _abc.Awaitable[_auth_pb2.IssueTokenResponse]]:
         """Issues an access token and a refresh token (RFC 6749 §4.3 and §6).
+
+        The client-credentials grant (RFC 6749 §4.4) issues a service account's access
+        token, with no refresh token and no session; UNAUTHENTICATED (BAD_CREDENTIALS)
+        for an unknown account or a wrong secret. Renew it before it expires by asking
+        again.
 
         The password grant starts a new session; UNAUTHENTICATED (BAD_CREDENTIALS), with
         one message, for a wrong password, an unknown email and a deleted account alike.

@@ -30,12 +30,18 @@ class UsersServiceStub:
     """Manages Tandem's user accounts.
 
     Who may do what (the users service decides; see `users_service/policy.py`):
-    an account reads itself in full and any other live account as a public profile
+    every call names its caller with `authorization: Bearer <access token>` metadata,
+    a user's token or a service account's (users.v1.AuthService/IssueToken). An
+    account reads itself in full and any other live account as a public profile
     (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
-    accounts and delete or undelete any account. A call names its caller with
-    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
-    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
-    trusted internal service until service authentication lands.)
+    accounts and delete or undelete any account. Services act by scope:
+    `users.signup` creates accounts, `users.login` checks passwords, `users.read`
+    reads and lists every account in full, `users.write` changes any account.
+
+    No token, or one that is expired, forged or of an ended session: UNAUTHENTICATED
+    with reason CREDENTIALS_MISSING, TOKEN_EXPIRED, TOKEN_INVALID, SESSION_ENDED, ...
+    A caller the policy does not allow: PERMISSION_DENIED with reason ADMIN_REQUIRED,
+    NOT_ACCOUNT_OWNER or SCOPE_REQUIRED (ErrorInfo metadata `scope` names it).
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
@@ -99,12 +105,18 @@ class UsersServiceServicer:
     """Manages Tandem's user accounts.
 
     Who may do what (the users service decides; see `users_service/policy.py`):
-    an account reads itself in full and any other live account as a public profile
+    every call names its caller with `authorization: Bearer <access token>` metadata,
+    a user's token or a service account's (users.v1.AuthService/IssueToken). An
+    account reads itself in full and any other live account as a public profile
     (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
-    accounts and delete or undelete any account. A call names its caller with
-    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
-    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
-    trusted internal service until service authentication lands.)
+    accounts and delete or undelete any account. Services act by scope:
+    `users.signup` creates accounts, `users.login` checks passwords, `users.read`
+    reads and lists every account in full, `users.write` changes any account.
+
+    No token, or one that is expired, forged or of an ended session: UNAUTHENTICATED
+    with reason CREDENTIALS_MISSING, TOKEN_EXPIRED, TOKEN_INVALID, SESSION_ENDED, ...
+    A caller the policy does not allow: PERMISSION_DENIED with reason ADMIN_REQUIRED,
+    NOT_ACCOUNT_OWNER or SCOPE_REQUIRED (ErrorInfo metadata `scope` names it).
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
@@ -241,12 +253,18 @@ class UsersService:
     """Manages Tandem's user accounts.
 
     Who may do what (the users service decides; see `users_service/policy.py`):
-    an account reads itself in full and any other live account as a public profile
+    every call names its caller with `authorization: Bearer <access token>` metadata,
+    a user's token or a service account's (users.v1.AuthService/IssueToken). An
+    account reads itself in full and any other live account as a public profile
     (`id` and `name`, `view` = USER_VIEW_PUBLIC); admins read everything, list
-    accounts and delete or undelete any account. A call names its caller with
-    `authorization: Bearer <access token>` metadata; a refusal is PERMISSION_DENIED
-    with reason ADMIN_REQUIRED or NOT_ACCOUNT_OWNER. (Calls without a token act as a
-    trusted internal service until service authentication lands.)
+    accounts and delete or undelete any account. Services act by scope:
+    `users.signup` creates accounts, `users.login` checks passwords, `users.read`
+    reads and lists every account in full, `users.write` changes any account.
+
+    No token, or one that is expired, forged or of an ended session: UNAUTHENTICATED
+    with reason CREDENTIALS_MISSING, TOKEN_EXPIRED, TOKEN_INVALID, SESSION_ENDED, ...
+    A caller the policy does not allow: PERMISSION_DENIED with reason ADMIN_REQUIRED,
+    NOT_ACCOUNT_OWNER or SCOPE_REQUIRED (ErrorInfo metadata `scope` names it).
 
     Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer:
     `google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo` for the rest.
