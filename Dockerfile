@@ -30,10 +30,10 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
     && pip install -c constraints.txt -r requirements.txt
 
 # Then the project itself as a regular (not editable) install: the wheel carries the
-# generated tandem_protos package and each service's alembic migrations, so
-# `python -m users_service migrate` works from /opt/venv alone.
+# generated tandem_protos package, the tandem_client package and each service's alembic
+# migrations, so `python -m users_service migrate` works from /opt/venv alone.
 COPY README.md ./
-COPY protos/python ./protos/python
+COPY client ./client
 COPY servicekit ./servicekit
 COPY users_service ./users_service
 COPY ai_service ./ai_service

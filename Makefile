@@ -61,7 +61,7 @@ bench-offline: $(INSTALLED)
 calibrate-offline: $(INSTALLED)
 	$(PY) bench/offline_calibrate.py
 
-# Regenerate protos/python/tandem_protos from the .proto files.
+# Regenerate client/tandem_protos from the .proto files.
 protos: $(INSTALLED)
 	$(PY) protos/generate.py
 

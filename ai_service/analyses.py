@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from ai_service.accounts import Accounts
 from ai_service.backends.base import Backend, UpstreamTrace, is_transient
 from ai_service.domain import Analysis, AnalysisResult, PartialResult, Usage
 from ai_service.inflight import SingleFlight
 from ai_service.metrics import Metrics
+from ai_service.policy import Action, allowed, authorize
 from ai_service.prompt import PROMPT_VERSION
 from ai_service.repository import AnalysesRepository
+from servicekit.authz import Caller
 from servicekit.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -43,8 +46,10 @@ def normalise(text: str) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-def cache_key(model: str, text: str) -> str:
-    material = "\x1f".join((PROMPT_VERSION, model, normalise(text)))
+def cache_key(model: str, text: str, owner: uuid.UUID) -> str:
+    """The result-cache key of a text: one user's, never shared with another user, so
+    neither an answer nor the timing of a hit tells one user what another analysed."""
+    material = "\x1f".join((PROMPT_VERSION, model, str(owner), normalise(text)))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -57,6 +62,7 @@ class Analyses:
         limits: Limits,
         page_tokens: PageTokens,
         max_concurrency: int,
+        accounts: Accounts,
         fallback: Backend | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -64,6 +70,7 @@ class Analyses:
         self._repository = repository
         self._backend = backend
         self._fallback = fallback
+        self._accounts = accounts
         self._limits = limits
         self._page_tokens = page_tokens
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -72,24 +79,24 @@ class Analyses:
         self._clock = clock
 
     async def analyze(
-        self, text: str, user_id: str, *, deadline: float, trace: UpstreamTrace
+        self, text: str, user_id: str, caller: Caller, *, deadline: float, trace: UpstreamTrace
     ) -> Analysis:
-        owner = self._validate(text, user_id)
-        key = cache_key(self._backend.model, text)
+        owner = await self._owner_for_analysis(text, user_id, caller)
+        key = cache_key(self._backend.model, text, owner)
         cached = await self._cached(key)
         if cached is not None:
             return await self._store(owner, _Answer(cached, key), cached=True)
         answer, shared = await self._flights.run(
-            key, lambda: self._produce(text, key, deadline=deadline, trace=trace)
+            key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
         )
         return await self._store(owner, answer, cached=shared)
 
     async def stream(
-        self, text: str, user_id: str, *, deadline: float, trace: UpstreamTrace
+        self, text: str, user_id: str, caller: Caller, *, deadline: float, trace: UpstreamTrace
     ) -> AsyncIterator[PartialResult | Analysis]:
         """Partial results as the model produces them, then the stored Analysis."""
-        owner = self._validate(text, user_id)
-        key = cache_key(self._backend.model, text)
+        owner = await self._owner_for_analysis(text, user_id, caller)
+        key = cache_key(self._backend.model, text, owner)
         cached = await self._cached(key)
         if cached is not None:
             yield await self._store(owner, _Answer(cached, key), cached=True)
@@ -97,7 +104,7 @@ class Analyses:
         if self._flights.busy(key):
             # An identical AnalyzeText is in flight: wait for its answer instead.
             answer, _ = await self._flights.run(
-                key, lambda: self._produce(text, key, deadline=deadline, trace=trace)
+                key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
             )
             yield await self._store(owner, answer, cached=True)
             return
@@ -113,22 +120,24 @@ class Analyses:
                 self._metrics.upstream_failed(self._backend.model, error)
                 if self._fallback is None or not is_transient(error) or final is not None:
                     raise
-                final = await self._fall_back(text, error, deadline=deadline, trace=trace)
+                final = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
         assert final is not None, "a backend stream always ends with its result"
         self._metrics.produced(final.result)
         yield await self._store(owner, final, cached=False)
 
-    async def get(self, analysis_id: str) -> Analysis:
+    async def get(self, analysis_id: str, caller: Caller) -> Analysis:
         parsed = _parse_uuid(analysis_id, "id")
         analysis = await self._repository.get(parsed)
-        if analysis is None:
+        # Someone else's is as unknown as a made-up id.
+        if analysis is None or not allowed(caller, Action.READ, analysis.user_id):
             raise NotFound(
                 f"no analysis {parsed}", reason="ANALYSIS_NOT_FOUND", metadata={"id": str(parsed)}
             )
         return analysis
 
-    async def list(self, user_id: str, *, size: int, token: str) -> Page[Analysis]:
-        owner = _parse_uuid(user_id, "user_id")
+    async def list(self, user_id: str, caller: Caller, *, size: int, token: str) -> Page[Analysis]:
+        owner = _owner(user_id, caller)
+        authorize(caller, Action.READ, owner)
         return await keyset_page(
             self._page_tokens,
             size=size,
@@ -140,7 +149,8 @@ class Analyses:
             key=lambda analysis: (analysis.create_time, analysis.id),
         )
 
-    def _validate(self, text: str, user_id: str) -> uuid.UUID:
+    async def _owner_for_analysis(self, text: str, user_id: str, caller: Caller) -> uuid.UUID:
+        """The user a new analysis is for, once the caller may make it for them."""
         violations: list[FieldViolation] = []
         if not text.strip():
             violations.append(FieldViolation("text", "must not be empty or only whitespace"))
@@ -150,12 +160,17 @@ class Analyses:
             )
         owner = None
         try:
-            owner = uuid.UUID(user_id)
-        except ValueError:
-            violations.append(FieldViolation("user_id", "must be a UUID"))
+            owner = _owner(user_id, caller)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
         if violations:
             raise InvalidArgument(violations)
         assert owner is not None
+        authorize(caller, Action.ANALYZE, owner)
+        if caller.is_service and not await self._accounts.is_live(owner, caller):
+            raise NotFound(
+                f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
+            )
         return owner
 
     async def _cached(self, key: str) -> AnalysisResult | None:
@@ -168,7 +183,7 @@ class Analyses:
         return result
 
     async def _produce(
-        self, text: str, key: str, *, deadline: float, trace: UpstreamTrace
+        self, text: str, owner: uuid.UUID, key: str, *, deadline: float, trace: UpstreamTrace
     ) -> _Answer:
         async with self._slot(deadline):
             try:
@@ -179,12 +194,18 @@ class Analyses:
                 self._metrics.upstream_failed(self._backend.model, error)
                 if self._fallback is None or not is_transient(error):
                     raise
-                answer = await self._fall_back(text, error, deadline=deadline, trace=trace)
+                answer = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
         self._metrics.produced(answer.result)
         return answer
 
     async def _fall_back(
-        self, text: str, error: ServiceError, *, deadline: float, trace: UpstreamTrace
+        self,
+        text: str,
+        owner: uuid.UUID,
+        error: ServiceError,
+        *,
+        deadline: float,
+        trace: UpstreamTrace,
     ) -> _Answer:
         assert self._fallback is not None
         log.warning(
@@ -200,7 +221,7 @@ class Analyses:
         # meant for the primary model.
         return _Answer(
             replace(result, model=f"{result.model} (fallback from {self._backend.model})"),
-            cache_key(self._fallback.model, text),
+            cache_key(self._fallback.model, text, owner),
         )
 
     def _slot(self, deadline: float) -> _Slot:
@@ -249,6 +270,15 @@ class _Slot:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._semaphore.release()
+
+
+def _owner(user_id: str, caller: Caller) -> uuid.UUID:
+    """The user a request names, else the caller's own account."""
+    if user_id:
+        return _parse_uuid(user_id, "user_id")
+    if caller.user_id is None:
+        raise InvalidArgument.field("user_id", "is required: a service acts for a named user")
+    return caller.user_id
 
 
 def _parse_uuid(raw: str, field: str) -> uuid.UUID:

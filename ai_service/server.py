@@ -10,6 +10,7 @@ from functools import partial
 
 import anthropic
 
+from ai_service.accounts import Accounts
 from ai_service.analyses import Analyses, Limits
 from ai_service.backends.anthropic import AnthropicBackend
 from ai_service.backends.base import Backend
@@ -19,11 +20,13 @@ from ai_service.migrations import MIGRATIONS
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
+from servicekit.callers import CallerResolver, jwks_source, remote_verifier
 from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
+from tandem_client import AUTH_SERVICE, USERS_SERVICE, Connection
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 
 SERVICE_NAME = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name
@@ -41,6 +44,15 @@ async def ai_server(
         engine = create_engine(settings, application_name="tandem-ai")
         stack.push_async_callback(engine.dispose)
         await check_at_head(engine, MIGRATIONS)
+        users = Connection(
+            settings.users_target,
+            tls=settings.client_tls(),
+            deadline=settings.users_deadline_seconds,
+            services=(USERS_SERVICE, AUTH_SERVICE),
+        )
+        stack.push_async_callback(users.close)
+        accounts = Accounts(users, ttl=settings.auth_cache_seconds)
+        callers = CallerResolver(remote_verifier(jwks_source(users), settings), accounts.sessions)
         backend, fallback = await _backends(settings, stack)
         log.info(
             "analyses by %s%s",
@@ -50,6 +62,7 @@ async def ai_server(
         analyses = Analyses(
             AnalysesRepository(Database(engine, what="ai")),
             backend,
+            accounts=accounts,
             fallback=fallback,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
             page_tokens=page_tokens_from(settings),
@@ -59,11 +72,15 @@ async def ai_server(
         if settings.metrics_addr:
             metrics.serve(settings.metrics_addr)
         servicer = AnalysisServicer(
-            analyses, default_deadline_seconds=settings.default_deadline_seconds
+            analyses, callers, default_deadline_seconds=settings.default_deadline_seconds
         )
         register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, servicer)
         yield build_server(
-            settings.addr, [Service(SERVICE_NAME, register)], access_log=settings.access_log
+            settings.addr,
+            [Service(SERVICE_NAME, register)],
+            tls=settings.server_tls(),
+            reflection=settings.reflection,
+            access_log=settings.access_log,
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from ai_service.analyses import Analyses
 from ai_service.backends.base import UpstreamTrace
 from ai_service.domain import Analysis, PartialResult, Sentiment
+from servicekit.callers import CallerResolver
 from servicekit.interceptor import add_trailing_metadata
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 
@@ -26,8 +27,11 @@ SENTIMENT_TO_PROTO = {
 
 
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
-    def __init__(self, analyses: Analyses, *, default_deadline_seconds: float) -> None:
+    def __init__(
+        self, analyses: Analyses, callers: CallerResolver, *, default_deadline_seconds: float
+    ) -> None:
         self._analyses = analyses
+        self._callers = callers
         self._default_deadline = default_deadline_seconds
 
     async def AnalyzeText(  # noqa: N802
@@ -36,7 +40,11 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         trace = UpstreamTrace()
         try:
             analysis = await self._analyses.analyze(
-                request.text, request.user_id, deadline=self._deadline(context), trace=trace
+                request.text,
+                request.user_id,
+                await self._callers.caller(context),
+                deadline=self._deadline(context),
+                trace=trace,
             )
         finally:
             _report(trace, context)
@@ -46,9 +54,10 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         self, request: analysis_pb2.AnalyzeTextRequest, context: Any
     ) -> AsyncIterator[analysis_pb2.AnalyzeTextResponseChunk]:
         trace = UpstreamTrace()
+        caller = await self._callers.caller(context)
         try:
             async for item in self._analyses.stream(
-                request.text, request.user_id, deadline=self._deadline(context), trace=trace
+                request.text, request.user_id, caller, deadline=self._deadline(context), trace=trace
             ):
                 if isinstance(item, PartialResult):
                     yield analysis_pb2.AnalyzeTextResponseChunk(partial=partial_to_proto(item))
@@ -60,13 +69,17 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def GetAnalysis(  # noqa: N802
         self, request: analysis_pb2.GetAnalysisRequest, context: Any
     ) -> analysis_pb2.Analysis:
-        return to_proto(await self._analyses.get(request.id))
+        caller = await self._callers.caller(context)
+        return to_proto(await self._analyses.get(request.id, caller))
 
     async def ListAnalyses(  # noqa: N802
         self, request: analysis_pb2.ListAnalysesRequest, context: Any
     ) -> analysis_pb2.ListAnalysesResponse:
         page = await self._analyses.list(
-            request.user_id, size=request.page_size, token=request.page_token
+            request.user_id,
+            await self._callers.caller(context),
+            size=request.page_size,
+            token=request.page_token,
         )
         return analysis_pb2.ListAnalysesResponse(
             analyses=[to_proto(a) for a in page.items], next_page_token=page.next_page_token

@@ -12,14 +12,18 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from servicekit.settings import ServiceSettings
+from servicekit.settings import ServiceSettings, TokenCheckSettings, UpstreamTlsSettings
 
 
-class AiSettings(ServiceSettings):
+class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings):
     model_config = SettingsConfigDict(env_prefix="AI_", extra="ignore", frozen=True)
 
     addr: str = "127.0.0.1:50052"
     database_url: str = "sqlite+aiosqlite:///./data/ai.db"
+    # The users service: its keys verify every call's token, and it says whether the
+    # caller's session and account are live. Any gRPC target (`dns:///users:50051`).
+    users_target: str = Field(default="127.0.0.1:50051", min_length=1)
+    users_deadline_seconds: float = Field(default=2.0, gt=0)
 
     # auto: Claude when ANTHROPIC_API_KEY is set, else the offline analyzer.
     provider: Literal["auto", "anthropic", "offline"] = "auto"

@@ -32,6 +32,11 @@ GATEWAY_ADDR = os.environ.get("GATEWAY_ADDR", "127.0.0.1:8000")
 READY_TIMEOUT = float(os.environ.get("STACK_READY_TIMEOUT_SECONDS", "60"))
 STOP_TIMEOUT = float(os.environ.get("STACK_STOP_TIMEOUT_SECONDS", "30"))
 WIDTH = len("gateway")
+# The gateway's service account (gateway.settings.GATEWAY_SCOPES).
+GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
+GATEWAY_SECRET_FILE = os.environ.get(
+    "GATEWAY_CLIENT_SECRET_FILE", "./data/gateway-client-secret"
+)
 
 
 @dataclass
@@ -53,6 +58,8 @@ def child_env() -> dict[str, str]:
     env.setdefault("GATEWAY_ADDR", GATEWAY_ADDR)
     env.setdefault("GATEWAY_USERS_TARGET", USERS_ADDR)
     env.setdefault("GATEWAY_AI_TARGET", AI_ADDR)
+    env.setdefault("GATEWAY_CLIENT_SECRET_FILE", GATEWAY_SECRET_FILE)
+    env.setdefault("AI_USERS_TARGET", USERS_ADDR)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -92,6 +99,30 @@ async def migrate(service: Service) -> None:
         raise SystemExit(f"{service.name}: `python -m {service.module} migrate` failed ({code})")
 
 
+async def ensure_gateway_account(users: Service) -> None:
+    """Give the gateway its service account, its secret in a file only it reads.
+
+    Run on every start: a file that already holds a working secret is kept.
+    """
+    if os.environ.get("GATEWAY_CLIENT_SECRET"):
+        return
+    process = await spawn(
+        users,
+        "create-service-account",
+        os.environ.get("GATEWAY_CLIENT_ID", "gateway"),
+        "--scope",
+        ",".join(GATEWAY_SCOPES),
+        "--secret-file",
+        GATEWAY_SECRET_FILE,
+        "--replace",
+    )
+    code = await process.wait()
+    if users.relay is not None:
+        await users.relay
+    if code != 0:
+        raise SystemExit(f"users: creating the gateway's service account failed ({code})")
+
+
 def ready() -> bool:
     try:
         with urllib.request.urlopen(f"http://{GATEWAY_ADDR}/readyz", timeout=2) as response:
@@ -122,11 +153,12 @@ def banner() -> None:
   try:
     curl -s -X POST {rest}/v1/users -H 'content-type: application/json' \\
       -d '{{"email": "ada@example.com", "name": "Ada", "password": "correct horse"}}'
-    curl -s -X POST {rest}/v1/auth/token -d grant_type=password \
+    curl -s -X POST {rest}/v1/auth/token -d grant_type=password \\
       -d username=ada@example.com -d 'password=correct horse'
-    .venv/bin/grpcurl -plaintext {USERS_ADDR} list
-    .venv/bin/grpcurl -plaintext -d '{{"page_size": 5}}' {USERS_ADDR} \\
-      users.v1.UsersService/ListUsers
+    TOKEN=...   # the access_token of the answer above
+    .venv/bin/grpcurl -plaintext {AI_ADDR} list
+    .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+      -d '{{"page_size": 5}}' {AI_ADDR} ai.v1.AnalysisService/ListAnalyses
 
   Ctrl-C stops everything.
 """,
@@ -180,6 +212,7 @@ async def main() -> int:
 
     for service in services[:2]:
         await migrate(service)
+    await ensure_gateway_account(services[0])
     for service in services:
         service.process = await spawn(service)
     died = asyncio.ensure_future(first_exit(services))

@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
-from gateway.auth import SessionCache, token_verifier
+from gateway.auth import token_verifier
 from gateway.deps import (
     BEARER_SCHEME,
     BEARER_SCHEME_NAME,
     BEARER_SECURITY,
     Runtime,
     needs_token,
+    session_owner,
 )
 from gateway.docs import install_docs
 from gateway.middleware import RequestContextMiddleware
@@ -32,6 +33,7 @@ from gateway.routes import analyses, auth, health, users
 from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
+from servicekit.liveness import Liveness
 
 log = logging.getLogger("gateway.app")
 
@@ -98,7 +100,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings,
             upstreams,
             token_verifier(settings, upstreams.auth),
-            SessionCache(settings.auth_cache_seconds),
+            Liveness(session_owner(checks), ttl=settings.auth_cache_seconds),
             reader,
             checks,
         )

@@ -20,14 +20,14 @@ import grpc
 from fastapi import Depends, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 
-from gateway.auth import Principal, SessionCache
+from gateway.auth import Principal
 from gateway.paths import TOKEN_URL
 from gateway.problems import ProblemError, unauthorized
 from gateway.readers import SessionReader, UserReader
 from gateway.settings import GatewaySettings
 from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
+from servicekit.liveness import Liveness, Lookup
 from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier
-from tandem_protos.users.v1 import auth_pb2
 
 BEARER_SCHEME_NAME = "OAuth2PasswordBearer"
 # How the OpenAPI document describes the bearer token (Swagger UI's "Authorize" logs in
@@ -47,7 +47,7 @@ class Runtime:
     settings: GatewaySettings
     upstreams: Upstreams
     tokens: TokenVerifier
-    sessions: SessionCache
+    sessions: Liveness
     # Every read of one account by id goes through here (coalesced calls).
     user_reader: UserReader
     # Every check that a token's session is live, likewise.
@@ -100,29 +100,36 @@ async def verified_claims(runtime: Runtime, token: str) -> AccessClaims:
 
 
 async def current_user(request: Request) -> Principal:
-    """The caller: a valid bearer token whose session is still live."""
+    """The caller: a valid bearer token of a user, whose session is still live."""
     runtime = runtime_of(request)
     token = bearer_token(request)
     claims = await verified_claims(runtime, token)
-    if not runtime.sessions.is_live(claims.session_id):
-        try:
-            session = await runtime.session_reader.get(claims.session_id)
-        except UpstreamError as exc:
-            if exc.grpc_code in GONE:
-                raise unauthorized(SESSION_ENDED, reason="SESSION_ENDED") from None
-            raise
-        if not session_is_live(session, claims.user_id):
-            raise unauthorized(SESSION_ENDED, reason="SESSION_ENDED")
-        runtime.sessions.mark_live(claims.session_id, claims.user_id)
+    if claims.session_id is None:
+        raise unauthorized(
+            "this API takes a user's access token, not a service's", reason="USER_TOKEN_REQUIRED"
+        )
+    if await runtime.sessions.owner(claims.session_id) != claims.user_id:
+        raise unauthorized(SESSION_ENDED, reason="SESSION_ENDED")
     return Principal(claims.user_id, claims.session_id, claims.role, f"Bearer {token}")
 
 
-def session_is_live(session: auth_pb2.Session, user_id: str) -> bool:
-    return (
-        session.user_id == user_id
-        and not session.HasField("end_time")
-        and session.expire_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC)
-    )
+def session_owner(reader: SessionReader) -> Lookup:
+    """Asks the users service whose a session is, if it is live (the gateway's own call)."""
+
+    async def owner(session_id: str, _credential: str) -> str | None:
+        try:
+            session = await reader.get(session_id)
+        except UpstreamError as exc:
+            if exc.grpc_code in GONE:
+                return None
+            raise
+        if session.HasField("end_time"):
+            return None
+        if session.expire_time.ToDatetime(tzinfo=UTC) <= datetime.now(UTC):
+            return None
+        return str(session.user_id)
+
+    return owner
 
 
 # What the users service says of an id that is not a live account or session.

@@ -116,9 +116,9 @@ class _CoalescedReader(Generic[StubT, Msg]):
         if len(reads) <= 1:
             return [await self._outcome(read) for read in reads]
         self.calls += 1
-        metadata = _metadata(reads)
         deadline = min(read.deadline for read in reads) - asyncio.get_running_loop().time()
         try:
+            metadata = await self._metadata(reads)
             return await self._get_batch([read.id for read in reads], deadline, metadata)
         except UpstreamError as error:
             if error.grpc_code not in _ONE_ID_FAILED:
@@ -134,9 +134,21 @@ class _CoalescedReader(Generic[StubT, Msg]):
 
     async def _get_one(self, read: _Read) -> Msg:
         self.calls += 1
-        metadata = _metadata([read])
+        metadata = await self._metadata([read])
         deadline = read.deadline - asyncio.get_running_loop().time()
         return await self._get_single(read.id, deadline, metadata)
+
+    async def _metadata(self, reads: Sequence[_Read]) -> list[tuple[str, str]]:
+        """A call's metadata: every read's request id, and their one caller's
+        credential (the gateway's own for its reads)."""
+        metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
+        authorization = reads[0].authorization
+        token = self._upstream.service_token
+        if authorization is None and token is not None:
+            authorization = "Bearer " + await token.token()
+        if authorization is not None:
+            metadata.append(("authorization", authorization))
+        return metadata
 
     async def _get_single(
         self, resource_id: str, deadline: float, metadata: Sequence[tuple[str, str]]
@@ -147,14 +159,6 @@ class _CoalescedReader(Generic[StubT, Msg]):
         self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
     ) -> Sequence[Msg]:
         raise NotImplementedError
-
-
-def _metadata(reads: Sequence[_Read]) -> list[tuple[str, str]]:
-    """A call's metadata: every read's request id, and their one caller's credential."""
-    metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
-    if reads[0].authorization is not None:
-        metadata.append(("authorization", reads[0].authorization))
-    return metadata
 
 
 class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):

@@ -7,16 +7,21 @@ one then stops start-up with one line naming the variable.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from servicekit.settings import LogLevel
+from servicekit.errors import StartupError
+from servicekit.settings import LogLevel, TokenCheckSettings, UpstreamTlsSettings
+
+# What the gateway's service account needs: sign-ups, logins, session checks.
+GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     addr: str = Field(
@@ -27,19 +32,19 @@ class GatewaySettings(BaseSettings):
     ai_target: str = Field(default="127.0.0.1:50052", min_length=1)
 
     # Access tokens are issued and signed by the users service; the gateway verifies
-    # them with its public keys (JWKS, fetched over gRPC and cached).
-    token_issuer: str = Field(default="tandem-users", min_length=1)
-    token_audience: str = Field(default="tandem-api", min_length=1)
-    # A token whose `exp - iat` is longer than this is refused, whatever its signature.
-    token_max_lifetime_seconds: int = Field(default=3600, ge=30, le=24 * 3600)
-    # How long the fetched keys are used before fetching them again; a token naming
-    # an unknown key fetches them at once, but at most once per jwks_min_refetch_seconds.
-    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
-    jwks_min_refetch_seconds: float = Field(default=10.0, ge=0)
-    # How long a token's session counts as live without asking the users service again.
-    # A token of a session ended elsewhere (logout, password change, deletion on
-    # another replica) still works here for at most this long.
-    auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
+    # them with its public keys (JWKS, fetched over gRPC and cached): see
+    # servicekit.settings.TokenCheckSettings for the token_* and jwks_* settings, and
+    # auth_cache_seconds.
+
+    # The gateway's own service account, for the calls it makes before a user has a
+    # token (sign-up, login, session checks): `python -m users_service
+    # create-service-account gateway --scope users.signup,users.login,sessions.read`.
+    # The secret comes from client_secret, else from client_secret_file (which
+    # `make run` writes).
+    client_id: str = Field(default="gateway", min_length=1)
+    client_secret: SecretStr | None = None
+    client_secret_file: Path = Path("./data/gateway-client-secret")
+
     # Concurrent reads of accounts by id share one BatchGetUsers (gateway.readers);
     # off, each is a GetUser of its own.
     coalesce_reads: bool = True
@@ -79,6 +84,23 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    def service_secret(self) -> str:
+        """The service account's secret; StartupError naming the settings if none."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        try:
+            secret = self.client_secret_file.read_text().strip()
+        except OSError:
+            secret = ""
+        if not secret:
+            raise StartupError(
+                "the gateway needs its service account's secret: set GATEWAY_CLIENT_SECRET, "
+                f"or GATEWAY_CLIENT_SECRET_FILE (no secret in {self.client_secret_file}); "
+                f"make one with `python -m users_service create-service-account "
+                f"{self.client_id} --scope {','.join(GATEWAY_SCOPES)} --secret-file FILE`"
+            )
+        return secret
 
     @property
     def host(self) -> str:

@@ -10,7 +10,6 @@ upstream fails fast with UNAVAILABLE (503), a silent one at its deadline (504).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -24,28 +23,17 @@ from gateway.settings import GatewaySettings
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE, decode_details, field_violations
 from servicekit.interceptor import REQUEST_ID_KEY
 from servicekit.logs import request_id_var
-from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
-from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
+from tandem_client import ClientTls, ServiceAccount, TokenProvider, services
+from tandem_client.services import channel_options
+from tandem_protos.ai.v1 import analysis_pb2_grpc
+from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-USERS_SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
-AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
-AI_SERVICE = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name
-
-# Methods marked `idempotency_level = NO_SIDE_EFFECTS` in the protos: safe to send twice.
-IDEMPOTENT_METHODS: Mapping[str, Sequence[str]] = {
-    USERS_SERVICE: ("GetUser", "BatchGetUsers", "ListUsers"),
-    AUTH_SERVICE: ("GetJsonWebKeySet", "BatchGetSessions"),
-    AI_SERVICE: ("GetAnalysis", "ListAnalyses"),
-}
-RETRY_POLICY: Mapping[str, Any] = {
-    "maxAttempts": 3,
-    "initialBackoff": "0.05s",
-    "maxBackoff": "0.5s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
+# The services, their idempotent methods and the channel options: tandem_client.services.
+USERS_SERVICE = services.USERS_SERVICE
+AUTH_SERVICE = services.AUTH_SERVICE
+AI_SERVICE = services.AI_SERVICE
 
 # The generated async stub types exist only for type checkers.
 if TYPE_CHECKING:
@@ -62,43 +50,6 @@ _UNEXPECTED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCod
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 StubT = TypeVar("StubT")
-
-
-def service_config(services: Sequence[str]) -> str:
-    """The channel's service config: round_robin, and retries for the idempotent methods."""
-    config = {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": service, "method": m}
-                    for service in services
-                    for m in IDEMPOTENT_METHODS[service]
-                ],
-                "retryPolicy": RETRY_POLICY,
-            }
-        ],
-    }
-    return json.dumps(config)
-
-
-def channel_options(services: Sequence[str]) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.service_config", service_config(services)),
-        # Ours, not one a DNS TXT record might carry.
-        ("grpc.service_config_disable_resolution", 1),
-        ("grpc.enable_retries", 1),
-        # Ping idle connections so a dead peer is noticed (the services allow pings
-        # every 10 s or more without calls).
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        # Reconnect to a restarted upstream within seconds, not grpc's default 2 minutes.
-        # (Not `grpc.min_reconnect_backoff_ms`: it is also the connect timeout, 20 s.)
-        ("grpc.initial_reconnect_backoff_ms", 250),
-        ("grpc.max_reconnect_backoff_ms", 3_000),
-    ]
 
 
 class UpstreamError(ProblemError):
@@ -193,6 +144,16 @@ def call_metadata(authorization: str | None = None) -> tuple[tuple[str, str], ..
     return ((REQUEST_ID_KEY, request_id_var.get()), ("authorization", authorization))
 
 
+def _open_channel(
+    target: str, options: list[tuple[str, Any]], tls: ClientTls | None
+) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=[*options, *tls.channel_options()]
+    )
+
+
 class Upstream(Generic[StubT]):
     """One upstream service: its channel, its generated stub, its default deadline."""
 
@@ -206,17 +167,21 @@ class Upstream(Generic[StubT]):
         *,
         channel: grpc.aio.Channel | None = None,
         channel_services: Sequence[str] = (),
+        service_token: TokenProvider | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         """`channel`: share another upstream's; else one is opened, configured for
-        `channel_services` (by default `service` alone)."""
+        `channel_services` (by default `service` alone). `service_token`: the
+        gateway's own token, for calls that act for no user."""
         self.name = name
         self.service = service
         self.target = target
         self.deadline = deadline
-        self.channel = channel or grpc.aio.insecure_channel(
-            target, options=channel_options(channel_services or [service])
+        self.channel = channel or _open_channel(
+            target, channel_options(channel_services or [service]), tls
         )
         self.stub: StubT = stub(self.channel)
+        self.service_token = service_token
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def call(
@@ -229,17 +194,18 @@ class Upstream(Generic[StubT]):
         authorization: str | None = None,
     ) -> Resp:
         """Make one unary call (within `deadline` seconds, else the upstream's default),
-        carrying `metadata`, else the current request's id (and `authorization`).
+        carrying `metadata`, else the current request's id and `authorization`: the
+        caller's, forwarded; None for the gateway's own service token; "" for none.
 
         A failure raises the UpstreamError it stands for.
         """
         timeout = self.deadline if deadline is None else deadline
         try:
-            return await method(
-                request,
-                timeout=timeout,
-                metadata=call_metadata(authorization) if metadata is None else tuple(metadata),
-            )
+            if metadata is None:
+                if authorization is None and self.service_token is not None:
+                    authorization = "Bearer " + await self.service_token.token()
+                metadata = call_metadata(authorization or None)
+            return await method(request, timeout=timeout, metadata=tuple(metadata))
         except grpc.aio.AioRpcError as error:
             raise rpc_problem(error, self.name) from None
 
@@ -261,6 +227,7 @@ class Upstreams:
     """Both upstreams; open in the lifespan (on the serving loop), close at shutdown."""
 
     def __init__(self, settings: GatewaySettings) -> None:
+        tls = settings.client_tls()
         self.users = Upstream(
             "users",
             USERS_SERVICE,
@@ -268,6 +235,7 @@ class Upstreams:
             users_pb2_grpc.UsersServiceStub,
             settings.users_deadline_seconds,
             channel_services=(USERS_SERVICE, AUTH_SERVICE),
+            tls=tls,
         )
         # The users service's identity provider, on the same channel.
         self.auth = Upstream(
@@ -284,8 +252,26 @@ class Upstreams:
             settings.ai_target,
             analysis_pb2_grpc.AnalysisServiceStub,
             settings.ai_deadline_seconds,
+            tls=tls,
         )
-        log.info("upstreams: users at %s, ai at %s", settings.users_target, settings.ai_target)
+        self.service_account = ServiceAccount(
+            settings.client_id, settings.service_secret(), fetch=self._issue_service_token
+        )
+        for upstream in (self.users, self.auth, self.ai):
+            upstream.service_token = self.service_account
+        log.info(
+            "upstreams: users at %s, ai at %s (%s); acting as service account %s",
+            settings.users_target,
+            settings.ai_target,
+            "plaintext" if tls is None else "mTLS" if tls.cert_file else "TLS",
+            settings.client_id,
+        )
+
+    async def _issue_service_token(
+        self, request: auth_pb2.IssueTokenRequest
+    ) -> auth_pb2.IssueTokenResponse:
+        # The client-credentials grant is its own credential: no token is sent.
+        return await self.auth.call(self.auth.stub.IssueToken, request, authorization="")
 
     async def close(self) -> None:
         await self.users.close()

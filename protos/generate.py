@@ -1,11 +1,12 @@
 """Regenerate the Python code for the .proto files under protos/.
 
-    python protos/generate.py            # write protos/python/tandem_protos
+    python protos/generate.py            # write client/tandem_protos
     python protos/generate.py --check    # exit 1 if the committed code is stale
 
 protoc names generated modules after the proto paths (`users.v1.users_pb2`); we
 re-root them under one importable package, `tandem_protos`, so that no client has to
-put the generated folder on sys.path by hand.
+put the generated folder on sys.path by hand. It lives in client/, beside
+`tandem_client`: the installable client package (client/pyproject.toml) ships both.
 """
 
 from __future__ import annotations
@@ -22,16 +23,12 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PACKAGE = "tandem_protos"
-OUTPUT = PROTO_ROOT / "python" / PACKAGE
+OUTPUT = PROTO_ROOT.parent / "client" / PACKAGE
 HEADER = '"""Generated from protos/ by protos/generate.py: do not edit."""\n'
 
 
 def proto_files() -> list[str]:
-    return sorted(
-        str(p.relative_to(PROTO_ROOT))
-        for p in PROTO_ROOT.rglob("*.proto")
-        if "python" not in p.relative_to(PROTO_ROOT).parts
-    )
+    return sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
 
 
 def _plugin(name: str) -> str:
@@ -74,6 +71,7 @@ def generate(out: Path) -> None:
         path.write_text(text)
     for directory in [out, *(d for d in out.rglob("*") if d.is_dir())]:
         (directory / "__init__.py").write_text(HEADER)
+    # PEP 561: type checkers read the .pyi stubs of an installed tandem_protos.
     (out / "py.typed").write_text("")
 
 

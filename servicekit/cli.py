@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from servicekit.errors import StartupError
@@ -25,12 +25,21 @@ log = logging.getLogger("servicekit.cli")
 
 
 @dataclass(frozen=True, slots=True)
+class Option:
+    """An option of a command: `argparse.add_argument(*flags, **settings)`."""
+
+    flags: tuple[str, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Command(Generic[S]):
-    """An extra command: `run(settings, *arguments)` gives the exit code."""
+    """An extra command: `run(settings, *arguments, **options)` gives the exit code."""
 
     help: str
     arguments: tuple[str, ...]
     run: Callable[..., Coroutine[Any, Any, int]]
+    options: tuple[Option, ...] = ()
 
 
 def run_service(
@@ -43,25 +52,18 @@ def run_service(
     commands: Mapping[str, Command[S]] | None = None,
 ) -> int:
     extra = dict(commands or {})
-    epilog = "\n".join(f"  {name} {' '.join(c.arguments)}: {c.help}" for name, c in extra.items())
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {prog}",
-        epilog=f"other commands:\n{epilog}" if extra else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="serve",
-        choices=("serve", "migrate", *extra),
-        help="serve gRPC (the default), apply the database migrations and exit, or another",
-    )
-    parser.add_argument("arguments", nargs="*", help="the command's arguments")
-    args = parser.parse_args(argv)
-    command = extra.get(args.command)
-    wanted = command.arguments if command is not None else ()
-    if len(args.arguments) != len(wanted):
-        parser.error(f"{args.command} takes {' '.join(wanted) or 'no arguments'}")
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
+    subcommands = parser.add_subparsers(dest="command")
+    subcommands.add_parser("serve", help="serve gRPC (the default)")
+    subcommands.add_parser("migrate", help="apply the database migrations and exit")
+    for name, extra_command in extra.items():
+        sub = subcommands.add_parser(name, help=extra_command.help, description=extra_command.help)
+        for argument in extra_command.arguments:
+            sub.add_argument(argument.lower(), metavar=argument)
+        for option in extra_command.options:
+            sub.add_argument(*option.flags, **option.settings)
+    args = vars(parser.parse_args(argv))
+    name = args.pop("command") or "serve"
     try:
         settings = load_settings(settings_class)
     except SettingsError as exc:
@@ -69,12 +71,14 @@ def run_service(
         return 2
     configure_logging(settings.log_level)
     try:
-        if args.command == "migrate":
+        if name == "migrate":
             revision = upgrade_to_head(migrations, settings.database_url)
             log.info("database is at revision %s", revision)
             return 0
+        command = extra.get(name)
         if command is not None:
-            return _run(command.run(settings, *args.arguments))
+            positional = [args.pop(argument.lower()) for argument in command.arguments]
+            return _run(command.run(settings, *positional, **args))
         _run(serve(settings))
     except StartupError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")

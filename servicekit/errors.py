@@ -18,13 +18,15 @@ INTERNAL with a generic message.
 
 Every non-INVALID_ARGUMENT error also carries a `google.rpc.ErrorInfo` whose `reason`
 is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193).
+
+The client side of these statuses is tandem_client.errors: `decode_details` and
+`field_violations` here are its decoder, and `FieldViolation` its class.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import grpc
@@ -32,8 +34,10 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from tandem_client import errors as client_errors
+
 ERROR_DOMAIN = "tandem"
-DETAILS_METADATA_KEY = "grpc-status-details-bin"
+DETAILS_METADATA_KEY = client_errors.DETAILS_METADATA_KEY
 
 # gRPC status -> HTTP status, as grpc-gateway, Envoy and Connect map it.
 HTTP_STATUS_BY_GRPC_CODE: Mapping[grpc.StatusCode, int] = {
@@ -61,12 +65,8 @@ class StartupError(Exception):
     """A reason not to start that an operator can fix; shown as one line, no traceback."""
 
 
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    """One invalid field: `field` is its path in the request (`user.email`)."""
-
-    field: str
-    description: str
+# One invalid field: `field` is its path in the request (`user.email`).
+FieldViolation = client_errors.FieldViolation
 
 
 class ServiceError(Exception):
@@ -208,26 +208,14 @@ class DeadlineExceeded(ServiceError):
 def decode_details(
     trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
 ) -> status_pb2.Status | None:
-    """The `google.rpc.Status` a server packed into a call's trailers, if any."""
-    for key, value in trailing_metadata or ():
-        if key == DETAILS_METADATA_KEY and isinstance(value, bytes):
-            return status_pb2.Status.FromString(value)
-    return None
+    """The `google.rpc.Status` a server packed into a call's trailers, if any (one
+    that does not parse counts as none)."""
+    return client_errors.decode_status(trailing_metadata)
 
 
 def field_violations(status: status_pb2.Status | None) -> list[FieldViolation]:
     """The `google.rpc.BadRequest` field violations inside a status, if any."""
-    if status is None:
-        return []
-    found: list[FieldViolation] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            found.extend(
-                FieldViolation(v.field, v.description) for v in bad_request.field_violations
-            )
-    return found
+    return list(client_errors.field_violations(status))
 
 
 def _pack(message: Message) -> any_pb2.Any:

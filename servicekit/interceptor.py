@@ -27,8 +27,9 @@ from grpc.aio import AbortError, ServicerContext
 
 from servicekit.errors import DETAILS_METADATA_KEY, ServiceError
 from servicekit.logs import request_id_var
+from tandem_client import context
 
-REQUEST_ID_KEY = "x-request-id"
+REQUEST_ID_KEY = context.REQUEST_ID_KEY
 _WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 access_log = logging.getLogger("servicekit.access")

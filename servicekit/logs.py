@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextvars import ContextVar
+
+from tandem_client import context
 
 # Set by the call interceptor for the duration of one RPC; each RPC runs in its own
-# task, so concurrent calls never see each other's id.
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# task, so concurrent calls never see each other's id. "-" outside any. One variable
+# for the whole process: the client package's, so that its calls send the id on.
+request_id_var = context.request_id_var
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 

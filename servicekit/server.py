@@ -1,8 +1,10 @@
 """The one place a gRPC server is built and run: every service goes through here.
 
-`build_server` returns a bound but not started server with health, reflection and the
-call interceptor installed; `serve_until_signalled` runs it until SIGTERM or SIGINT
-and then shuts it down gracefully:
+`build_server` returns a bound but not started server with health, reflection (unless
+turned off) and the call interceptor installed, on a plaintext port or, given
+`ServerTls`, a TLS or mTLS one whose certificates rotate without a restart
+(servicekit.tls); `serve_until_signalled` runs it until SIGTERM or SIGINT and then
+shuts it down gracefully:
 
 1. health turns NOT_SERVING for every service (watchers see it, then their watch ends);
 2. the server refuses new calls and gives in-flight calls `grace` seconds to finish;
@@ -19,12 +21,13 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as server_reflection
 
 from servicekit.errors import StartupError
 from servicekit.health import HealthServicer
 from servicekit.heap import freeze_startup_objects
 from servicekit.interceptor import CallInterceptor
+from servicekit.tls import ServerTls, server_credentials
 
 log = logging.getLogger("servicekit.server")
 
@@ -63,11 +66,21 @@ class GrpcServer:
     port: int
     host: str
     service_names: tuple[str, ...]
+    tls: ServerTls | None = None
     _started: bool = field(default=False)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def transport(self) -> str:
+        """How clients connect, for the log: plaintext, TLS or mTLS, and with what files."""
+        if self.tls is None:
+            return "plaintext (no TLS)"
+        if self.tls.client_ca_file is None:
+            return f"TLS with {self.tls.cert_file}"
+        return f"mTLS with {self.tls.cert_file}, client certificates from {self.tls.client_ca_file}"
 
     async def start(self) -> None:
         await self.server.start()
@@ -80,7 +93,16 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def build_server(addr: str, services: Sequence[Service], *, access_log: bool = True) -> GrpcServer:
+def build_server(
+    addr: str,
+    services: Sequence[Service],
+    *,
+    tls: ServerTls | None = None,
+    reflection: bool = True,
+    access_log: bool = True,
+) -> GrpcServer:
+    # First: unusable TLS files are a StartupError before anything is built.
+    credentials = None if tls is None else server_credentials(tls)
     server = grpc.aio.server(
         interceptors=[CallInterceptor(access_log_enabled=access_log)],
         options=SERVER_OPTIONS,
@@ -90,17 +112,21 @@ def build_server(addr: str, services: Sequence[Service], *, access_log: bool = T
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(s.name for s in services)
-    reflection.enable_server_reflection(
-        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if reflection:
+        server_reflection.enable_server_reflection(
+            (*names, health.SERVICE_NAME, server_reflection.SERVICE_NAME), server
+        )
     try:
-        port = server.add_insecure_port(addr)
+        if credentials is None:
+            port = server.add_insecure_port(addr)
+        else:
+            port = server.add_secure_port(addr, credentials)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {addr}: {exc}") from None
     if port == 0:
         raise BindError(f"cannot listen on {addr}: address in use or not local")
     host = addr.rsplit(":", 1)[0]
-    return GrpcServer(server, health_servicer, port, host, names)
+    return GrpcServer(server, health_servicer, port, host, names, tls)
 
 
 async def serve_until_signalled(server: GrpcServer, grace: float) -> None:
@@ -115,6 +141,8 @@ async def serve_until_signalled(server: GrpcServer, grace: float) -> None:
         await server.start()
         freeze_startup_objects()
         log.info("serving %s on %s", ", ".join(server.service_names), server.address)
+        # A line of its own: tests and tools parse the one above.
+        log.info("transport: %s", server.transport)
         await stop.wait()
         log.info("shutting down: in-flight calls have %.1fs to finish", grace)
         await server.stop(grace)

@@ -3,17 +3,24 @@
 Each service subclasses `ServiceSettings` with its own prefix (`USERS_`, `AI_`), so
 `USERS_ADDR` and `AI_ADDR` never collide. `load_settings` turns a validation error
 into one line naming the environment variable, instead of a pydantic traceback.
+
+A service serves plaintext unless `<PREFIX>TLS_CERT_FILE` and `<PREFIX>TLS_KEY_FILE`
+are set; `<PREFIX>TLS_CLIENT_CA_FILE` on top turns on mTLS (see servicekit.tls).
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from servicekit.tls import ServerTls
+from tandem_client import ClientTls
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+|):(\d{1,5})$")
 
@@ -44,6 +51,15 @@ class ServiceSettings(BaseSettings):
     # Signs page tokens; every replica needs the same one. Unset: a random one per
     # process (tokens then do not survive a restart or cross replicas).
     page_token_secret: SecretStr | None = Field(default=None, min_length=16)
+    # TLS (servicekit.tls): PEM files, re-read when they change, no restart. Unset:
+    # plaintext gRPC, for a network (or a mesh) that encrypts on our behalf.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Set: mTLS, every client must present a certificate this CA issued.
+    tls_client_ca_file: Path | None = None
+    # grpc.reflection lets grpcurl and Postman discover the API; off, the API's shape
+    # is not handed to whoever can connect.
+    reflection: bool = True
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -73,6 +89,33 @@ class ServiceSettings(BaseSettings):
         if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("use a sqlite+aiosqlite:/// or postgresql+asyncpg:// URL")
         return value
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @classmethod
+    def _tls_unset_when_empty(cls, value: object) -> object:
+        # `USERS_TLS_CERT_FILE=` (as compose passes an unset variable) means none.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_server_tls(self) -> ServiceSettings:
+        cert, key, client_ca = (
+            self.variable(f) for f in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+        )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (cert, key) if self.tls_key_file is None else (key, cert)
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                f"{client_ca} is set but {cert} and {key} are not: mTLS needs the "
+                "server's own certificate and key too"
+            )
+        return self
+
+    def server_tls(self) -> ServerTls | None:
+        """The TLS files to serve with, or None for plaintext."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
 
 
 class SettingsError(Exception):
@@ -104,3 +147,66 @@ def load_settings(cls: type[S]) -> S:
 
 def _variable(cls: type[BaseSettings], field: str) -> str:
     return (str(cls.model_config.get("env_prefix", "")) + field).upper()
+
+
+class TokenCheckSettings(BaseSettings):
+    """How a process that accepts access tokens checks them (the ai service, the
+    gateway): against the users service's published keys, and its sessions."""
+
+    # The issuer and audience must match what the users service signs.
+    token_issuer: str = Field(default="tandem-users", min_length=1)
+    token_audience: str = Field(default="tandem-api", min_length=1)
+    # A token whose `exp - iat` is longer than this is refused, whatever its signature.
+    token_max_lifetime_seconds: int = Field(default=3600, ge=30, le=24 * 3600)
+    # How long the fetched keys are used before fetching them again; a token naming
+    # an unknown key fetches them at once, but at most once per jwks_min_refetch_seconds.
+    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
+    jwks_min_refetch_seconds: float = Field(default=10.0, ge=0)
+    # How long a token's session counts as live without asking the users service again.
+    # A session ended elsewhere (logout, password change, deletion) still works here for
+    # at most this long.
+    auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
+
+
+class UpstreamTlsSettings(BaseSettings):
+    """How a process connects to Tandem's gRPC services: plaintext, TLS or mTLS."""
+
+    # The CA that signed the services' certificates; unset: plaintext.
+    upstream_tls_ca_file: Path | None = None
+    # This process's own certificate and key, for services that require mTLS.
+    upstream_tls_cert_file: Path | None = None
+    upstream_tls_key_file: Path | None = None
+    # The name the services' certificates carry, when it is not the target's host.
+    upstream_tls_server_name: str | None = None
+
+    @field_validator(
+        "upstream_tls_ca_file",
+        "upstream_tls_cert_file",
+        "upstream_tls_key_file",
+        "upstream_tls_server_name",
+        mode="before",
+    )
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_upstream_tls(self) -> UpstreamTlsSettings:
+        cert, key = self.upstream_tls_cert_file, self.upstream_tls_key_file
+        if (cert is None) != (key is None) or (cert is not None and not self.upstream_tls_ca_file):
+            names = ", ".join(
+                _variable(type(self), f)
+                for f in ("upstream_tls_ca_file", "upstream_tls_cert_file", "upstream_tls_key_file")
+            )
+            raise ValueError(f"a client certificate needs all three of {names}")
+        return self
+
+    def client_tls(self) -> ClientTls | None:
+        if self.upstream_tls_ca_file is None:
+            return None
+        return ClientTls(
+            self.upstream_tls_ca_file,
+            self.upstream_tls_cert_file,
+            self.upstream_tls_key_file,
+            self.upstream_tls_server_name,
+        )

@@ -11,7 +11,8 @@ hammer the users service. `TokenVerifier.verify` checks, in this order:
 - the signature, `iss`, `aud` (WRONG_AUDIENCE), `exp` (TOKEN_EXPIRED), `iat`;
 - `exp - iat` within the configured maximum (TOKEN_LIFETIME_TOO_LONG), whatever the
   signature says, so a leaked signing key cannot mint tokens that outlive a rotation;
-- the claims Tandem needs: `sub`, `sid`, `jti`, `role`.
+- the claims Tandem needs: `sub`, `jti`, `role`, and `sid` for a user's token or
+  `client_id` and `scope` for a service account's (role `service`).
 
 A token that passed is remembered until it expires: an Ed25519 verification costs tens
 of microseconds and a client sends the same token with every request.
@@ -31,8 +32,9 @@ import jwt
 log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
-ROLES = frozenset({"user", "admin"})
-_REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp", "jti", "sid", "role"]
+SERVICE_ROLE = "service"
+ROLES = frozenset({"user", "admin", SERVICE_ROLE})
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp", "jti", "role"]
 
 # Stable reasons (google.rpc.ErrorInfo) of a refused token.
 # Reasons, not passwords: names of ways a token fails.
@@ -60,14 +62,27 @@ class KeysUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
-    """What a verified access token says."""
+    """What a verified access token says: a user's (with its session) or a service's."""
 
-    user_id: str
-    session_id: str
+    # The user's id, or the service account's name.
+    subject: str
     role: str
+    # A user's token only: the session it belongs to.
+    session_id: str | None
+    # A service account's token only: what it may do.
+    scopes: frozenset[str]
     token_id: str
     issued_at: int
     expires_at: int
+
+    @property
+    def is_service(self) -> bool:
+        return self.role == SERVICE_ROLE
+
+    @property
+    def user_id(self) -> str:
+        """The account a user's token acts for (the subject)."""
+        return self.subject
 
 
 def keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
@@ -249,15 +264,28 @@ class TokenVerifier:
             raise TokenRejected(
                 TOKEN_LIFETIME_TOO_LONG, "the access token claims a longer life than allowed"
             )
-        strings = [claims[name] for name in ("sub", "sid", "jti", "role")]
+        strings = [claims[name] for name in ("sub", "jti", "role")]
         if not all(isinstance(value, str) and value for value in strings):
             raise _invalid()
-        if claims["role"] not in ROLES:
+        role = claims["role"]
+        if role not in ROLES:
             raise _invalid()
+        session_id: str | None = None
+        scopes: frozenset[str] = frozenset()
+        if role == SERVICE_ROLE:
+            scope = claims.get("scope")
+            if not isinstance(scope, str) or claims.get("client_id") != claims["sub"]:
+                raise _invalid()
+            scopes = frozenset(scope.split())
+        else:
+            session_id = claims.get("sid")
+            if not isinstance(session_id, str) or not session_id:
+                raise _invalid()
         return AccessClaims(
-            user_id=claims["sub"],
-            session_id=claims["sid"],
-            role=claims["role"],
+            subject=claims["sub"],
+            role=role,
+            session_id=session_id,
+            scopes=scopes,
             token_id=claims["jti"],
             issued_at=issued_at,
             expires_at=expires_at,

@@ -15,6 +15,7 @@ from servicekit.errors import (
     NotFound,
     Unauthenticated,
 )
+from servicekit.liveness import Liveness
 from servicekit.pagination import Page, PageTokens, keyset_page
 from users_service.domain import (
     User,
@@ -58,13 +59,18 @@ class Accounts:
         hasher: PasswordHasher,
         page_tokens: PageTokens,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sessions: Liveness | None = None,
     ) -> None:
+        """`sessions`: what this process remembers of live sessions, told of the ones
+        a deletion or a password change ends."""
         self._repository = repository
         self._hasher = hasher
         self._page_tokens = page_tokens
         self._clock = clock
+        self._sessions = sessions
 
-    async def create(self, *, email: str, name: str, password: str) -> User:
+    async def create(self, *, email: str, name: str, password: str, caller: Caller) -> User:
+        authorize(caller, Action.SIGN_UP)
         violations = Violations()
         email = normalize_email(email, "user.email", violations)
         name = normalize_name(name, "user.name", violations)
@@ -165,6 +171,8 @@ class Accounts:
         deleted = await self._repository.set_deleted(parsed, deleted=True, now=self._clock())
         if deleted is None:
             raise _not_found(parsed)
+        if self._sessions is not None:
+            self._sessions.forget_user(str(parsed))
         return deleted
 
     async def undelete(self, user_id: str, caller: Caller) -> User:
@@ -215,8 +223,12 @@ class Accounts:
         ):
             # Deleted, or its password changed, between our read and our write.
             raise _not_found(parsed)
+        if self._sessions is not None:
+            keep = str(caller.session_id) if caller.session_id else None
+            self._sessions.forget_user(str(parsed), keep=keep)
 
-    async def authenticate(self, *, email: str, password: str) -> User:
+    async def authenticate(self, *, email: str, password: str, caller: Caller) -> User:
+        authorize(caller, Action.LOG_IN)
         violations = Violations()
         if not email.strip():
             violations.add("email", "is required")

@@ -5,18 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from servicekit.callers import CallerResolver
 from servicekit.errors import InvalidArgument
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc
-from users_service.callers import CallerResolver
+from users_service.service_accounts import ServiceAccounts
 from users_service.sessions import Credentials, Sessions
 from users_service.sessions_repository import Session
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
-        self, sessions: Sessions, callers: CallerResolver, jwks: Callable[[], dict[str, Any]]
+        self,
+        sessions: Sessions,
+        service_accounts: ServiceAccounts,
+        callers: CallerResolver,
+        jwks: Callable[[], dict[str, Any]],
     ) -> None:
         self._sessions = sessions
+        self._service_accounts = service_accounts
         self._callers = callers
         self._jwks = jwks
 
@@ -24,19 +30,38 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.IssueTokenRequest, context: Any
     ) -> auth_pb2.IssueTokenResponse:
         grant = request.WhichOneof("grant")
+        if grant == "client_credentials":
+            # The grant is the credential: no bearer token is asked for.
+            issued = await self._service_accounts.grant(
+                request.client_credentials.client_id, request.client_credentials.client_secret
+            )
+            return auth_pb2.IssueTokenResponse(
+                access_token=issued.access_token,
+                token_type="Bearer",  # noqa: S106 - a scheme name
+                expires_in=issued.expires_in,
+                scope=" ".join(sorted(issued.scopes)),
+            )
         if grant == "password":
             credentials = await self._sessions.password_grant(
-                email=request.password.email, password=request.password.password
+                email=request.password.email,
+                password=request.password.password,
+                caller=await self._callers.caller(context),
             )
         elif grant == "refresh_token":
-            credentials = await self._sessions.refresh_grant(request.refresh_token.refresh_token)
+            credentials = await self._sessions.refresh_grant(
+                request.refresh_token.refresh_token, await self._callers.caller(context)
+            )
         else:
-            raise InvalidArgument.field("grant", "give a password or a refresh_token grant")
+            raise InvalidArgument.field(
+                "grant", "give a password, refresh_token or client_credentials grant"
+            )
         return _credentials(credentials)
 
     async def RevokeToken(  # noqa: N802
         self, request: auth_pb2.RevokeTokenRequest, context: Any
     ) -> auth_pb2.RevokeTokenResponse:
+        # Any authenticated caller: holding a token is the right to end it (RFC 7009).
+        await self._callers.caller(context)
         if not request.token:
             raise InvalidArgument.field("token", "is required")
         ended = await self._sessions.revoke(

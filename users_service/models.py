@@ -89,3 +89,18 @@ class RefreshTokenRow(Base):
     rotate_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_refresh_tokens_session_id", "session_id"),)
+
+
+class ServiceAccountRow(Base):
+    """A service that calls Tandem's services: its name, scopes and secret's hash."""
+
+    __tablename__ = "service_accounts"
+
+    # The OAuth2 client_id.
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Space-separated, as the tokens' `scope` claim carries them.
+    scopes: Mapped[str] = mapped_column(String(512))
+    # SHA-256 of the secret, hex: like refresh tokens, the secret is 256 random bits.
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,20 +1,40 @@
 """Who may do what to an account: the users service's one declared policy.
 
-Every method of `Accounts` asks `authorize(caller, action, target)` before it touches
-data, and `view_of(caller, target)` decides how much of an account a read shows. The
-gateway and any other client only map the answer (PERMISSION_DENIED → 403).
+Every call is authenticated first (`users_service.callers`): its caller is an account
+(a user's token, with a live session) or a service account (a client-credentials
+token, with scopes). Then each domain method asks `authorize(caller, action, target)`
+before it touches data, and `view_of(caller, target)` decides how much of an account a
+read shows. The gateway and any other client only map the answer.
 
-    action            the account itself   an admin   a service
-    READ_FULL         yes                  yes        yes      (others: public profile)
-    LIST              -                    yes        yes
-    UPDATE            yes                  -          yes
-    CHANGE_PASSWORD   yes                  -          yes
-    DELETE            yes                  yes        yes
-    UNDELETE          -                    yes        yes
+    action            the account itself   an admin   a service with scope
+    SIGN_UP           -                    yes        users.signup
+    LOG_IN            -                    -          users.login
+    READ_FULL         yes                  yes        users.read   (others: public profile)
+    LIST              -                    yes        users.read
+    UPDATE            yes                  -          users.write
+    CHANGE_PASSWORD   yes                  -          users.write
+    DELETE            yes                  yes        users.write
+    UNDELETE          -                    yes        users.write
+    READ_SESSIONS     yes                  yes        sessions.read
 
-Anyone with a valid token may read any live account as a public profile (`id`, `name`).
-The check depends only on who calls and which id they name, never on stored data, so
-a refusal says nothing about whether an account exists.
+    method                            action
+    UsersService/CreateUser           SIGN_UP
+    UsersService/AuthenticateUser     LOG_IN
+    UsersService/GetUser, BatchGet…   READ_FULL, else the public profile
+    UsersService/ListUsers            LIST
+    UsersService/UpdateUser           UPDATE
+    UsersService/ChangePassword       CHANGE_PASSWORD
+    UsersService/DeleteUser           DELETE
+    UsersService/UndeleteUser         UNDELETE
+    AuthService/IssueToken            password, refresh_token grants: LOG_IN;
+                                      client_credentials: no token (the grant is one)
+    AuthService/RevokeToken           any caller (holding a token is the right to end it)
+    AuthService/BatchGetSessions      READ_SESSIONS
+    AuthService/GetJsonWebKeySet      no token: the keys that verify tokens are public
+
+Any authenticated caller may read any live account as a public profile (`id`,
+`name`). The check depends only on who calls and which id they name, never on stored
+data, so a refusal says nothing about whether an account exists.
 """
 
 from __future__ import annotations
@@ -22,42 +42,52 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from servicekit.errors import PermissionDenied
+from servicekit import authz
+from servicekit.authz import Caller, Role, Rule
 
-
-class Role(enum.StrEnum):
-    USER = "user"
-    ADMIN = "admin"
+__all__ = ["POLICY", "Action", "Caller", "Role", "Scope", "View", "allowed", "authorize"]
 
 
-class Relation(enum.Enum):
-    """How a caller stands to the account it acts on."""
+class Scope(enum.StrEnum):
+    """What a service account may be granted (`create-service-account --scope`).
 
-    OWNER = "the account itself"
-    ADMIN = "an admin"
-    SERVICE = "a service"
+    The users service is the authorisation server of the whole system, so the other
+    services' scopes are listed here too.
+    """
+
+    USERS_SIGNUP = "users.signup"
+    USERS_LOGIN = "users.login"
+    USERS_READ = "users.read"
+    USERS_WRITE = "users.write"
+    SESSIONS_READ = "sessions.read"
+    ANALYSES_READ = "analyses.read"
+    ANALYSES_WRITE = "analyses.write"
 
 
 class Action(enum.Enum):
+    # Each reads as "may <value> accounts" (or "... this account").
+    SIGN_UP = "create"
+    LOG_IN = "check the passwords of"
     READ_FULL = "read every field of"
     LIST = "list"
     UPDATE = "change"
     CHANGE_PASSWORD = "change the password of"  # noqa: S105
     DELETE = "delete"
     UNDELETE = "undelete"
+    READ_SESSIONS = "read the sessions of"
 
 
-_OWNER, _ADMIN, _SERVICE = Relation.OWNER, Relation.ADMIN, Relation.SERVICE
-
-POLICY: Mapping[Action, frozenset[Relation]] = {
-    Action.READ_FULL: frozenset({_OWNER, _ADMIN, _SERVICE}),
-    Action.LIST: frozenset({_ADMIN, _SERVICE}),
-    Action.UPDATE: frozenset({_OWNER, _SERVICE}),
-    Action.CHANGE_PASSWORD: frozenset({_OWNER, _SERVICE}),
-    Action.DELETE: frozenset({_OWNER, _ADMIN, _SERVICE}),
-    Action.UNDELETE: frozenset({_ADMIN, _SERVICE}),
+POLICY: Mapping[Action, Rule] = {
+    Action.SIGN_UP: Rule(admin=True, scope=Scope.USERS_SIGNUP),
+    Action.LOG_IN: Rule(scope=Scope.USERS_LOGIN),
+    Action.READ_FULL: Rule(owner=True, admin=True, scope=Scope.USERS_READ),
+    Action.LIST: Rule(admin=True, scope=Scope.USERS_READ),
+    Action.UPDATE: Rule(owner=True, scope=Scope.USERS_WRITE),
+    Action.CHANGE_PASSWORD: Rule(owner=True, scope=Scope.USERS_WRITE),
+    Action.DELETE: Rule(owner=True, admin=True, scope=Scope.USERS_WRITE),
+    Action.UNDELETE: Rule(admin=True, scope=Scope.USERS_WRITE),
+    Action.READ_SESSIONS: Rule(owner=True, admin=True, scope=Scope.SESSIONS_READ),
 }
 
 
@@ -66,55 +96,22 @@ class View(enum.Enum):
     FULL = "full"
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who makes a call: an account (with its session) or a trusted service."""
-
-    user_id: uuid.UUID | None
-    role: Role | None
-    session_id: uuid.UUID | None
-
-    @classmethod
-    def service(cls) -> Caller:
-        return cls(user_id=None, role=None, session_id=None)
-
-    @classmethod
-    def account(cls, user_id: uuid.UUID, role: Role, session_id: uuid.UUID) -> Caller:
-        return cls(user_id=user_id, role=role, session_id=session_id)
-
-    @property
-    def is_service(self) -> bool:
-        return self.user_id is None
-
-    def relations(self, target: uuid.UUID | None) -> frozenset[Relation]:
-        if self.is_service:
-            return frozenset({_SERVICE})
-        found = set()
-        if target is not None and target == self.user_id:
-            found.add(_OWNER)
-        if self.role is Role.ADMIN:
-            found.add(_ADMIN)
-        return frozenset(found)
-
-
 def allowed(caller: Caller, action: Action, target: uuid.UUID | None = None) -> bool:
-    return bool(caller.relations(target) & POLICY[action])
+    return authz.allowed(caller, POLICY[action], target)
 
 
 def authorize(caller: Caller, action: Action, target: uuid.UUID | None = None) -> None:
     """Return if the policy lets `caller` do `action` to `target`; PermissionDenied if not."""
-    if allowed(caller, action, target):
-        return
-    admins_may = _ADMIN in POLICY[action]
-    if admins_may and _OWNER not in POLICY[action]:
-        raise PermissionDenied(
-            f"only an admin may {action.value} accounts", reason="ADMIN_REQUIRED"
-        )
-    if admins_may:
-        message = f"only the account itself or an admin may {action.value} it"
-    else:
-        message = f"only the account itself may {action.value} it"
-    raise PermissionDenied(message, reason="NOT_ACCOUNT_OWNER")
+    authz.authorize(
+        caller,
+        POLICY[action],
+        target,
+        verb=action.value,
+        noun="accounts",
+        one="this account",
+        owner_word="the account itself",
+        owner_reason="NOT_ACCOUNT_OWNER",
+    )
 
 
 def view_of(caller: Caller, target: uuid.UUID) -> View:

@@ -9,7 +9,9 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from servicekit.callers import CallerResolver
 from servicekit.database import Database, create_engine
+from servicekit.liveness import Liveness
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
@@ -17,10 +19,11 @@ from servicekit.tokens import KeySet, TokenVerifier
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts
 from users_service.auth_servicer import AuthServicer
-from users_service.callers import CallerResolver
 from users_service.migrations import MIGRATIONS
 from users_service.passwords import PasswordHasher
 from users_service.repository import UsersRepository
+from users_service.service_accounts import ServiceAccounts
+from users_service.service_accounts_repository import ServiceAccountsRepository
 from users_service.servicer import UsersServicer
 from users_service.sessions import Sessions
 from users_service.sessions_repository import SessionsRepository
@@ -69,23 +72,34 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
     try:
         await check_at_head(engine, MIGRATIONS)
         database = Database(engine, what="users")
-        accounts = Accounts(UsersRepository(database), hasher, page_tokens_from(settings))
+        # Told of the sessions this process ends; asks the table about the rest.
+        live = Liveness(
+            # `sessions` is made below, with this cache in hand.
+            lambda session_id, _credential: sessions.live_owner(session_id),
+            ttl=settings.session_cache_seconds,
+        )
+        accounts = Accounts(
+            UsersRepository(database), hasher, page_tokens_from(settings), sessions=live
+        )
         verifier = local_verifier(settings, keys)
-        callers = CallerResolver(verifier)
+        callers = CallerResolver(verifier, live)
+        access_tokens = AccessTokens(
+            keys,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            ttl_seconds=settings.access_token_ttl_seconds,
+        )
         sessions = Sessions(
             accounts,
             SessionsRepository(database),
-            AccessTokens(
-                keys,
-                issuer=settings.token_issuer,
-                audience=settings.token_audience,
-                ttl_seconds=settings.access_token_ttl_seconds,
-            ),
+            access_tokens,
             verifier,
             refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
             session_max=timedelta(seconds=settings.session_max_seconds),
             reuse_grace=timedelta(seconds=settings.refresh_reuse_grace_seconds),
+            live=live,
         )
+        service_accounts = ServiceAccounts(ServiceAccountsRepository(database), access_tokens)
         services = [
             Service(
                 SERVICE_NAME,
@@ -98,12 +112,18 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
                 AUTH_SERVICE_NAME,
                 partial(
                     auth_pb2_grpc.add_AuthServiceServicer_to_server,
-                    AuthServicer(sessions, callers, keys.jwks),
+                    AuthServicer(sessions, service_accounts, callers, keys.jwks),
                 ),
             ),
         ]
         log.info("access tokens are signed with key %s", keys.signing_kid)
-        yield build_server(settings.addr, services, access_log=settings.access_log)
+        yield build_server(
+            settings.addr,
+            services,
+            tls=settings.server_tls(),
+            reflection=settings.reflection,
+            access_log=settings.access_log,
+        )
     finally:
         hasher.close()
         await engine.dispose()

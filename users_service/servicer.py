@@ -6,9 +6,9 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
+from servicekit.callers import CallerResolver
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts, UserChanges
-from users_service.callers import CallerResolver
 from users_service.domain import User
 from users_service.policy import Role, View
 
@@ -24,7 +24,10 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         self, request: users_pb2.CreateUserRequest, context: Any
     ) -> users_pb2.User:
         user = await self._accounts.create(
-            email=request.user.email, name=request.user.name, password=request.password
+            email=request.user.email,
+            name=request.user.name,
+            password=request.password,
+            caller=await self._callers.caller(context),
         )
         return to_proto(user)
 
@@ -92,7 +95,11 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
     async def AuthenticateUser(  # noqa: N802
         self, request: users_pb2.AuthenticateUserRequest, context: Any
     ) -> users_pb2.User:
-        user = await self._accounts.authenticate(email=request.email, password=request.password)
+        user = await self._accounts.authenticate(
+            email=request.email,
+            password=request.password,
+            caller=await self._callers.caller(context),
+        )
         return to_proto(user)
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from servicekit.errors import NotFound, Unauthenticated
+from servicekit.liveness import Liveness
 from servicekit.tokens import TokenRejected, TokenVerifier
 from users_service.accounts import Accounts
 from users_service.domain import parse_ids
-from users_service.policy import Caller
+from users_service.policy import Action, Caller, allowed, authorize
 from users_service.sessions_repository import (
     EndReason,
     Grant,
@@ -71,6 +72,7 @@ class Sessions:
         session_max: timedelta,
         reuse_grace: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        live: Liveness | None = None,
     ) -> None:
         self._accounts = accounts
         self._repository = repository
@@ -80,9 +82,23 @@ class Sessions:
         self._session_max = session_max
         self._reuse_grace = reuse_grace
         self._clock = clock
+        self._live = live
 
-    async def password_grant(self, *, email: str, password: str) -> Credentials:
-        user = await self._accounts.authenticate(email=email, password=password)
+    async def live_owner(self, session_id: str) -> str | None:
+        """The account of a session that has neither ended nor expired; else None."""
+        try:
+            parsed = uuid.UUID(session_id)
+        except ValueError:
+            return None
+        found = await self._repository.get_many([parsed])
+        now = self._clock()
+        for session in found:
+            if session.end_time is None and session.expire_time > now:
+                return str(session.user_id)
+        return None
+
+    async def password_grant(self, *, email: str, password: str, caller: Caller) -> Credentials:
+        user = await self._accounts.authenticate(email=email, password=password, caller=caller)
         now = self._clock()
         session_end = now + self._session_max
         grant = Grant(
@@ -96,7 +112,8 @@ class Sessions:
         await self._repository.start(grant, refresh_hash=refresh_token_hash(refresh_token), now=now)
         return self._credentials(grant, refresh_token, now)
 
-    async def refresh_grant(self, refresh_token: str) -> Credentials:
+    async def refresh_grant(self, refresh_token: str, caller: Caller) -> Credentials:
+        authorize(caller, Action.LOG_IN)
         if not looks_like_refresh_token(refresh_token):
             raise Unauthenticated(INVALID_GRANT, reason="INVALID_GRANT")
         now = self._clock()
@@ -128,19 +145,22 @@ class Sessions:
             if session_id is not None:
                 now = self._clock()
                 user_id = await self._repository.end(session_id, now=now, reason=EndReason.LOGOUT)
+                if self._live is not None:
+                    self._live.forget(str(session_id))
                 return Ended(session_id, user_id) if user_id is not None else None
         return None
 
     async def get_many(self, session_ids: Sequence[str], caller: Caller) -> list[Session]:
         """Sessions in the order asked, ended ones included; all of them or NotFound.
 
-        An account sees only its own sessions: another's is as unknown as a made-up id.
+        An account sees only its own sessions (an admin and a service with the
+        `sessions.read` scope, every one): another's is as unknown as a made-up id.
         """
         parsed = parse_ids(session_ids)
         found = {
             s.id: s
             for s in await self._repository.get_many(set(parsed))
-            if caller.is_service or s.user_id == caller.user_id
+            if allowed(caller, Action.READ_SESSIONS, s.user_id)
         }
         for session_id in parsed:
             if session_id not in found:
@@ -177,6 +197,8 @@ class Sessions:
         try:
             claims = await self._verifier.verify(token, allow_expired=True)
         except TokenRejected:
+            return None
+        if claims.session_id is None:
             return None
         try:
             return uuid.UUID(claims.session_id)

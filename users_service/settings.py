@@ -48,6 +48,10 @@ class UsersSettings(ServiceSettings):
     # gets invalid_grant (a concurrent refresh lost the race, or a client retried after
     # a lost answer); later, it is reuse and ends the session.
     refresh_reuse_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+    # How long a session seen live counts as live without reading it again. A session
+    # ended by another replica still works here for at most this long; one ended
+    # here stops at once.
+    session_cache_seconds: float = Field(default=2.0, ge=0, le=300)
 
     @field_validator("token_signing_key_file", mode="before")
     @classmethod

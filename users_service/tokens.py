@@ -10,7 +10,7 @@ from datetime import datetime
 
 import jwt
 
-from servicekit.tokens import ALGORITHM
+from servicekit.tokens import ALGORITHM, SERVICE_ROLE
 from users_service.signing_keys import SigningKeys
 
 # A recognisable prefix lets secret scanners find leaked refresh tokens.
@@ -48,13 +48,33 @@ class AccessTokens:
             "sid": str(session_id),
             "role": role,
         }
-        token = jwt.encode(
+        return AccessToken(self._sign(claims), expires_at - issued_at)
+
+    def issue_service(
+        self, *, client_id: str, scopes: frozenset[str], now: datetime
+    ) -> AccessToken:
+        """A service account's token (RFC 9068's claims: `sub` and `client_id` alike)."""
+        issued_at = int(now.timestamp())
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": client_id,
+            "client_id": client_id,
+            "iat": issued_at,
+            "exp": issued_at + self._ttl,
+            "jti": uuid.uuid4().hex,
+            "role": SERVICE_ROLE,
+            "scope": " ".join(sorted(scopes)),
+        }
+        return AccessToken(self._sign(claims), self._ttl)
+
+    def _sign(self, claims: dict[str, object]) -> str:
+        return jwt.encode(
             claims,
             self.keys.signing_key,
             algorithm=ALGORITHM,
             headers={"kid": self.keys.signing_kid},
         )
-        return AccessToken(token, expires_at - issued_at)
 
 
 def new_refresh_token() -> str:

@@ -16,7 +16,7 @@ from gateway.deps import AiUpstream, CurrentUser, PageSize, PageToken, RuntimeDe
 from gateway.problems import ProblemError, problem_bytes, problem_responses
 from gateway.schemas import Analysis, AnalysisCreate, AnalysisPage
 from gateway.sse import EventStreamResponse, event
-from gateway.upstreams import UpstreamError, call_metadata, rpc_problem
+from gateway.upstreams import call_metadata, rpc_problem
 from servicekit.logs import request_id_var
 from tandem_protos.ai.v1 import analysis_pb2
 
@@ -54,9 +54,12 @@ responses. Closing the connection cancels the analysis upstream."""
 async def create_analysis(
     body: AnalysisCreate, caller: CurrentUser, ai: AiUpstream, runtime: RuntimeDep
 ) -> Response:
-    request = analysis_pb2.AnalyzeTextRequest(text=body.text, user_id=caller.user_id)
+    # No user_id: the ai service acts for the caller's token.
+    request = analysis_pb2.AnalyzeTextRequest(text=body.text)
     deadline = runtime.settings.analysis_deadline_seconds
-    made = await ai.call(ai.stub.AnalyzeText, request, deadline=deadline)
+    made = await ai.call(
+        ai.stub.AnalyzeText, request, deadline=deadline, authorization=caller.authorization
+    )
     headers = {"Location": f"/v1/analyses/{made.id}"}
     return convert.json_response(convert.analysis(made), status_code=201, headers=headers)
 
@@ -103,9 +106,11 @@ _EVENT_SCHEMA = {
 async def stream_analysis(
     body: AnalysisCreate, caller: CurrentUser, ai: AiUpstream, runtime: RuntimeDep
 ) -> Response:
-    request = analysis_pb2.AnalyzeTextRequest(text=body.text, user_id=caller.user_id)
+    request = analysis_pb2.AnalyzeTextRequest(text=body.text)
     call: StreamCall = ai.stub.StreamAnalyzeText(
-        request, timeout=runtime.settings.stream_deadline_seconds, metadata=call_metadata()
+        request,
+        timeout=runtime.settings.stream_deadline_seconds,
+        metadata=call_metadata(caller.authorization),
     )
     try:
         # Wait for the first chunk, so that an upstream that fails at once (bad text,
@@ -152,16 +157,12 @@ async def _relay(call: StreamCall, first: Any) -> AsyncGenerator[bytes, None]:
     responses=problem_responses(400, *_AUTHED, 404),
 )
 async def get_analysis(id: uuid.UUID, caller: CurrentUser, ai: AiUpstream) -> Response:
-    not_found = ProblemError(404, f"no analysis {id}")
-    try:
-        found = await ai.call(ai.stub.GetAnalysis, analysis_pb2.GetAnalysisRequest(id=str(id)))
-    except UpstreamError as exc:
-        if exc.grpc_code == grpc.StatusCode.NOT_FOUND:
-            raise not_found from None
-        raise
-    # Another user's analysis is "not found": its existence is not the caller's business.
-    if found.user_id != caller.user_id:
-        raise not_found
+    # The ai service decides: another user's analysis is NOT_FOUND there.
+    found = await ai.call(
+        ai.stub.GetAnalysis,
+        analysis_pb2.GetAnalysisRequest(id=str(id)),
+        authorization=caller.authorization,
+    )
     return convert.json_response(convert.analysis(found))
 
 
@@ -178,9 +179,9 @@ async def list_analyses(
     page_token: PageToken = None,
 ) -> Response:
     request = analysis_pb2.ListAnalysesRequest(
-        user_id=caller.user_id, page_size=page_size or 0, page_token=page_token or ""
+        page_size=page_size or 0, page_token=page_token or ""
     )
-    page = await ai.call(ai.stub.ListAnalyses, request)
+    page = await ai.call(ai.stub.ListAnalyses, request, authorization=caller.authorization)
     content = {
         "analyses": [convert.analysis(a) for a in page.analyses],
         "next_page_token": page.next_page_token,

@@ -14,12 +14,12 @@ import grpc
 from fastapi import APIRouter, Form, Response
 
 from gateway import convert
-from gateway.auth import jwks_document
 from gateway.deps import RuntimeDep
 from gateway.paths import REVOKE_URL, TOKEN_URL
 from gateway.problems import ProblemError, problem_responses
 from gateway.schemas import JsonWebKeySet, RevokeForm, Token, TokenForm
 from gateway.upstreams import UpstreamError
+from servicekit.callers import jwks_document
 from tandem_protos.users.v1 import auth_pb2
 
 router = APIRouter(tags=["auth"])
@@ -143,7 +143,9 @@ async def revoke_token(form: Annotated[RevokeForm, Form()], runtime: RuntimeDep)
 )
 async def jwks(runtime: RuntimeDep) -> Response:
     auth = runtime.upstreams.auth
-    reply = await auth.call(auth.stub.GetJsonWebKeySet, auth_pb2.GetJsonWebKeySetRequest())
+    reply = await auth.call(
+        auth.stub.GetJsonWebKeySet, auth_pb2.GetJsonWebKeySetRequest(), authorization=""
+    )
     return convert.json_response(
         jwks_document(reply),
         headers={"Cache-Control": "public, max-age=300"},

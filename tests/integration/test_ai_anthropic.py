@@ -293,20 +293,38 @@ async def test_identical_requests_are_served_from_the_cache(
     ai_db: str, fake: FakeAnthropic
 ) -> None:
     fake.enqueue(Reply.json_output(GOOD, usage=Usage(input_tokens=50, output_tokens=20)))
-    other_user = str(uuid.uuid4())
     async with analysis_stub(ai_db) as stub:
         first, _ = await analyze(stub, "Great motor.  Awful noise.")
-        again = await stub.AnalyzeText(request("Great motor. Awful noise.\n", user=other_user))
+        again = await stub.AnalyzeText(request("Great motor. Awful noise.\n"))
     assert len(fake.requests_to(MESSAGES_PATH)) == 1
     assert again.cached and not first.cached
     assert again.id != first.id
-    assert again.user_id == other_user
+    assert again.user_id == USER
     assert (again.summary, again.sentiment, again.model) == (
         first.summary,
         first.sentiment,
         first.model,
     )
     assert again.usage.input_tokens == 0
+
+
+async def test_the_cache_never_answers_one_user_with_anothers_analysis(
+    ai_sqlite_db: str, fake: FakeAnthropic
+) -> None:
+    fake.set_default(Reply.json_output(GOOD))
+    other_user = str(uuid.uuid4())
+    async with analysis_stub(ai_sqlite_db) as stub:
+        first, _ = await analyze(stub, "Great motor. Awful noise.")
+        theirs = await stub.AnalyzeText(request("Great motor. Awful noise.", user=other_user))
+        streamed = [
+            c
+            async for c in stub.StreamAnalyzeText(
+                request("Great motor. Awful noise.", user=str(uuid.uuid4()))
+            )
+        ]
+    assert not first.cached and not theirs.cached
+    assert not streamed[-1].analysis.cached
+    assert len(fake.requests_to(MESSAGES_PATH)) == 3
 
 
 async def test_concurrent_identical_requests_make_one_upstream_call(
@@ -428,7 +446,14 @@ async def test_cancelling_the_stream_closes_the_upstream_request(
         (" \n\t ", USER, {"text": "must not be empty or only whitespace"}),
         ("x" * 101, USER, {"text": "must be at most 100 characters"}),
         ("fine", "not-a-uuid", {"user_id": "must be a UUID"}),
-        ("", "", {"text": "must not be empty or only whitespace", "user_id": "must be a UUID"}),
+        (
+            "",
+            "",
+            {
+                "text": "must not be empty or only whitespace",
+                "user_id": "is required: a service acts for a named user",
+            },
+        ),
     ],
 )
 async def test_invalid_input_never_reaches_the_provider(

@@ -60,7 +60,9 @@ async def test_create_analysis_answers_201_owned_by_the_caller(
     assert response.headers["location"] == f"/v1/analyses/{made['id']}"
     assert response.headers["x-request-id"] == "req-analyse-1"
     (call,) = stack.stub.calls_of("AnalyzeText")
-    assert call.request.user_id == account.id
+    # The ai service acts for the caller's own token: the gateway names no user.
+    assert call.request.user_id == ""
+    assert call.authorization == f"Bearer {account.token}"
     assert call.request.text == "What a lovely morning."
     # The request id travels upstream as gRPC metadata.
     assert call.request_id == "req-analyse-1"
@@ -132,7 +134,10 @@ async def test_list_analyses_gives_the_callers_own_newest_first_in_pages(
         if not token:
             break
     assert seen == list(reversed(mine))
-    assert {c.request.user_id for c in stack.stub.calls_of("ListAnalyses")} == {account.id}
+    listed = stack.stub.calls_of("ListAnalyses")
+    assert {(c.request.user_id, c.authorization) for c in listed} == {
+        ("", f"Bearer {account.token}")
+    }
 
 
 # Streaming

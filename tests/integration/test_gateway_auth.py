@@ -1,4 +1,4 @@
-"""The session cache and the gateway's settings, in-process (no server needed)."""
+"""The gateway's settings, in-process (no server needed)."""
 
 from __future__ import annotations
 
@@ -7,54 +7,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from gateway.auth import SessionCache
 from gateway.settings import GatewaySettings
 from servicekit.settings import SettingsError, load_settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_session_cache_remembers_for_its_ttl() -> None:
-    clock = Clock()
-    cache = SessionCache(2.0, clock=clock)
-    assert not cache.is_live("s1")
-    cache.mark_live("s1", "u1")
-    assert cache.is_live("s1")
-    clock.now += 1.9
-    assert cache.is_live("s1")
-    clock.now += 0.2
-    assert not cache.is_live("s1")
-
-
-def test_the_session_cache_forgets_sessions_and_accounts() -> None:
-    cache = SessionCache(60)
-    for session, user in (("s1", "u1"), ("s2", "u1"), ("s3", "u1"), ("s4", "u2")):
-        cache.mark_live(session, user)
-    cache.forget("s4")
-    assert not cache.is_live("s4")
-    cache.forget_user("u1", keep="s2")
-    assert [cache.is_live(s) for s in ("s1", "s2", "s3")] == [False, True, False]
-    cache.forget_user("u1")
-    assert not cache.is_live("s2")
-
-
-def test_the_session_cache_is_bounded_and_can_be_off() -> None:
-    off = SessionCache(0)
-    off.mark_live("s", "u")
-    assert not off.is_live("s")
-    clock = Clock()
-    full = SessionCache(10, max_entries=4, clock=clock)
-    for i in range(10):
-        full.mark_live(f"s{i}", "u")
-        clock.now += 1
-    assert len(full._live_until) <= 4
-    assert full.is_live("s9")
 
 
 def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 The upstream is a stand-in UsersService on a real port that keeps accounts in a dict,
 records every call with its request ids and `authorization`, and can hold calls until
 released. It decides what each caller sees as the users service does: it verifies the
-caller's bearer token (`users_service.callers`, with the tests' signing key) and asks
+caller's bearer token (`servicekit.callers`, with the tests' signing key) and asks
 the service's policy for the view (`users_service.policy.view_of`): one's own account
 in full, another's as its public profile. The tokens are minted by the users service's
 own issuer (`users_service.tokens.AccessTokens`), so they are real ones, of real size.
@@ -24,14 +24,15 @@ import pytest
 
 from gateway.readers import MAX_BATCH, UserReader
 from gateway.upstreams import USERS_SERVICE, Upstream, UpstreamError
+from servicekit.callers import CallerResolver
 from servicekit.errors import NotFound
+from servicekit.liveness import Liveness
 from servicekit.logs import request_id_var
 from servicekit.server import GrpcServer, Service, build_server
 from servicekit.tokens import KeySet, TokenVerifier
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from tests.support.keys import signing_key
 from tests.support.servers import users_settings
-from users_service.callers import CallerResolver
 from users_service.policy import Caller, View, view_of
 from users_service.signing_keys import SigningKeys, build_signing_keys
 from users_service.tokens import AccessTokens
@@ -49,12 +50,18 @@ ISSUER = AccessTokens(
 )
 
 
+# The sessions of the tokens `bearer` made: all live, by session id.
+SESSIONS: dict[str, str] = {}
+
+
 def bearer(user_id: str, role: str = "user") -> str:
     """The `authorization` of a caller: a real access token of a new session of `user_id`."""
     now = datetime.now(UTC)
+    session_id = uuid.uuid4()
+    SESSIONS[str(session_id)] = user_id
     issued = ISSUER.issue(
         user_id=uuid.UUID(user_id),
-        session_id=uuid.uuid4(),
+        session_id=session_id,
         role=role,
         now=now,
         ends=now + timedelta(seconds=SETTINGS.session_max_seconds),
@@ -72,7 +79,10 @@ def _caller_resolver() -> CallerResolver:
         audience=SETTINGS.token_audience,
         max_lifetime_seconds=SETTINGS.token_max_lifetime_seconds,
     )
-    return CallerResolver(verifier)
+    async def live_owner(session_id: str, _credential: str) -> str | None:
+        return SESSIONS.get(session_id)
+
+    return CallerResolver(verifier, Liveness(live_owner, ttl=60))
 
 
 # (method, ids asked, request ids the call carried, authorizations the call carried)

@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+import jwt
 from grpc_health.v1 import health_pb2
 
 from servicekit import errors
@@ -49,6 +50,7 @@ class Call:
     method: str
     request: Any
     request_id: str | None
+    authorization: str | None = None
 
 
 @dataclass
@@ -110,9 +112,12 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
 
     # Behaviour shared by every method
 
-    async def _enter(self, method: str, request: Any, context: Any) -> None:
+    async def _enter(self, method: str, request: Any, context: Any) -> str:
+        """Record the call, play its failure if one is set; the caller's user id."""
         metadata = dict(context.invocation_metadata() or ())
-        self.calls.append(Call(method, request, metadata.get("x-request-id")))
+        self.calls.append(
+            Call(method, request, metadata.get("x-request-id"), metadata.get("authorization"))
+        )
         failure = self._failures.get(method)
         if failure is not None:
             if failure.times is not None:
@@ -125,6 +130,7 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
             await context.abort(failure.code, failure.message)
         if method in self._held:
             await self._release.wait()
+        return _subject(metadata.get("authorization"))
 
     @staticmethod
     def _check(request: analysis_pb2.AnalyzeTextRequest) -> None:
@@ -162,15 +168,16 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
     async def AnalyzeText(  # noqa: N802
         self, request: analysis_pb2.AnalyzeTextRequest, context: Any
     ) -> analysis_pb2.Analysis:
-        await self._enter("AnalyzeText", request, context)
-        return self._analyse(request)
+        caller = await self._enter("AnalyzeText", request, context)
+        return self._analyse(_for(request, caller))
 
     async def StreamAnalyzeText(  # noqa: N802
         self, request: analysis_pb2.AnalyzeTextRequest, context: Any
     ) -> AsyncIterator[analysis_pb2.AnalyzeTextResponseChunk]:
         self.stream_started.set()
         try:
-            await self._enter("StreamAnalyzeText", request, context)
+            caller = await self._enter("StreamAnalyzeText", request, context)
+            request = _for(request, caller)
             self._check(request)
             for chunk in self.stream_partials:
                 yield analysis_pb2.AnalyzeTextResponseChunk(partial=chunk)
@@ -186,16 +193,17 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
     async def GetAnalysis(  # noqa: N802
         self, request: analysis_pb2.GetAnalysisRequest, context: Any
     ) -> analysis_pb2.Analysis:
-        await self._enter("GetAnalysis", request, context)
+        caller = await self._enter("GetAnalysis", request, context)
         found = self.analyses.get(request.id)
-        if found is None:
+        if found is None or found.user_id != caller:
             raise errors.NotFound(f"no analysis {request.id}", reason="ANALYSIS_NOT_FOUND")
         return found
 
     async def ListAnalyses(  # noqa: N802
         self, request: analysis_pb2.ListAnalysesRequest, context: Any
     ) -> analysis_pb2.ListAnalysesResponse:
-        await self._enter("ListAnalyses", request, context)
+        caller = await self._enter("ListAnalyses", request, context)
+        owner = request.user_id or caller
         size = min(request.page_size or 50, 1000)
         if request.page_size < 0:
             raise errors.InvalidArgument.field("page_size", "must not be negative")
@@ -206,12 +214,27 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
                     "page_token", "is not a page token from this API"
                 )
             start = int(request.page_token)
-        mine = [a for a in reversed(self.analyses.values()) if a.user_id == request.user_id]
+        mine = [a for a in reversed(self.analyses.values()) if a.user_id == owner]
         page = mine[start : start + size]
         more = start + size < len(mine)
         return analysis_pb2.ListAnalysesResponse(
             analyses=page, next_page_token=str(start + size) if more else ""
         )
+
+
+def _subject(authorization: str | None) -> str:
+    """The user a bearer token acts for (unverified: the gateway has verified it)."""
+    if not authorization:
+        raise errors.Unauthenticated("no token", reason="CREDENTIALS_MISSING")
+    claims = jwt.decode(authorization.partition(" ")[2], options={"verify_signature": False})
+    return str(claims["sub"])
+
+
+def _for(request: analysis_pb2.AnalyzeTextRequest, caller: str) -> analysis_pb2.AnalyzeTextRequest:
+    """The request with its user: the one it names, else the caller (as the ai service)."""
+    if request.user_id:
+        return request
+    return analysis_pb2.AnalyzeTextRequest(text=request.text, user_id=caller)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings
 from tests.support.ai_stub import AnalysisStub, RunningStub, running_ai_stub
 from tests.support.servers import running_users, users_settings
+from tests.support.tokens import GATEWAY_SECRET
 
 PASSWORD = "correct horse battery"
 # The fields of an analysis as the REST API returns it.
@@ -47,6 +48,8 @@ def gateway_settings(users_target: str, ai_target: str, **overrides: Any) -> Gat
         "ai_target": ai_target,
         "access_log": False,
         "shutdown_grace_seconds": 1,
+        # The service account every users database of the tests holds.
+        "client_secret": GATEWAY_SECRET,
         **overrides,
     }
     return GatewaySettings(**values)

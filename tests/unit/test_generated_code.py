@@ -24,3 +24,14 @@ def test_generated_code_imports_as_a_normal_package() -> None:
     assert users_pb2_grpc.UsersServiceStub is not None
     assert analysis_pb2.Analysis.DESCRIPTOR.full_name == "ai.v1.Analysis"
     assert analysis_pb2_grpc.AnalysisServiceStub is not None
+
+
+def test_generated_code_lives_in_the_client_package_with_its_type_marker() -> None:
+    import tandem_protos
+
+    package = ROOT / "client" / "tandem_protos"
+    assert tandem_protos.__file__ is not None
+    assert tandem_protos.__file__ == str(package / "__init__.py")
+    assert (package / "py.typed").is_file()
+    assert (ROOT / "client" / "tandem_client" / "py.typed").is_file()
+    assert not (ROOT / "protos" / "python").exists()
