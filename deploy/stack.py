@@ -34,9 +34,7 @@ STOP_TIMEOUT = float(os.environ.get("STACK_STOP_TIMEOUT_SECONDS", "30"))
 WIDTH = len("gateway")
 # The gateway's service account (gateway.settings.GATEWAY_SCOPES).
 GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
-GATEWAY_SECRET_FILE = os.environ.get(
-    "GATEWAY_CLIENT_SECRET_FILE", "./data/gateway-client-secret"
-)
+GATEWAY_SECRET_FILE = os.environ.get("GATEWAY_CLIENT_SECRET_FILE", "./data/gateway-client-secret")
 
 
 @dataclass

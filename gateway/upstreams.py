@@ -271,7 +271,21 @@ class Upstreams:
         self, request: auth_pb2.IssueTokenRequest
     ) -> auth_pb2.IssueTokenResponse:
         # The client-credentials grant is its own credential: no token is sent.
-        return await self.auth.call(self.auth.stub.IssueToken, request, authorization="")
+        try:
+            return await self.auth.call(self.auth.stub.IssueToken, request, authorization="")
+        except UpstreamError as exc:
+            if exc.grpc_code != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            # The gateway's own credential is refused: its fault, not the client's.
+            log.error(
+                "the users service refused the gateway's service account %s (%s): "
+                "check GATEWAY_CLIENT_ID and its secret",
+                request.client_credentials.client_id,
+                exc.reason,
+            )
+            raise ProblemError(
+                503, "the gateway cannot authenticate to its upstreams; retry later"
+            ) from None
 
     async def close(self) -> None:
         await self.users.close()

@@ -1,5 +1,6 @@
 """The ai service as a real process: against the fake Messages API through
-ANTHROPIC_BASE_URL, and offline; driven with the real grpcurl."""
+ANTHROPIC_BASE_URL, and offline; driven with the real grpcurl, as a service account
+(its token's keys, and the accounts it names, from a stand-in users service)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.conftest import ROOT
 from tests.support.fake_anthropic import MESSAGES_PATH, FakeAnthropic, Reply
 from tests.support.grpcurl import grpcurl
 from tests.support.processes import ServiceProcess, run_command
+from tests.support.users_standin import running_users_standin
 
 SERVICE = "ai.v1.AnalysisService"
 GOOD = {
@@ -22,13 +24,19 @@ GOOD = {
 }
 
 
-async def start(env: dict[str, str]) -> ServiceProcess:
+async def start(env: dict[str, str], users: str) -> ServiceProcess:
+    env = {**env, "AI_USERS_TARGET": users}
     code, output = await run_command(["-m", "ai_service", "migrate"], env)
     assert code == 0, output
     return await ServiceProcess(["-m", "ai_service"], env, cwd=str(ROOT)).start()
 
 
 async def test_claude_path_through_a_real_process(sqlite_url: str) -> None:
+    async with running_users_standin() as (_, users):
+        await _claude_path(sqlite_url, users)
+
+
+async def _claude_path(sqlite_url: str, users: str) -> None:
     with FakeAnthropic() as fake:
         fake.enqueue(Reply.json_output(GOOD))
         env = {
@@ -37,7 +45,7 @@ async def test_claude_path_through_a_real_process(sqlite_url: str) -> None:
             "AI_ADDR": "127.0.0.1:0",
             "AI_MODEL": "claude-sonnet-5-5",
         }
-        service = await start(env)
+        service = await start(env, users)
         try:
             address = await service.wait_serving()
             assert "analyses by claude-sonnet-5-5" in service.output
@@ -66,7 +74,12 @@ async def test_claude_path_through_a_real_process(sqlite_url: str) -> None:
 
 async def test_offline_path_streams_through_grpcurl(sqlite_url: str) -> None:
     env = {"AI_DATABASE_URL": sqlite_url, "AI_ADDR": "127.0.0.1:0"}
-    service = await start(env)
+    async with running_users_standin() as (_, users):
+        service = await start(env, users)
+        await _offline_path(service)
+
+
+async def _offline_path(service: ServiceProcess) -> None:
     try:
         address = await service.wait_serving()
         assert "analyses by offline" in service.output
@@ -84,5 +97,8 @@ async def test_offline_path_streams_through_grpcurl(sqlite_url: str) -> None:
         )
         assert empty.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert '"field":"text"' in empty.output
+        anonymous = await grpcurl(address, f"{SERVICE}/ListAnalyses", data={}, token=None)
+        assert anonymous.status_code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert "CREDENTIALS_MISSING" in anonymous.output
     finally:
         await service.stop()

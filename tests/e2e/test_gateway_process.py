@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import httpx
 
 from tests.conftest import ROOT
 from tests.support.ai_stub import running_ai_stub
 from tests.support.gateway import PASSWORD, assert_problem, closed_port
-from tests.support.processes import ServiceProcess, run_command
+from tests.support.processes import ServiceProcess, create_gateway_account, run_command
 
 
 def gateway_env(users_target: str, ai_target: str, **extra: str) -> dict[str, str]:
@@ -21,16 +22,19 @@ def gateway_env(users_target: str, ai_target: str, **extra: str) -> dict[str, st
     }
 
 
-async def test_the_gateway_process_serves_the_stack_and_stops_cleanly(database_url: str) -> None:
+async def test_the_gateway_process_serves_the_stack_and_stops_cleanly(
+    database_url: str, tmp_path: Path
+) -> None:
     users_env = {"USERS_DATABASE_URL": database_url, "USERS_ADDR": "127.0.0.1:0"}
     code, output = await run_command(["-m", "users_service", "migrate"], users_env)
     assert code == 0, output
+    account = await create_gateway_account(users_env, tmp_path)
     async with (
         ServiceProcess(["-m", "users_service"], users_env, cwd=str(ROOT)) as users,
         running_ai_stub() as ai,
     ):
         users_address = await users.wait_serving()
-        env = gateway_env(users_address, ai.address)
+        env = gateway_env(users_address, ai.address, **account)
         async with ServiceProcess(["-m", "gateway"], env, cwd=str(ROOT)) as gateway:
             address = await gateway.wait_serving()
             async with httpx.AsyncClient(base_url=f"http://{address}", timeout=15) as client:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -118,4 +120,42 @@ async def test_grant_and_revoke_admin_from_the_command_line(database_url: str) -
     assert output.strip() == "users_service: no live account has the email 'who@example.com'"
     code, output = await run_command(["-m", "users_service", "grant-admin"], env)
     assert code == 2
-    assert "grant-admin takes EMAIL" in output
+    assert "the following arguments are required: EMAIL" in output
+
+
+async def test_service_accounts_from_the_command_line(sqlite_url: str, tmp_path: Path) -> None:
+    env = {"USERS_DATABASE_URL": sqlite_url}
+    code, output = await run_command(["-m", "users_service", "migrate"], env)
+    assert code == 0, output
+    create = ["-m", "users_service", "create-service-account", "billing"]
+    code, output = await run_command([*create, "--scope", "users.read"], env)
+    assert code == 0, output
+    assert "client_id: billing" in output and "shown this once" in output
+    code, output = await run_command([*create, "--scope", "users.read"], env)
+    assert code == 1
+    assert "--replace gives it a new secret" in output
+    code, output = await run_command([*create, "--scope", "users.everything"], env)
+    assert code == 2
+    assert "unknown scope users.everything" in output
+
+    # With a secret file (what `make run` does on every start): written once, 0600,
+    # then kept while it holds the account's working secret for the same scopes.
+    secret_file = tmp_path / "billing-secret"
+    with_file = [*create, "--scope", "users.read", "--secret-file", str(secret_file), "--replace"]
+    code, output = await run_command(with_file, env)
+    assert code == 0, output
+    secret = secret_file.read_text().strip()
+    assert secret.startswith("tnds_") and secret not in output
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    code, output = await run_command(with_file, env)
+    assert code == 0 and "unchanged" in output, output
+    assert secret_file.read_text().strip() == secret
+
+    code, output = await run_command(
+        ["-m", "users_service", "delete-service-account", "billing"], env
+    )
+    assert code == 0, output
+    code, output = await run_command(
+        ["-m", "users_service", "delete-service-account", "billing"], env
+    )
+    assert code == 1

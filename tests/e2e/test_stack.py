@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -17,6 +18,7 @@ import httpx
 from tests.support.fake_anthropic import FakeAnthropic, Reply
 from tests.support.gateway import read_events
 from tests.support.grpcurl import grpcurl
+from tests.support.processes import run_command
 from tests.support.stack import RunningStack, make_run
 from tests.support.tools import tool
 
@@ -31,13 +33,15 @@ GOOD = {
 }
 
 
-async def buf_curl(address: str, method: str, data: dict[str, Any]) -> tuple[int, str]:
+async def buf_curl(address: str, method: str, data: dict[str, Any], token: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         tool("buf"),
         "curl",
         "--protocol",
         "grpc",
         "--http2-prior-knowledge",
+        "-H",
+        f"authorization: Bearer {token}",
         "--data",
         json.dumps(data),
         f"http://{address}/{method}",
@@ -181,48 +185,97 @@ async def rest_journey(stack: RunningStack) -> None:
         assert after.headers["www-authenticate"].startswith("Bearer")
 
 
+async def service_account(stack: RunningStack, name: str, scopes: str) -> str:
+    """A service account made with the users CLI; its token from the grant, by grpcurl."""
+    code, output = await run_command(
+        ["-m", "users_service", "create-service-account", name, "--scope", scopes], stack.env
+    )
+    assert code == 0, output
+    secret = re.search(r"^client_secret: (\S+)$", output, re.MULTILINE)
+    assert secret is not None, output
+    ISSUED.append(secret[1])
+    issued = await grpcurl(
+        stack.users,
+        "users.v1.AuthService/IssueToken",
+        data={"client_credentials": {"client_id": name, "client_secret": secret[1]}},
+        token=None,
+    )
+    assert issued.exit_code == 0, issued.output
+    token: str = issued.json()["access_token"]
+    ISSUED.append(token)
+    return token
+
+
 async def grpc_journey(stack: RunningStack) -> None:
     users, ai = "users.v1.UsersService", "ai.v1.AnalysisService"
+    anonymous = await grpcurl(stack.users, f"{users}/ListUsers", token=None)
+    assert "Code: Unauthenticated" in anonymous.output and "CREDENTIALS_MISSING" in anonymous.output
+    desk = await service_account(
+        stack, "journey-desk", "users.signup,users.login,users.read,analyses.write"
+    )
     email = f"grace-{uuid.uuid4().hex[:8]}@example.com"
     created = await grpcurl(
         stack.users,
         f"{users}/CreateUser",
         data={"user": {"email": email, "name": "Grace"}, "password": PASSWORD},
+        token=desk,
     )
     assert created.exit_code == 0, created.output
     user_id = created.json()["id"]
     login = await grpcurl(
-        stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": PASSWORD}
+        stack.users,
+        f"{users}/AuthenticateUser",
+        data={"email": email, "password": PASSWORD},
+        token=desk,
     )
     assert login.json()["id"] == user_id
     wrong = await grpcurl(
-        stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": "bad password"}
+        stack.users,
+        f"{users}/AuthenticateUser",
+        data={"email": email, "password": "bad password"},
+        token=desk,
     )
     assert "Code: Unauthenticated" in wrong.output
     issued = await grpcurl(
         stack.users,
         "users.v1.AuthService/IssueToken",
         data={"password": {"email": email, "password": PASSWORD}},
+        token=desk,
     )
     assert issued.exit_code == 0, issued.output
     tokens = issued.json()
     ISSUED.extend([tokens["access_token"], tokens["refresh_token"]])
-    own = await grpcurl(
-        "-H", f"authorization: Bearer {tokens['access_token']}", stack.users, f"{users}/ListUsers"
-    )
+    grace = tokens["access_token"]
+    own = await grpcurl(stack.users, f"{users}/ListUsers", token=grace)
     assert "Code: PermissionDenied" in own.output and "ADMIN_REQUIRED" in own.output
     analysed = await grpcurl(
-        stack.ai, f"{ai}/AnalyzeText", data={"text": "Lovely and calm.", "user_id": user_id}
+        stack.ai, f"{ai}/AnalyzeText", data={"text": "Lovely and calm."}, token=grace
     )
-    assert analysed.json()["sentiment"] == "SENTIMENT_POSITIVE"
+    assert analysed.json()["sentiment"] == "SENTIMENT_POSITIVE", analysed.output
+    assert analysed.json()["user_id"] == user_id
+    # A service acts for a user it names (analyses.write), but may not read theirs.
+    for_her = await grpcurl(
+        stack.ai,
+        f"{ai}/AnalyzeText",
+        data={"text": "Calm again.", "user_id": user_id},
+        token=desk,
+    )
+    assert for_her.json()["user_id"] == user_id, for_her.output
+    not_hers = await grpcurl(stack.ai, f"{ai}/ListAnalyses", data={"user_id": user_id}, token=desk)
+    assert "Code: PermissionDenied" in not_hers.output and "SCOPE_REQUIRED" in not_hers.output
 
-    code, fetched = await buf_curl(stack.users, f"{users}/GetUser", {"id": user_id})
+    code, fetched = await buf_curl(stack.users, f"{users}/GetUser", {"id": user_id}, grace)
     assert code == 0, fetched
     assert json.loads(fetched)["email"] == email
-    code, listed = await buf_curl(stack.ai, f"{ai}/ListAnalyses", {"user_id": user_id})
+    code, listed = await buf_curl(stack.ai, f"{ai}/ListAnalyses", {}, grace)
     assert code == 0, listed
-    assert [a["id"] for a in json.loads(listed)["analyses"]] == [analysed.json()["id"]]
-    code, missing = await buf_curl(stack.users, f"{users}/GetUser", {"id": str(uuid.uuid4())})
+    assert [a["id"] for a in json.loads(listed)["analyses"]] == [
+        for_her.json()["id"],
+        analysed.json()["id"],
+    ]
+    code, missing = await buf_curl(
+        stack.users, f"{users}/GetUser", {"id": str(uuid.uuid4())}, grace
+    )
     assert code != 0 and "not_found" in missing
 
     # Update yourself (with the etag), stream an analysis, delete yourself.
@@ -233,6 +286,7 @@ async def grpc_journey(stack: RunningStack) -> None:
             "user": {"id": user_id, "name": "Grace H.", "etag": created.json()["etag"]},
             "update_mask": {"paths": ["name"]},
         },
+        token=grace,
     )
     assert renamed.json()["name"] == "Grace H.", renamed.output
     stale = await grpcurl(
@@ -242,16 +296,30 @@ async def grpc_journey(stack: RunningStack) -> None:
             "user": {"id": user_id, "name": "X", "etag": created.json()["etag"]},
             "update_mask": {"paths": ["name"]},
         },
+        token=grace,
     )
     assert "Code: Aborted" in stale.output
     streamed = await grpcurl(
-        stack.ai, f"{ai}/StreamAnalyzeText", data={"text": "Dreadful.", "user_id": user_id}
+        stack.ai, f"{ai}/StreamAnalyzeText", data={"text": "Dreadful."}, token=grace
     )
     assert streamed.exit_code == 0 and '"analysis"' in streamed.output, streamed.output
-    code, deleted = await buf_curl(stack.users, f"{users}/DeleteUser", {"id": user_id})
+    code, deleted = await buf_curl(stack.users, f"{users}/DeleteUser", {"id": user_id}, grace)
     assert code == 0 and "deleteTime" in deleted.replace("delete_time", "deleteTime"), deleted
+    # Her token's session ended with her account: at once on the users service, on
+    # the ai service once its memory of the live session runs out (AI_AUTH_CACHE_SECONDS).
+    at_once = await grpcurl(stack.users, f"{users}/GetUser", data={"id": user_id}, token=grace)
+    assert "Code: Unauthenticated" in at_once.output and "SESSION_ENDED" in at_once.output
+    deadline = time.monotonic() + 10
+    while True:
+        after = await grpcurl(stack.ai, f"{ai}/ListAnalyses", token=grace)
+        if "SESSION_ENDED" in after.output or time.monotonic() > deadline:
+            break
+    assert "Code: Unauthenticated" in after.output and "SESSION_ENDED" in after.output
     gone = await grpcurl(
-        stack.users, f"{users}/AuthenticateUser", data={"email": email, "password": PASSWORD}
+        stack.users,
+        f"{users}/AuthenticateUser",
+        data={"email": email, "password": PASSWORD},
+        token=desk,
     )
     assert "Code: Unauthenticated" in gone.output
 

@@ -1,13 +1,16 @@
-"""An engineer's grpcurl session against a real users_service process, via reflection."""
+"""An engineer's grpcurl session against a real users_service process, via reflection:
+a service account made with the CLI, its token from the client-credentials grant."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from functools import partial
 
 import grpc
 
 from tests.conftest import ROOT
-from tests.support.grpcurl import grpcurl
+from tests.support.grpcurl import grpcurl as _grpcurl
 from tests.support.processes import ServiceProcess, run_command
 
 SERVICE = "users.v1.UsersService"
@@ -17,8 +20,35 @@ async def test_grpcurl_session(database_url: str) -> None:
     env = {"USERS_DATABASE_URL": database_url, "USERS_ADDR": "127.0.0.1:0"}
     code, output = await run_command(["-m", "users_service", "migrate"], env)
     assert code == 0, output
+    code, output = await run_command(
+        [
+            "-m",
+            "users_service",
+            "create-service-account",
+            "support-desk",
+            "--scope",
+            "users.signup,users.read,users.write",
+        ],
+        env,
+    )
+    assert code == 0, output
+    secret = re.search(r"^client_secret: (\S+)$", output, re.MULTILINE)
+    assert secret is not None, output
     async with ServiceProcess(["-m", "users_service"], env, cwd=str(ROOT)) as service:
         address = await service.wait_serving()
+        anonymous = await _grpcurl(address, f"{SERVICE}/ListUsers", data={}, token=None)
+        assert anonymous.status_code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert "CREDENTIALS_MISSING" in anonymous.output
+        issued = await _grpcurl(
+            address,
+            "users.v1.AuthService/IssueToken",
+            data={"client_credentials": {"client_id": "support-desk", "client_secret": secret[1]}},
+            token=None,
+        )
+        assert issued.exit_code == 0, issued.output
+        assert issued.json()["scope"] == "users.read users.signup users.write"
+        assert secret[1] not in service.output
+        grpcurl = partial(_grpcurl, token=issued.json()["access_token"])
 
         created = await grpcurl(
             address,

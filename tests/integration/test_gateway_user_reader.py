@@ -79,6 +79,7 @@ def _caller_resolver() -> CallerResolver:
         audience=SETTINGS.token_audience,
         max_lifetime_seconds=SETTINGS.token_max_lifetime_seconds,
     )
+
     async def live_owner(session_id: str, _credential: str) -> str | None:
         return SESSIONS.get(session_id)
 

@@ -78,9 +78,11 @@ async def test_tls_client_trusting_the_ca_is_served(ca: Authority, served: KeyPa
 
 
 async def test_tls_refuses_plaintext_clients(served: KeyPair) -> None:
-    async with running(server_tls(served)) as server:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            assert await health_code(channel) == UNAVAILABLE
+    async with (
+        running(server_tls(served)) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        assert await health_code(channel) == UNAVAILABLE
 
 
 async def test_tls_client_trusting_another_ca_fails(served: KeyPair, other_ca: Authority) -> None:
@@ -118,14 +120,16 @@ async def test_a_rotated_certificate_serves_new_connections(
     ca: Authority, served: KeyPair, other_ca: Authority, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="servicekit.tls")
-    async with running(server_tls(served)) as server:
-        async with tls_channel(server.address, ca.ca_file) as before:
-            assert await health_code(before) == OK
-            install(other_ca.issue(), at=served)
-            assert await check_tls(server.address, other_ca.ca_file) == OK
-            assert await check_tls(server.address, ca.ca_file) == UNAVAILABLE
-            # A connection made before keeps the certificate it was made with.
-            assert await health_code(before) == OK
+    async with (
+        running(server_tls(served)) as server,
+        tls_channel(server.address, ca.ca_file) as before,
+    ):
+        assert await health_code(before) == OK
+        install(other_ca.issue(), at=served)
+        assert await check_tls(server.address, other_ca.ca_file) == OK
+        assert await check_tls(server.address, ca.ca_file) == UNAVAILABLE
+        # A connection made before keeps the certificate it was made with.
+        assert await health_code(before) == OK
     reloads = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(reloads) == 1
     assert str(served.cert_file) in reloads[0] and str(served.key_file) in reloads[0]

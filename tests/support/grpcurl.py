@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tests.support.tokens import service_token
 from tests.support.tools import tool
 
 # grpcurl exits with 64 + the gRPC status code when a call fails.
@@ -26,8 +27,14 @@ class GrpcurlResult:
         return json.loads(self.output)
 
 
-async def grpcurl(*args: str, data: Any = None) -> GrpcurlResult:
+async def grpcurl(*args: str, data: Any = None, token: str | None = "service") -> GrpcurlResult:
+    """Run grpcurl with `args`; each call carries `token` (by default a service
+    account's with every scope; None: no authorization header)."""
     command = [tool("grpcurl"), "-plaintext"]
+    if token == "service":
+        token = service_token()
+    if token is not None:
+        command += ["-H", f"authorization: Bearer {token}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
     process = await asyncio.create_subprocess_exec(

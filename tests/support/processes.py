@@ -8,9 +8,11 @@ import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 
 from tests.support.keys import signing_key_file
+from tests.support.tokens import GATEWAY_SCOPES, GATEWAY_SECRET
 
 SERVING = re.compile(r"serving (?P<services>.+) on (?P<host>[^\s]+):(?P<port>\d+)$")
 PREFIXES = ("USERS_", "AI_", "GATEWAY_", "ANTHROPIC_")
@@ -25,8 +27,33 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
     if not any(k.startswith("USERS_TOKEN_") for k in extra):
         env["USERS_TOKEN_SIGNING_KEY_FILE"] = str(signing_key_file())
+    # A gateway holds the secret of the tests' gateway account (migrate_users makes it;
+    # processes that migrate for themselves run `create_gateway_account`).
+    if not any(k.startswith("GATEWAY_CLIENT_SECRET") for k in extra):
+        env["GATEWAY_CLIENT_SECRET"] = GATEWAY_SECRET
     env.update(extra)
     return env
+
+
+async def create_gateway_account(users_env: Mapping[str, str], directory: Path) -> dict[str, str]:
+    """The gateway's service account, made as `make run` makes it (the real command);
+    the gateway settings that point at its secret."""
+    secret_file = directory / "gateway-client-secret"
+    code, output = await run_command(
+        [
+            "-m",
+            "users_service",
+            "create-service-account",
+            "gateway",
+            "--scope",
+            ",".join(sorted(GATEWAY_SCOPES)),
+            "--secret-file",
+            str(secret_file),
+        ],
+        users_env,
+    )
+    assert code == 0, output
+    return {"GATEWAY_CLIENT_SECRET_FILE": str(secret_file)}
 
 
 class ServiceProcess:

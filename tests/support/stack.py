@@ -37,6 +37,8 @@ class RunningStack:
     users: str
     ai: str
     gateway: str
+    # The environment the stack runs with (its databases, its key files).
+    env: dict[str, str]
 
     @property
     def url(self) -> str:
@@ -57,8 +59,8 @@ async def make_run(
     """`make run` on free ports with `env`; yields once the stack printed that it is ready.
 
     Like `make run` with nothing configured, the users service generates its token
-    signing key on first start: here in a temporary directory of this run, never in
-    the checkout's ./data.
+    signing key on first start, and the stack the gateway's service account: here in a
+    temporary directory of this run, never in the checkout's ./data.
     """
     keys = tempfile.TemporaryDirectory(prefix="tandem-stack-keys-")
     users, ai, gateway = (f"127.0.0.1:{free_port()}" for _ in range(3))
@@ -68,6 +70,8 @@ async def make_run(
             "AI_ADDR": ai,
             "GATEWAY_ADDR": gateway,
             "USERS_TOKEN_DEV_KEY_FILE": f"{keys.name}/users-token-key.pem",
+            # make run writes the gateway's secret here (not in the checkout's ./data).
+            "GATEWAY_CLIENT_SECRET_FILE": f"{keys.name}/gateway-client-secret",
             **env,
         }
     )
@@ -94,7 +98,7 @@ async def make_run(
                 ready.set()
 
     reader = asyncio.create_task(read(process.stdout))
-    stack = RunningStack(process, lines, users, ai, gateway)
+    stack = RunningStack(process, lines, users, ai, gateway, full)
     try:
         async with asyncio.timeout(ready_timeout):
             waiting = asyncio.ensure_future(ready.wait())

@@ -45,14 +45,16 @@ class Authority:
     def issue(self, *identities: str, expired: bool = False) -> KeyPair:
         """A new certificate for `identities` (default: SERVER_NAME), and its key."""
         self._issued += 1
-        validity = {}
+        not_before = not_after = None  # trustme's defaults: valid now
         if expired:
             now = datetime.datetime.now(datetime.UTC)
-            validity = {
-                "not_before": now - datetime.timedelta(days=2),
-                "not_after": now - datetime.timedelta(days=1),
-            }
-        leaf = self.ca.issue_cert(*(identities or (SERVER_NAME,)), **validity)
+            not_before, not_after = (
+                now - datetime.timedelta(days=2),
+                now - datetime.timedelta(days=1),
+            )
+        leaf = self.ca.issue_cert(
+            *(identities or (SERVER_NAME,)), not_before=not_before, not_after=not_after
+        )
         pair = KeyPair(
             self.directory / f"cert-{self._issued}.pem", self.directory / f"key-{self._issued}.pem"
         )
