@@ -48,6 +48,13 @@ class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings):
     # host:port to serve Prometheus /metrics on; unset: no metrics endpoint.
     metrics_addr: str | None = None
 
+    def production_problems(self) -> list[str]:
+        return [
+            *super().production_problems(),
+            *self.token_problems(),
+            *self.upstream_problems("users_target"),
+        ]
+
     def resolved_provider(self) -> Literal["anthropic", "offline"]:
         if self.provider == "auto":
             return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "offline"

@@ -7,6 +7,8 @@ import sys
 from gateway.app import create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings
+from servicekit import production
+from servicekit.errors import StartupError
 from servicekit.heap import freeze_startup_objects
 from servicekit.logs import configure_logging
 from servicekit.settings import SettingsError, load_settings
@@ -19,6 +21,11 @@ def main() -> int:
         sys.stderr.write(f"gateway: {exc}\n")
         return 2
     configure_logging(settings.log_level)
+    try:
+        production.check(settings.production_problems())
+    except StartupError as exc:
+        sys.stderr.write(f"gateway: {exc}\n")
+        return 1
     server = GatewayServer(uvicorn_config(create_app(settings), settings))
     freeze_startup_objects()
     server.run()

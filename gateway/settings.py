@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from servicekit import production
 from servicekit.errors import StartupError
 from servicekit.settings import LogLevel, TokenCheckSettings, UpstreamTlsSettings
 
@@ -84,6 +85,14 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    def production_problems(self) -> list[str]:
+        """What production mode refuses (servicekit.production)."""
+        problems = [*self.token_problems(), *self.upstream_problems("users_target", "ai_target")]
+        secret = self.client_secret.get_secret_value() if self.client_secret else None
+        if production.is_public(secret):
+            problems.append("GATEWAY_CLIENT_SECRET is a value published in the repository")
+        return problems
 
     def service_secret(self) -> str:
         """The service account's secret; StartupError naming the settings if none."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from servicekit import production
 from servicekit.errors import StartupError
 from servicekit.logs import configure_logging
 from servicekit.migrations import MigrationHistory, upgrade_to_head
@@ -79,6 +80,7 @@ def run_service(
         if command is not None:
             positional = [args.pop(argument.lower()) for argument in command.arguments]
             return _run(command.run(settings, *positional, **args))
+        production.check(settings.production_problems())
         _run(serve(settings))
     except StartupError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from servicekit import production
 from servicekit.tls import ServerTls
 from tandem_client import ClientTls
 
@@ -111,6 +112,25 @@ class ServiceSettings(BaseSettings):
             )
         return self
 
+    def production_problems(self) -> list[str]:
+        """What production mode refuses in these settings (servicekit.production)."""
+        v = self.variable
+        problems = []
+        if self.tls_cert_file is None and not production.is_loopback(self.addr):
+            problems.append(
+                f"{v('addr')} is not a loopback address and TLS is off "
+                f"(set {v('tls_cert_file')} and {v('tls_key_file')})"
+            )
+        if self.page_token_secret is None:
+            problems.append(f"{v('page_token_secret')} is not set (it would be random)")
+        elif production.is_public(self.page_token_secret.get_secret_value()):
+            problems.append(f"{v('page_token_secret')} is a value published in the repository")
+        if production.is_public(production.url_password(self.database_url)):
+            problems.append(f"{v('database_url')} has a password published in the repository")
+        if self.reflection:
+            problems.append(f"{v('reflection')} is on (set it to false)")
+        return problems
+
     def server_tls(self) -> ServerTls | None:
         """The TLS files to serve with, or None for plaintext."""
         if self.tls_cert_file is None or self.tls_key_file is None:
@@ -167,6 +187,13 @@ class TokenCheckSettings(BaseSettings):
     # at most this long.
     auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
 
+    def token_problems(self) -> list[str]:
+        """What production mode refuses in how tokens are checked."""
+        if self.token_max_lifetime_seconds > production.MAX_TOKEN_LIFETIME_SECONDS:
+            name = _variable(type(self), "token_max_lifetime_seconds")
+            return [f"{name} exceeds {production.MAX_TOKEN_LIFETIME_SECONDS} s"]
+        return []
+
 
 class UpstreamTlsSettings(BaseSettings):
     """How a process connects to Tandem's gRPC services: plaintext, TLS or mTLS."""
@@ -200,6 +227,18 @@ class UpstreamTlsSettings(BaseSettings):
             )
             raise ValueError(f"a client certificate needs all three of {names}")
         return self
+
+    def upstream_problems(self, *targets: str) -> list[str]:
+        """What production mode refuses in how the settings `targets` name are reached."""
+        if self.upstream_tls_ca_file is not None:
+            return []
+        cls = type(self)
+        return [
+            f"{_variable(cls, target)} is not on this machine and TLS to it is off "
+            f"(set {_variable(cls, 'upstream_tls_ca_file')})"
+            for target in targets
+            if not production.is_loopback(str(getattr(self, target)))
+        ]
 
     def client_tls(self) -> ClientTls | None:
         if self.upstream_tls_ca_file is None:

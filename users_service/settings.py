@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from servicekit import production
 from servicekit.settings import ServiceSettings
 
 
@@ -58,6 +59,18 @@ class UsersSettings(ServiceSettings):
     def _unset_when_empty(cls, value: object) -> object:
         # `USERS_TOKEN_SIGNING_KEY_FILE=` (as compose passes an unset variable) means none.
         return None if isinstance(value, str) and not value.strip() else value
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if self.token_signing_key_file is None:
+            problems.append(
+                "USERS_TOKEN_SIGNING_KEY_FILE is not set (a signing key would be generated)"
+            )
+        cap = production.MAX_TOKEN_LIFETIME_SECONDS
+        for field in ("access_token_ttl_seconds", "token_max_lifetime_seconds"):
+            if getattr(self, field) > cap:
+                problems.append(f"{self.variable(field)} exceeds {cap} s")
+        return problems
 
     @property
     def verify_key_paths(self) -> list[Path]:

@@ -159,3 +159,29 @@ async def test_service_accounts_from_the_command_line(sqlite_url: str, tmp_path:
         ["-m", "users_service", "delete-service-account", "billing"], env
     )
     assert code == 1
+
+
+async def test_production_mode_refuses_unsafe_settings_in_one_line(sqlite_url: str) -> None:
+    env = {
+        "TANDEM_ENV": "production",
+        "USERS_DATABASE_URL": sqlite_url,
+        "USERS_ADDR": "0.0.0.0:0",
+        "USERS_PAGE_TOKEN_SECRET": "dev-only-users-page-token-secret",
+    }
+    code, output = await run_command(["-m", "users_service", "migrate"], env)
+    assert code == 0, output
+    code, output = await run_command(["-m", "users_service"], env)
+    assert code == 1
+    (line,) = output.strip().splitlines()
+    assert line.startswith("users_service: TANDEM_ENV=production refuses to start: ")
+    assert "USERS_ADDR is not a loopback address and TLS is off" in line
+    assert "USERS_PAGE_TOKEN_SECRET is a value published in the repository" in line
+    assert "USERS_REFLECTION is on" in line
+    assert "dev-only-users-page-token-secret" not in line
+    gateway_env = {"TANDEM_ENV": "production", "GATEWAY_AI_TARGET": "dns:///ai:50052"}
+    code, output = await run_command(["-m", "gateway"], gateway_env)
+    assert code == 1
+    assert output.strip() == (
+        "gateway: TANDEM_ENV=production refuses to start: GATEWAY_AI_TARGET is not on this "
+        "machine and TLS to it is off (set GATEWAY_UPSTREAM_TLS_CA_FILE)"
+    )

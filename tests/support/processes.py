@@ -15,7 +15,7 @@ from tests.support.keys import signing_key_file
 from tests.support.tokens import GATEWAY_SCOPES, GATEWAY_SECRET
 
 SERVING = re.compile(r"serving (?P<services>.+) on (?P<host>[^\s]+):(?P<port>\d+)$")
-PREFIXES = ("USERS_", "AI_", "GATEWAY_", "ANTHROPIC_")
+PREFIXES = ("USERS_", "AI_", "GATEWAY_", "ANTHROPIC_", "TANDEM_")
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
