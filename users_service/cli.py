@@ -19,11 +19,10 @@ from users_service.migrations import MIGRATIONS
 from users_service.passwords import PasswordHasher
 from users_service.policy import Role, Scope
 from users_service.repository import UsersRepository
-from users_service.server import serve, signing_keys_from
+from users_service.server import serve
 from users_service.service_accounts import ServiceAccounts
 from users_service.service_accounts_repository import ServiceAccountsRepository
 from users_service.settings import UsersSettings
-from users_service.tokens import AccessTokens
 
 
 @asynccontextmanager
@@ -60,15 +59,10 @@ async def set_role(settings: UsersSettings, email: str, role: Role) -> int:
     return 0
 
 
-def _service_accounts(settings: UsersSettings, database: Database) -> ServiceAccounts:
-    keys = signing_keys_from(settings)
-    tokens = AccessTokens(
-        keys,
-        issuer=settings.token_issuer,
-        audience=settings.token_audience,
-        ttl_seconds=settings.access_token_ttl_seconds,
-    )
-    return ServiceAccounts(ServiceAccountsRepository(database), tokens)
+def _service_accounts(database: Database) -> ServiceAccounts:
+    # No tokens are issued here, so no signing key is needed (a one-shot job that makes
+    # the gateway's account need not see the key).
+    return ServiceAccounts(ServiceAccountsRepository(database), None)
 
 
 async def create_service_account(
@@ -86,7 +80,7 @@ async def create_service_account(
     """
     scopes = sorted({s for value in scope for s in value.replace(",", " ").split()})
     async with _database(settings) as database:
-        accounts = _service_accounts(settings, database)
+        accounts = _service_accounts(database)
         held = _read_secret(secret_file) if secret_file is not None else None
         if held is not None and await accounts.holds(name, held, scopes):
             sys.stdout.write(f"service account {name} is unchanged ({secret_file})\n")
@@ -134,7 +128,7 @@ def write_secret(path: Path, secret: str) -> None:
 
 async def delete_service_account(settings: UsersSettings, name: str) -> int:
     async with _database(settings) as database:
-        deleted = await _service_accounts(settings, database).delete(name)
+        deleted = await _service_accounts(database).delete(name)
     if not deleted:
         sys.stderr.write(f"users_service: no service account {name!r}\n")
         return 1

@@ -51,9 +51,10 @@ class ServiceAccounts:
     def __init__(
         self,
         repository: ServiceAccountsRepository,
-        tokens: AccessTokens,
+        tokens: AccessTokens | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`tokens`: None where none is issued (the command line that makes accounts)."""
         self._repository = repository
         self._tokens = tokens
         self._clock = clock
@@ -100,6 +101,7 @@ class ServiceAccounts:
 
     async def grant(self, client_id: str, client_secret: str) -> ServiceToken:
         """An access token for the account; UNAUTHENTICATED (BAD_CREDENTIALS) if not."""
+        assert self._tokens is not None, "issuing tokens needs the signing keys"
         violations = []
         if not client_id:
             violations.append(FieldViolation("client_credentials.client_id", "is required"))
