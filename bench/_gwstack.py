@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.settings import GatewaySettings
+from gateway.settings import GATEWAY_SCOPES, GatewaySettings
 
 # Below 32768, where Linux's ip_local_port_range starts.
 PORT_RANGE = (20_000, 32_767)
@@ -160,12 +160,79 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-async def _grpc_serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _grpc_serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if credentials is None
+        else grpc.aio.secure_channel(address, credentials)
+    )
+    async with channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=1
         )
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+TransportSettings = tuple[dict[str, str], dict[str, str], grpc.ChannelCredentials | None]
+
+
+def transport_settings(transport: str, workdir: Path) -> TransportSettings:
+    """The users service's and the gateway's TLS settings for `transport`, with
+    certificates from a CA made for the run (trustme), and credentials for the checks."""
+    if transport == "plaintext":
+        return {}, {}, None
+    import trustme  # noqa: PLC0415 - a dev dependency, only for TLS runs
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("gateway.bench")
+    files = {
+        "ca": ca.cert_pem,
+        "server.crt": server.cert_chain_pems[0],
+        "server.key": server.private_key_pem,
+        "client.crt": client.cert_chain_pems[0],
+        "client.key": client.private_key_pem,
+    }
+    paths = {name: workdir / f"tls-{name}.pem" for name in files}
+    for name, blob in files.items():
+        blob.write_to_path(str(paths[name]))
+    users = {
+        "USERS_TLS_CERT_FILE": str(paths["server.crt"]),
+        "USERS_TLS_KEY_FILE": str(paths["server.key"]),
+    }
+    gateway = {"GATEWAY_UPSTREAM_TLS_CA_FILE": str(paths["ca"])}
+    key = cert = None
+    if transport == "mtls":
+        users["USERS_TLS_CLIENT_CA_FILE"] = str(paths["ca"])
+        gateway["GATEWAY_UPSTREAM_TLS_CERT_FILE"] = str(paths["client.crt"])
+        gateway["GATEWAY_UPSTREAM_TLS_KEY_FILE"] = str(paths["client.key"])
+        key, cert = paths["client.key"].read_bytes(), paths["client.crt"].read_bytes()
+    credentials = grpc.ssl_channel_credentials(paths["ca"].read_bytes(), key, cert)
+    return users, gateway, credentials
+
+
+async def create_gateway_account(database_url: str, workdir: Path) -> Path:
+    """The gateway's service account, made by the users service's command; its secret file."""
+    secret_file = workdir / "gateway-client-secret"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "users_service",
+        "create-service-account",
+        "gateway",
+        "--scope",
+        ",".join(GATEWAY_SCOPES),
+        "--secret-file",
+        str(secret_file),
+        "--replace",
+        env=_procs.clean_env({"USERS_DATABASE_URL": database_url}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"create-service-account failed: {output.decode(errors='replace')}")
+    return secret_file
 
 
 class Stack:
@@ -181,8 +248,11 @@ class Stack:
         workdir: Path,
         monolith_env: Mapping[str, str],
         gateway_env: Mapping[str, str],
+        transport: str = "mtls",
     ) -> None:
         self.database_url = database_url
+        self.workdir = workdir
+        self.transport = transport
         self.signing_key_file, self.public_key_file = write_token_keys(workdir)
         ports: list[int] = []
         for _ in range(4):
@@ -202,6 +272,8 @@ class Stack:
 
     async def start(self) -> None:
         users_address = f"127.0.0.1:{self.users_port}"
+        users_tls, gateway_tls, credentials = transport_settings(self.transport, self.workdir)
+        gateway_secret = await create_gateway_account(self.database_url, self.workdir)
         self.users = Child(
             "users service",
             [sys.executable, "-m", "users_service"],
@@ -215,6 +287,7 @@ class Stack:
                     "USERS_TOKEN_SIGNING_KEY_FILE": str(self.signing_key_file),
                     "USERS_TOKEN_ISSUER": TOKEN_ISSUER,
                     "USERS_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
+                    **users_tls,
                 }
             ),
         )
@@ -233,6 +306,8 @@ class Stack:
                     # No line per request (no access log); INFO for the one at exit
                     # that says how well account reads coalesced.
                     "GATEWAY_LOG_LEVEL": "INFO",
+                    "GATEWAY_CLIENT_SECRET_FILE": str(gateway_secret),
+                    **gateway_tls,
                     **self.gateway_env,
                 }
             ),
@@ -273,7 +348,7 @@ class Stack:
         )
         users, gateway, monolith = self.users, self.gateway, self.monolith
         await asyncio.gather(
-            users.start(lambda: _grpc_serving(users_address)),
+            users.start(lambda: _grpc_serving(users_address, credentials)),
             gateway.start(lambda: self._http_ok(self.gateway_url + "/healthz")),
             monolith.start(self._monolith_workers_up),
         )

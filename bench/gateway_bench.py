@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gateway_bench.py [--quick] [--duration S] [--users N]
         [--rounds R] [--json PATH] [--profile | --no-profile]
+        [--transport mtls|tls|plaintext]
 
 It creates its own PostgreSQL database, applies the users service's migrations, seeds N
 users with COPY, and starts, as real processes, the gateway path (`python -m
@@ -77,6 +78,8 @@ class Config:
     gateway_env: dict[str, str] = field(default_factory=dict)
     seed: int = 1
     quick: bool = False
+    # How the gateway reaches the users service: plaintext, tls or mtls.
+    transport: str = "mtls"
 
 
 @dataclass
@@ -215,8 +218,10 @@ async def _prepare(run: Run, results: dict[str, Any]) -> None:
         workdir=run.workdir,
         monolith_env=config.monolith_env,
         gateway_env=config.gateway_env,
+        transport=config.transport,
     )
     await run.stack.start()
+    results["transport"] = config.transport
     results["ports"] = {
         "users": run.stack.users_port,
         "gateway": run.stack.gateway_port,
@@ -417,6 +422,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         help="extra setting for the gateway (repeatable), e.g. GATEWAY_COALESCE_READS=false",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the test data")
+    parser.add_argument(
+        "--transport",
+        choices=("plaintext", "tls", "mtls"),
+        default="mtls",
+        help="gateway to users service: mTLS as in production (default), TLS, or plaintext",
+    )
     args = parser.parse_args(argv)
     users = args.users or (20_000 if args.quick else 100_000)
     duration = args.duration or (3 if args.quick else 10)
@@ -439,6 +450,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         gateway_env=_env_pairs(parser, args.gateway_env, "GATEWAY_"),
         seed=args.seed,
         quick=args.quick,
+        transport=args.transport,
     )
 
 

@@ -19,6 +19,7 @@ from servicekit.errors import Unauthenticated, Unavailable
 from servicekit.liveness import Liveness
 from servicekit.settings import TokenCheckSettings
 from servicekit.tokens import (
+    AccessClaims,
     JwksSource,
     KeySet,
     KeysUnavailable,
@@ -34,9 +35,15 @@ SESSION_ENDED = "SESSION_ENDED"
 
 
 class CallerResolver:
-    def __init__(self, verifier: TokenVerifier, sessions: Liveness) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, sessions: Liveness, *, max_remembered: int = 10_000
+    ) -> None:
         self._verifier = verifier
         self._sessions = sessions
+        # The caller of each token seen, so a repeated token costs a lookup rather than
+        # parsing its ids again; its expiry is still checked, by the verifier, each time.
+        self._callers: dict[str, Caller] = {}
+        self._max_remembered = max_remembered
 
     async def caller(self, context: Any) -> Caller:
         """The caller of a gRPC call, from its `authorization` metadata.
@@ -59,24 +66,35 @@ class CallerResolver:
                 "the keys that verify access tokens are unavailable; retry shortly",
                 reason="SIGNING_KEYS_UNAVAILABLE",
             ) from None
-        if claims.is_service:
-            return Caller.service_account(claims.subject, claims.scopes, token=token)
-        assert claims.session_id is not None, "a user's token always names its session"
-        try:
-            caller = Caller.account(
-                uuid.UUID(claims.user_id),
-                Role(claims.role),
-                uuid.UUID(claims.session_id),
-                token=token,
-            )
-        except ValueError:
-            raise Unauthenticated("the access token is invalid", reason="TOKEN_INVALID") from None
+        caller = self._callers.get(token)
+        if caller is None:
+            caller = _caller_of(claims, token)
+            if len(self._callers) >= self._max_remembered:
+                self._callers.clear()
+            self._callers[token] = caller
+        if claims.session_id is None:
+            return caller
         if await self._sessions.owner(claims.session_id, token) != claims.user_id:
             raise Unauthenticated(
                 "the session of this access token has ended; log in again",
                 reason=SESSION_ENDED,
             )
         return caller
+
+
+def _caller_of(claims: AccessClaims, token: str) -> Caller:
+    if claims.is_service:
+        return Caller.service_account(claims.subject, claims.scopes, token=token)
+    assert claims.session_id is not None, "a user's token always names its session"
+    try:
+        return Caller.account(
+            uuid.UUID(claims.user_id),
+            Role(claims.role),
+            uuid.UUID(claims.session_id),
+            token=token,
+        )
+    except ValueError:
+        raise Unauthenticated("the access token is invalid", reason="TOKEN_INVALID") from None
 
 
 def jwks_source(users: Connection) -> JwksSource:
