@@ -1,16 +1,17 @@
 # syntax=docker/dockerfile:1
 #
 # One image for the whole stack; the command picks what a container runs:
-#   python -m users_service [serve|migrate]
+#   python -m users_service [serve|migrate|create-service-account ...]
 #   python -m ai_service [serve|migrate]
 #   python -m gateway
 #
-# No image-level HEALTHCHECK: this image runs three different servers and two one-shot
-# migrations, and a check baked in here would have to guess which one a container runs -
-# a wrong guess marks a healthy container unhealthy (and a migration can never be
-# "healthy"). Each runner checks what it started instead: docker-compose.yml per
+# No image-level HEALTHCHECK: this image runs three different servers and one-shot jobs
+# (two migrations, the gateway's service account), and a check baked in here would have
+# to guess which one a container runs - a wrong guess marks a healthy container
+# unhealthy (and a one-shot job can never be "healthy"). Each runner checks what it started instead: docker-compose.yml per
 # service (`python -m servicekit.healthcheck` for gRPC, /readyz for the gateway),
-# Kubernetes with its native gRPC and HTTP probes, which ignore HEALTHCHECK anyway.
+# Kubernetes with exec probes running that same module over mTLS (its native gRPC probe
+# cannot do TLS) and HTTP probes for the gateway; Kubernetes ignores HEALTHCHECK anyway.
 
 # Both stages must use the same interpreter: the venv is built in one, run in the other.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -51,14 +52,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_ADDR=0.0.0.0:8000
 # A numeric uid, so Kubernetes' runAsNonRoot can verify it. /app/data is where the
 # embedded SQLite defaults write, for a quick `docker run` without PostgreSQL.
-# /var/lib/tandem/keys is where docker-compose.yml mounts the users service's key
-# volume: a new named volume copies the ownership of the directory it is mounted on, so
-# it must exist here, owned by that user, or the service could not write its key.
+# /var/lib/tandem/keys and /var/lib/tandem/gateway are where docker-compose.yml mounts
+# the users service's key volume and the gateway's service-account secret volume: a new
+# named volume copies the ownership of the directory it is mounted on, so each must
+# exist here, owned by that user, or the service (or the one-shot job that makes the
+# gateway's account) could not write its file there.
 RUN groupadd --system --gid 10001 tandem \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin tandem \
     && install -d -o 10001 -g 10001 /app /app/data \
-    && install -d -m 0700 -o 10001 -g 10001 /var/lib/tandem/keys
+    && install -d -m 0700 -o 10001 -g 10001 /var/lib/tandem/keys /var/lib/tandem/gateway
 # Only the venv: no compiler, no pip cache, no sources beyond the installed packages.
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app

@@ -30,8 +30,7 @@ from gateway.upstreams import (
     deadline_exceeded,
 )
 from servicekit.batching import Batcher
-from servicekit.interceptor import REQUEST_ID_KEY
-from servicekit.logs import request_id_var
+from tandem_client import REQUEST_ID_KEY, request_id_var
 from tandem_protos.users.v1 import auth_pb2, users_pb2
 
 # Bounded by the call's metadata, not by the batch methods' 1000 ids: every read's
@@ -118,8 +117,7 @@ class _CoalescedReader(Generic[StubT, Msg]):
         self.calls += 1
         deadline = min(read.deadline for read in reads) - asyncio.get_running_loop().time()
         try:
-            metadata = await self._metadata(reads)
-            return await self._get_batch([read.id for read in reads], deadline, metadata)
+            return await self._get_batch([read.id for read in reads], deadline, _metadata(reads))
         except UpstreamError as error:
             if error.grpc_code not in _ONE_ID_FAILED:
                 return [error] * len(reads)
@@ -134,21 +132,8 @@ class _CoalescedReader(Generic[StubT, Msg]):
 
     async def _get_one(self, read: _Read) -> Msg:
         self.calls += 1
-        metadata = await self._metadata([read])
         deadline = read.deadline - asyncio.get_running_loop().time()
-        return await self._get_single(read.id, deadline, metadata)
-
-    async def _metadata(self, reads: Sequence[_Read]) -> list[tuple[str, str]]:
-        """A call's metadata: every read's request id, and their one caller's
-        credential (the gateway's own for its reads)."""
-        metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
-        authorization = reads[0].authorization
-        token = self._upstream.service_token
-        if authorization is None and token is not None:
-            authorization = "Bearer " + await token.token()
-        if authorization is not None:
-            metadata.append(("authorization", authorization))
-        return metadata
+        return await self._get_single(read.id, deadline, _metadata([read]))
 
     async def _get_single(
         self, resource_id: str, deadline: float, metadata: Sequence[tuple[str, str]]
@@ -159,6 +144,16 @@ class _CoalescedReader(Generic[StubT, Msg]):
         self, ids: list[str], deadline: float, metadata: Sequence[tuple[str, str]]
     ) -> Sequence[Msg]:
         raise NotImplementedError
+
+
+def _metadata(reads: Sequence[_Read]) -> list[tuple[str, str]]:
+    """A call's metadata: every read's request id, and their one caller's credential;
+    without one, the connection adds the gateway's own."""
+    metadata = [(REQUEST_ID_KEY, read.request_id) for read in reads]
+    authorization = reads[0].authorization
+    if authorization is not None:
+        metadata.append(("authorization", authorization))
+    return metadata
 
 
 class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):

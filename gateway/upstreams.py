@@ -1,18 +1,20 @@
-"""The two upstreams: one long-lived grpc.aio channel each, deadlines, errors as problems.
+"""The two upstreams, as the routes call them: failed calls become HTTP problems.
 
-Each channel is opened once, in the app's lifespan, and shared by every request. Its
-service config balances calls over every address the target resolves to (`round_robin`,
-so several replicas share the load and a dead one is skipped) and retries the
-idempotent methods on UNAVAILABLE; calls that change state are never retried by the
-channel. Calls do not wait for a connection (no `wait_for_ready`): an unreachable
-upstream fails fast with UNAVAILABLE (503), a silent one at its deadline (504).
+A `tandem_client.Connection` per target does the gRPC side: one long-lived channel
+(opened in the app's lifespan, shared by every request) balancing over every address
+the target resolves to and retrying the idempotent methods on UNAVAILABLE; TLS, and a
+new channel when the client certificate files rotate; the request id and bearer token
+every call carries; deadlines; failures raised as `tandem_client.RpcError`. The users
+target's connection carries UsersService and AuthService, the ai target's
+AnalysisService. What is left here is about HTTP: the problem each failure becomes
+(`rpc_problem`), and the health checks of /readyz.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -20,20 +22,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.problems import ProblemError
 from gateway.settings import GatewaySettings
-from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE, decode_details, field_violations
-from servicekit.interceptor import REQUEST_ID_KEY
-from servicekit.logs import request_id_var
-from tandem_client import ClientTls, ServiceAccount, TokenProvider, services
-from tandem_client.services import channel_options
+from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
+from tandem_client import Connection, RpcError, ServiceAccount, services
+from tandem_client.errors import decode_status, field_violations
 from tandem_protos.ai.v1 import analysis_pb2_grpc
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# The services, their idempotent methods and the channel options: tandem_client.services.
 USERS_SERVICE = services.USERS_SERVICE
 AUTH_SERVICE = services.AUTH_SERVICE
 AI_SERVICE = services.AI_SERVICE
+
+# How often (at most) calls look for rotated TLS files (tandem_client.Connection).
+TLS_CHECK_SECONDS = 30.0
 
 # The generated async stub types exist only for type checkers.
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ else:
     AiStub = analysis_pb2_grpc.AnalysisServiceStub
 
 _UNEXPECTED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
+_RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+_AUTHORIZATION = "authorization"
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -71,28 +75,32 @@ class UpstreamError(ProblemError):
         self.grpc_code = grpc_code
 
 
-def rpc_problem(error: grpc.aio.AioRpcError, upstream: str) -> UpstreamError:
+def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
     """The problem a failed call to `upstream` ("users", "ai") becomes.
 
     The detail is the upstream's own message when it sent rich details (our services
     compose those for clients); otherwise, and for every unexpected fault, a generic
     one: transport errors and tracebacks never reach the client.
+
+    What the upstream sent is read from the call's own trailers (`error.cause`), not
+    from the RpcError's decoded fields, which differ in what they make of statuses our
+    services never send (a Status packed for another code, a RetryInfo without a
+    `retry-after` trailer, a fractional `retry-after`, an empty reason).
     """
-    code = error.code()
-    trailers = cast(Sequence[tuple[str, str | bytes]], tuple(error.trailing_metadata() or ()))
-    status = decode_details(trailers)
+    code = error.code
+    trailers = _trailers(error)
+    status = decode_status(trailers)
     headers = {}
-    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+    if code in _RETRYABLE:
         for key, value in trailers:
             if key == "retry-after" and isinstance(value, str) and value.isdigit():
                 headers["Retry-After"] = value
-    errors = [(rest_field(v.field), v.description) for v in field_violations(status)]
     return UpstreamError(
         HTTP_STATUS_BY_GRPC_CODE.get(code, 500),
         _detail(code, status, upstream),
         grpc_code=code,
         reason=_reason(status),
-        errors=errors,
+        errors=[(rest_field(v.field), v.description) for v in field_violations(status)],
         headers=headers,
     )
 
@@ -119,6 +127,12 @@ _GENERIC_DETAILS: Mapping[grpc.StatusCode, str] = {
 }
 
 
+def _trailers(error: RpcError) -> Sequence[tuple[str, str | bytes]]:
+    if error.cause is None:  # made by hand, not by a call
+        return ()
+    return cast(Sequence[tuple[str, str | bytes]], tuple(error.cause.trailing_metadata() or ()))
+
+
 def _detail(code: grpc.StatusCode, status: status_pb2.Status | None, upstream: str) -> str:
     if code in _UNEXPECTED:
         return f"the {upstream} service failed unexpectedly; quote the request id to report it"
@@ -136,53 +150,35 @@ def _reason(status: status_pb2.Status | None) -> str | None:
     return None
 
 
-def call_metadata(authorization: str | None = None) -> tuple[tuple[str, str], ...]:
-    """What every upstream call carries: the current request's id, and the caller's
-    `authorization` when the call acts for it."""
-    if authorization is None:
-        return ((REQUEST_ID_KEY, request_id_var.get()),)
-    return ((REQUEST_ID_KEY, request_id_var.get()), ("authorization", authorization))
-
-
-def _open_channel(
-    target: str, options: list[tuple[str, Any]], tls: ClientTls | None
-) -> grpc.aio.Channel:
-    if tls is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(
-        target, tls.channel_credentials(), options=[*options, *tls.channel_options()]
-    )
-
-
 class Upstream(Generic[StubT]):
-    """One upstream service: its channel, its generated stub, its default deadline."""
+    """One service on an upstream `Connection`: its stub, its deadline, its health.
+
+    `connection` may be a target, for a plaintext connection of its own. `stub` is
+    taken from the connection at each call: a TLS rotation swaps the channel.
+    """
 
     def __init__(
         self,
         name: str,
         service: str,
-        target: str,
+        connection: Connection | str,
         stub: Callable[[grpc.aio.Channel], StubT],
-        deadline: float,
-        *,
-        channel: grpc.aio.Channel | None = None,
-        channel_services: Sequence[str] = (),
-        service_token: TokenProvider | None = None,
-        tls: ClientTls | None = None,
+        deadline: float | None = None,
     ) -> None:
-        """`channel`: share another upstream's; else one is opened, configured for
-        `channel_services` (by default `service` alone). `service_token`: the
-        gateway's own token, for calls that act for no user."""
+        """`name` ("users", "ai") is what problems call it; `deadline`, seconds a call
+        may take unless it says otherwise, is the connection's unless given."""
+        if isinstance(connection, str):
+            connection = Connection(connection, deadline=deadline or 5.0, services=(service,))
         self.name = name
         self.service = service
-        self.target = target
-        self.deadline = deadline
-        self.channel = channel or _open_channel(
-            target, channel_options(channel_services or [service]), tls
-        )
-        self.stub: StubT = stub(self.channel)
-        self.service_token = service_token
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.connection = connection
+        self.deadline = connection.deadline if deadline is None else deadline
+        self._stub = stub
+
+    @property
+    def stub(self) -> StubT:
+        """The service's stub on the connection's current channel."""
+        return self.connection.stub(self._stub)
 
     async def call(
         self,
@@ -190,29 +186,60 @@ class Upstream(Generic[StubT]):
         request: Req,
         *,
         deadline: float | None = None,
-        metadata: Sequence[tuple[str, str]] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
         authorization: str | None = None,
     ) -> Resp:
-        """Make one unary call (within `deadline` seconds, else the upstream's default),
-        carrying `metadata`, else the current request's id and `authorization`: the
-        caller's, forwarded; None for the gateway's own service token; "" for none.
+        """Make one unary call (within `deadline` seconds, else the upstream's default).
 
-        A failure raises the UpstreamError it stands for.
+        It carries `metadata`, and the current request's id and an `authorization`
+        unless `metadata` holds them: `authorization`, the caller's ("Bearer …"),
+        forwarded; None for the gateway's own service token (the connection's); ""
+        for none. A failure raises the UpstreamError it stands for.
         """
-        timeout = self.deadline if deadline is None else deadline
+        token, metadata = _credentials(authorization, metadata)
         try:
-            if metadata is None:
-                if authorization is None and self.service_token is not None:
-                    authorization = "Bearer " + await self.service_token.token()
-                metadata = call_metadata(authorization or None)
-            return await method(request, timeout=timeout, metadata=tuple(metadata))
-        except grpc.aio.AioRpcError as error:
+            return await self.connection.call(
+                method,
+                request,
+                timeout=self.deadline if deadline is None else deadline,
+                token=token,
+                metadata=metadata,
+            )
+        except RpcError as error:
             raise rpc_problem(error, self.name) from None
+
+    async def stream(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        deadline: float | None = None,
+        authorization: str | None = None,
+    ) -> AsyncGenerator[Resp, None]:
+        """The responses of one server-streaming call, made as `call` makes one; the
+        deadline covers the whole stream. A failure, before or between responses,
+        raises its UpstreamError; closing the generator cancels the call."""
+        token, metadata = _credentials(authorization, ())
+        responses = self.connection.stream(
+            method,
+            request,
+            timeout=self.deadline if deadline is None else deadline,
+            token=token,
+            metadata=metadata,
+        )
+        try:
+            async for response in responses:
+                yield response
+        except RpcError as error:
+            raise rpc_problem(error, self.name) from None
+        finally:
+            await responses.aclose()
 
     async def health(self, deadline: float) -> str:
         """The service's grpc.health.v1 status (`SERVING`…), or why it has none."""
+        health = self.connection.stub(health_pb2_grpc.HealthStub)
         try:
-            reply = await self._health.Check(
+            reply = await health.Check(
                 health_pb2.HealthCheckRequest(service=self.service), timeout=deadline
             )
         except grpc.aio.AioRpcError as error:
@@ -220,7 +247,19 @@ class Upstream(Generic[StubT]):
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     async def close(self) -> None:
-        await self.channel.close(grace=None)
+        await self.connection.close()
+
+
+def _credentials(
+    authorization: str | None, metadata: Sequence[tuple[str, str]]
+) -> tuple[str | None, Sequence[tuple[str, str]]]:
+    """A call's `token` and `metadata` for Connection: the connection's own token for
+    None, none for "", else the caller's `authorization` forwarded as it came."""
+    if authorization is None:
+        return None, metadata
+    if not authorization:
+        return "", metadata
+    return "", (*metadata, (_AUTHORIZATION, authorization))
 
 
 class Upstreams:
@@ -228,37 +267,29 @@ class Upstreams:
 
     def __init__(self, settings: GatewaySettings) -> None:
         tls = settings.client_tls()
-        self.users = Upstream(
-            "users",
-            USERS_SERVICE,
+        users = Connection(
             settings.users_target,
-            users_pb2_grpc.UsersServiceStub,
-            settings.users_deadline_seconds,
-            channel_services=(USERS_SERVICE, AUTH_SERVICE),
             tls=tls,
+            deadline=settings.users_deadline_seconds,
+            services=(USERS_SERVICE, AUTH_SERVICE),
+            tls_check_seconds=TLS_CHECK_SECONDS,
         )
-        # The users service's identity provider, on the same channel.
-        self.auth = Upstream(
-            "users",
-            AUTH_SERVICE,
-            settings.users_target,
-            auth_pb2_grpc.AuthServiceStub,
-            settings.users_deadline_seconds,
-            channel=self.users.channel,
-        )
-        self.ai = Upstream(
-            "ai",
-            AI_SERVICE,
+        ai = Connection(
             settings.ai_target,
-            analysis_pb2_grpc.AnalysisServiceStub,
-            settings.ai_deadline_seconds,
             tls=tls,
+            deadline=settings.ai_deadline_seconds,
+            services=(AI_SERVICE,),
+            tls_check_seconds=TLS_CHECK_SECONDS,
         )
+        self.users = Upstream("users", USERS_SERVICE, users, users_pb2_grpc.UsersServiceStub)
+        # The users service's identity provider, on the same connection.
+        self.auth = Upstream("users", AUTH_SERVICE, users, auth_pb2_grpc.AuthServiceStub)
+        self.ai = Upstream("ai", AI_SERVICE, ai, analysis_pb2_grpc.AnalysisServiceStub)
+        # The token of calls that act for no user, on both connections.
         self.service_account = ServiceAccount(
             settings.client_id, settings.service_secret(), fetch=self._issue_service_token
         )
-        for upstream in (self.users, self.auth, self.ai):
-            upstream.service_token = self.service_account
+        users.token = ai.token = self.service_account
         log.info(
             "upstreams: users at %s, ai at %s (%s); acting as service account %s",
             settings.users_target,

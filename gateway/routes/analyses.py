@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import grpc
 import orjson
 from fastapi import APIRouter, Response
 
@@ -16,8 +15,8 @@ from gateway.deps import AiUpstream, CurrentUser, PageSize, PageToken, RuntimeDe
 from gateway.problems import ProblemError, problem_bytes, problem_responses
 from gateway.schemas import Analysis, AnalysisCreate, AnalysisPage
 from gateway.sse import EventStreamResponse, event
-from gateway.upstreams import call_metadata, rpc_problem
-from servicekit.logs import request_id_var
+from gateway.upstreams import UpstreamError
+from tandem_client import request_id_var
 from tandem_protos.ai.v1 import analysis_pb2
 
 log = logging.getLogger(__name__)
@@ -25,9 +24,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
 _AUTHED = (401, 503, 504)
-StreamCall = grpc.aio.UnaryStreamCall[
-    analysis_pb2.AnalyzeTextRequest, analysis_pb2.AnalyzeTextResponseChunk
-]
+Chunks = AsyncGenerator[analysis_pb2.AnalyzeTextResponseChunk, None]
 
 _STREAM_DESCRIPTION = """\
 Server-sent events, as the ai service produces them:
@@ -107,46 +104,47 @@ async def stream_analysis(
     body: AnalysisCreate, caller: CurrentUser, ai: AiUpstream, runtime: RuntimeDep
 ) -> Response:
     request = analysis_pb2.AnalyzeTextRequest(text=body.text)
-    call: StreamCall = ai.stub.StreamAnalyzeText(
+    chunks = ai.stream(
+        ai.stub.StreamAnalyzeText,
         request,
-        timeout=runtime.settings.stream_deadline_seconds,
-        metadata=call_metadata(caller.authorization),
+        deadline=runtime.settings.stream_deadline_seconds,
+        authorization=caller.authorization,
     )
     try:
         # Wait for the first chunk, so that an upstream that fails at once (bad text,
         # unreachable, too slow) gets its own status rather than a 200 with an error event.
-        first = await call.read()
-    except grpc.aio.AioRpcError as error:
-        raise rpc_problem(error, "ai") from None
+        first = await anext(chunks, None)
     except BaseException:
-        call.cancel()
+        await chunks.aclose()  # cancels the call, if it still runs
         raise
-    return EventStreamResponse(_relay(call, first))
+    return EventStreamResponse(_relay(chunks, first))
 
 
-async def _relay(call: StreamCall, first: Any) -> AsyncGenerator[bytes, None]:
+async def _relay(
+    chunks: Chunks, first: analysis_pb2.AnalyzeTextResponseChunk | None
+) -> AsyncGenerator[bytes, None]:
     """The upstream's chunks as events, from `first` on; cancels the call when closed."""
     try:
         chunk = first
         finished = False
-        while isinstance(chunk, analysis_pb2.AnalyzeTextResponseChunk):
+        while chunk is not None:
             kind = chunk.WhichOneof("chunk")
             if kind == "partial":
                 yield event("partial", orjson.dumps(convert.partial(chunk.partial)))
             elif kind == "analysis":
                 yield event("analysis", orjson.dumps(convert.analysis(chunk.analysis)))
                 finished = True
-            chunk = await call.read()
+            chunk = await anext(chunks, None)
         if not finished:
             raise convert.UpstreamContractError("the stream ended without an analysis")
-    except grpc.aio.AioRpcError as error:
-        yield event("error", problem_bytes(rpc_problem(error, "ai"), request_id_var.get()))
+    except UpstreamError as error:
+        yield event("error", problem_bytes(error, request_id_var.get()))
     except Exception:
         log.exception("the analysis stream failed")
         fault = ProblemError(500, "the analysis stream failed; quote the request id to report it")
         yield event("error", problem_bytes(fault, request_id_var.get()))
     finally:
-        call.cancel()
+        await chunks.aclose()
     yield event("done", b"{}")
 
 

@@ -9,6 +9,7 @@ derived from the code (settings classes, protos, argparse) rather than restated.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib.util
 import os
@@ -29,10 +30,12 @@ from pydantic_settings import BaseSettings
 from ai_service.settings import AiSettings
 from gateway.routes import health as gateway_health
 from gateway.settings import GatewaySettings
-from servicekit import healthcheck
+from servicekit import healthcheck, production
+from servicekit.cli import Command
 from servicekit.settings import load_settings
 from tandem_protos.ai.v1 import analysis_pb2
 from tandem_protos.users.v1 import users_pb2
+from users_service import cli as users_cli
 from users_service.settings import UsersSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +47,10 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 HEALTHCHECK_MODULE = "servicekit.healthcheck"
 # Modules whose `python -m` reads no arguments at all: `--help` would start serving.
 NO_ARGUMENTS = frozenset({"gateway"})
+# Read by every process itself rather than by its settings class: production mode.
+PROCESS_VARIABLES = frozenset({production.ENV_VARIABLE})
+# The commands a module adds to servicekit.cli's serve and migrate, as it declares them.
+EXTRA_COMMANDS: Mapping[str, Mapping[str, Command[Any]]] = {"users_service": users_cli.COMMANDS}
 
 
 def settings_variables(settings: type[BaseSettings]) -> frozenset[str]:
@@ -78,7 +85,7 @@ class Component:
 
     @property
     def variables(self) -> frozenset[str]:
-        return settings_variables(self.settings) | self.library_variables
+        return settings_variables(self.settings) | self.library_variables | PROCESS_VARIABLES
 
     @property
     def port(self) -> int:
@@ -214,15 +221,35 @@ def entry_point(argv: Sequence[str]) -> EntryPoint:
         assert not point.args or point.args[0] in choices, (
             f"python -m {point.module} accepts {choices}, not {point.args}"
         )
+        if point.subcommand in EXTRA_COMMANDS.get(point.module, {}):
+            command_args(point)
     return point
 
 
 def healthcheck_args(args: Sequence[str]) -> Any:
-    """`args` parsed by the healthcheck's own parser; fails on what it would reject."""
+    """`args` parsed by the healthcheck's own command line; fails on what it rejects."""
     try:
-        return healthcheck.build_parser().parse_args(list(args))
+        return healthcheck.parse_args(list(args))
     except SystemExit:
         raise AssertionError(f"python -m {HEALTHCHECK_MODULE} rejects {list(args)}") from None
+
+
+def command_args(point: EntryPoint) -> argparse.Namespace:
+    """The arguments of a module's own command (`create-service-account NAME --scope
+    ...`), parsed from the command's declaration the way servicekit.cli.run_service
+    adds it to its parser; fails on what that parser would reject."""
+    assert point.subcommand is not None, f"python -m {point.module} runs no command"
+    command = EXTRA_COMMANDS.get(point.module, {}).get(point.subcommand)
+    assert command is not None, f"python -m {point.module} has no command {point.subcommand}"
+    parser = argparse.ArgumentParser(prog=f"python -m {point.module} {point.subcommand}")
+    for argument in command.arguments:
+        parser.add_argument(argument.lower(), metavar=argument)
+    for option in command.options:
+        parser.add_argument(*option.flags, **option.settings)
+    try:
+        return parser.parse_args(list(point.args[1:]))
+    except SystemExit:
+        raise AssertionError(f"{point.subcommand} rejects {list(point.args[1:])}") from None
 
 
 def load_with_env(settings: type[BaseSettings], env: Mapping[str, str]) -> Any:

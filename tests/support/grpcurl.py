@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from tests.support.tls import SERVER_NAME, KeyPair
 from tests.support.tokens import service_token
 from tests.support.tools import tool
 
@@ -27,10 +29,29 @@ class GrpcurlResult:
         return json.loads(self.output)
 
 
-async def grpcurl(*args: str, data: Any = None, token: str | None = "service") -> GrpcurlResult:
+@dataclass(frozen=True)
+class Tls:
+    """How grpcurl connects with TLS: trusting `ca_file`, checking the server's
+    certificate for `server_name`, presenting `client` when given (mTLS)."""
+
+    ca_file: Path
+    client: KeyPair | None = None
+    server_name: str = SERVER_NAME
+
+    def args(self) -> list[str]:
+        args = ["-cacert", str(self.ca_file), "-servername", self.server_name]
+        if self.client is not None:
+            args += ["-cert", str(self.client.cert_file), "-key", str(self.client.key_file)]
+        return args
+
+
+async def grpcurl(
+    *args: str, data: Any = None, token: str | None = "service", tls: Tls | None = None
+) -> GrpcurlResult:
     """Run grpcurl with `args`; each call carries `token` (by default a service
-    account's with every scope; None: no authorization header)."""
-    command = [tool("grpcurl"), "-plaintext"]
+    account's with every scope; None: no authorization header), over plaintext unless
+    `tls` says how to connect."""
+    command = [tool("grpcurl"), *(tls.args() if tls is not None else ["-plaintext"])]
     if token == "service":
         token = service_token()
     if token is not None:

@@ -129,3 +129,25 @@ async def check_tls(address: str, ca_file: Path, client: KeyPair | None = None) 
     """`health_code` over a new TLS connection."""
     async with tls_channel(address, ca_file, client) as channel:
         return await health_code(channel)
+
+
+def server_settings(pair: KeyPair, client_ca: Path | None = None) -> dict[str, Path]:
+    """`ServiceSettings` overrides that serve with `pair`, and with a `client_ca`
+    require client certificates it issued (mTLS)."""
+    values = {"tls_cert_file": pair.cert_file, "tls_key_file": pair.key_file}
+    if client_ca is not None:
+        values["tls_client_ca_file"] = client_ca
+    return values
+
+
+def upstream_settings(ca_file: Path, client: KeyPair | None = None) -> dict[str, Path | str]:
+    """`UpstreamTlsSettings` overrides: TLS to services whose certificates `ca_file`
+    issued for SERVER_NAME, presenting `client` when given (mTLS)."""
+    values: dict[str, Path | str] = {
+        "upstream_tls_ca_file": ca_file,
+        "upstream_tls_server_name": SERVER_NAME,
+    }
+    if client is not None:
+        values["upstream_tls_cert_file"] = client.cert_file
+        values["upstream_tls_key_file"] = client.key_file
+    return values

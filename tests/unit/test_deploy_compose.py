@@ -4,25 +4,35 @@ No engine runs here, so what can go wrong is checked against the project itself:
 commands are the real `python -m` entry points, every variable is a real setting of
 the component that gets it (and the settings load from what compose gives), the ports
 are the settings' defaults, the healthchecks call modules that exist, and depends_on
-starts things in the order the services need.
+starts things in the order the services need. The stack is for development: not in
+production mode, and with no working secret in the file beyond its public try-out
+defaults (the gateway's service-account secret is made by a one-shot job at start).
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
+from google.protobuf import descriptor_pool
 from sqlalchemy.engine import make_url
 
+from gateway.paths import TOKEN_URL
+from gateway.settings import GATEWAY_SCOPES
+from servicekit import production
 from tests.support import deploy
 from tests.support.deploy import COMPONENTS, Component
 
 POSTGRES = "postgres"
 INITDB = "/docker-entrypoint-initdb.d"
-# The gateway has none: it signs nothing, and verifies with the users service's keys.
+# The command that makes a service account (users_service.cli).
+CREATE_SERVICE_ACCOUNT = "create-service-account"
+# The gateway has none in the file: it signs nothing, verifies with the users service's
+# keys, and its service account's secret is written by a job (see below).
 SECRETS = {
     "users": ["USERS_PAGE_TOKEN_SECRET"],
     "ai": ["AI_PAGE_TOKEN_SECRET"],
@@ -66,6 +76,28 @@ def migrations(services: Mapping[str, Any]) -> dict[str, Component]:
     }
 
 
+def account_jobs(services: Mapping[str, Any]) -> dict[str, Any]:
+    """One-shot services that make a service account: name -> their parsed arguments."""
+    return {
+        name: deploy.command_args(runs(service))
+        for name, service in tandem_services(services).items()
+        if runs(service).subcommand == CREATE_SERVICE_ACCOUNT
+    }
+
+
+def gateway_account_job(services: Mapping[str, Any]) -> tuple[str, Any]:
+    """The job that makes the gateway's account, and its arguments."""
+    gateway = loaded(services, "gateway")
+    found = [(n, a) for n, a in account_jobs(services).items() if a.name == gateway.client_id]
+    assert len(found) == 1, f"expected one job making the account {gateway.client_id}"
+    return found[0]
+
+
+def scopes(args: Any) -> set[str]:
+    """The scopes of `--scope` (repeated, or comma- or space-separated)."""
+    return {s for value in args.scope for s in value.replace(",", " ").split()}
+
+
 def service_for(services: Mapping[str, Any], component: str) -> str:
     names = [name for name, c in servers(services).items() if c.name == component]
     assert len(names) == 1, f"expected one service serving {component}, found {names}"
@@ -77,7 +109,13 @@ def test_it_parses_into_the_stack(services: dict[str, dict[str, Any]]) -> None:
     assert "version" not in deploy.raw_compose(), "obsolete; compose warns about it"
     assert sorted(c.name for c in servers(services).values()) == ["ai", "gateway", "users"]
     assert sorted(c.name for c in migrations(services).values()) == ["ai", "users"]
-    assert set(services) == {POSTGRES, *servers(services), *migrations(services)}
+    assert len(account_jobs(services)) == 1, "the gateway's service account"
+    assert set(services) == {
+        POSTGRES,
+        *servers(services),
+        *migrations(services),
+        *account_jobs(services),
+    }
 
 
 def test_every_tandem_container_is_built_from_the_dockerfile(
@@ -92,7 +130,9 @@ def test_every_tandem_container_is_built_from_the_dockerfile(
     assert set(tandem_services(services)) == set(services) - {POSTGRES}
 
 
-@pytest.mark.parametrize("name", ["migrate-users", "migrate-ai", "users", "ai", "gateway"])
+@pytest.mark.parametrize(
+    "name", ["migrate-users", "migrate-ai", "gateway-account", "users", "ai", "gateway"]
+)
 def test_every_command_is_a_real_entry_point(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
@@ -101,6 +141,11 @@ def test_every_command_is_a_real_entry_point(
     if name.startswith("migrate-"):
         assert point.subcommand == "migrate"
         assert component.name == name.removeprefix("migrate-")
+    elif name.endswith("-account"):
+        # Made by the users service's own command line, on the users database.
+        assert point.subcommand == CREATE_SERVICE_ACCOUNT
+        assert component.name == "users"
+        assert deploy.command_args(point).name == name.removesuffix("-account")
     else:
         assert component.name == name
         assert point.subcommand in (None, "serve")
@@ -211,13 +256,62 @@ def test_a_signing_key_of_ones_own_replaces_the_generated_one(
     assert [str(p) for p in settings.verify_key_paths] == [mine["USERS_TOKEN_VERIFY_KEY_FILES"]]
 
 
-def test_the_gateway_holds_no_secret_and_accepts_the_users_tokens(
+def test_the_gateway_holds_its_account_secret_only_and_accepts_the_users_tokens(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    env = deploy.environment(services[service_for(services, "gateway")])
-    assert not [v for v in env if v.endswith(("_SECRET", "_KEY", "_KEY_FILE"))], env
+    name = service_for(services, "gateway")
+    env = deploy.environment(services[name])
+    # No signing material, and its service account's secret as a file the job writes,
+    # never a value in this file.
+    assert not [v for v in env if v.endswith(("_KEY", "_KEY_FILE")) or "SIGNING" in v], env
+    secrets = [v for v in env if "SECRET" in v]
+    assert secrets == ["GATEWAY_CLIENT_SECRET_FILE"], secrets
+    assert "GATEWAY_CLIENT_SECRET:" not in deploy.COMPOSE_FILE.read_text()
     assert "JWT_SECRET" not in deploy.COMPOSE_FILE.read_text()
+    users = service_for(services, "users")
+    users_volumes = {m.source for m in deploy.volume_mounts(services[users])}
+    assert not users_volumes & {m.source for m in deploy.volume_mounts(services[name])}
     deploy.check_tokens_agree(loaded(services, "users"), loaded(services, "gateway"))
+
+
+def test_a_one_shot_job_makes_the_gateways_account_into_a_volume_it_reads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gateway_name = service_for(services, "gateway")
+    gateway = loaded(services, "gateway")
+    job_name, args = gateway_account_job(services)
+    job = services[job_name]
+    # The scopes the gateway needs, and a secret written where the gateway reads it.
+    assert scopes(args) == set(GATEWAY_SCOPES)
+    assert args.secret_file is not None, "--secret-file, or the secret is only printed"
+    assert str(args.secret_file) == str(gateway.client_secret_file)
+    # Run on every start: a file holding the working secret is kept; --replace renews
+    # an account whose secret was lost with its volume, instead of failing.
+    assert args.replace
+    assert job.get("restart") == "no"
+    # One named volume, written by the job, read-only in the gateway.
+    directory = str(PurePosixPath(str(gateway.client_secret_file)).parent)
+    (written,) = [m for m in deploy.volume_mounts(job) if m.target == directory]
+    (read,) = [m for m in deploy.volume_mounts(services[gateway_name]) if m.target == directory]
+    assert written.kind == read.kind == "volume"
+    assert written.source == read.source and written.source in deploy.raw_compose()["volumes"]
+    assert not written.read_only and read.read_only
+    # The new volume takes the image directory's ownership: the non-root user's, or
+    # the job could not write the secret (nor the gateway, as that user, read it).
+    dockerfile = deploy.dockerfile()
+    uid = dockerfile.final.all("USER")[-1].args.split(":")[0]
+    created = deploy.created_directories(dockerfile.final).get(directory)
+    assert created is not None, f"{directory} must exist in the image"
+    assert created.owner == uid, f"{directory} must belong to uid {uid}"
+    # The users database, migrated, and nothing else: no signing key, no mount of it.
+    env = deploy.environment(job)
+    users_env = deploy.environment(services[service_for(services, "users")])
+    assert set(env) == {"USERS_DATABASE_URL"}
+    assert env["USERS_DATABASE_URL"] == users_env["USERS_DATABASE_URL"]
+    migrate_users = next(n for n, c in migrations(services).items() if c.name == "users")
+    assert deploy.depends_on(job) == {migrate_users: "service_completed_successfully"}
+    # The gateway starts only once its secret is there.
+    assert deploy.depends_on(services[gateway_name])[job_name] == "service_completed_successfully"
 
 
 def test_the_ai_service_passes_the_anthropic_key_through(
@@ -271,23 +365,29 @@ def created_databases(postgres: Mapping[str, Any]) -> set[str]:
     return created
 
 
-def test_the_state_lives_in_named_volumes_of_postgres_and_the_users_keys(
+def test_the_state_lives_in_named_volumes_of_postgres_the_users_keys_and_the_gateway_secret(
     services: dict[str, dict[str, Any]],
 ) -> None:
     declared = deploy.raw_compose()["volumes"]
     assert "pgdata:/var/lib/postgresql/data" in services[POSTGRES]["volumes"]
     assert services[POSTGRES]["image"].startswith("postgres:17")
     users = service_for(services, "users")
+    gateway = service_for(services, "gateway")
+    job, _ = gateway_account_job(services)
     key_dir = str(PurePosixPath(loaded(services, "users").token_dev_key_file).parent)
+    secret_dir = str(PurePosixPath(str(loaded(services, "gateway").client_secret_file)).parent)
     used = {"pgdata"}
     for name, service in tandem_services(services).items():
         mounts = deploy.volume_mounts(service)
         if name == users:
             # The signing key only: accounts and sessions live in PostgreSQL.
             assert [m.target for m in mounts] == [key_dir], name
-            used |= {m.source for m in mounts if m.source}
+        elif name in (gateway, job):
+            # The gateway's service-account secret only.
+            assert [m.target for m in mounts] == [secret_dir], name
         else:
             assert not mounts, f"{name} must be stateless"
+        used |= {m.source for m in mounts if m.source}
     assert sorted(declared) == sorted(used)
 
 
@@ -358,31 +458,115 @@ def test_depends_on_starts_each_thing_after_what_it_needs(
                 assert target.get("restart") == "no", f"{dependency} must be a one-shot"
     for name in migrations(services):
         assert deploy.depends_on(services[name]) == {POSTGRES: "service_healthy"}
-    for name, component in servers(services).items():
+    migrated = {c.name: m for m, c in migrations(services).items()}
+    users, ai = service_for(services, "users"), service_for(services, "ai")
+    job, _ = gateway_account_job(services)
+    expected = {
+        # Each service once its database is migrated; the ai service asks the users
+        # service about every call's token, so it waits for it too.
+        users: {migrated["users"]: "service_completed_successfully"},
+        ai: {migrated["ai"]: "service_completed_successfully", users: "service_healthy"},
+        # The gateway once both answer, and its service account's secret is written.
+        service_for(services, "gateway"): {
+            users: "service_healthy",
+            ai: "service_healthy",
+            job: "service_completed_successfully",
+        },
+    }
+    for name in servers(services):
         deps = deploy.depends_on(services[name])
-        if component.grpc_service:
-            (migrate,) = [m for m, c in migrations(services).items() if c == component]
-            assert deps == {migrate: "service_completed_successfully"}
-        else:
-            assert deps == {
-                service_for(services, "users"): "service_healthy",
-                service_for(services, "ai"): "service_healthy",
-            }
+        assert deps == expected[name], name
         assert all(order.index(d) < order.index(name) for d in deps)
+    # The account is made in the migrated database.
+    assert deploy.depends_on(services[job]) == {migrated["users"]: "service_completed_successfully"}
+    assert order.index(migrated["users"]) < order.index(job)
 
 
-def test_the_gateway_targets_every_replica_of_the_right_services(
-    services: dict[str, dict[str, Any]],
+@pytest.mark.parametrize(
+    ("client", "variable", "upstream"),
+    [
+        ("gateway", "GATEWAY_USERS_TARGET", "users"),
+        ("gateway", "GATEWAY_AI_TARGET", "ai"),
+        ("ai", "AI_USERS_TARGET", "users"),
+    ],
+)
+def test_clients_target_every_replica_of_the_right_services(
+    services: dict[str, dict[str, Any]], client: str, variable: str, upstream: str
 ) -> None:
-    env = deploy.environment(services[service_for(services, "gateway")])
-    for upstream in ("users", "ai"):
-        host, port = deploy.dns_target(env[f"GATEWAY_{upstream.upper()}_TARGET"] or "")
-        assert host == service_for(services, upstream)
-        served = deploy.load_with_env(
-            COMPONENTS[upstream].settings,
-            {k: v for k, v in deploy.environment(services[host]).items() if v is not None},
-        )
-        assert port == deploy.split_addr(served.addr)[1] == COMPONENTS[upstream].port
+    env = deploy.environment(services[service_for(services, client)])
+    host, port = deploy.dns_target(env[variable] or "")
+    assert host == service_for(services, upstream)
+    served = deploy.load_with_env(
+        COMPONENTS[upstream].settings,
+        {k: v for k, v in deploy.environment(services[host]).items() if v is not None},
+    )
+    assert port == deploy.split_addr(served.addr)[1] == COMPONENTS[upstream].port
+    # The setting that variable sets is the one the client dials.
+    settings = loaded(services, client)
+    field = variable.removeprefix(COMPONENTS[client].prefix).lower()
+    assert getattr(settings, field) == env[variable]
+
+
+def test_the_stack_runs_in_development_mode(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Production mode would refuse its plaintext, reflection and public secrets.
+    for name, service in tandem_services(services).items():
+        assert production.ENV_VARIABLE not in deploy.environment(service), name
+    monkeypatch.delenv(production.ENV_VARIABLE, raising=False)
+    for name, component in servers(services).items():
+        settings = loaded(services, component.name)
+        assert settings.production_problems(), f"{name} would pass production mode?"
+        production.check(settings.production_problems())
+
+
+def header_commands() -> list[str]:
+    """The shell commands the header comment of docker-compose.yml shows."""
+    lines = []
+    for line in deploy.COMPOSE_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith("#   "):
+            lines.append(line.removeprefix("#   "))
+    commands: list[str] = []
+    pending = ""
+    for line in lines:
+        # A trailing comment ends a command; a backslash continues it.
+        text = line.split("  #", 1)[0].rstrip()
+        if text.endswith("\\"):
+            pending += text[:-1]
+            continue
+        commands.append(pending + text)
+        pending = ""
+    assert not pending, "the header ends inside a continued command"
+    return commands
+
+
+def test_the_header_shows_how_to_call_with_a_token() -> None:
+    commands = header_commands()
+    grpcurls = [shlex.split(c) for c in commands if c.startswith("grpcurl")]
+    assert grpcurls, "no grpcurl example"
+    for argv in grpcurls:
+        methods = [a for a in argv if re.fullmatch(r"[\w.]+\.\w+/\w+", a)]
+        if methods:
+            # Every RPC but reflection and health needs a bearer token.
+            assert argv[argv.index("-H") + 1] == "authorization: Bearer $TOKEN", argv
+            # A real method, on a replica of the service that has it.
+            (method,) = methods
+            service, name = method.split("/")
+            assert name in descriptor_pool.Default().FindServiceByName(service).methods_by_name
+            (component,) = [c for c in COMPONENTS.values() if c.grpc_service == service]
+            address = next(a for a in argv if "docker compose port" in a)
+            assert address.endswith(f" {component.name} {component.port})"), address
+        else:
+            assert argv[-1] == "list", f"reflection needs no token: {argv}"
+    assert any(re.search(r"authorization: Bearer", " ".join(argv)) for argv in grpcurls), (
+        "show a call with a token"
+    )
+    # The token comes from logging in through the gateway.
+    (login,) = [c for c in commands if c.startswith("TOKEN=")]
+    assert f"http://127.0.0.1:{COMPONENTS['gateway'].port}{TOKEN_URL}" in login
+    assert "grant_type=password" in login
 
 
 def test_containers_outlive_the_shutdown_grace_period(

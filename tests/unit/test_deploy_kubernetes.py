@@ -4,28 +4,54 @@ The same consistency as for docker-compose.yml: each container runs a real entry
 every variable it gets (from its ConfigMap, its Secret or `env`) is a real setting of
 that component, and the settings load from them; probes, ports and Services agree with
 the settings' defaults; the gateway's targets name the headless Services. Files
-(the users service's signing key) come from Secrets mounted read-only, where the
-settings that name them point.
+(the users service's signing key, each pod's certificate) come from Secrets mounted
+read-only, where the settings that name them point.
+
+The manifests are for production: with the placeholders replaced, production mode
+(TANDEM_ENV=production) finds nothing to refuse in any Deployment; with them left in,
+it refuses to start. Every gRPC hop is mTLS, and the probes check health over it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from unittest import mock
 
+import grpc
 import pytest
+import trustme
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ai_service import cli as ai_cli
+from gateway.settings import GATEWAY_SCOPES
+from servicekit import healthcheck, production
 from servicekit.errors import StartupError
 from servicekit.settings import SettingsError
+from servicekit.tls import TlsFilesError, server_credentials
 from tests.support import deploy
 from tests.support.deploy import COMPONENTS
+from users_service import cli as users_cli
 from users_service.server import signing_keys_from
 
 NAMESPACE = "tandem"
 PLACEHOLDER = "REPLACE-ME"
+# Each pod's certificate: a Secret in cert-manager's layout.
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+TLS_KEYS = {"tls.crt", "tls.key", "ca.crt"}
+# The cluster domain the manifests assume.
+CLUSTER_DOMAIN = "svc.cluster.local"
+# Each migrating component's `python -m` entry, called in this process.
+MAINS: Mapping[str, Callable[[Sequence[str]], int]] = {
+    "users_service": users_cli.main,
+    "ai_service": ai_cli.main,
+}
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +196,58 @@ def filled_in(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def settings_of(objects: list[dict[str, Any]], workload: Mapping[str, Any]) -> Any:
+    """The workload's settings, as it loads them once the placeholders are replaced."""
+    component = deploy.component_of_module(runs(workload).module)
+    return deploy.load_with_env(component.settings, filled_in(container_env(objects, workload)))
+
+
+def readable_by_the_pod(workload: Mapping[str, Any], file: MountedFile) -> bool:
+    """Whether the image's non-root user reads `file`: group-readable and the pod's
+    fsGroup, or readable by everyone."""
+    security = pod_spec(workload)["securityContext"]
+    image_group = int(deploy.dockerfile().final.all("USER")[-1].args.split(":")[1])
+    by_group = bool(file.mode & 0o040) and security.get("fsGroup") == image_group
+    return by_group or bool(file.mode & 0o004)
+
+
+def on_disk(
+    objects: list[dict[str, Any]], workload: Mapping[str, Any], root: Path
+) -> dict[str, str]:
+    """The workload's files from its mounted Secrets, written under `root` as the pod
+    would see them, and its environment (placeholders replaced) pointing there."""
+    secrets = of_kind(objects, "Secret")
+    files = mounted_files(objects, workload)
+    for path, file in files.items():
+        local = root / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(data(secrets[file.secret])[file.key])
+    return {
+        name: str(root / value.lstrip("/")) if value in files else value
+        for name, value in filled_in(container_env(objects, workload)).items()
+    }
+
+
+def tls_secret_of(objects: list[dict[str, Any]], workload: Mapping[str, Any]) -> str:
+    """The one certificate Secret the workload mounts."""
+    secrets = of_kind(objects, "Secret")
+    found = {
+        f.secret
+        for f in mounted_files(objects, workload).values()
+        if secrets[f.secret].get("type") == TLS_SECRET_TYPE
+    }
+    assert len(found) == 1, f"{workload['metadata']['name']} mounts certificates {found}"
+    return found.pop()
+
+
+def service_host(objects: list[dict[str, Any]], component: str) -> str:
+    """The DNS name of the component's Service, which clients target and its
+    certificate must carry."""
+    service = service_of(objects, component)
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    return f"{name}.{namespace}.{CLUSTER_DOMAIN}"
+
+
 def test_kustomization_applies_every_manifest() -> None:
     listed = deploy.kustomization()["resources"]
     assert sorted(listed) == [p.name for p in deploy.kubernetes_files()]
@@ -261,11 +339,93 @@ def test_the_settings_load_once_the_placeholders_are_replaced(
 ) -> None:
     for workload in workloads(objects):
         component = deploy.component_of_module(runs(workload).module)
-        settings = deploy.load_with_env(
-            component.settings, filled_in(container_env(objects, workload))
-        )
+        settings = settings_of(objects, workload)
         if workload["kind"] == "Deployment":
             assert settings.addr == f"0.0.0.0:{component.port}"
+
+
+def test_every_workload_runs_in_production_mode(objects: list[dict[str, Any]]) -> None:
+    for workload in workloads(objects):
+        env = container_env(objects, workload)
+        assert env.get(production.ENV_VARIABLE) == "production", workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_production_mode_accepts_the_manifests_once_the_placeholders_are_replaced(
+    objects: list[dict[str, Any]], component: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = deployment_for(objects, component)
+    env = container_env(objects, deployment)
+    monkeypatch.setenv(production.ENV_VARIABLE, env[production.ENV_VARIABLE])
+    assert production.environment() == "production"
+    settings = settings_of(objects, deployment)
+    assert settings.production_problems() == []
+    production.check(settings.production_problems())
+
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_production_mode_refuses_the_placeholders(
+    objects: list[dict[str, Any]], component: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = container_env(objects, deployment_for(objects, component))
+    monkeypatch.setenv(production.ENV_VARIABLE, env[production.ENV_VARIABLE])
+    held = {name for name, value in env.items() if PLACEHOLDER in value}
+    assert held, f"{component} has no placeholder to replace?"
+    settings_class = COMPONENTS[component].settings
+    # As they are: the settings do not load (a placeholder is shorter than a secret),
+    # or production mode refuses them.
+    try:
+        settings = deploy.load_with_env(settings_class, env)
+    except SettingsError:
+        pass
+    else:
+        with pytest.raises(StartupError):
+            production.check(settings.production_problems())
+    # And however long a value that still holds the placeholder, production mode
+    # names each secret that does (the host in a database URL is no secret).
+    padded = {n: v.replace(PLACEHOLDER, f"{PLACEHOLDER}-0123456789abcdef") for n, v in env.items()}
+    settings = deploy.load_with_env(settings_class, padded)
+    with pytest.raises(StartupError) as caught:
+        production.check(settings.production_problems())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert all(name in message for name in held), (held, message)
+    assert PLACEHOLDER not in message, "the values themselves stay out of the message"
+
+
+@pytest.mark.parametrize("component", [c.name for c in COMPONENTS.values() if c.migrates])
+def test_production_mode_does_not_stop_the_migrations(
+    objects: list[dict[str, Any]],
+    component: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    module = COMPONENTS[component].module
+    (job,) = [j for j in of_kind(objects, "Job").values() if runs(j).module == module]
+    env = filled_in(container_env(objects, job))
+    assert env[production.ENV_VARIABLE] == "production"
+    # It mounts nothing: no certificate, no key. Served with these settings, production
+    # mode would refuse (no page-token secret, for one) ...
+    assert not mounted_files(objects, job)
+    assert deploy.load_with_env(COMPONENTS[component].settings, env).production_problems()
+    # ... but `migrate` is not `serve`: the module's own command line, run for real
+    # (in this process: a subprocess would spend seconds importing the service) on a
+    # database of its own.
+    variable = f"{COMPONENTS[component].prefix}DATABASE_URL"
+    env[variable] = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    point = runs(job)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with mock.patch.dict(os.environ, env, clear=True):
+            code = MAINS[point.module](list(point.args))
+    finally:
+        # The command configures the root logger for its process: put it back.
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "refuses" not in err
 
 
 @pytest.mark.parametrize("component", ["users", "ai"])
@@ -277,21 +437,38 @@ def test_a_placeholder_secret_stops_start_up(objects: list[dict[str, Any]], comp
     assert secrets and all(name in str(caught.value) for name in secrets)
 
 
-def test_the_gateway_holds_no_secret_and_accepts_the_users_tokens(
+def test_the_gateway_holds_its_service_account_secret_and_no_signing_material(
     objects: list[dict[str, Any]],
 ) -> None:
     gateway = deployment_for(objects, "gateway")
-    c = container(gateway)
-    assert not [s for s in c.get("envFrom", []) if "secretRef" in s]
-    assert not [v for v in c.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})]
-    assert not mounted_files(objects, gateway)
-    # It verifies with the users service's public keys: nothing to replace first.
     env = container_env(objects, gateway)
-    assert not [v for v in env.values() if PLACEHOLDER in v]
-    gateway_settings = deploy.load_with_env(COMPONENTS["gateway"].settings, env)
-    users_env = filled_in(container_env(objects, deployment_for(objects, "users")))
-    users_settings = deploy.load_with_env(COMPONENTS["users"].settings, users_env)
-    deploy.check_tokens_agree(users_settings, gateway_settings)
+    # Its one secret variable: its service account's, from gateway-secrets.
+    c = container(gateway)
+    refs = [s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s]
+    refs += [
+        v["valueFrom"]["secretKeyRef"]["name"]
+        for v in c.get("env", [])
+        if "secretKeyRef" in v.get("valueFrom", {})
+    ]
+    assert refs == ["gateway-secrets"]
+    assert set(data(of_kind(objects, "Secret")["gateway-secrets"])) == {"GATEWAY_CLIENT_SECRET"}
+    assert PLACEHOLDER in env["GATEWAY_CLIENT_SECRET"]
+    settings = settings_of(objects, gateway)
+    assert settings.service_secret() == filled_in(env)["GATEWAY_CLIENT_SECRET"]
+    # Its only files are its own certificate: no signing key, nothing of the users pods.
+    users = deployment_for(objects, "users")
+    own = {f.secret for f in mounted_files(objects, gateway).values()}
+    assert own == {tls_secret_of(objects, gateway)}
+    assert not own & {f.secret for f in mounted_files(objects, users).values()}
+    assert not [n for n in env if "SIGNING" in n or n.endswith("_KEY")]
+    # The account it logs in as is the one secrets.yaml says how to make.
+    command = (
+        f"python -m users_service create-service-account {settings.client_id} "
+        f"--scope {','.join(GATEWAY_SCOPES)}"
+    )
+    assert command in (deploy.KUBERNETES / "secrets.yaml").read_text()
+    # It verifies the users service's tokens with its public keys.
+    deploy.check_tokens_agree(settings_of(objects, users), settings)
     assert not any("JWT_SECRET" in p.read_text() for p in deploy.kubernetes_files())
 
 
@@ -310,12 +487,8 @@ def test_the_users_pods_sign_with_the_key_mounted_from_a_secret(
     assert key.read_only
     for path in settings.verify_key_paths:
         assert str(path) in files, f"{path} is not mounted"
-    # The pod's non-root user can read it: group-readable and the pod's fsGroup, or
-    # readable by everyone.
-    security = pod_spec(users)["securityContext"]
-    image_group = int(deploy.dockerfile().final.all("USER")[-1].args.split(":")[1])
-    readable_by_group = key.mode & 0o040 and security.get("fsGroup") == image_group
-    assert readable_by_group or key.mode & 0o004, oct(key.mode)
+    # The pod's non-root user can read it.
+    assert readable_by_the_pod(users, key), oct(key.mode)
     # Only the pods that sign hold the private key.
     for workload in workloads(objects):
         if workload is not users:
@@ -360,18 +533,162 @@ def grpc_ports(c: Mapping[str, Any]) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in c["ports"]}
 
 
-@pytest.mark.parametrize("name", ["users", "ai"])
-def test_grpc_probes_ask_the_right_service_on_the_right_port(
+GRPC_SERVERS = [c.name for c in COMPONENTS.values() if c.grpc_service]
+
+
+@pytest.mark.parametrize("name", GRPC_SERVERS)
+def test_each_grpc_server_requires_mtls_with_the_certificate_mounted_where_it_points(
+    objects: list[dict[str, Any]], name: str
+) -> None:
+    deployment = deployment_for(objects, name)
+    tls = settings_of(objects, deployment).server_tls()
+    assert tls is not None, f"{name} serves plaintext"
+    assert tls.mutual, f"{name} serves TLS without requiring client certificates"
+    files = mounted_files(objects, deployment)
+    secret = tls_secret_of(objects, deployment)
+    assert set(data(of_kind(objects, "Secret")[secret])) == TLS_KEYS
+    for path in tls.files:
+        mounted = files.get(str(path))
+        assert mounted is not None, f"{path} is not mounted"
+        assert mounted.secret == secret and mounted.read_only
+        assert readable_by_the_pod(deployment, mounted), f"{path}: {oct(mounted.mode)}"
+    # Each pod its own certificate: no other workload mounts this one.
+    for workload in workloads(objects):
+        if workload is not deployment:
+            held = {f.secret for f in mounted_files(objects, workload).values()}
+            assert secret not in held, workload["metadata"]["name"]
+    # Rotated in place only if mounted whole: the kubelet never updates a subPath.
+    assert not [m for m in container(deployment)["volumeMounts"] if "subPath" in m]
+
+
+@pytest.mark.parametrize(
+    ("client", "upstreams"), [("gateway", ("users", "ai")), ("ai", ("users",))]
+)
+def test_clients_call_over_mtls_with_their_own_certificate(
+    objects: list[dict[str, Any]], client: str, upstreams: tuple[str, ...]
+) -> None:
+    deployment = deployment_for(objects, client)
+    settings = settings_of(objects, deployment)
+    tls = settings.client_tls()
+    assert tls is not None and tls.cert_file is not None, f"{client} calls without mTLS"
+    files = mounted_files(objects, deployment)
+    secret = tls_secret_of(objects, deployment)
+    for path in tls.files:
+        mounted = files.get(str(path))
+        assert mounted is not None, f"{path} is not mounted"
+        assert mounted.secret == secret and mounted.read_only
+        assert readable_by_the_pod(deployment, mounted), f"{path}: {oct(mounted.mode)}"
+    # The name each upstream's certificate is checked against is its target's host:
+    # the Service's DNS name, which that certificate must carry.
+    assert tls.server_name is None
+    for upstream in upstreams:
+        host, _ = deploy.dns_target(getattr(settings, f"{upstream}_target"))
+        assert host == service_host(objects, upstream)
+    if client in GRPC_SERVERS:
+        # One certificate for both ends: the one it serves with.
+        server = settings.server_tls()
+        assert (tls.cert_file, tls.key_file) == (server.cert_file, server.key_file)
+        assert tls.ca_file == server.client_ca_file
+
+
+@pytest.mark.parametrize("name", GRPC_SERVERS)
+def test_a_placeholder_certificate_stops_start_up(
+    objects: list[dict[str, Any]], name: str, tmp_path: Path
+) -> None:
+    deployment = deployment_for(objects, name)
+    env = on_disk(objects, deployment, tmp_path)
+    tls = deploy.load_with_env(COMPONENTS[name].settings, env).server_tls()
+    assert PLACEHOLDER in tls.cert_file.read_text()
+    with pytest.raises(TlsFilesError) as caught:
+        server_credentials(tls)
+    message = str(caught.value)
+    assert str(tls.cert_file) in message and "\n" not in message
+
+
+def probes(objects: list[dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+    c = container(deployment_for(objects, name))
+    return {kind: c[f"{kind}Probe"] for kind in ("startup", "readiness", "liveness")}
+
+
+def probe_args(probe: Mapping[str, Any]) -> Any:
+    """An exec probe's `python -m servicekit.healthcheck` arguments, parsed by it."""
+    assert set(probe) & {"exec", "grpc", "httpGet", "tcpSocket"} == {"exec"}, probe
+    point = deploy.entry_point(probe["exec"]["command"])
+    assert point.module == deploy.HEALTHCHECK_MODULE
+    return deploy.healthcheck_args(point.args)
+
+
+@pytest.mark.parametrize("name", GRPC_SERVERS)
+def test_grpc_probes_ask_the_right_service_on_the_right_port_over_mtls(
     objects: list[dict[str, Any]], name: str
 ) -> None:
     component = COMPONENTS[name]
-    c = container(deployment_for(objects, name))
+    deployment = deployment_for(objects, name)
+    c = container(deployment)
     assert grpc_ports(c)["grpc"] == component.port
-    readiness = c["readinessProbe"]["grpc"]
-    # Ready while the service itself is SERVING; alive while the server answers.
-    assert readiness == {"port": component.port, "service": component.grpc_service}
-    assert c["livenessProbe"]["grpc"] == {"port": component.port}
-    assert c["startupProbe"]["grpc"]["port"] == component.port
+    tls = settings_of(objects, deployment).server_tls()
+    files = mounted_files(objects, deployment)
+    for kind, probe in probes(objects, name).items():
+        args = probe_args(probe)
+        # The pod's own server, on its port, checked against the name its
+        # certificate carries (the Service's, as clients target it).
+        assert args.target == f"127.0.0.1:{component.port}", kind
+        assert args.server_name == service_host(objects, name), kind
+        # Its own certificate as the client's, and the CA its server trusts.
+        assert (args.cert, args.key) == (tls.cert_file, tls.key_file), kind
+        assert args.cacert == tls.client_ca_file, kind
+        assert all(str(p) in files for p in (args.cacert, args.cert, args.key)), kind
+        # Ready while the service itself is SERVING; alive while the server answers.
+        expected = component.grpc_service if kind == "readiness" else ""
+        assert args.service == expected, kind
+        # Starting Python takes ~0.15 s on top of the check's own timeout.
+        assert probe["timeoutSeconds"] >= max(3, args.timeout + 1), kind
+        assert probe["periodSeconds"] >= probe["timeoutSeconds"], kind
+
+
+@pytest.mark.parametrize("name", GRPC_SERVERS)
+def test_the_probes_pass_against_mtls_with_certificates_for_the_service_name(
+    objects: list[dict[str, Any]], name: str, tmp_path: Path
+) -> None:
+    """The probes as the pod runs them, against a server with the pod's TLS settings,
+    once the placeholders are real certificates naming the Service."""
+    component = COMPONENTS[name]
+    deployment = deployment_for(objects, name)
+    env = on_disk(objects, deployment, tmp_path)
+    tls = deploy.load_with_env(component.settings, env).server_tls()
+    authority = trustme.CA()
+    leaf = authority.issue_cert(service_host(objects, name))
+    assert tls.client_ca_file is not None
+    authority.cert_pem.write_to_path(str(tls.client_ca_file))
+    leaf.private_key_pem.write_to_path(str(tls.key_file))
+    tls.cert_file.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    assert component.grpc_service is not None
+    # The whole server is SERVING from the start (the empty name); the service too.
+    servicer = health.HealthServicer()
+    servicer.set(component.grpc_service, health_pb2.HealthCheckResponse.SERVING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(tls))
+    server.start()
+    try:
+        # The pod's paths, as on_disk wrote them; the port the test server got.
+        local = {p: str(tmp_path / p.lstrip("/")) for p in mounted_files(objects, deployment)}
+        for kind, probe in probes(objects, name).items():
+            args = probe_args(probe)
+            local[args.target] = f"127.0.0.1:{port}"
+            argv = [local.get(a, a) for a in probe["exec"]["command"][3:]]
+            assert healthcheck.main(argv) == 0, kind
+        # And the check is real: another name, or no client certificate, fails.
+        name_at = argv.index("--server-name") + 1
+        assert healthcheck.main([*argv[:name_at], "elsewhere.invalid", *argv[name_at + 1 :]])
+        cert_at = argv.index("--cert")
+        key_at = argv.index("--key")
+        anonymous = [
+            a for i, a in enumerate(argv) if i not in {cert_at, cert_at + 1, key_at, key_at + 1}
+        ]
+        assert healthcheck.main(anonymous)
+    finally:
+        server.stop(None)
 
 
 def test_the_gateway_is_ready_on_readyz_and_alive_on_healthz(
