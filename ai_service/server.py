@@ -26,6 +26,7 @@ from servicekit.errors import StartupError
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
+from servicekit.tls import check_client_files
 from tandem_client import AUTH_SERVICE, USERS_SERVICE, Connection
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 
@@ -44,6 +45,7 @@ async def ai_server(
         engine = create_engine(settings, application_name="tandem-ai")
         stack.push_async_callback(engine.dispose)
         await check_at_head(engine, MIGRATIONS)
+        check_client_files(settings.client_tls())
         users = Connection(
             settings.users_target,
             tls=settings.client_tls(),

@@ -12,6 +12,7 @@ from servicekit.errors import StartupError
 from servicekit.heap import freeze_startup_objects
 from servicekit.logs import configure_logging
 from servicekit.settings import SettingsError, load_settings
+from servicekit.tls import check_client_files
 
 
 def main() -> int:
@@ -23,6 +24,7 @@ def main() -> int:
     configure_logging(settings.log_level)
     try:
         production.check(settings.production_problems())
+        check_client_files(settings.client_tls())
     except StartupError as exc:
         sys.stderr.write(f"gateway: {exc}\n")
         return 1

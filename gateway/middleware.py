@@ -4,7 +4,7 @@ Pure ASGI and a single layer, because it runs on every request (Starlette's
 BaseHTTPMiddleware costs a task group and stream per request and layer). Per request it
 - takes `X-Request-ID` from the client when well-formed, else makes one; puts it in the
   scope (problem bodies), in the logging context (every log line; `servicekit.logs`)
-  and in the gRPC metadata of upstream calls (`gateway.upstreams.call_metadata`), and
+  and in the gRPC metadata of upstream calls (`tandem_client.Connection` sends it), and
   returns it on the response;
 - answers 413 at once when `Content-Length` exceeds the limit, and stops a body without
   one (chunked) as soon as the bytes read exceed it;

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.problems import ProblemError
 from gateway.settings import GatewaySettings
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
+from servicekit.tls import check_client_files
 from tandem_client import Connection, RpcError, ServiceAccount, services
 from tandem_client.errors import decode_status, field_violations
 from tandem_protos.ai.v1 import analysis_pb2_grpc
@@ -82,13 +83,13 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
     compose those for clients); otherwise, and for every unexpected fault, a generic
     one: transport errors and tracebacks never reach the client.
 
-    What the upstream sent is read from the call's own trailers (`error.cause`), not
-    from the RpcError's decoded fields, which differ in what they make of statuses our
-    services never send (a Status packed for another code, a RetryInfo without a
-    `retry-after` trailer, a fractional `retry-after`, an empty reason).
+    What the upstream sent is read from the call's trailers (`error.cause`) rather
+    than from the RpcError's fields, which differ on statuses our services never send
+    (one packed for another code, a RetryInfo alone, a fractional `retry-after`).
     """
     code = error.code
-    trailers = _trailers(error)
+    sent = () if error.cause is None else tuple(error.cause.trailing_metadata() or ())
+    trailers = cast(Sequence[tuple[str, str | bytes]], sent)
     status = decode_status(trailers)
     headers = {}
     if code in _RETRYABLE:
@@ -127,12 +128,6 @@ _GENERIC_DETAILS: Mapping[grpc.StatusCode, str] = {
 }
 
 
-def _trailers(error: RpcError) -> Sequence[tuple[str, str | bytes]]:
-    if error.cause is None:  # made by hand, not by a call
-        return ()
-    return cast(Sequence[tuple[str, str | bytes]], tuple(error.cause.trailing_metadata() or ()))
-
-
 def _detail(code: grpc.StatusCode, status: status_pb2.Status | None, upstream: str) -> str:
     if code in _UNEXPECTED:
         return f"the {upstream} service failed unexpectedly; quote the request id to report it"
@@ -151,11 +146,9 @@ def _reason(status: status_pb2.Status | None) -> str | None:
 
 
 class Upstream(Generic[StubT]):
-    """One service on an upstream `Connection`: its stub, its deadline, its health.
-
-    `connection` may be a target, for a plaintext connection of its own. `stub` is
-    taken from the connection at each call: a TLS rotation swaps the channel.
-    """
+    """One service on an upstream `Connection` (or on a plaintext one of its own to a
+    target): its stub, taken from the connection at each call since a TLS rotation
+    swaps the channel; its default deadline; its health."""
 
     def __init__(
         self,
@@ -165,8 +158,8 @@ class Upstream(Generic[StubT]):
         stub: Callable[[grpc.aio.Channel], StubT],
         deadline: float | None = None,
     ) -> None:
-        """`name` ("users", "ai") is what problems call it; `deadline`, seconds a call
-        may take unless it says otherwise, is the connection's unless given."""
+        """`name` ("users", "ai") is what problems call it; `deadline`, the
+        connection's unless given."""
         if isinstance(connection, str):
             connection = Connection(connection, deadline=deadline or 5.0, services=(service,))
         self.name = name
@@ -253,13 +246,10 @@ class Upstream(Generic[StubT]):
 def _credentials(
     authorization: str | None, metadata: Sequence[tuple[str, str]]
 ) -> tuple[str | None, Sequence[tuple[str, str]]]:
-    """A call's `token` and `metadata` for Connection: the connection's own token for
-    None, none for "", else the caller's `authorization` forwarded as it came."""
-    if authorization is None:
-        return None, metadata
-    if not authorization:
-        return "", metadata
-    return "", (*metadata, (_AUTHORIZATION, authorization))
+    """Connection's `token` and `metadata` for a call's `authorization` (Upstream.call)."""
+    if authorization:  # the caller's, forwarded as it came
+        return "", (*metadata, (_AUTHORIZATION, authorization))
+    return authorization, metadata  # None: the connection's token; "": none
 
 
 class Upstreams:
@@ -267,6 +257,7 @@ class Upstreams:
 
     def __init__(self, settings: GatewaySettings) -> None:
         tls = settings.client_tls()
+        check_client_files(tls)
         users = Connection(
             settings.users_target,
             tls=tls,

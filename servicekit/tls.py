@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from servicekit.errors import StartupError
+from tandem_client import ClientTls
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -184,6 +185,22 @@ def _load(tls: ServerTls) -> grpc.ServerCertificateConfiguration:
                 f"TLS client CA {tls.client_ca_file} is not a PEM certificate"
             ) from None
     return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], ca_pem)
+
+
+def check_client_files(tls: ClientTls | None) -> None:
+    """Fail start-up (TlsFilesError, one line) on client TLS files that are no PEM, or
+    a key that is not the certificate's: grpc takes any bytes and fails every handshake."""
+    if tls is None:
+        return
+    if tls.cert_file is not None and tls.key_file is not None:
+        _load(ServerTls(tls.cert_file, tls.key_file, tls.ca_file))
+        return
+    from cryptography import x509  # noqa: PLC0415
+
+    try:
+        x509.load_pem_x509_certificates(_read(tls.ca_file, "CA"))
+    except ValueError:
+        raise TlsFilesError(f"TLS CA {tls.ca_file} is not a PEM certificate") from None
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -19,6 +19,8 @@ from tests.support.processes import ServiceProcess, run_command
 from tests.support.tls import SERVER_NAME, Authority, KeyPair
 
 SERVICE = "users.v1.UsersService"
+# grpcurl retries a refused handshake until this many seconds have passed (default 10).
+REFUSED_AFTER = ("-connect-timeout", "3")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,11 @@ async def test_grpcurl_over_mtls_gets_the_services_answer(served: Served) -> Non
 async def test_grpcurl_without_a_client_certificate_is_refused(served: Served) -> None:
     tls = Tls(served.ca.ca_file)
     refused = await grpcurl(
-        served.address, f"{SERVICE}/GetUser", data={"id": str(uuid.uuid4())}, tls=tls
+        *REFUSED_AFTER,
+        served.address,
+        f"{SERVICE}/GetUser",
+        data={"id": str(uuid.uuid4())},
+        tls=tls,
     )
     assert refused.exit_code != 0
     assert "NotFound" not in refused.output
@@ -75,7 +81,9 @@ async def test_grpcurl_without_a_client_certificate_is_refused(served: Served) -
 
 
 async def test_grpcurl_in_plaintext_is_refused(served: Served) -> None:
-    plaintext = await grpcurl(served.address, f"{SERVICE}/GetUser", data={"id": str(uuid.uuid4())})
+    plaintext = await grpcurl(
+        *REFUSED_AFTER, served.address, f"{SERVICE}/GetUser", data={"id": str(uuid.uuid4())}
+    )
     assert plaintext.exit_code != 0
     assert "NotFound" not in plaintext.output
     assert "Failed to dial target host" in plaintext.output, plaintext.output

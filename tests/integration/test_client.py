@@ -43,6 +43,7 @@ from tandem_client.services import AI_SERVICE, is_idempotent
 from tandem_protos.ai.v1 import analysis_pb2
 from tandem_protos.users.v1 import auth_pb2, users_pb2, users_pb2_grpc
 from tests.support.servers import migrate_users, running_users, users_settings
+from tests.support.tokens import service_token
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
@@ -170,6 +171,35 @@ async def test_a_service_account_with_a_wrong_secret_fails_the_call(users_addres
             await conn.call(conn.users.GetUser, users_pb2.GetUserRequest(id="x"))
     assert caught.value.reason == "BAD_CREDENTIALS"
     assert "wrong-secret" not in str(caught.value)
+
+
+async def test_the_users_services_refusals_decode_for_a_caller_with_a_token(
+    users_address: str,
+) -> None:
+    """With a token the users service accepts (a service's, with every scope), its
+    domain errors come through decoded: NOT_FOUND's reason, INVALID_ARGUMENT's fields."""
+    unknown = "0b7a6f5e-3c1d-4e2f-9a8b-7c6d5e4f3a2b"
+    async with Connection(users_address, token=StaticToken(service_token())) as conn:
+        token = request_id_var.set("client-test-2")
+        try:
+            with pytest.raises(NotFound) as missing:
+                await conn.call(conn.users.GetUser, users_pb2.GetUserRequest(id=unknown))
+        finally:
+            request_id_var.reset(token)
+        bad_email = users_pb2.CreateUserRequest(
+            user=users_pb2.User(email="not-an-email", name="Ada"), password="correct horse"
+        )
+        with pytest.raises(InvalidArgument) as invalid:
+            await conn.call(conn.users.CreateUser, bad_email)
+    assert missing.value.code is grpc.StatusCode.NOT_FOUND
+    assert missing.value.reason == "USER_NOT_FOUND"
+    assert missing.value.request_id == "client-test-2"
+    assert missing.value.message == f"no user {unknown}"
+    assert isinstance(missing.value.cause, grpc.aio.AioRpcError)
+    assert invalid.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in invalid.value.violations] == ["user.email"]
+    assert invalid.value.violations[0].description.startswith("is not a valid email address")
+    assert invalid.value.request_id  # one the server made up: none was sent
 
 
 async def test_not_found_from_a_servicekit_server_comes_with_reason_and_metadata() -> None:

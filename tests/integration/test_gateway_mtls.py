@@ -39,7 +39,6 @@ from tests.support.servers import (
 )
 from tests.support.tls import (
     Authority,
-    KeyPair,
     install,
     served_copy,
     server_settings,
@@ -118,7 +117,9 @@ async def assert_serves(client: httpx.AsyncClient, account: Account | None = Non
     me = await client.get("/v1/users/me", headers=account.headers)
     assert me.status_code == 200, me.text
     assert me.json()["id"] == account.id
-    made = await client.post("/v1/analyses", json={"text": "A lovely day."}, headers=account.headers)
+    made = await client.post(
+        "/v1/analyses", json={"text": "A lovely day."}, headers=account.headers
+    )
     assert made.status_code == 201, made.text
     assert set(made.json()) == ANALYSIS_FIELDS
     assert made.json()["user_id"] == account.id

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trustme
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic_settings import SettingsConfigDict
 
 from servicekit.errors import StartupError
 from servicekit.server import GrpcServer, build_server
 from servicekit.settings import ServiceSettings, SettingsError, load_settings
-from servicekit.tls import ServerTls
+from servicekit.tls import ServerTls, check_client_files
+from tandem_client import ClientTls
 from tests.support import probe
 from tests.support.processes import run_command
 from tests.support.tls import (
@@ -360,3 +362,22 @@ async def test_healthcheck_refuses_half_a_client_certificate(ca: Authority, tmp_
     assert (
         output == f"healthcheck: cannot check 127.0.0.1:1: {missing}: No such file or directory\n"
     )
+
+
+def test_client_files_that_are_no_pem_stop_start_up(tmp_path: Path) -> None:
+    placeholder = tmp_path / "placeholder.pem"
+    placeholder.write_text("REPLACE-ME\n")
+    with pytest.raises(StartupError, match=f"TLS CA {placeholder} is not a PEM certificate"):
+        check_client_files(ClientTls(placeholder))
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    check_client_files(ClientTls(ca_file))
+    with pytest.raises(StartupError, match="is not a PEM certificate"):
+        check_client_files(ClientTls(ca_file, placeholder, placeholder))
+    issued = ca.issue_cert("gateway.test")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    check_client_files(ClientTls(ca_file, cert, key))
+    check_client_files(None)
