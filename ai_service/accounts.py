@@ -10,9 +10,9 @@ UNAVAILABLE: a token whose session may have ended is not accepted on trust.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 from servicekit.authz import Caller
+from servicekit.callers import live_owner
 from servicekit.errors import Unavailable
 from servicekit.liveness import Liveness
 from tandem_client import Connection, RpcError, Unauthenticated
@@ -39,12 +39,7 @@ class Accounts:
             return None
         except RpcError as error:
             raise _unavailable(error) from None
-        now = datetime.now(UTC)
-        for session in reply.sessions:
-            ended = session.HasField("end_time")
-            if not ended and session.expire_time.ToDatetime(tzinfo=UTC) > now:
-                return str(session.user_id)
-        return None
+        return next((o for o in map(live_owner, reply.sessions) if o is not None), None)
 
     async def _live_account(self, user_id: str, token: str) -> str | None:
         request = users_pb2.BatchGetUsersRequest(ids=[user_id])

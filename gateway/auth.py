@@ -1,6 +1,6 @@
 """Who is calling: an access token verified with the users service's keys, of a live session.
 
-The users service issues and signs the tokens; the gateway holds no secret. It checks a
+The users service issues and signs the tokens; the gateway signs nothing. It checks a
 token's signature and claims with the published keys (`servicekit.tokens`: cached, and
 fetched again when a token names an unknown key), then that the token's session has not
 ended: the users service is asked (coalesced: `gateway.readers.SessionReader`) and a
@@ -11,15 +11,12 @@ a session ended elsewhere stops working here within that many seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstream, UsersAuthStub
-from servicekit.callers import jwks_document, remote_verifier
-from servicekit.tokens import JwksSource, TokenVerifier
-from tandem_protos.users.v1 import auth_pb2
+from servicekit.callers import jwks_source, remote_verifier
+from servicekit.tokens import TokenVerifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +30,5 @@ class Principal:
     authorization: str
 
 
-def jwks_source(upstream: Upstream[UsersAuthStub]) -> JwksSource:
-    async def fetch() -> Mapping[str, Any]:
-        reply = await upstream.call(
-            upstream.stub.GetJsonWebKeySet, auth_pb2.GetJsonWebKeySetRequest(), authorization=""
-        )
-        return jwks_document(reply)
-
-    return fetch
-
-
 def token_verifier(settings: GatewaySettings, upstream: Upstream[UsersAuthStub]) -> TokenVerifier:
-    return remote_verifier(jwks_source(upstream), settings)
+    return remote_verifier(jwks_source(upstream.connection), settings)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 import grpc
@@ -26,6 +25,7 @@ from gateway.problems import ProblemError, unauthorized
 from gateway.readers import SessionReader, UserReader
 from gateway.settings import GatewaySettings
 from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
+from servicekit.callers import live_owner
 from servicekit.liveness import Liveness, Lookup
 from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier
 
@@ -123,11 +123,7 @@ def session_owner(reader: SessionReader) -> Lookup:
             if exc.grpc_code in GONE:
                 return None
             raise
-        if session.HasField("end_time"):
-            return None
-        if session.expire_time.ToDatetime(tzinfo=UTC) <= datetime.now(UTC):
-            return None
-        return str(session.user_id)
+        return live_owner(session)
 
     return owner
 

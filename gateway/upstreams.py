@@ -23,7 +23,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.problems import ProblemError
 from gateway.settings import GatewaySettings
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
-from servicekit.tls import check_client_files
 from tandem_client import Connection, RpcError, ServiceAccount, services
 from tandem_client.errors import decode_status, field_violations
 from tandem_protos.ai.v1 import analysis_pb2_grpc
@@ -154,14 +153,12 @@ class Upstream(Generic[StubT]):
         self,
         name: str,
         service: str,
-        connection: Connection | str,
+        connection: Connection,
         stub: Callable[[grpc.aio.Channel], StubT],
         deadline: float | None = None,
     ) -> None:
         """`name` ("users", "ai") is what problems call it; `deadline`, the
         connection's unless given."""
-        if isinstance(connection, str):
-            connection = Connection(connection, deadline=deadline or 5.0, services=(service,))
         self.name = name
         self.service = service
         self.connection = connection
@@ -257,7 +254,6 @@ class Upstreams:
 
     def __init__(self, settings: GatewaySettings) -> None:
         tls = settings.client_tls()
-        check_client_files(tls)
         users = Connection(
             settings.users_target,
             tls=tls,

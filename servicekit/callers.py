@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -95,6 +96,16 @@ def _caller_of(claims: AccessClaims, token: str) -> Caller:
         )
     except ValueError:
         raise Unauthenticated("the access token is invalid", reason="TOKEN_INVALID") from None
+
+
+def live_owner(session: auth_pb2.Session) -> str | None:
+    """The account of a session the users service returned, if it has neither ended nor
+    expired; else None."""
+    if session.HasField("end_time"):
+        return None
+    if session.expire_time.ToDatetime(tzinfo=UTC) <= datetime.now(UTC):
+        return None
+    return str(session.user_id)
 
 
 def jwks_source(users: Connection) -> JwksSource:

@@ -22,6 +22,8 @@ import os
 from collections.abc import Iterable
 from typing import Literal
 
+from sqlalchemy.engine import make_url
+
 from servicekit.errors import StartupError
 
 ENV_VARIABLE = "TANDEM_ENV"
@@ -90,7 +92,5 @@ def is_public(secret: str | None) -> bool:
 
 def url_password(url: str) -> str | None:
     """The password of a database URL, if it has one."""
-    from sqlalchemy.engine import make_url  # noqa: PLC0415 - only in production checks
-
     password = make_url(url).password
     return None if password is None else str(password)

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -26,6 +33,16 @@ from tandem_client import ClientTls
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+|):(\d{1,5})$")
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _blank_is_none(value: object) -> object:
+    # `USERS_TLS_CERT_FILE=` (as compose passes a variable unset in the shell) means none.
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# Optional settings where an empty value means unset.
+OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_none)]
+OptionalStr = Annotated[str | None, BeforeValidator(_blank_is_none)]
 
 
 class ServiceSettings(BaseSettings):
@@ -54,10 +71,10 @@ class ServiceSettings(BaseSettings):
     page_token_secret: SecretStr | None = Field(default=None, min_length=16)
     # TLS (servicekit.tls): PEM files, re-read when they change, no restart. Unset:
     # plaintext gRPC, for a network (or a mesh) that encrypts on our behalf.
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    tls_cert_file: OptionalPath = None
+    tls_key_file: OptionalPath = None
     # Set: mTLS, every client must present a certificate this CA issued.
-    tls_client_ca_file: Path | None = None
+    tls_client_ca_file: OptionalPath = None
     # grpc.reflection lets grpcurl and Postman discover the API; off, the API's shape
     # is not handed to whoever can connect.
     reflection: bool = True
@@ -90,12 +107,6 @@ class ServiceSettings(BaseSettings):
         if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("use a sqlite+aiosqlite:/// or postgresql+asyncpg:// URL")
         return value
-
-    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
-    @classmethod
-    def _tls_unset_when_empty(cls, value: object) -> object:
-        # `USERS_TLS_CERT_FILE=` (as compose passes an unset variable) means none.
-        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_server_tls(self) -> ServiceSettings:
@@ -199,23 +210,12 @@ class UpstreamTlsSettings(BaseSettings):
     """How a process connects to Tandem's gRPC services: plaintext, TLS or mTLS."""
 
     # The CA that signed the services' certificates; unset: plaintext.
-    upstream_tls_ca_file: Path | None = None
+    upstream_tls_ca_file: OptionalPath = None
     # This process's own certificate and key, for services that require mTLS.
-    upstream_tls_cert_file: Path | None = None
-    upstream_tls_key_file: Path | None = None
+    upstream_tls_cert_file: OptionalPath = None
+    upstream_tls_key_file: OptionalPath = None
     # The name the services' certificates carry, when it is not the target's host.
-    upstream_tls_server_name: str | None = None
-
-    @field_validator(
-        "upstream_tls_ca_file",
-        "upstream_tls_cert_file",
-        "upstream_tls_key_file",
-        "upstream_tls_server_name",
-        mode="before",
-    )
-    @classmethod
-    def _unset_when_empty(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+    upstream_tls_server_name: OptionalStr = None
 
     @model_validator(mode="after")
     def _check_upstream_tls(self) -> UpstreamTlsSettings:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from servicekit import production
-from servicekit.settings import ServiceSettings
+from servicekit.settings import OptionalPath, ServiceSettings
 
 
 class UsersSettings(ServiceSettings):
@@ -37,7 +37,7 @@ class UsersSettings(ServiceSettings):
     access_token_ttl_seconds: int = Field(default=900, ge=30, le=24 * 3600)
     # What this service's own verifier accepts as `exp - iat`, whatever the signature.
     token_max_lifetime_seconds: int = Field(default=3600, ge=30, le=24 * 3600)
-    token_signing_key_file: Path | None = None
+    token_signing_key_file: OptionalPath = None
     # Comma-separated PEM files (public or private keys) that verify but do not sign.
     token_verify_key_files: str = ""
     token_dev_key_file: Path = Path("./data/users-token-key.pem")
@@ -53,12 +53,6 @@ class UsersSettings(ServiceSettings):
     # ended by another replica still works here for at most this long; one ended
     # here stops at once.
     session_cache_seconds: float = Field(default=2.0, ge=0, le=300)
-
-    @field_validator("token_signing_key_file", mode="before")
-    @classmethod
-    def _unset_when_empty(cls, value: object) -> object:
-        # `USERS_TOKEN_SIGNING_KEY_FILE=` (as compose passes an unset variable) means none.
-        return None if isinstance(value, str) and not value.strip() else value
 
     def production_problems(self) -> list[str]:
         problems = super().production_problems()

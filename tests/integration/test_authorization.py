@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
-from tests.support.keys import signing_key
+from tests.support import tokens
 from tests.support.rpc import reason
 from tests.support.servers import (
     ai_settings,
@@ -46,8 +46,6 @@ from tests.support.servers import (
 from tests.support.tokens import service_bearer
 from users_service.cli import set_role
 from users_service.policy import Role
-from users_service.signing_keys import build_signing_keys
-from users_service.tokens import AccessTokens
 
 PASSWORD = "correct horse battery"
 # What the set-up calls carry: a service account with every scope.
@@ -94,29 +92,14 @@ def user_bearer(tokens: auth_pb2.IssueTokenResponse) -> str:
     return f"Bearer {tokens.access_token}"
 
 
-def _user_token(key: Ed25519PrivateKey, user_id: str, *, role: str, now: datetime) -> str:
-    tokens = AccessTokens(
-        build_signing_keys(key, []), issuer="tandem-users", audience="tandem-api", ttl_seconds=900
-    )
-    issued = tokens.issue(
-        user_id=uuid.UUID(user_id),
-        session_id=uuid.uuid4(),
-        role=role,
-        now=now,
-        ends=now + timedelta(days=1),
-    )
-    return f"Bearer {issued.token}"
-
-
 def expired_bearer(user_id: str) -> str:
     """Signed with the right key, an hour ago."""
-    past = datetime.now(UTC) - timedelta(hours=1)
-    return _user_token(signing_key(), user_id, role="user", now=past)
+    return tokens.user_bearer(user_id, now=datetime.now(UTC) - timedelta(hours=1))
 
 
 def forged_bearer(user_id: str) -> str:
     """An admin's token, signed with a key the users service never published."""
-    return _user_token(Ed25519PrivateKey.generate(), user_id, role="admin", now=datetime.now(UTC))
+    return tokens.user_bearer(user_id, role="admin", key=Ed25519PrivateKey.generate())
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from servicekit.liveness import Liveness
 from servicekit.logs import request_id_var
 from servicekit.server import GrpcServer, Service, build_server
 from servicekit.tokens import KeySet, TokenVerifier
+from tandem_client import Connection
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from tests.support.keys import signing_key
 from tests.support.servers import users_settings
@@ -159,12 +160,9 @@ async def reader_for(
     upstreams: list[Upstream[Any]] = []
 
     def make(deadline: float = 5.0, **options: Any) -> UserReader:
+        connection = Connection(accounts[1].address, deadline=deadline, services=(USERS_SERVICE,))
         upstream: Upstream[Any] = Upstream(
-            "users",
-            USERS_SERVICE,
-            accounts[1].address,
-            users_pb2_grpc.UsersServiceStub,
-            deadline,
+            "users", USERS_SERVICE, connection, users_pb2_grpc.UsersServiceStub
         )
         upstreams.append(upstream)
         return UserReader(upstream, **options)

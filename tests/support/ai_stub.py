@@ -31,13 +31,13 @@ from functools import partial
 from typing import Any
 
 import grpc
-import jwt
 from grpc_health.v1 import health_pb2
 
 from servicekit import errors
 from servicekit.logs import configure_logging
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
+from tests.support.tokens import subject_of
 
 SERVICE_NAME = "ai.v1.AnalysisService"
 TEXT_LIMIT = 50_000
@@ -130,7 +130,7 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
             await context.abort(failure.code, failure.message)
         if method in self._held:
             await self._release.wait()
-        return _subject(metadata.get("authorization"))
+        return subject_of(metadata.get("authorization"))
 
     @staticmethod
     def _check(request: analysis_pb2.AnalyzeTextRequest) -> None:
@@ -220,14 +220,6 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
         return analysis_pb2.ListAnalysesResponse(
             analyses=page, next_page_token=str(start + size) if more else ""
         )
-
-
-def _subject(authorization: str | None) -> str:
-    """The user a bearer token acts for (unverified: the gateway has verified it)."""
-    if not authorization:
-        raise errors.Unauthenticated("no token", reason="CREDENTIALS_MISSING")
-    claims = jwt.decode(authorization.partition(" ")[2], options={"verify_signature": False})
-    return str(claims["sub"])
 
 
 def _for(request: analysis_pb2.AnalyzeTextRequest, caller: str) -> analysis_pb2.AnalyzeTextRequest:
