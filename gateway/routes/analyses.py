@@ -8,11 +8,12 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Response
+from fastapi import Response
 
 from gateway import convert
 from gateway.deps import AiUpstream, CurrentUser, PageSize, PageToken, RuntimeDep
 from gateway.problems import ProblemError, problem_bytes, problem_responses
+from gateway.routes import resource_router
 from gateway.schemas import Analysis, AnalysisCreate, AnalysisPage
 from gateway.sse import EventStreamResponse, event
 from gateway.upstreams import UpstreamError
@@ -21,7 +22,7 @@ from tandem_protos.ai.v1 import analysis_pb2
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+router = resource_router(prefix="/v1/analyses", tags=["analyses"])
 
 _AUTHED = (401, 503, 504)
 Chunks = AsyncGenerator[analysis_pb2.AnalyzeTextResponseChunk, None]

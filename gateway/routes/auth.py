@@ -11,18 +11,19 @@ from __future__ import annotations
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Form, Response
+from fastapi import Form, Response
 
 from gateway import convert
 from gateway.deps import RuntimeDep
 from gateway.paths import REVOKE_URL, TOKEN_URL
 from gateway.problems import ProblemError, problem_responses
+from gateway.routes import resource_router
 from gateway.schemas import JsonWebKeySet, RevokeForm, Token, TokenForm
 from gateway.upstreams import UpstreamError
 from servicekit.callers import jwks_document
 from tandem_protos.users.v1 import auth_pb2
 
-router = APIRouter(tags=["auth"])
+router = resource_router(tags=["auth"])
 
 # RFC 6749 §5.1: responses carrying tokens are not to be cached.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
 from gateway import convert
 from gateway.deps import RuntimeDep
 from gateway.problems import ProblemError, problem_responses
+from gateway.routes import resource_router
 from gateway.schemas import Health, Readiness
 
-router = APIRouter(tags=["health"])
+router = resource_router(tags=["health"])
 
 SERVING = "SERVING"
 

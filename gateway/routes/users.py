@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import Header, Query, Response
 from google.protobuf import field_mask_pb2
 
 from gateway import convert
@@ -22,11 +22,12 @@ from gateway.deps import (
     UsersUpstream,
 )
 from gateway.problems import ProblemError, problem_responses
+from gateway.routes import resource_router
 from gateway.schemas import PasswordChange, PublicProfile, User, UserCreate, UserPage, UserUpdate
 from gateway.upstreams import UpstreamError
 from tandem_protos.users.v1 import users_pb2
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
+router = resource_router(prefix="/v1/users", tags=["users"])
 
 _AUTHED = (401, 503, 504)
 _ETAG = {
