@@ -81,7 +81,7 @@ async def ai_server(
             settings.addr,
             [Service(SERVICE_NAME, register)],
             tls=settings.server_tls(),
-            reflection=settings.reflection,
+            reflection=callers.caller if settings.reflection else None,
             access_log=settings.access_log,
         )
 

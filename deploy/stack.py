@@ -154,7 +154,7 @@ def banner() -> None:
     curl -s -X POST {rest}/v1/auth/token -d grant_type=password \\
       -d username=ada@example.com -d 'password=correct horse'
     TOKEN=...   # the access_token of the answer above
-    .venv/bin/grpcurl -plaintext {AI_ADDR} list
+    .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" {AI_ADDR} list
     .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
       -d '{{"page_size": 5}}' {AI_ADDR} ai.v1.AnalysisService/ListAnalyses
 

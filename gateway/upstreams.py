@@ -13,18 +13,17 @@ AnalysisService. What is left here is about HTTP: the problem each failure becom
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.problems import ProblemError
 from gateway.settings import GatewaySettings
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
 from tandem_client import Connection, RpcError, ServiceAccount, services
-from tandem_client.errors import decode_status, field_violations
 from tandem_protos.ai.v1 import analysis_pb2_grpc
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
 
@@ -81,26 +80,17 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
     The detail is the upstream's own message when it sent rich details (our services
     compose those for clients); otherwise, and for every unexpected fault, a generic
     one: transport errors and tracebacks never reach the client.
-
-    What the upstream sent is read from the call's trailers (`error.cause`) rather
-    than from the RpcError's fields, which differ on statuses our services never send
-    (one packed for another code, a RetryInfo alone, a fractional `retry-after`).
     """
     code = error.code
-    sent = () if error.cause is None else tuple(error.cause.trailing_metadata() or ())
-    trailers = cast(Sequence[tuple[str, str | bytes]], sent)
-    status = decode_status(trailers)
     headers = {}
-    if code in _RETRYABLE:
-        for key, value in trailers:
-            if key == "retry-after" and isinstance(value, str) and value.isdigit():
-                headers["Retry-After"] = value
+    if code in _RETRYABLE and error.retry_after is not None:
+        headers["Retry-After"] = str(math.ceil(error.retry_after))
     return UpstreamError(
         HTTP_STATUS_BY_GRPC_CODE.get(code, 500),
-        _detail(code, status, upstream),
+        _detail(error, upstream),
         grpc_code=code,
-        reason=_reason(status),
-        errors=[(rest_field(v.field), v.description) for v in field_violations(status)],
+        reason=error.reason,
+        errors=[(rest_field(v.field), v.description) for v in error.violations],
         headers=headers,
     )
 
@@ -109,7 +99,10 @@ def deadline_exceeded(upstream: str) -> UpstreamError:
     """The problem of a call to `upstream` that ran out of time."""
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     return UpstreamError(
-        HTTP_STATUS_BY_GRPC_CODE[code], _detail(code, None, upstream), grpc_code=code, reason=None
+        HTTP_STATUS_BY_GRPC_CODE[code],
+        _detail(RpcError(code, ""), upstream),
+        grpc_code=code,
+        reason=None,
     )
 
 
@@ -127,21 +120,14 @@ _GENERIC_DETAILS: Mapping[grpc.StatusCode, str] = {
 }
 
 
-def _detail(code: grpc.StatusCode, status: status_pb2.Status | None, upstream: str) -> str:
+def _detail(error: RpcError, upstream: str) -> str:
+    code = error.code
     if code in _UNEXPECTED:
         return f"the {upstream} service failed unexpectedly; quote the request id to report it"
-    if status is not None and status.message:
-        return str(status.message)
+    if error.status is not None and error.message:
+        return error.message
     template = _GENERIC_DETAILS.get(code, "the {upstream} service refused the call ({code})")
     return template.format(upstream=upstream, code=code.name)
-
-
-def _reason(status: status_pb2.Status | None) -> str | None:
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return None
 
 
 class Upstream(Generic[StubT]):

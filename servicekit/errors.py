@@ -19,8 +19,8 @@ INTERNAL with a generic message.
 Every non-INVALID_ARGUMENT error also carries a `google.rpc.ErrorInfo` whose `reason`
 is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193).
 
-The client side of these statuses is tandem_client.errors: `decode_details` and
-`field_violations` here are its decoder, and `FieldViolation` its class.
+The client side of these statuses is tandem_client.errors (`rich_status`,
+`field_violations`); `FieldViolation` is its class.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from google.rpc import error_details_pb2, status_pb2
 from tandem_client import errors as client_errors
 
 ERROR_DOMAIN = "tandem"
-DETAILS_METADATA_KEY = client_errors.DETAILS_METADATA_KEY
 
 # gRPC status -> HTTP status, as grpc-gateway, Envoy and Connect map it.
 HTTP_STATUS_BY_GRPC_CODE: Mapping[grpc.StatusCode, int] = {
@@ -203,19 +202,6 @@ class Unavailable(_Retryable):
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_reason = "DEADLINE_EXCEEDED"
-
-
-def decode_details(
-    trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
-) -> status_pb2.Status | None:
-    """The `google.rpc.Status` a server packed into a call's trailers, if any (one
-    that does not parse counts as none)."""
-    return client_errors.decode_status(trailing_metadata)
-
-
-def field_violations(status: status_pb2.Status | None) -> list[FieldViolation]:
-    """The `google.rpc.BadRequest` field violations inside a status, if any."""
-    return list(client_errors.field_violations(status))
 
 
 def _pack(message: Message) -> any_pb2.Any:

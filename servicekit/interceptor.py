@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc.aio import AbortError, ServicerContext
+from grpc_status import rpc_status
 
-from servicekit.errors import DETAILS_METADATA_KEY, ServiceError
+from servicekit.errors import ServiceError
 from servicekit.logs import request_id_var
 from tandem_client import context
 
@@ -114,6 +115,14 @@ class CallInterceptor(_ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if behaviors.stream_stream is not None and inspect.isasyncgenfunction(
+            behaviors.stream_stream
+        ):  # reflection's
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(method, behaviors.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         # Client-streaming methods: none of ours has one; pass them through unwrapped.
         return handler
 
@@ -188,13 +197,10 @@ async def _abort_for(exc: BaseException, context: Context, request_id: str) -> N
     handler made, a cancellation, and non-Exception exits such as SystemExit.
     """
     if isinstance(exc, ServiceError):
-        status = exc.to_rpc_status()
-        add_trailing_metadata(
-            context,
-            *exc.trailing_metadata(),
-            (DETAILS_METADATA_KEY, status.SerializeToString()),
-        )
-        await context.abort(exc.code, exc.message)
+        status = rpc_status.to_status(exc.to_rpc_status())
+        # Added, not passed to abort(), which would replace the x-request-id trailer.
+        add_trailing_metadata(context, *exc.trailing_metadata(), *status.trailing_metadata)
+        await context.abort(status.code, status.details)
     elif isinstance(exc, Exception) and not isinstance(exc, AbortError):
         error_log.error("unexpected error in handler", exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")

@@ -1,8 +1,8 @@
 """The one place a gRPC server is built and run: every service goes through here.
 
-`build_server` returns a bound but not started server with health, reflection (unless
-turned off) and the call interceptor installed, on a plaintext port or, given
-`ServerTls`, a TLS or mTLS one whose certificates rotate without a restart
+`build_server` returns a bound but not started server with health, reflection (for
+authenticated callers, unless turned off) and the call interceptor installed, on a
+plaintext port or, given `ServerTls`, a TLS or mTLS one whose certificates rotate without a restart
 (servicekit.tls); `serve_until_signalled` runs it until SIGTERM or SIGINT and then
 shuts it down gracefully:
 
@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as server_reflection
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from servicekit.errors import StartupError
 from servicekit.health import HealthServicer
@@ -93,14 +95,42 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+# Checks a call's credentials (raising a ServiceError to refuse it), as
+# servicekit.callers.CallerResolver.caller does.
+Authenticate = Callable[[Any], Awaitable[object]]
+
+
+# The grpc.aio servicer, which grpc_reflection's stubs leave out.
+_AioReflectionServicer: Any = server_reflection.aio.ReflectionServicer  # type: ignore[attr-defined]
+
+
+class AuthenticatedReflection(_AioReflectionServicer):  # type: ignore[misc]
+    """grpc's reflection, for callers that `authenticate` accepts: like every other
+    call but health's, it needs a credential (grpcurl's `-H` sends it along)."""
+
+    def __init__(self, service_names: Sequence[str], authenticate: Authenticate) -> None:
+        super().__init__(service_names)
+        self._authenticate = authenticate
+
+    async def ServerReflectionInfo(  # noqa: N802 (grpc's method name)
+        self,
+        request_iterator: AsyncIterable[reflection_pb2.ServerReflectionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
+        await self._authenticate(context)
+        async for response in super().ServerReflectionInfo(request_iterator, context):
+            yield response
+
+
 def build_server(
     addr: str,
     services: Sequence[Service],
     *,
     tls: ServerTls | None = None,
-    reflection: bool = True,
+    reflection: Authenticate | None = None,
     access_log: bool = True,
 ) -> GrpcServer:
+    """`reflection`: None leaves it off; else what must accept a caller to reflect."""
     # First: unusable TLS files are a StartupError before anything is built.
     credentials = None if tls is None else server_credentials(tls)
     server = grpc.aio.server(
@@ -112,9 +142,10 @@ def build_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(s.name for s in services)
-    if reflection:
-        server_reflection.enable_server_reflection(
-            (*names, health.SERVICE_NAME, server_reflection.SERVICE_NAME), server
+    if reflection is not None:
+        reflected = (*names, health.SERVICE_NAME, server_reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            AuthenticatedReflection(reflected, reflection), server
         )
     try:
         if credentials is None:

@@ -121,7 +121,7 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
             settings.addr,
             services,
             tls=settings.server_tls(),
-            reflection=settings.reflection,
+            reflection=callers.caller if settings.reflection else None,
             access_log=settings.access_log,
         )
     finally:

@@ -20,8 +20,9 @@ subclass names what went wrong and whose attributes carry what the server said:
 
 Tandem's services pack a `google.rpc.Status` into the `grpc-status-details-bin`
 trailer (AIP-193): an `ErrorInfo` whose `reason` is a stable UPPER_SNAKE identifier to
-branch on, a `BadRequest` naming the invalid fields, a `RetryInfo`. Details a server
-packed for another status, or bytes that are no Status at all, are ignored, not raised.
+branch on, a `BadRequest` naming the invalid fields, a `RetryInfo`; grpcio-status's
+`rpc_status.from_call` reads it. Details packed for another status, or bytes that are no
+Status at all, are ignored, not raised.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from tandem_client.context import REQUEST_ID_KEY
 
@@ -62,6 +64,7 @@ class RpcError(Exception):
     - `retry_after`: seconds to wait before retrying (`google.rpc.RetryInfo`, else a
       `retry-after` trailer), if the server said;
     - `request_id`: the `x-request-id` the server answered with, to quote in a report;
+    - `status`: the whole `google.rpc.Status` the server packed, if any;
     - `cause`: the original `grpc.aio.AioRpcError`, for anything else.
     """
 
@@ -77,6 +80,7 @@ class RpcError(Exception):
         violations: Iterable[FieldViolation] = (),
         retry_after: float | None = None,
         request_id: str | None = None,
+        status: status_pb2.Status | None = None,
         cause: grpc.aio.AioRpcError | None = None,
     ) -> None:
         super().__init__(code, message)
@@ -87,6 +91,7 @@ class RpcError(Exception):
         self.violations = tuple(violations)
         self.retry_after = retry_after
         self.request_id = request_id
+        self.status = status
         self.cause = cause
 
     def __str__(self) -> str:
@@ -188,9 +193,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> RpcError:
     """The `RpcError` a failed grpc.aio call stands for, its details decoded."""
     code = error.code()
     trailers = tuple(_pairs(error.trailing_metadata()))
-    status = decode_status(trailers, code)
+    status = rich_status(error)
     reason, metadata = _error_info(status)
-    message = error.details() or (status.message if status is not None else "")
+    message = error.details() or ""
     return ERROR_CLASS_BY_CODE.get(code, RpcError)(
         code,
         message,
@@ -199,31 +204,24 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> RpcError:
         violations=field_violations(status),
         retry_after=_retry_after(status, trailers),
         request_id=_text(trailers, REQUEST_ID_KEY),
+        status=status,
         cause=error,
     )
 
 
-def decode_status(
-    trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
-    code: grpc.StatusCode | None = None,
-) -> status_pb2.Status | None:
-    """The `google.rpc.Status` a server packed into a call's trailers, if any.
+def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The `google.rpc.Status` a server packed into a failed call's trailers, if any.
 
-    As grpcio-status's `rpc_status.from_call` reads it, except that what does not fit
-    is ignored rather than raised: bytes that do not parse, and (when the call's `code`
-    is given) a Status for another code, which some proxy passed along from elsewhere.
+    grpcio-status's `rpc_status.from_call`, except that what does not fit is ignored
+    rather than raised: bytes that do not parse, and a Status for another code or
+    message, which some proxy passed along from elsewhere.
     """
-    for key, value in trailing_metadata or ():
-        if key != DETAILS_METADATA_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        if code is not None and status.code != code.value[0]:
-            return None
-        return status
-    return None
+    try:
+        # AioRpcError has the code(), details() and trailing_metadata() it reads.
+        status: status_pb2.Status | None = rpc_status.from_call(cast(grpc.Call, error))
+    except (DecodeError, ValueError):
+        return None
+    return status
 
 
 def field_violations(status: status_pb2.Status | None) -> tuple[FieldViolation, ...]:

@@ -61,9 +61,13 @@ async def test_grpcurl_over_mtls_gets_the_services_answer(served: Served) -> Non
     assert "Code: NotFound" in found.output
     assert "USER_NOT_FOUND" in found.output  # grpcurl prints the ErrorInfo detail
 
-    listed = await grpcurl(served.address, "list", tls=tls, token=None)
+    listed = await grpcurl(served.address, "list", tls=tls)
     assert listed.exit_code == 0, listed.output
     assert SERVICE in listed.output.split()
+    # Reflection, like every call but health's, needs a credential.
+    anonymous = await grpcurl("-use-reflection", served.address, "list", tls=tls, token=None)
+    assert anonymous.exit_code != 0
+    assert "code = Unauthenticated" in anonymous.output, anonymous.output
 
 
 async def test_grpcurl_without_a_client_certificate_is_refused(served: Served) -> None:

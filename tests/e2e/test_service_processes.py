@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.conftest import ROOT
 from tests.support.grpcurl import grpcurl
 from tests.support.processes import ServiceProcess, run_command
+from tests.support.users_standin import running_users_standin
 
 SERVICES = {
     "users_service": ("USERS_", "users.v1.UsersService"),
@@ -33,7 +35,12 @@ async def test_service_migrates_serves_and_stops_cleanly(module: str, database_u
     code, output = await run_command(["-m", module, "migrate"], env)
     assert code == 0, output
 
-    async with ServiceProcess(["-m", module], env, cwd=str(ROOT)) as service:
+    async with AsyncExitStack() as stack:
+        if module == "ai_service":  # its callers' tokens are checked with users' keys
+            _, env["AI_USERS_TARGET"] = await stack.enter_async_context(running_users_standin())
+        service = await stack.enter_async_context(
+            ServiceProcess(["-m", module], env, cwd=str(ROOT))
+        )
         address = await service.wait_serving()
         async with grpc.aio.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)

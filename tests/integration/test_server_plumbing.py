@@ -14,13 +14,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from servicekit import errors
 from servicekit.server import BindError, GrpcServer, build_server
+from tandem_client import errors as client_errors
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from tests.support import probe
+from tests.support.rpc import reason
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[GrpcServer]:
-    server = build_server("127.0.0.1:0", [probe.service()])
+    server = build_server("127.0.0.1:0", [probe.service()], reflection=probe.authenticate)
     await server.start()
     yield server
     await server.stop(0)
@@ -58,12 +60,24 @@ async def test_health_reports_serving_for_the_server_and_each_service(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+async def list_services(channel: grpc.aio.Channel, metadata: Any = None) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
-    async for response in stub.ServerReflectionInfo(iter([request])):
-        names = {s.name for s in response.list_services_response.service}
-        break
+    async for response in stub.ServerReflectionInfo(iter([request]), metadata=metadata):
+        return {s.name for s in response.list_services_response.service}
+    raise AssertionError("no reflection response")
+
+
+async def test_reflection_needs_a_credential(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await list_services(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason(caught.value) == "CREDENTIALS_MISSING"
+    assert await trailer(caught.value, "x-request-id")  # through the call interceptor
+
+
+async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+    names = await list_services(channel, probe.CREDENTIALS)
     assert names == {
         probe.SERVICE_NAME,
         "grpc.health.v1.Health",
@@ -108,8 +122,8 @@ async def test_domain_error_becomes_its_status_with_rich_details(channel: grpc.a
     error = caught.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "id: must be a UUID"
-    status = errors.decode_details(error.trailing_metadata())  # type: ignore[arg-type]
-    assert errors.field_violations(status) == [errors.FieldViolation("id", "must be a UUID")]
+    violations = client_errors.field_violations(client_errors.rich_status(error))
+    assert violations == (errors.FieldViolation("id", "must be a UUID"),)
     assert await trailer(error, "x-request-id") == "req-inv"
 
 

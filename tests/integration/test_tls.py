@@ -44,7 +44,11 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 @asynccontextmanager
 async def running(tls: ServerTls | None, *, reflection: bool = True) -> AsyncIterator[GrpcServer]:
     server = build_server(
-        "127.0.0.1:0", [probe.service()], tls=tls, reflection=reflection, access_log=False
+        "127.0.0.1:0",
+        [probe.service()],
+        tls=tls,
+        reflection=probe.authenticate if reflection else None,
+        access_log=False,
     )
     await server.start()
     try:
@@ -217,7 +221,8 @@ async def test_unusable_files_at_start_up_are_one_line_naming_the_file(
 async def reflected_services(channel: grpc.aio.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
-    async for response in stub.ServerReflectionInfo(iter([request]), timeout=10):
+    calls = stub.ServerReflectionInfo(iter([request]), timeout=10, metadata=probe.CREDENTIALS)
+    async for response in calls:
         return {s.name for s in response.list_services_response.service}
     raise AssertionError("no reflection response")
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import FileDescriptor
+from google.rpc import error_details_pb2
+
+from tandem_protos.ai.v1 import analysis_pb2
+from tandem_protos.users.v1 import auth_pb2, users_pb2
 from tests.support.tls import SERVER_NAME, KeyPair
 from tests.support.tokens import service_token
 from tests.support.tools import tool
@@ -45,17 +55,41 @@ class Tls:
         return args
 
 
+@functools.cache
+def _protoset() -> Path:
+    """Our protos and everything they use, google.rpc's error details included (so
+    grpcurl can print a refusal's ErrorInfo), as a descriptor set file."""
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+
+    def add(file: FileDescriptor) -> None:
+        if file.name not in files:
+            for dependency in file.dependencies:
+                add(dependency)
+            files[file.name] = descriptor_pb2.FileDescriptorProto()
+            file.CopyToProto(files[file.name])
+
+    for module in (users_pb2, auth_pb2, analysis_pb2, error_details_pb2):
+        add(module.DESCRIPTOR)
+    path = Path(tempfile.mkdtemp(prefix="tandem-grpcurl-")) / "tandem.protoset"
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files.values()).SerializeToString())
+    atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
+    return path
+
+
 async def grpcurl(
     *args: str, data: Any = None, token: str | None = "service", tls: Tls | None = None
 ) -> GrpcurlResult:
     """Run grpcurl with `args`; each call carries `token` (by default a service
-    account's with every scope; None: no authorization header), over plaintext unless
-    `tls` says how to connect."""
+    account's with every scope; None: no authorization header, and the .proto files
+    instead of reflection, which needs one too), over plaintext unless `tls` says how
+    to connect."""
     command = [tool("grpcurl"), *(tls.args() if tls is not None else ["-plaintext"])]
     if token == "service":
         token = service_token()
     if token is not None:
         command += ["-H", f"authorization: Bearer {token}"]
+    else:
+        command += ["-protoset", str(_protoset())]
     if data is not None:
         command += ["-d", json.dumps(data)]
     process = await asyncio.create_subprocess_exec(

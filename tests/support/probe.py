@@ -19,10 +19,21 @@ from typing import Any
 from servicekit import errors
 from servicekit.logs import configure_logging
 from servicekit.server import Service, build_server, serve_until_signalled
+from servicekit.tokens import bearer_token
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 
 log = logging.getLogger("probe")
 SERVICE_NAME = "users.v1.UsersService"
+# The one credential `authenticate` accepts.
+TOKEN = "probe-token"
+CREDENTIALS = (("authorization", f"Bearer {TOKEN}"),)
+
+
+async def authenticate(context: Any) -> str:
+    """Stands in for servicekit.callers.CallerResolver.caller: only TOKEN passes."""
+    if bearer_token(context.invocation_metadata()) != TOKEN:
+        raise errors.Unauthenticated("no probe token", reason="CREDENTIALS_MISSING")
+    return TOKEN
 
 
 class Probe(users_pb2_grpc.UsersServiceServicer):
@@ -45,7 +56,7 @@ def service() -> Service:
 
 
 async def main(addr: str, grace: float) -> None:
-    server = build_server(addr, [service()])
+    server = build_server(addr, [service()], reflection=authenticate)
     await serve_until_signalled(server, grace)
 
 

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import grpc
 
-from servicekit import errors
+from tandem_client import errors
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -21,15 +21,14 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
 
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The BadRequest field violations of an error, as {field: description}."""
-    status = errors.decode_details(error.trailing_metadata())  # type: ignore[arg-type]
-    return {v.field: v.description for v in errors.field_violations(status)}
+    return {v.field: v.description for v in errors.field_violations(errors.rich_status(error))}
 
 
 def reason(error: grpc.aio.AioRpcError) -> str | None:
     """The ErrorInfo reason of an error, if it carries one."""
     from google.rpc import error_details_pb2
 
-    status = errors.decode_details(error.trailing_metadata())  # type: ignore[arg-type]
+    status = errors.rich_status(error)
     for detail in status.details if status else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):

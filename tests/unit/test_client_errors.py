@@ -168,8 +168,10 @@ def test_details_of_another_status_are_ignored() -> None:
     error = from_rpc_error(aio_error(grpc.StatusCode.UNAVAILABLE, "no route", details(status)))
     assert type(error) is errors.Unavailable
     assert error.reason is None
-    assert errors.decode_status([details(status)], grpc.StatusCode.UNAVAILABLE) is None
-    assert errors.decode_status([details(status)], grpc.StatusCode.NOT_FOUND) == status
+    assert error.status is None
+    assert (
+        errors.rich_status(aio_error(grpc.StatusCode.NOT_FOUND, "gone", details(status))) == status
+    )
 
 
 def test_foreign_detail_messages_are_ignored() -> None:
@@ -196,9 +198,11 @@ def test_a_retry_after_trailer_that_is_no_number_of_seconds_is_ignored(value: st
     assert error.retry_after is None
 
 
-def test_the_server_side_decoder_is_the_clients() -> None:
+def test_the_server_side_violation_is_the_clients() -> None:
     status = server_errors.InvalidArgument.field("id", "not a UUID").to_rpc_status()
-    trailers = [details(status)]
-    assert server_errors.decode_details(trailers) == errors.decode_status(trailers) == status
-    assert server_errors.decode_details([(errors.DETAILS_METADATA_KEY, b"\xff")]) is None
+    error = from_rpc_error(
+        aio_error(grpc.StatusCode.INVALID_ARGUMENT, status.message, details(status))
+    )
+    assert error.status == status
+    assert error.violations == (FieldViolation("id", "not a UUID"),)
     assert server_errors.FieldViolation is FieldViolation

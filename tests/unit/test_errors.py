@@ -5,6 +5,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from servicekit import errors
+from tandem_client import errors as client_errors
 
 
 def test_every_grpc_code_has_an_http_status() -> None:
@@ -39,7 +40,7 @@ def test_invalid_argument_carries_bad_request_violations() -> None:
     status = error.to_rpc_status()
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert status.message == "user.email: not an email address; password: at least 8 characters"
-    assert errors.field_violations(status) == list(error.violations)
+    assert client_errors.field_violations(status) == error.violations
 
 
 def test_invalid_argument_needs_a_violation() -> None:
@@ -71,9 +72,5 @@ def test_retryable_errors_carry_retry_info_and_retry_after() -> None:
     assert errors.Unavailable("down").trailing_metadata() == ()
 
 
-def test_decode_details_reads_the_trailer() -> None:
-    status = errors.InvalidArgument.field("id", "not a UUID").to_rpc_status()
-    trailers = [("x-request-id", "r1"), (errors.DETAILS_METADATA_KEY, status.SerializeToString())]
-    assert errors.decode_details(trailers) == status
-    assert errors.decode_details([("x-request-id", "r1")]) is None
-    assert errors.field_violations(None) == []
+def test_no_status_has_no_violations() -> None:
+    assert client_errors.field_violations(None) == ()
