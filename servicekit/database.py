@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,6 +20,8 @@ from servicekit.errors import Unavailable
 from servicekit.settings import ServiceSettings
 
 T = TypeVar("T")
+
+log = logging.getLogger("servicekit.database")
 
 
 def is_sqlite(url: str | URL) -> bool:
@@ -82,6 +85,7 @@ class Database:
         # A read is one statement: without BEGIN/ROLLBACK around it, it costs one
         # round trip instead of three.
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT").sync_engine
+        self._outage = Outage(what)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """`work`'s result on an autocommit connection.
@@ -92,17 +96,22 @@ class Database:
         without a ping before every checkout.
         """
         try:
-            return await greenlet_spawn(_run, self._reader, work)
+            result: T = await greenlet_spawn(_run, self._reader, work)
         except Exception as exc:
             # Connecting can fail with the driver's own OSError, unwrapped.
             if not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
                 self._raise_if_unavailable(exc)
                 raise
+        else:
+            self._outage.over()
+            return result
         try:
-            return await greenlet_spawn(_run, self._reader, work)
+            result = await greenlet_spawn(_run, self._reader, work)
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise
+        self._outage.over()
+        return result
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """`work`'s result in a transaction, committed when it returns.
@@ -111,19 +120,72 @@ class Database:
         """
         try:
             if self._write_turn is None:
-                return await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
-            async with self._write_turn:
-                return await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
+                result: T = await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
+            else:
+                async with self._write_turn:
+                    result = await greenlet_spawn(
+                        _run_in_transaction, self.engine.sync_engine, work
+                    )
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise
+        self._outage.over()
+        return result
 
     def _raise_if_unavailable(self, exc: Exception) -> None:
         """An unreachable database is Unavailable (retryable), never INTERNAL."""
         if is_unavailable(exc):
+            # A full pool or a busy SQLite is load, not an outage.
+            if not isinstance(exc, PoolTimeoutError) and not is_sqlite_busy(
+                getattr(exc, "orig", None)
+            ):
+                self._outage.began(exc)
             raise Unavailable(
                 f"the {self._what} database is unavailable; retry shortly", retry_after=1
             ) from exc
+
+
+class Outage:
+    """Says once, at WARNING, that a database went away and why, and once that it is
+    back: an outage is two log lines, not one per failed call."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._since: float | None = None
+        self._failed_calls = 0
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def began(self, exc: BaseException) -> None:
+        self._failed_calls += 1
+        if self._since is None:
+            self._since = time.monotonic()
+            log.warning("the %s database is unavailable: %s", self._what, outage_cause(exc))
+
+    def over(self) -> None:
+        if self._since is not None:
+            log.warning(
+                "the %s database is back after %.1fs (%d calls failed meanwhile)",
+                self._what,
+                time.monotonic() - self._since,
+                self._failed_calls,
+            )
+            self._since = None
+            self._failed_calls = 0
+
+
+def outage_cause(exc: BaseException) -> str:
+    """What made the database unreachable, without SQLAlchemy's wrapper text (which
+    quotes the statement and its parameters: password hashes, emails)."""
+    cause: BaseException = exc
+    while isinstance(cause, DBAPIError) and cause.orig is not None:
+        cause = cause.orig
+    if isinstance(cause, DBAPIError):
+        return type(cause).__name__
+    text = str(cause).splitlines()[0] if str(cause) else ""
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 def _run(engine: Engine, work: Callable[[Connection], T]) -> T:

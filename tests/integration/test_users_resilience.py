@@ -94,7 +94,7 @@ async def test_passwords_and_hashes_never_reach_the_logs(
 
 @pytest.mark.postgres
 async def test_database_outage_is_unavailable_and_recovers_without_restart(
-    postgres_url: str,
+    postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await migrate_users(postgres_url)
     target = make_url(postgres_url)
@@ -127,6 +127,17 @@ async def test_database_outage_is_unavailable_and_recovers_without_restart(
         assert (await stub.GetUser(get, timeout=10)).id == user.id
         assert (await stub.CreateUser(create, timeout=10)).email == "down@example.com"
     await proxy.down()
+    # The outage is two WARNING lines, its cause and its end, not one per failed call.
+    said = [r.getMessage() for r in caplog.records if r.name == "servicekit.database"]
+    assert [r.levelno for r in caplog.records if r.name == "servicekit.database"] == [
+        logging.WARNING,
+        logging.WARNING,
+    ], said
+    assert said[0].startswith("the users database is unavailable: "), said
+    assert said[0] != "the users database is unavailable: "  # with its cause
+    assert "down@example.com" not in said[0]  # never the statement's parameters
+    assert said[1].startswith("the users database is back after "), said
+    assert "(4 calls failed meanwhile)" in said[1], said
 
 
 @pytest.mark.postgres
