@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -20,9 +19,9 @@ from ai_service.metrics import Metrics
 from ai_service.policy import Action, allowed, authorize
 from ai_service.prompt import PROMPT_VERSION
 from ai_service.repository import AnalysesRepository
+from ai_service.slots import ProviderSlots
 from servicekit.authz import Caller
 from servicekit.errors import (
-    DeadlineExceeded,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -61,7 +60,7 @@ class Analyses:
         *,
         limits: Limits,
         page_tokens: PageTokens,
-        max_concurrency: int,
+        slots: ProviderSlots,
         accounts: Accounts,
         fallback: Backend | None = None,
         metrics: Metrics | None = None,
@@ -73,7 +72,7 @@ class Analyses:
         self._accounts = accounts
         self._limits = limits
         self._page_tokens = page_tokens
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = slots
         self._flights: SingleFlight[_Answer] = SingleFlight()
         self._metrics = metrics or Metrics()
         self._clock = clock
@@ -109,7 +108,7 @@ class Analyses:
             yield await self._store(owner, answer, cached=True)
             return
         final: _Answer | None = None
-        async with self._slot(deadline):
+        async with self._slots.slot(owner, deadline):
             try:
                 async for item in self._backend.stream(text, deadline=deadline, trace=trace):
                     if isinstance(item, AnalysisResult):
@@ -185,7 +184,7 @@ class Analyses:
     async def _produce(
         self, text: str, owner: uuid.UUID, key: str, *, deadline: float, trace: UpstreamTrace
     ) -> _Answer:
-        async with self._slot(deadline):
+        async with self._slots.slot(owner, deadline):
             try:
                 answer = _Answer(
                     await self._backend.analyze(text, deadline=deadline, trace=trace), key
@@ -224,9 +223,6 @@ class Analyses:
             cache_key(self._fallback.model, text, owner),
         )
 
-    def _slot(self, deadline: float) -> _Slot:
-        return _Slot(self._slots, deadline)
-
     async def _store(self, owner: uuid.UUID, answer: _Answer, *, cached: bool) -> Analysis:
         result = answer.result
         if cached:
@@ -249,27 +245,6 @@ class _Answer:
 
     result: AnalysisResult
     cache_key: str
-
-
-class _Slot:
-    """One of the provider's concurrency slots, waited for no longer than the deadline."""
-
-    def __init__(self, semaphore: asyncio.Semaphore, deadline: float) -> None:
-        self._semaphore = semaphore
-        self._deadline = deadline
-
-    async def __aenter__(self) -> None:
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                await self._semaphore.acquire()
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "no provider slot became free before the call's deadline",
-                reason="PROVIDER_BUSY",
-            ) from None
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._semaphore.release()
 
 
 def _owner(user_id: str, caller: Caller) -> uuid.UUID:

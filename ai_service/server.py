@@ -20,6 +20,7 @@ from ai_service.migrations import MIGRATIONS
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
+from ai_service.slots import ProviderSlots
 from servicekit.callers import CallerResolver, jwks_source, remote_verifier
 from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
@@ -68,7 +69,10 @@ async def ai_server(
             fallback=fallback,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
             page_tokens=page_tokens_from(settings),
-            max_concurrency=settings.max_concurrency,
+            slots=ProviderSlots(
+                settings.max_concurrency,
+                min(settings.max_concurrency_per_user, settings.max_concurrency),
+            ),
             metrics=metrics,
         )
         if settings.metrics_addr:

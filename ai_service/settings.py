@@ -36,6 +36,9 @@ class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings):
     max_output_tokens: int = Field(default=1024, ge=64)
     # Calls to the provider in flight at once; more wait, within their deadline.
     max_concurrency: int = Field(default=16, ge=1)
+    # Of those, how many one user's calls may hold, so that one user cannot starve the
+    # rest; a user's further calls wait for their own to finish.
+    max_concurrency_per_user: int = Field(default=4, ge=1)
     # Per-attempt HTTP timeout and SDK retries; the call's gRPC deadline bounds both.
     anthropic_timeout_seconds: float = Field(default=60.0, gt=0)
     anthropic_max_retries: int = Field(default=2, ge=0)

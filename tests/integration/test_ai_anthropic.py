@@ -286,6 +286,24 @@ async def test_calls_beyond_the_concurrency_limit_wait_within_their_deadline(
     assert len(fake.requests_to(MESSAGES_PATH)) == 1
 
 
+async def test_one_users_calls_cannot_take_every_provider_slot(
+    ai_sqlite_db: str, fake: FakeAnthropic
+) -> None:
+    fake.set_default(Reply.slow(30, then=Reply.json_output(GOOD)))
+    async with analysis_stub(ai_sqlite_db, max_concurrency=2, max_concurrency_per_user=1) as stub:
+        hers = [asyncio.ensure_future(analyze(stub, f"her text {n}")) for n in range(3)]
+        await fake.wait_for_requests_async(1)
+        # Her other two wait for her own slot; his call finds the shared one free.
+        fake.enqueue(Reply.json_output(GOOD))
+        his = await stub.AnalyzeText(request("his text", user=str(uuid.uuid4())), timeout=5)
+        assert his.summary == GOOD["summary"]
+        assert len(fake.requests_to(MESSAGES_PATH)) == 2
+        assert not any(task.done() for task in hers)
+        for task in hers:
+            task.cancel()
+        await asyncio.gather(*hers, return_exceptions=True)
+
+
 # --- the result cache ----------------------------------------------------------------------
 
 
