@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image for the whole stack; the command picks what a container runs:
 #   python -m users_service [serve|migrate|create-service-account ...]
 #   python -m ai_service [serve|migrate]
@@ -26,6 +24,12 @@ WORKDIR /src
 # The runtime dependencies alone first, at the pinned versions: this layer is rebuilt
 # when the pins change, not on every edit of the code. The dev extra is never installed.
 COPY pyproject.toml constraints.txt ./
+# The pins hold inside pip's isolated build environment too, so the build backend
+# (hatchling) is the pinned one rather than whatever is newest: pip before 25.3 applies
+# PIP_CONSTRAINT there, 25.3 and later PIP_BUILD_CONSTRAINT (and warn about the former
+# alone). `-c constraints.txt` below pins the packages themselves.
+ENV PIP_CONSTRAINT=/src/constraints.txt \
+    PIP_BUILD_CONSTRAINT=/src/constraints.txt
 RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > requirements.txt \
     && pip install -c constraints.txt -r requirements.txt
@@ -57,8 +61,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # named volume copies the ownership of the directory it is mounted on, so each must
 # exist here, owned by that user, or the service (or the one-shot job that makes the
 # gateway's account) could not write its file there.
-RUN groupadd --system --gid 10001 tandem \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
+# Not a --system user: those must have a uid below SYS_UID_MAX (999), and useradd warns
+# on every build that 10001 is above it. --no-log-init keeps the uid out of the sparse
+# lastlog and faillog files.
+RUN groupadd --gid 10001 tandem \
+    && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin tandem \
     && install -d -o 10001 -g 10001 /app /app/data \
     && install -d -m 0700 -o 10001 -g 10001 /var/lib/tandem/keys /var/lib/tandem/gateway

@@ -8,7 +8,7 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint types protos-lint unit integration e2e protos lock clean \
-	bench-users bench-gateway bench-ai bench-offline calibrate-offline
+	bench-users bench-gateway bench-ai bench-offline calibrate-offline compose-e2e
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Tandem needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -40,6 +40,14 @@ integration: $(INSTALLED)
 
 e2e: $(INSTALLED)
 	$(PY) -m pytest -m e2e
+
+# The image and the compose stack for real: podman, docker compose v2, base images made
+# with debootstrap where no registry serves them, a journey through the running stack,
+# then `down -v` (deploy/compose-e2e/run.sh says what it does to the host). As root, on
+# Debian; ~4-5 minutes the first time, ~3 once the base images are cached (most of it
+# the rebuild of what changed and the stack starting in its health order).
+compose-e2e: $(INSTALLED)
+	PY=$(abspath $(PY)) bash deploy/compose-e2e/run.sh
 
 # Benchmarks: on demand, never part of `make test`; run them on an otherwise idle machine.
 # The users benchmark creates (and drops) its own database on TEST_DATABASE_URL's server.
