@@ -18,6 +18,7 @@ from ai_service.inflight import SingleFlight
 from ai_service.metrics import Metrics
 from ai_service.policy import Action, allowed, authorize
 from ai_service.prompt import PROMPT_VERSION
+from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.slots import ProviderSlots
 from servicekit.authz import Caller
@@ -27,6 +28,7 @@ from servicekit.errors import (
     NotFound,
     ServiceError,
 )
+from servicekit.idempotency import IdempotentWrites, KeyTaken, RequestKey
 from servicekit.pagination import Page, PageTokens, keyset_page
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,11 @@ class Analyses:
         fallback: Backend | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        requests: IdempotentWrites | None = None,
+        quotas: AnalysisQuotas | None = None,
     ) -> None:
+        """`requests`: the request ids of analyses (kept in the repository's `keys`, for
+        24 hours unless told); `quotas`: each user's (none unless given)."""
         self._repository = repository
         self._backend = backend
         self._fallback = fallback
@@ -76,53 +82,50 @@ class Analyses:
         self._flights: SingleFlight[_Answer] = SingleFlight()
         self._metrics = metrics or Metrics()
         self._clock = clock
+        self._requests = requests or IdempotentWrites(repository.keys, clock=clock)
+        self._quotas = quotas
 
     async def analyze(
-        self, text: str, user_id: str, caller: Caller, *, deadline: float, trace: UpstreamTrace
+        self,
+        text: str,
+        user_id: str,
+        caller: Caller,
+        *,
+        deadline: float,
+        trace: UpstreamTrace,
+        request_id: str = "",
     ) -> Analysis:
-        owner = await self._owner_for_analysis(text, user_id, caller)
-        key = cache_key(self._backend.model, text, owner)
-        cached = await self._cached(key)
-        if cached is not None:
-            return await self._store(owner, _Answer(cached, key), cached=True)
-        answer, shared = await self._flights.run(
-            key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
+        """A new stored analysis; with `request_id`, the one an earlier request with it
+        stored, if that request was this one."""
+        owner, request = await self._accept(text, user_id, caller, request_id)
+        return await self._requests.run(
+            request,
+            write=lambda: self._analyze(text, owner, request, deadline=deadline, trace=trace),
+            replay=self._stored,
         )
-        return await self._store(owner, answer, cached=shared)
 
     async def stream(
-        self, text: str, user_id: str, caller: Caller, *, deadline: float, trace: UpstreamTrace
+        self,
+        text: str,
+        user_id: str,
+        caller: Caller,
+        *,
+        deadline: float,
+        trace: UpstreamTrace,
+        request_id: str = "",
     ) -> AsyncIterator[PartialResult | Analysis]:
-        """Partial results as the model produces them, then the stored Analysis."""
-        owner = await self._owner_for_analysis(text, user_id, caller)
-        key = cache_key(self._backend.model, text, owner)
-        cached = await self._cached(key)
-        if cached is not None:
-            yield await self._store(owner, _Answer(cached, key), cached=True)
-            return
-        if self._flights.busy(key):
-            # An identical AnalyzeText is in flight: wait for its answer instead.
-            answer, _ = await self._flights.run(
-                key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
-            )
-            yield await self._store(owner, answer, cached=True)
-            return
-        final: _Answer | None = None
-        async with self._slots.slot(owner, deadline):
-            try:
-                async for item in self._backend.stream(text, deadline=deadline, trace=trace):
-                    if isinstance(item, AnalysisResult):
-                        final = _Answer(item, key)
-                    else:
-                        yield item
-            except ServiceError as error:
-                self._metrics.upstream_failed(self._backend.model, error)
-                if self._fallback is None or not is_transient(error) or final is not None:
-                    raise
-                final = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
-        assert final is not None, "a backend stream always ends with its result"
-        self._metrics.produced(final.result)
-        yield await self._store(owner, final, cached=False)
+        """Partial results as the model produces them, then the stored Analysis; with
+        a `request_id` seen before, only the analysis that request stored."""
+        owner, request = await self._accept(text, user_id, caller, request_id)
+        with self._requests.hold(request):
+            made = await self._requests.previous(request) if request is not None else None
+            if made is not None:
+                yield await self._stored(made)
+                return
+            async for item in self._stream(text, owner, request, deadline=deadline, trace=trace):
+                yield item
+        if request is not None:
+            await self._requests.written()
 
     async def get(self, analysis_id: str, caller: Caller) -> Analysis:
         parsed = _parse_uuid(analysis_id, "id")
@@ -148,9 +151,77 @@ class Analyses:
             key=lambda analysis: (analysis.create_time, analysis.id),
         )
 
-    async def _owner_for_analysis(self, text: str, user_id: str, caller: Caller) -> uuid.UUID:
-        """The user a new analysis is for, once the caller may make it for them."""
+    async def _analyze(
+        self,
+        text: str,
+        owner: uuid.UUID,
+        request: RequestKey | None,
+        *,
+        deadline: float,
+        trace: UpstreamTrace,
+    ) -> Analysis:
+        await self._admit(owner)
+        key = cache_key(self._backend.model, text, owner)
+        cached = await self._cached(key)
+        if cached is not None:
+            return await self._store(owner, _Answer(cached, key), cached=True, request=request)
+        answer, shared = await self._flights.run(
+            key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
+        )
+        return await self._store(owner, answer, cached=shared, request=request)
+
+    async def _stream(
+        self,
+        text: str,
+        owner: uuid.UUID,
+        request: RequestKey | None,
+        *,
+        deadline: float,
+        trace: UpstreamTrace,
+    ) -> AsyncIterator[PartialResult | Analysis]:
+        await self._admit(owner)
+        key = cache_key(self._backend.model, text, owner)
+        cached = await self._cached(key)
+        if cached is not None:
+            yield await self._store_streamed(owner, _Answer(cached, key), True, request)
+            return
+        if self._flights.busy(key):
+            # An identical AnalyzeText is in flight: wait for its answer instead.
+            answer, _ = await self._flights.run(
+                key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
+            )
+            yield await self._store_streamed(owner, answer, True, request)
+            return
+        final: _Answer | None = None
+        async with self._slots.slot(owner, deadline):
+            try:
+                async for item in self._backend.stream(text, deadline=deadline, trace=trace):
+                    if isinstance(item, AnalysisResult):
+                        final = _Answer(item, key)
+                    else:
+                        yield item
+            except ServiceError as error:
+                self._metrics.upstream_failed(self._backend.model, error)
+                if self._fallback is None or not is_transient(error) or final is not None:
+                    raise
+                final = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
+        assert final is not None, "a backend stream always ends with its result"
+        self._metrics.produced(final.result)
+        await self._spent(owner, final.result)
+        yield await self._store_streamed(owner, final, False, request)
+
+    async def _accept(
+        self, text: str, user_id: str, caller: Caller, request_id: str
+    ) -> tuple[uuid.UUID, RequestKey | None]:
+        """The user a new analysis is for, once the caller may make it for them, and
+        the key of its request (None without a request id)."""
         violations: list[FieldViolation] = []
+        request = None
+        try:
+            # The request as sent: the same text for the same user.
+            request = self._requests.key(caller, request_id, "AnalyzeText", text, user_id)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
         if not text.strip():
             violations.append(FieldViolation("text", "must not be empty or only whitespace"))
         elif len(text) > self._limits.max_text_chars:
@@ -170,7 +241,15 @@ class Analyses:
             raise NotFound(
                 f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
             )
-        return owner
+        return owner, request
+
+    async def _admit(self, owner: uuid.UUID) -> None:
+        if self._quotas is not None:
+            await self._quotas.admit(owner)
+
+    async def _spent(self, owner: uuid.UUID, result: AnalysisResult) -> None:
+        if self._quotas is not None:
+            await self._quotas.spent(owner, result.usage)
 
     async def _cached(self, key: str) -> AnalysisResult | None:
         if self._limits.cache_ttl_seconds <= 0:
@@ -195,6 +274,7 @@ class Analyses:
                     raise
                 answer = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
         self._metrics.produced(answer.result)
+        await self._spent(owner, answer.result)
         return answer
 
     async def _fall_back(
@@ -223,7 +303,11 @@ class Analyses:
             cache_key(self._fallback.model, text, owner),
         )
 
-    async def _store(self, owner: uuid.UUID, answer: _Answer, *, cached: bool) -> Analysis:
+    async def _store(
+        self, owner: uuid.UUID, answer: _Answer, *, cached: bool, request: RequestKey | None
+    ) -> Analysis:
+        """Store the analysis of `answer`, with its request's key; KeyTaken when that
+        key was stored meanwhile (by a request elsewhere): then nothing was."""
         result = answer.result
         if cached:
             # Served without an upstream call: nothing was spent on this one.
@@ -235,7 +319,33 @@ class Analyses:
             create_time=self._clock(),
             cached=cached,
         )
-        await self._repository.insert(analysis, cache_key=None if cached else answer.cache_key)
+        await self._repository.insert(
+            analysis,
+            cache_key=None if cached else answer.cache_key,
+            key=self._requests.record(request, analysis.id),
+        )
+        return analysis
+
+    async def _store_streamed(
+        self, owner: uuid.UUID, answer: _Answer, cached: bool, request: RequestKey | None
+    ) -> Analysis:
+        """What a stream ends with: its stored analysis, or the one its request's key
+        was stored with meanwhile."""
+        try:
+            return await self._store(owner, answer, cached=cached, request=request)
+        except KeyTaken:
+            assert request is not None
+            return await self._stored(await self._requests.winner(request))
+
+    async def _stored(self, analysis_id: uuid.UUID) -> Analysis:
+        """The analysis an earlier request with the same key stored."""
+        analysis = await self._repository.get(analysis_id)
+        if analysis is None:
+            raise NotFound(
+                f"no analysis {analysis_id}",
+                reason="ANALYSIS_NOT_FOUND",
+                metadata={"id": str(analysis_id)},
+            )
         return analysis
 
 

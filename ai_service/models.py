@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from servicekit.idempotency_records import idempotency_keys_table
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -30,6 +32,11 @@ metadata = MetaData(
 
 class Base(DeclarativeBase):
     metadata = metadata
+
+
+# The request ids (idempotency keys) of analyses, beside what each made
+# (servicekit.idempotency).
+analysis_keys = idempotency_keys_table(metadata, "analysis_keys")
 
 
 class AnalysisRow(Base):

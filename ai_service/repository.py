@@ -2,7 +2,9 @@
 
 The two statements every AnalyzeText makes - the result-cache lookup before the call
 and the insert after it - go through batchers: under load, concurrent calls share one
-`IN` query and one transaction (group commit) instead of a round trip each.
+`IN` query and one transaction (group commit) instead of a round trip each. An
+analysis made with a request id is stored in the same transaction as its key
+(servicekit.idempotency).
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, bindparam, insert, select, tuple_
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from ai_service.domain import Analysis, AnalysisResult, Sentiment, Usage
-from ai_service.models import AnalysisRow
+from ai_service.models import AnalysisRow, analysis_keys
 from servicekit.batching import Batcher
 from servicekit.database import Database, utc
 from servicekit.errors import Unavailable
+from servicekit.idempotency import KeyRecord, KeyTaken
+from servicekit.idempotency_records import KeyRecords
 
 analyses = cast(Table, AnalysisRow.__table__)
 _COLUMNS = tuple(c for c in analyses.c if c.name != "cache_key")
@@ -39,37 +45,48 @@ class _Lookup:
     since: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    row: dict[str, Any]
+    key: KeyRecord | None
+
+
 class AnalysesRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._inserts = Batcher(self._insert_rows)
         self._lookups = Batcher(self._find_results)
+        # The request ids of analyses (servicekit.idempotency).
+        self.keys = KeyRecords(analysis_keys, database)
 
-    async def insert(self, analysis: Analysis, *, cache_key: str | None) -> None:
-        """Stores `analysis`; returns once it is committed.
+    async def insert(
+        self, analysis: Analysis, *, cache_key: str | None, key: KeyRecord | None = None
+    ) -> None:
+        """Stores `analysis`, and with it the key of the request that made it; returns
+        once it is committed. KeyTaken when the key is recorded already (an analysis
+        elsewhere with the same request id committed first): nothing was stored.
 
         `cache_key` files a produced result for reuse; a copy served from the cache
         has none, so the cache's lifetime counts from when the result was made.
         """
         result = analysis.result
-        await self._inserts.submit(
-            {
-                "id": analysis.id,
-                "user_id": analysis.user_id,
-                "summary": result.summary,
-                "sentiment": result.sentiment.value,
-                "key_points": list(result.key_points),
-                "confidence": result.confidence,
-                "model": result.model,
-                "input_tokens": result.usage.input_tokens,
-                "output_tokens": result.usage.output_tokens,
-                "cache_read_input_tokens": result.usage.cache_read_input_tokens,
-                "cache_creation_input_tokens": result.usage.cache_creation_input_tokens,
-                "cache_key": cache_key,
-                "create_time": analysis.create_time,
-                "cached": analysis.cached,
-            }
-        )
+        row = {
+            "id": analysis.id,
+            "user_id": analysis.user_id,
+            "summary": result.summary,
+            "sentiment": result.sentiment.value,
+            "key_points": list(result.key_points),
+            "confidence": result.confidence,
+            "model": result.model,
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "cache_read_input_tokens": result.usage.cache_read_input_tokens,
+            "cache_creation_input_tokens": result.usage.cache_creation_input_tokens,
+            "cache_key": cache_key,
+            "create_time": analysis.create_time,
+            "cached": analysis.cached,
+        }
+        await self._inserts.submit(_Insert(row, key))
 
     async def get(self, analysis_id: uuid.UUID) -> Analysis | None:
         row = await self._database.read(lambda c: c.execute(_GET, {"id": analysis_id}).first())
@@ -96,26 +113,41 @@ class AnalysesRepository:
         """The newest result produced under `cache_key` at or after `since`."""
         return await self._lookups.submit(_Lookup(cache_key, since))
 
-    async def _insert_rows(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
+    async def _insert_rows(self, inserts: list[_Insert]) -> list[Exception | None]:
         try:
-            await self._database.write(lambda c: c.execute(_INSERT, rows))
+            await self._write(inserts)
         except Unavailable:
             # Whether the commit landed is unknown: never written again blind.
             raise
         except Exception:
-            if len(rows) == 1:
+            if len(inserts) == 1:
                 raise
-            # The transaction failed as a whole, so nothing was stored; one bad row
-            # must not fail the others, so each goes again on its own.
-            return [await self._insert_alone(row) for row in rows]
-        return [None] * len(rows)
+            # The transaction failed as a whole, so nothing was stored; one bad row (or
+            # a key taken meanwhile) must not fail the others, so each goes again alone.
+            return [await self._insert_alone(one) for one in inserts]
+        return [None] * len(inserts)
 
-    async def _insert_alone(self, row: dict[str, Any]) -> Exception | None:
+    async def _insert_alone(self, one: _Insert) -> Exception | None:
         try:
-            await self._database.write(lambda c: c.execute(_INSERT, row))
+            await self._write([one])
         except Exception as exc:  # noqa: BLE001 - raised to this row's caller
             return exc
         return None
+
+    async def _write(self, inserts: list[_Insert]) -> None:
+        keys = [one.key for one in inserts if one.key is not None]
+
+        def work(connection: Connection) -> None:
+            if keys:
+                self.keys.insert(connection, keys)
+            connection.execute(_INSERT, [one.row for one in inserts])
+
+        try:
+            await self._database.write(work)
+        except IntegrityError as exc:
+            if self.keys.taken(exc):
+                raise KeyTaken from exc
+            raise
 
     async def _find_results(self, lookups: list[_Lookup]) -> list[AnalysisResult | None]:
         parameters = {

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from functools import partial
 
 import anthropic
@@ -17,6 +18,7 @@ from ai_service.backends.base import Backend
 from ai_service.backends.offline import OfflineBackend
 from ai_service.metrics import Metrics
 from ai_service.migrations import MIGRATIONS
+from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
@@ -24,9 +26,11 @@ from ai_service.slots import ProviderSlots
 from servicekit.callers import CallerResolver, jwks_source, remote_verifier
 from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
+from servicekit.idempotency import IdempotentWrites
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
+from servicekit.throttle import Throttle
 from servicekit.tls import check_client_files
 from tandem_client import AUTH_SERVICE, USERS_SERVICE, Connection
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
@@ -62,18 +66,30 @@ async def ai_server(
             backend.model,
             f", falling back to {fallback.model}" if fallback else "",
         )
+        repository = AnalysesRepository(Database(engine, what="ai"))
+        throttle = Throttle.from_settings(settings)
+        stack.push_async_callback(throttle.close)
+        log.info("analysis quotas are counted in %s", throttle.where)
         analyses = Analyses(
-            AnalysesRepository(Database(engine, what="ai")),
+            repository,
             backend,
             accounts=accounts,
             fallback=fallback,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
             page_tokens=page_tokens_from(settings),
+            quotas=AnalysisQuotas(
+                throttle,
+                per_minute=settings.analyses_per_minute,
+                tokens_per_day=settings.provider_tokens_per_day,
+            ),
             slots=ProviderSlots(
                 settings.max_concurrency,
                 min(settings.max_concurrency_per_user, settings.max_concurrency),
             ),
             metrics=metrics,
+            requests=IdempotentWrites(
+                repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
+            ),
         )
         if settings.metrics_addr:
             metrics.serve(settings.metrics_addr)
@@ -87,6 +103,7 @@ async def ai_server(
             tls=settings.server_tls(),
             reflection=callers.caller if settings.reflection else None,
             access_log=settings.access_log,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
 
 
@@ -102,8 +119,8 @@ async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backen
         raise StartupError("AI_PROVIDER=anthropic needs ANTHROPIC_API_KEY to be set")
     # One client (one connection pool) for the process; key and base URL come from
     # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL. The SDK's aiohttp transport, which it
-    # recommends for concurrency: at 200 calls in flight the default httpx pool spent
-    # about 1.5 ms of CPU per request re-scanning its connections (bench/ai_bench.py).
+    # recommends for concurrency: with hundreds of calls in flight the default httpx pool
+    # spends CPU on every request re-scanning its connections (bench/ai_bench.py).
     client = anthropic.AsyncAnthropic(
         timeout=settings.anthropic_timeout_seconds,
         max_retries=settings.anthropic_max_retries,

@@ -45,6 +45,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
                 await self._callers.caller(context),
                 deadline=self._deadline(context),
                 trace=trace,
+                request_id=request.request_id,
             )
         finally:
             _report(trace, context)
@@ -57,7 +58,12 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         caller = await self._callers.caller(context)
         try:
             async for item in self._analyses.stream(
-                request.text, request.user_id, caller, deadline=self._deadline(context), trace=trace
+                request.text,
+                request.user_id,
+                caller,
+                deadline=self._deadline(context),
+                trace=trace,
+                request_id=request.request_id,
             ):
                 if isinstance(item, PartialResult):
                     yield analysis_pb2.AnalyzeTextResponseChunk(partial=partial_to_proto(item))

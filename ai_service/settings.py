@@ -12,10 +12,15 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from servicekit.settings import ServiceSettings, TokenCheckSettings, UpstreamTlsSettings
+from servicekit.settings import (
+    ServiceSettings,
+    ThrottleSettings,
+    TokenCheckSettings,
+    UpstreamTlsSettings,
+)
 
 
-class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings):
+class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings, ThrottleSettings):
     model_config = SettingsConfigDict(env_prefix="AI_", extra="ignore", frozen=True)
 
     addr: str = "127.0.0.1:50052"
@@ -39,6 +44,10 @@ class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings):
     # Of those, how many one user's calls may hold, so that one user cannot starve the
     # rest; a user's further calls wait for their own to finish.
     max_concurrency_per_user: int = Field(default=4, ge=1)
+    # Each user's quotas (per user the analysis is for; ai_service.quotas): analyses a
+    # minute, cached answers included, and provider tokens a day, input and output.
+    analyses_per_minute: int = Field(default=30, ge=1)
+    provider_tokens_per_day: int = Field(default=500_000, ge=1)
     # Per-attempt HTTP timeout and SDK retries; the call's gRPC deadline bounds both.
     anthropic_timeout_seconds: float = Field(default=60.0, gt=0)
     anthropic_max_retries: int = Field(default=2, ge=0)

@@ -1,19 +1,13 @@
-"""The users benchmark's settings (from its command line) and what every part shares."""
+"""What the benchmarks share besides their reports: the users benchmark's settings (from
+its command line), the seeded password, the log, and options that set a server's env."""
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 import time
-from dataclasses import dataclass
-
-# Children are forked (for PR_SET_PDEATHSIG) and exec at once, so grpc's fork handlers
-# have nothing to do, yet with grpc threads running they log a line on every fork. grpc
-# reads this as it is imported: _phases, the one module of this process that imports
-# grpc, imports this one (through _procs) first. Children do not inherit it.
-_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
-OWN_ENVIRONMENT = () if _FORK_SUPPORT in os.environ else (_FORK_SUPPORT,)
-os.environ.setdefault(_FORK_SUPPORT, "false")
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 # Every seeded account has this password (one argon2id hash made up front serves all).
 PASSWORD = "correct horse battery staple"
@@ -22,7 +16,7 @@ WALK_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
-class Config:
+class UsersConfig:
     users: int
     duration: float
     warmup: float
@@ -44,6 +38,60 @@ class Config:
     service_env: dict[str, str]
     seed: int
     quick: bool
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    users: int
+    duration: int
+    warmup: int
+    rounds: int
+    connections: int
+    sample_ids: int
+    profile: bool | None  # None: only when a target is missed
+    profile_dir: str | None
+    json_path: str | None
+    admin_url: str | None
+    monolith_env: dict[str, str] = field(default_factory=dict)
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    seed: int = 1
+    quick: bool = False
+    # How the gateway reaches the users service: plaintext, tls or mtls.
+    transport: str = "mtls"
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """--json and --admin-url, which every benchmark with a database of its own takes."""
+    parser.add_argument("--json", dest="json_path", help="write the results to this file")
+    parser.add_argument(
+        "--admin-url", help="PostgreSQL server (default $TEST_DATABASE_URL or local postgres)"
+    )
+
+
+def add_env_option(
+    parser: argparse.ArgumentParser, option: str, prefix: str, *, server: str, example: str
+) -> None:
+    """`option`, repeatable: one NAME=VALUE setting for `server` each (see env_pairs)."""
+    parser.add_argument(
+        option,
+        action="append",
+        default=[],
+        metavar=f"{prefix}X=VALUE",
+        help=f"extra setting for {server} (repeatable), e.g. {example}",
+    )
+
+
+def env_pairs(
+    parser: argparse.ArgumentParser, option: str, pairs: Sequence[str], prefix: str
+) -> dict[str, str]:
+    """`option`'s NAME=VALUE pairs as a dict; every NAME must start with `prefix`."""
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith(prefix):
+            parser.error(f"{option} wants {prefix}NAME=VALUE, not {pair!r}")
+        found[key] = value
+    return found
 
 
 def log(message: str) -> None:

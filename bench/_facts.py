@@ -7,9 +7,10 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from _config import PASSWORD
 from argon2 import PasswordHasher, Type
@@ -54,7 +55,21 @@ def argon2_params(service_env: dict[str, str]) -> Argon2Params:
     )
 
 
-def measure_argon2(params: Argon2Params, samples: int) -> dict[str, Any]:
+class Argon2Cost(TypedDict):
+    """What one argon2id hash costs at the service's parameters, and the ceiling it sets."""
+
+    memory_kib: int
+    time_cost: int
+    parallelism: int
+    workers: int
+    samples: int
+    hash_ms_median: float
+    hash_ms_min: float
+    verify_ms_median: float
+    ceiling_per_s: float
+
+
+def measure_argon2(params: Argon2Params, samples: int) -> Argon2Cost:
     hasher = params.hasher()
     hashes, verifies = [], []
     for _ in range(samples):
@@ -66,7 +81,10 @@ def measure_argon2(params: Argon2Params, samples: int) -> dict[str, Any]:
         verifies.append(time.perf_counter() - started)
     fastest_ms = min(hashes) * 1000
     return {
-        **asdict(params),
+        "memory_kib": params.memory_kib,
+        "time_cost": params.time_cost,
+        "parallelism": params.parallelism,
+        "workers": params.workers,
         "samples": samples,
         "hash_ms_median": statistics.median(hashes) * 1000,
         "hash_ms_min": fastest_ms,
@@ -77,30 +95,49 @@ def measure_argon2(params: Argon2Params, samples: int) -> dict[str, Any]:
     }
 
 
-def machine_facts() -> dict[str, Any]:
+class Machine(TypedDict):
+    cores: int | None
+    cpu_model: str
+    kernel: str
+    python: str
+    load_avg_at_start: tuple[float, float, float]
+    # What ran the benchmark, by the name a report prints: packages, PostgreSQL, wrk.
+    versions: dict[str, str]
+    # Cores the machine kept busy before the benchmark started anything (gateway).
+    busy_cores_before: NotRequired[float]
+
+
+# The packages every report names, by the name it prints them with.
+PACKAGES = {
+    "grpcio": "grpcio",
+    "SQLAlchemy": "sqlalchemy",
+    "asyncpg": "asyncpg",
+    "uvloop": "uvloop",
+    "protobuf": "protobuf",
+    "argon2-cffi": "argon2-cffi",
+}
+
+
+def package_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def machine_facts(packages: Mapping[str, str] = PACKAGES) -> Machine:
+    """The machine, and the versions of `packages` (printed name -> distribution)."""
     model = "?"
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
         for line in f:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "-"
-
     return {
         "cores": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "grpcio": version("grpcio"),
-        "sqlalchemy": version("sqlalchemy"),
-        "asyncpg": version("asyncpg"),
-        "uvloop": version("uvloop"),
-        "protobuf": version("protobuf"),
-        "argon2_cffi": version("argon2-cffi"),
         "load_avg_at_start": os.getloadavg(),
+        "versions": {name: package_version(dist) for name, dist in packages.items()},
     }

@@ -2,13 +2,16 @@
 
     python bench/_fake_upstream.py LATENCY_SECONDS
 
-Prints `listening on URL`, then answers every /v1/messages request with a valid analysis
-after LATENCY_SECONDS, until its standard input closes. In its own process its threads
-do not compete for the GIL with the load generator.
+Prints one READY line with the settings that point the ai service at it, then answers
+every /v1/messages request with a valid analysis after LATENCY_SECONDS, until SIGTERM or
+SIGINT. In its own process its threads do not compete for the GIL with the load
+generator.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 
 from tests.support.fake_anthropic import FakeAnthropic, Reply
@@ -19,15 +22,25 @@ GOOD = {
     "key_points": ["works", "mostly"],
     "confidence": 0.8,
 }
+READY = "ready "
+
+
+def parse_ready(line: str) -> dict[str, str] | None:
+    """The ANTHROPIC_* settings in the READY line; None for any other line."""
+    if not line.startswith(READY):
+        return None
+    env: dict[str, str] = json.loads(line.removeprefix(READY))
+    return env
 
 
 def main() -> None:
     latency = float(sys.argv[1])
     with FakeAnthropic() as fake:
         fake.set_default(Reply.slow(latency, then=Reply.json_output(GOOD)))
-        print(f"listening on {fake.url} key {fake.api_key}", flush=True)
-        sys.stdin.read()
+        print(READY + json.dumps(fake.env()), flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
 if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     main()

@@ -25,10 +25,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import _procs
 import asyncpg
+
+from tests.support.harness import child_env, run
 
 WRK_THREADS = 2
 # Long enough that a slow request shows in the latency figures instead of being dropped
@@ -133,6 +135,51 @@ class Meter:
         return [int(r["pid"]) for r in rows]
 
 
+class WrkFigures(TypedDict):
+    """What wrk measured in one run."""
+
+    requests: int
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    mean_ms: float
+    non_2xx: int
+    socket_errors: dict[str, int]
+    socket_errors_line: str | None
+    bytes: int
+    wrk_output: str
+
+
+class WrkCpu(TypedDict):
+    """Cores each part used in the window, and the serving processes' µs per request."""
+
+    window_s: float
+    # By pid group (each server), then postgres, wrk, harness and other (noise).
+    cores: dict[str, float]
+    machine_busy_cores: float
+    postgres_backends: int
+    serving_cores: float
+    serving_us_per_request: float | None
+    postgres_us_per_request: float | None
+    by_group_us_per_request: dict[str, float | None]
+
+
+class WrkResult(WrkFigures):
+    target: str
+    connections: int
+    duration_s: int
+    # None unless the run was measured (given the pid groups and a meter).
+    cpu: WrkCpu | None
+
+
+def errors(result: WrkFigures) -> int:
+    """Non-2xx responses and socket errors."""
+    return result["non_2xx"] + sum(result["socket_errors"].values())
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -154,7 +201,7 @@ async def run_wrk(
     seed: int,
     groups: Mapping[str, Sequence[int]] | None = None,
     meter: Meter | None = None,
-) -> dict[str, Any]:
+) -> WrkResult:
     """One wrk run against `target`; with `groups` and `meter`, the CPU split as well."""
     command = [
         wrk,
@@ -187,15 +234,10 @@ async def run_wrk(
     start = _procs.cpu_sample([*pids, *backends])
     children_before, own_before = _children_cpu_s(), _own_cpu_s()
     started = time.perf_counter()
-    process = await _procs.spawn(command, _procs.clean_env({}), stdout=asyncio.subprocess.PIPE)
     watcher = asyncio.create_task(watch()) if meter is not None else None
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), duration_s + 60)
+        code, text = await run(command, child_env(), timeout=duration_s + 60)
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
         stop_watching.set()
         if watcher is not None:
             await watcher
@@ -205,11 +247,15 @@ async def run_wrk(
     wrk_cpu = _children_cpu_s() - children_before
     harness_cpu = _own_cpu_s() - own_before
 
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"wrk failed ({process.returncode}):\n{text}")
-    result = _parse(text)
-    result.update(target=target.name, connections=connections, duration_s=duration_s)
+    if code != 0:
+        raise RuntimeError(f"wrk failed ({code}):\n{text}")
+    result: WrkResult = {
+        **_parse(text),
+        "target": target.name,
+        "connections": connections,
+        "duration_s": duration_s,
+        "cpu": None,
+    }
     if groups is not None:
         for pid, cpu in seen.items():
             stop.by_pid[pid] = max(stop.by_pid.get(pid, 0.0), cpu)
@@ -226,7 +272,7 @@ async def run_wrk(
     return result
 
 
-def _parse(text: str) -> dict[str, Any]:
+def _parse(text: str) -> WrkFigures:
     line = next((ln for ln in text.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{text}")
@@ -266,7 +312,7 @@ def _cpu_split(
     harness_s: float,
     window_s: float,
     requests: int,
-) -> dict[str, Any]:
+) -> WrkCpu:
     """Cores each part used in the window, and the serving processes' µs per request."""
     used = {pid: max(0.0, s - start.by_pid.get(pid, 0.0)) for pid, s in stop.by_pid.items()}
     cores: dict[str, float] = {}
@@ -301,10 +347,10 @@ def _cpu_split(
 
 
 def wrk_version(wrk: str) -> str:
-    """wrk's version line (it prints it with its usage, exiting 1)."""
+    """wrk's version (it prints it with its usage, exiting 1)."""
     completed = subprocess.run(
         [wrk, "--version"], capture_output=True, text=True, check=False, timeout=10
     )
     first = (completed.stdout or completed.stderr).splitlines()
     # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer"
-    return " ".join(first[0].split()[:3]) if first else "wrk ?"
+    return " ".join(first[0].split()[1:3]) if first else "?"

@@ -12,14 +12,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import _profile
+from _gwload import WrkResult
 
 RATE_HZ = 200
 TOP_PACKAGES = 14
 
-Load = Callable[[str, int], Coroutine[Any, Any, dict[str, Any]]]
+Load = Callable[[str, int], Coroutine[Any, Any, WrkResult]]
+
+
+class PackageCost(TypedDict):
+    name: str
+    us: float
+
+
+class ProcessProfile(_profile.Summary):
+    # The process's measured CPU per request in the profiled phase.
+    us_per_request: float | None
+    us_by_package: list[PackageCost]
+
+
+class PhaseBrief(TypedDict):
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+class TargetProfile(TypedDict):
+    target: str
+    phase: PhaseBrief
+    py_spy: list[str]
+    processes: dict[str, ProcessProfile]
 
 
 async def profile(
@@ -31,7 +57,7 @@ async def profile(
     groups: Mapping[str, str],
     duration: int,
     folder: Path,
-) -> dict[str, Any]:
+) -> TargetProfile:
     """Sample `processes` (label -> pids) while `load(target, seconds)` runs.
 
     `groups` names, for each label, the CPU group of the phase that holds its CPU
@@ -51,28 +77,35 @@ async def profile(
         ]
     messages = await asyncio.gather(*recordings)
     phase = await running
-    cpu = phase.get("cpu") or {}
+    cpu = phase["cpu"]
     requests = phase["requests"]
-    window = cpu.get("window_s") or 0.0
-    found: dict[str, Any] = {
-        "target": target,
-        "phase": {k: phase[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "non_2xx")},
-        "py_spy": [m.splitlines()[-1] for m in messages if m],
-        "processes": {},
-    }
+    profiles: dict[str, ProcessProfile] = {}
     for label, paths in raws.items():
         merged = _merge(paths, folder / f"{label.replace(' ', '_')}.txt")
         summary = _profile.summarise(merged, rate=RATE_HZ, duration=duration)
-        cores = (cpu.get("cores") or {}).get(groups[label])
-        us_per_request = cores * window / requests * 1e6 if cores and requests else None
-        summary["us_per_request"] = us_per_request
-        summary["us_by_package"] = [
-            {"name": e["name"], "us": e["share"] * us_per_request}
-            for e in summary["self_by_package"][:TOP_PACKAGES]
-            if us_per_request is not None
-        ]
-        found["processes"][label] = summary
-    return found
+        cores = cpu["cores"].get(groups[label]) if cpu is not None else None
+        window = cpu["window_s"] if cpu is not None else 0.0
+        us = cores * window / requests * 1e6 if cores and requests else None
+        profiles[label] = {
+            **summary,
+            "us_per_request": us,
+            "us_by_package": [
+                {"name": e["name"], "us": e["share"] * us}
+                for e in summary["self_by_package"][:TOP_PACKAGES]
+                if us is not None
+            ],
+        }
+    return {
+        "target": target,
+        "phase": {
+            "requests_per_s": phase["requests_per_s"],
+            "p50_ms": phase["p50_ms"],
+            "p99_ms": phase["p99_ms"],
+            "non_2xx": phase["non_2xx"],
+        },
+        "py_spy": [m.splitlines()[-1] for m in messages if m],
+        "processes": profiles,
+    }
 
 
 def _make_folder(folder: Path) -> None:

@@ -4,7 +4,8 @@ The gateway path is `python -m users_service` and `python -m gateway`; the monol
 `uvicorn bench._monolith:app --workers 2`. All listen on free ports below Linux's
 ephemeral range (a fixed port inside it can be held for a moment by any client socket),
 log at WARNING, and are found ready by asking them (gRPC health, `/healthz`), not by
-reading their logs. Children get SIGTERM when the benchmark dies (bench/_procs.py).
+reading their logs. Children get SIGTERM when the benchmark dies
+(tests/support/harness.py).
 
 The users service signs access tokens with an Ed25519 key generated for the run in the
 benchmark's work directory (never the development key under ./data); the gateway fetches
@@ -14,16 +15,11 @@ its public half from the users service's JWKS, the monolith reads it from a PEM 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import random
-import re
 import secrets
-import socket
 import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypedDict
 
 import _procs
 import grpc
@@ -32,15 +28,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.settings import GATEWAY_SCOPES, GatewaySettings
+from gateway.app import parse_account_reads
+from gateway.settings import GatewaySettings
+from tests.support.harness import Child, child_env, free_port
+from tests.support.processes import create_gateway_account
 
-# Below 32768, where Linux's ip_local_port_range starts.
-PORT_RANGE = (20_000, 32_767)
 START_WITHIN_S = 60.0
+STOP_WITHIN_S = 20.0
 MONOLITH_WORKERS = 2
 MONOLITH_POOL_SIZE = 10
-# The gateway's line at exit (gateway/app.py).
-_COALESCING = re.compile(r"(?P<reads>\d+) account reads took (?P<calls>\d+) users calls")
 # The gateway's default: how long it trusts that a token's session is live.
 AUTH_CACHE_SECONDS = float(GatewaySettings.model_fields["auth_cache_seconds"].default)
 # Who signs the access tokens and for whom, told to all three alike.
@@ -49,74 +45,11 @@ TOKEN_AUDIENCE = str(GatewaySettings.model_fields["token_audience"].default)
 TOKEN_MAX_LIFETIME_SECONDS = int(GatewaySettings.model_fields["token_max_lifetime_seconds"].default)
 
 
-def free_port(taken: Sequence[int] = ()) -> int:
-    """A port below the ephemeral range that nothing is bound to right now."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(*PORT_RANGE)
-        if port in taken:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free port in {PORT_RANGE}")
+class Coalescing(TypedDict):
+    """How many account reads the gateway answered with how many users calls."""
 
-
-class Child:
-    """One server child process, its output kept for error messages."""
-
-    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> None:
-        self.name = name
-        self.command = list(command)
-        self.env = dict(env)
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def exited(self) -> bool:
-        return self.process is not None and self.process.returncode is not None
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(list(self.lines)[-lines:])
-
-    async def start(self, ready: Callable[[], Awaitable[bool]]) -> None:
-        """Start it and wait until `ready()` says so; its output if it never does."""
-        self.process = await _procs.spawn(self.command, self.env, stdout=asyncio.subprocess.PIPE)
-        self._reader = asyncio.create_task(self._read())
-        deadline = time.monotonic() + START_WITHIN_S
-        while time.monotonic() < deadline:
-            if self.exited():
-                await self._reader
-                raise RuntimeError(
-                    f"{self.name} exited ({self.process.returncode}) at start:\n{self.tail()}"
-                )
-            with contextlib.suppress(Exception):
-                if await ready():
-                    return
-            await asyncio.sleep(0.1)
-        await self.stop()
-        raise RuntimeError(f"{self.name} was not ready within {START_WITHIN_S:g} s:\n{self.tail()}")
-
-    async def _read(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    async def stop(self) -> None:
-        if self.process is None:
-            return
-        await _procs.terminate(self.process, within=20)
-        if self._reader is not None:
-            await self._reader
+    reads: int
+    calls: int
 
 
 def write_token_keys(folder: Path) -> tuple[Path, Path]:
@@ -140,24 +73,9 @@ def write_token_keys(folder: Path) -> tuple[Path, Path]:
     return private, public
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (uvicorn's workers are children of its supervisor)."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children[ppid].append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, ()))
-    return found
+async def _http_ok(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=2) as client:
+        return (await client.get(url)).status_code == 200
 
 
 async def _grpc_serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
@@ -211,30 +129,6 @@ def transport_settings(transport: str, workdir: Path) -> TransportSettings:
     return users, gateway, credentials
 
 
-async def create_gateway_account(database_url: str, workdir: Path) -> Path:
-    """The gateway's service account, made by the users service's command; its secret file."""
-    secret_file = workdir / "gateway-client-secret"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "users_service",
-        "create-service-account",
-        "gateway",
-        "--scope",
-        ",".join(GATEWAY_SCOPES),
-        "--secret-file",
-        str(secret_file),
-        "--replace",
-        env=_procs.clean_env({"USERS_DATABASE_URL": database_url}),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"create-service-account failed: {output.decode(errors='replace')}")
-    return secret_file
-
-
 class Stack:
     """The users service, the gateway and the monolith of one run, all serving at once.
 
@@ -273,11 +167,12 @@ class Stack:
     async def start(self) -> None:
         users_address = f"127.0.0.1:{self.users_port}"
         users_tls, gateway_tls, credentials = transport_settings(self.transport, self.workdir)
-        gateway_secret = await create_gateway_account(self.database_url, self.workdir)
+        account = await create_gateway_account(
+            {"USERS_DATABASE_URL": self.database_url}, self.workdir
+        )
         self.users = Child(
-            "users service",
             [sys.executable, "-m", "users_service"],
-            _procs.clean_env(
+            child_env(
                 {
                     "USERS_DATABASE_URL": self.database_url,
                     "USERS_ADDR": users_address,
@@ -290,11 +185,12 @@ class Stack:
                     **users_tls,
                 }
             ),
+            str(_procs.ROOT),
+            name="users service",
         )
         self.gateway = Child(
-            "gateway",
             [sys.executable, "-m", "gateway"],
-            _procs.clean_env(
+            child_env(
                 {
                     "GATEWAY_ADDR": f"127.0.0.1:{self.gateway_port}",
                     "GATEWAY_USERS_TARGET": users_address,
@@ -306,14 +202,15 @@ class Stack:
                     # No line per request (no access log); INFO for the one at exit
                     # that says how well account reads coalesced.
                     "GATEWAY_LOG_LEVEL": "INFO",
-                    "GATEWAY_CLIENT_SECRET_FILE": str(gateway_secret),
+                    **account,
                     **gateway_tls,
                     **self.gateway_env,
                 }
             ),
+            str(_procs.ROOT),
+            name="gateway",
         )
         self.monolith = Child(
-            "monolith",
             [
                 sys.executable,
                 "-m",
@@ -333,7 +230,7 @@ class Stack:
                 "--log-level",
                 "warning",
             ],
-            _procs.clean_env(
+            child_env(
                 {
                     "MONOLITH_DATABASE_URL": self.database_url,
                     "MONOLITH_PUBLIC_KEY_FILE": str(self.public_key_file),
@@ -345,17 +242,20 @@ class Stack:
                     **self.monolith_env,
                 }
             ),
+            str(_procs.ROOT),
+            name="monolith",
         )
-        users, gateway, monolith = self.users, self.gateway, self.monolith
+        for child in self.children():
+            await child.start()
         await asyncio.gather(
-            users.start(lambda: _grpc_serving(users_address, credentials)),
-            gateway.start(lambda: self._http_ok(self.gateway_url + "/healthz")),
-            monolith.start(self._monolith_workers_up),
+            self.users.wait_ready(
+                lambda: _grpc_serving(users_address, credentials), START_WITHIN_S
+            ),
+            self.gateway.wait_ready(
+                lambda: _http_ok(self.gateway_url + "/healthz"), START_WITHIN_S
+            ),
+            self.monolith.wait_ready(self._monolith_workers_up, START_WITHIN_S),
         )
-
-    async def _http_ok(self, url: str) -> bool:
-        async with httpx.AsyncClient(timeout=2) as client:
-            return (await client.get(url)).status_code == 200
 
     async def _monolith_workers_up(self) -> bool:
         """Whether every worker answers: each new connection goes to whichever accepts it."""
@@ -374,14 +274,14 @@ class Stack:
 
     async def stop(self) -> None:
         for child in self.children():
-            await child.stop()
+            await child.stop(STOP_WITHIN_S)
 
-    def coalescing(self) -> dict[str, int] | None:
-        """How many account reads the gateway answered with how many calls (once stopped)."""
+    def coalescing(self) -> Coalescing | None:
+        """How well the gateway's account reads coalesced (once it has stopped)."""
         assert self.gateway is not None
         for line in reversed(self.gateway.lines):
-            if match := _COALESCING.search(line):
-                return {"reads": int(match["reads"]), "calls": int(match["calls"])}
+            if found := parse_account_reads(line):
+                return {"reads": found[0], "calls": found[1]}
         return None
 
     def tails(self) -> str:
@@ -401,5 +301,5 @@ class Stack:
         return {
             "gateway": [self.gateway.pid],
             "users": [self.users.pid],
-            "monolith": process_tree(self.monolith.pid),
+            "monolith": _procs.process_tree(self.monolith.pid),
         }

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -29,7 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TypedDict
 
 import grpc
 
@@ -38,15 +39,55 @@ from tandem_protos.users.v1 import auth_pb2, users_pb2
 SERVICE = "/users.v1.UsersService/"
 AUTH_SERVICE = "/users.v1.AuthService/"
 CALL_TIMEOUT_S = 30.0
+# Its lines on stdout (_procs.run_loadgen reads them), and the one it waits for on stdin.
+START = "START"
+STOP = "STOP"
+RESULT = "RESULT "
+SAMPLED = b"sampled\n"
 
 Call = Callable[[], Awaitable[str]]
+Close = Callable[[], Awaitable[None]]
+# One gRPC method, its request and reply as bytes, with the call's timeout and metadata.
+Send = Callable[[bytes], Awaitable[bytes]]
+
+
+class Plan(TypedDict, total=False):
+    """What the callers send, written by the orchestrator as JSON (`--plan`)."""
+
+    ids: list[str]
+    emails: list[str]
+    password: str
+    sql: str
+    # (label, page size, page token) of each page the `list` workload alternates between
+    list_pages: list[tuple[str, int, str]]
+
+
+class Latency(TypedDict):
+    calls: int
+    calls_per_s: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+
+
+class LoadResult(TypedDict):
+    workload: str
+    concurrency: int
+    window_s: float
+    client_cpu_s: float
+    errors: dict[str, int]
+    # Calls and latency by label (the call's name, or the page it asked for).
+    labels: dict[str, Latency]
 
 
 class Failed(Exception):
     """A call that did not return what the workload expects."""
 
 
-def _grpc_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[Call], list[Any]]:
+async def _grpc_calls(args: argparse.Namespace, plan: Plan) -> tuple[list[Call], Close]:
     channels = [grpc.aio.insecure_channel(args.target) for _ in range(args.channels)]
     method = {
         "get": SERVICE + "GetUser",
@@ -56,31 +97,46 @@ def _grpc_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[Ca
         "login": AUTH_SERVICE + "IssueToken",
         "refresh": AUTH_SERVICE + "IssueToken",
     }[args.workload]
+    metadata = (("authorization", args.authorization),)
     # No serialisers: requests go out as the bytes built up front, replies stay bytes.
-    stubs = [
-        c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels
+    stubs: list[Send] = [
+        functools.partial(
+            c.unary_unary(method, request_serializer=None, response_deserializer=None),
+            timeout=CALL_TIMEOUT_S,
+            metadata=metadata,
+        )
+        for c in channels
     ]
-    if args.workload == "get":
-        # Shared by all callers: built once, before the clock starts.
-        plan["payloads"] = [users_pb2.GetUserRequest(id=i).SerializeToString() for i in plan["ids"]]
+    # Shared by all callers: built once, before the clock starts.
+    payloads = (
+        [users_pb2.GetUserRequest(id=i).SerializeToString() for i in plan["ids"]]
+        if args.workload == "get"
+        else []
+    )
     # One generator for all callers: they share one thread, so no lock is needed.
     rng = random.Random(args.seed)
     calls: list[Call] = []
     for k in range(args.concurrency):
         stub = stubs[k % len(stubs)]
-        calls.append(_grpc_caller(args.workload, stub, plan, k, rng))
-    return calls, channels
+        calls.append(_grpc_caller(args.workload, stub, plan, payloads, k, rng))
+
+    async def close() -> None:
+        for channel in channels:
+            await channel.close(None)
+
+    for channel in channels:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+    return calls, close
 
 
 def _grpc_caller(
-    workload: str, stub: Any, plan: dict[str, Any], k: int, rng: random.Random
+    workload: str, stub: Send, plan: Plan, payloads: list[bytes], k: int, rng: random.Random
 ) -> Call:
     if workload == "get":
-        payloads: list[bytes] = plan["payloads"]
         choose = rng.choice
 
         async def get() -> str:
-            await stub(choose(payloads), timeout=CALL_TIMEOUT_S)
+            await stub(choose(payloads))
             return "GetUser"
 
         return get
@@ -96,7 +152,7 @@ def _grpc_caller(
         async def list_page() -> str:
             label, request = requests[turn[0] % len(requests)]
             turn[0] += 1
-            reply = await stub(request, timeout=CALL_TIMEOUT_S)
+            reply = await stub(request)
             if len(reply) < 100:
                 raise Failed("short ListUsers page")
             return label
@@ -109,7 +165,7 @@ def _grpc_caller(
         ).SerializeToString()
 
         async def authenticate() -> str:
-            await stub(request, timeout=CALL_TIMEOUT_S)
+            await stub(request)
             return "AuthenticateUser"
 
         return authenticate
@@ -122,7 +178,7 @@ def _grpc_caller(
         if workload == "login":
 
             async def log_in() -> str:
-                await stub(login, timeout=CALL_TIMEOUT_S)
+                await stub(login)
                 return "IssueToken password"
 
             return log_in
@@ -132,17 +188,12 @@ def _grpc_caller(
 
         async def refresh() -> str:
             if not latest:
-                reply = auth_pb2.IssueTokenResponse.FromString(
-                    await stub(login, timeout=CALL_TIMEOUT_S)
-                )
+                reply = auth_pb2.IssueTokenResponse.FromString(await stub(login))
                 latest.append(reply.refresh_token)
                 return "IssueToken password"
             grant = auth_pb2.RefreshTokenGrant(refresh_token=latest[0])
             reply = auth_pb2.IssueTokenResponse.FromString(
-                await stub(
-                    auth_pb2.IssueTokenRequest(refresh_token=grant).SerializeToString(),
-                    timeout=CALL_TIMEOUT_S,
-                )
+                await stub(auth_pb2.IssueTokenRequest(refresh_token=grant).SerializeToString())
             )
             latest[0] = reply.refresh_token
             return "IssueToken refresh_token"
@@ -160,7 +211,7 @@ def _grpc_caller(
                 ),
                 password=plan["password"],
             )
-            await stub(request.SerializeToString(), timeout=CALL_TIMEOUT_S)
+            await stub(request.SerializeToString())
             return "CreateUser"
 
         return create
@@ -168,7 +219,7 @@ def _grpc_caller(
     raise ValueError(f"unknown workload {workload}")
 
 
-async def _asyncpg_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[Call], Any]:
+async def _asyncpg_calls(args: argparse.Namespace, plan: Plan) -> tuple[list[Call], Close]:
     import asyncpg  # noqa: PLC0415 - only this workload needs it
 
     pool = await asyncpg.create_pool(args.dsn, min_size=args.pool_size, max_size=args.pool_size)
@@ -182,7 +233,7 @@ async def _asyncpg_calls(args: argparse.Namespace, plan: dict[str, Any]) -> tupl
             raise Failed("no row")
         return "asyncpg"
 
-    return [fetch] * args.concurrency, pool
+    return [fetch] * args.concurrency, pool.close
 
 
 class Recorder:
@@ -212,7 +263,7 @@ class Recorder:
             self.errors[what] += 1
 
 
-def summarise(samples_ns: list[int], window_s: float) -> dict[str, float]:
+def summarise(samples_ns: list[int], window_s: float) -> Latency:
     ordered = sorted(samples_ns)
     count = len(ordered)
 
@@ -232,14 +283,9 @@ def summarise(samples_ns: list[int], window_s: float) -> dict[str, float]:
     }
 
 
-async def main(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]:
-    resource: Any
-    if args.workload == "asyncpg":
-        calls, resource = await _asyncpg_calls(args, plan)
-    else:
-        calls, resource = _grpc_calls(args, plan)
-        for channel in resource:
-            await asyncio.wait_for(channel.channel_ready(), 10)
+async def main(args: argparse.Namespace, plan: Plan) -> LoadResult:
+    workload = _asyncpg_calls if args.workload == "asyncpg" else _grpc_calls
+    calls, close = await workload(args, plan)
     # What was built so far lives to the end; keep the collector from re-scanning it.
     gc.collect()
     gc.freeze()
@@ -254,13 +300,13 @@ async def main(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]
     cpu_started = time.process_time()
     started = time.perf_counter()
     recorder.measuring = True
-    _say("START")
+    _say(START)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(closed.wait(), args.duration)
     recorder.measuring = False
     window = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
-    _say("STOP")
+    _say(STOP)
     recorder.stopping = True
     await asyncio.wait(tasks, timeout=CALL_TIMEOUT_S)
     for task in tasks:
@@ -268,11 +314,7 @@ async def main(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]
     # The orchestrator reads the CPU counters of our database sessions before they go.
     await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), CALL_TIMEOUT_S)
 
-    if args.workload == "asyncpg":
-        await resource.close()
-    else:
-        for channel in resource:
-            await channel.close()
+    await close()
     return {
         "workload": args.workload,
         "concurrency": args.concurrency,
@@ -300,6 +342,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("get", "list", "auth", "create", "login", "refresh", "asyncpg"),
     )
     parser.add_argument("--target", help="host:port of the gRPC server")
+    parser.add_argument(
+        "--authorization", default="", help="`authorization` metadata of every gRPC call"
+    )
     parser.add_argument("--dsn", help="PostgreSQL DSN (asyncpg workload)")
     parser.add_argument("--pool-size", type=int, default=10)
     parser.add_argument("--plan", required=True, help="JSON file: ids, emails, pages, sql")
@@ -314,14 +359,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _run() -> None:
     args = parse_args()
     with open(args.plan, encoding="utf-8") as f:
-        plan = json.load(f)
+        plan: Plan = json.load(f)
     try:
         import uvloop  # noqa: PLC0415 - optional, as in servicekit.cli
     except ImportError:
         result = asyncio.run(main(args, plan))
     else:
         result = uvloop.run(main(args, plan))
-    _say("RESULT " + json.dumps(result))
+    _say(RESULT + json.dumps(result))
 
 
 if __name__ == "__main__":

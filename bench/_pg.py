@@ -8,20 +8,21 @@ leaves its database behind; the next run drops it once its pid is gone.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
+from _config import log
 from sqlalchemy.engine import URL
 
+from tests.support.harness import run
 from tests.support.postgres import ThrowawayDatabases, dsn
 
 PREFIX = "tandem_bench_users_"
@@ -59,6 +60,8 @@ _DOMAINS = (
 )
 # fmt: on
 _CHUNK = 50_000
+# One row of `users`, in COLUMNS' order.
+Row = tuple[uuid.UUID, str, str, str, str, datetime, datetime, datetime | None, int]
 
 
 def databases(admin: URL) -> ThrowawayDatabases:
@@ -74,6 +77,26 @@ async def drop_stale_databases(admin: URL) -> list[str]:
 async def create_database(admin: URL) -> URL:
     """A new empty database named after this process; its plain (libpq-style) URL."""
     return await databases(admin).create()
+
+
+@asynccontextmanager
+async def own_database(admin: URL, *, keep: bool = False) -> AsyncIterator[URL]:
+    """A new database for the run, once those of killed runs are dropped; dropped when
+    the run ends however it ends, or with `keep` renamed out of the way and kept."""
+    dropped = await drop_stale_databases(admin)
+    if dropped:
+        log(f"dropped databases of earlier runs that were killed: {', '.join(dropped)}")
+    database = await create_database(admin)
+    log(f"database {database.database}")
+    try:
+        yield database
+    finally:
+        if keep:
+            kept = await keep_database(admin, database)
+            log(f'kept the database as {kept} (--keep-db); drop it with DROP DATABASE "{kept}"')
+        else:
+            await drop_database(admin, database)
+            log(f"dropped database {database.database}")
 
 
 async def drop_database(admin: URL, database: URL) -> None:
@@ -104,20 +127,14 @@ def sqlalchemy_url(database: URL) -> str:
 
 async def migrate(database: URL, env: Mapping[str, str]) -> None:
     """Apply the users service's migrations through its own command line."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "users_service",
-        "migrate",
-        env={**env, "USERS_DATABASE_URL": sqlalchemy_url(database)},
+    code, output = await run(
+        [sys.executable, "-m", "users_service", "migrate"],
+        {**env, "USERS_DATABASE_URL": sqlalchemy_url(database)},
         cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        timeout=300,
     )
-    output, _ = await process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"migrate failed ({process.returncode}):\n{output.decode()}")
+    if code != 0:
+        raise RuntimeError(f"migrate failed ({code}):\n{output}")
 
 
 @dataclass(slots=True)
@@ -132,14 +149,14 @@ class Seeded:
 
 def _rows(
     count: int, password_hash: str, rng: random.Random, sampled: set[int], seeded: Seeded
-) -> Iterator[list[tuple[Any, ...]]]:
+) -> Iterator[list[Row]]:
     # Accounts were created over three years, in order; the heap is then in
     # create_time order, as it is in a table that only ever appended sign-ups.
     end = datetime.now(UTC) - timedelta(days=1)
     span = timedelta(days=3 * 365).total_seconds()
     start = end - timedelta(seconds=span)
     slot = span / count
-    chunk: list[tuple[Any, ...]] = []
+    chunk: list[Row] = []
     for i in range(count):
         first = rng.choice(_FIRST)
         last = rng.choice(_LAST)

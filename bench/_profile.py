@@ -9,14 +9,16 @@ to the Python frame that called it.
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import os
 import re
 import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
+
+from tests.support.harness import run
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^():]*)(?::(?P<line>\d+))?\)$")
 
@@ -30,13 +32,14 @@ def find_py_spy() -> str | None:
 
 async def record(py_spy: str, pid: int, duration: float, output: Path, rate: int) -> str:
     """Sample `pid` for `duration` seconds into `output`; py-spy's own last lines."""
-    process = await asyncio.create_subprocess_exec(
+    seconds = max(1, round(duration))
+    command = [
         py_spy,
         "record",
         "--pid",
         str(pid),
         "--duration",
-        str(max(1, round(duration))),
+        str(seconds),
         "--rate",
         str(rate),
         "--format",
@@ -45,15 +48,11 @@ async def record(py_spy: str, pid: int, duration: float, output: Path, rate: int
         "--nonblocking",
         "--output",
         str(output),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await process.communicate()
-    text = out.decode(errors="replace").strip()
-    if process.returncode != 0:
-        raise RuntimeError(f"py-spy failed ({process.returncode}): {text}")
-    return text
+    ]
+    code, text = await run(command, os.environ, timeout=seconds + 60)
+    if code != 0:
+        raise RuntimeError(f"py-spy failed ({code}): {text.strip()}")
+    return text.strip()
 
 
 def _split(frame: str) -> tuple[str, str]:
@@ -118,7 +117,26 @@ def _scaffold(stacks: list[tuple[list[str], int]]) -> set[str]:
     return {_split(frame)[0] for frame in prefix or []}
 
 
-def summarise(raw: Path, *, rate: int, duration: float, top: int = 20) -> dict[str, Any]:
+class Share(TypedDict):
+    name: str
+    samples: int
+    share: float
+
+
+class Summary(TypedDict):
+    samples: int
+    rate_hz: int
+    duration_s: float
+    # Non-idle samples per possible sample: how many threads ran Python, on average.
+    busy_threads: float
+    self_by_package: list[Share]
+    self_by_function: list[Share]
+    inclusive_by_package: list[Share]
+    inclusive_by_function: list[Share]
+    left_out_of_inclusive: list[str]
+
+
+def summarise(raw: Path, *, rate: int, duration: float, top: int = 20) -> Summary:
     """Shares of the sampled (non-idle) stacks by leaf function, leaf package, and
     inclusively by function (each function counted once per stack it appears in)."""
     leaf_functions: collections.Counter[str] = collections.Counter()
@@ -144,7 +162,7 @@ def summarise(raw: Path, *, rate: int, duration: float, top: int = 20) -> dict[s
         for name in {package for _, package in split}:
             inclusive_packages[name] += count
 
-    def shares(counter: collections.Counter[str], n: int) -> list[dict[str, Any]]:
+    def shares(counter: collections.Counter[str], n: int) -> list[Share]:
         return [
             {"name": name, "samples": count, "share": count / total if total else 0.0}
             for name, count in counter.most_common(n)
@@ -154,7 +172,6 @@ def summarise(raw: Path, *, rate: int, duration: float, top: int = 20) -> dict[s
         "samples": total,
         "rate_hz": rate,
         "duration_s": duration,
-        # Non-idle samples per possible sample: how many threads ran Python, on average.
         "busy_threads": total / (rate * duration) if duration else 0.0,
         "self_by_package": shares(leaf_packages, top),
         "self_by_function": shares(leaf_functions, top),

@@ -36,9 +36,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,23 @@ import _gwstack
 import _pg
 import _procs
 import _profile
+import _report
 import httpx
-from _config import PASSWORD, log
-from _facts import argon2_params, machine_facts
+from _config import (
+    PASSWORD,
+    GatewayConfig,
+    add_common_options,
+    add_env_option,
+    env_pairs,
+    log,
+)
+from _facts import PACKAGES, Machine, argon2_params, machine_facts
+from _gwreport import Profiles, Round
+from _report import Seed
 from sqlalchemy.engine import URL
 
-from tests.support.postgres import admin_url
+from tests.support.harness import child_env
+from tests.support.postgres import admin_url, dsn
 
 CONNECTIONS = 64
 BENCH_EMAIL = "gateway.bench@example.com"
@@ -62,29 +72,9 @@ _WORKDIR_PREFIX = "gateway_bench_"
 _STALE_WORKDIR = re.compile(rf"^{_WORKDIR_PREFIX}(\d+)_")
 
 
-@dataclass(frozen=True)
-class Config:
-    users: int
-    duration: int
-    warmup: int
-    rounds: int
-    connections: int
-    sample_ids: int
-    profile: bool | None  # None: only when a target is missed
-    profile_dir: str | None
-    json_path: str | None
-    admin_url: str | None
-    monolith_env: dict[str, str] = field(default_factory=dict)
-    gateway_env: dict[str, str] = field(default_factory=dict)
-    seed: int = 1
-    quick: bool = False
-    # How the gateway reaches the users service: plaintext, tls or mtls.
-    transport: str = "mtls"
-
-
 @dataclass
 class Run:
-    config: Config
+    config: GatewayConfig
     admin: URL
     database: URL
     workdir: Path
@@ -101,7 +91,7 @@ class Run:
             return _gwload.Target("gateway", self.stack.gateway_url, ("gateway", "users"))
         return _gwload.Target("monolith", self.stack.monolith_url, ("monolith",))
 
-    async def load(self, name: str, duration: int, *, measured: bool) -> dict[str, Any]:
+    async def load(self, name: str, duration: int, *, measured: bool) -> _gwload.WrkResult:
         assert self.stack is not None
         assert self.script is not None
         assert self.plan is not None
@@ -199,9 +189,9 @@ async def _check_same_answers(run: Run, token: str, own_id: str, others: Sequenc
                 raise RuntimeError(f"{url} answered {anonymous.status_code} without a token")
 
 
-async def _prepare(run: Run, results: dict[str, Any]) -> None:
+async def _prepare(run: Run) -> Seed:
     config = run.config
-    await _pg.migrate(run.database, _procs.clean_env({}))
+    await _pg.migrate(run.database, child_env())
     log(f"seeding {config.users:,} users")
     hasher = argon2_params({}).hasher()
     seeded = await _pg.seed(
@@ -211,7 +201,6 @@ async def _prepare(run: Run, results: dict[str, Any]) -> None:
         sample=config.sample_ids,
         rng=random.Random(config.seed),
     )
-    results["seed"] = {"users": seeded.users, **seeded.timings}
     log("starting the users service, the gateway and the monolith")
     run.stack = _gwstack.Stack(
         _pg.sqlalchemy_url(run.database),
@@ -221,25 +210,20 @@ async def _prepare(run: Run, results: dict[str, Any]) -> None:
         transport=config.transport,
     )
     await run.stack.start()
-    results["transport"] = config.transport
-    results["ports"] = {
-        "users": run.stack.users_port,
-        "gateway": run.stack.gateway_port,
-        "monolith": run.stack.monolith_port,
-    }
     account_id, token = await _account_token(run.stack.gateway_url)
     await _check_same_answers(run, token, account_id, seeded.sample_ids[:5])
     run.script, run.plan = _gwload.write_plan(run.workdir, token, seeded.sample_ids)
-    run.meter = _gwload.Meter(_pg.dsn(run.admin), str(run.database.database))
+    run.meter = _gwload.Meter(dsn(run.admin), str(run.database.database))
     await run.meter.open()
+    return {"users": seeded.users, "timings": seeded.timings}
 
 
 # --- the phases ----------------------------------------------------------------------------
 
 
-async def _rounds(run: Run) -> list[dict[str, Any]]:
+async def _rounds(run: Run) -> list[Round]:
     config = run.config
-    phases = []
+    phases: list[Round] = []
     for n in range(config.rounds):
         # ABBA: each target goes first as often as the other, so drift hits both alike.
         order = _gwreport.TARGETS if n % 2 == 0 else _gwreport.TARGETS[::-1]
@@ -247,25 +231,32 @@ async def _rounds(run: Run) -> list[dict[str, Any]]:
             log(f"round {n + 1}/{config.rounds}: {name}, {config.warmup} s warm-up")
             warm = await run.load(name, config.warmup, measured=False)
             log(f"round {n + 1}/{config.rounds}: {name}, {config.duration} s measured")
-            phase = await run.load(name, config.duration, measured=True)
-            phase.update(
-                round=n + 1,
-                warmup={k: warm[k] for k in ("requests_per_s", "non_2xx", "socket_errors")},
-            )
+            measured = await run.load(name, config.duration, measured=True)
+            phase: Round = {
+                **measured,
+                "round": n + 1,
+                "warmup": {
+                    "requests_per_s": warm["requests_per_s"],
+                    "non_2xx": warm["non_2xx"],
+                    "socket_errors": warm["socket_errors"],
+                },
+            }
+            other = phase["cpu"]["cores"]["other"] if phase["cpu"] else None
             log(
                 f"  {phase['requests_per_s']:,.0f} req/s, p50 {phase['p50_ms']:.2f} ms, "
                 f"p99 {phase['p99_ms']:.2f} ms, non-2xx {phase['non_2xx']}, other cores "
-                f"{phase['cpu']['cores']['other']:.2f}"
+                f"{_report.fmt(other)}"
             )
             phases.append(phase)
     return phases
 
 
-async def _profiles(run: Run) -> dict[str, Any]:
-    """py-spy on the gateway path's processes, then on the monolith's, under load."""
+async def _profiles(run: Run) -> Profiles | str:
+    """py-spy on the gateway path's processes, then on the monolith's, under load; or
+    why not."""
     py_spy = _profile.find_py_spy()
     if py_spy is None:
-        return {"note": "py-spy not found (`.venv/bin/pip install py-spy`); not profiled"}
+        return "py-spy not found (`.venv/bin/pip install py-spy`); not profiled"
     stack = run.stack
     assert stack is not None
     assert stack.gateway is not None
@@ -273,7 +264,7 @@ async def _profiles(run: Run) -> dict[str, Any]:
     folder = Path(run.config.profile_dir) if run.config.profile_dir else run.workdir / "profile"
     duration = run.config.duration
 
-    async def load(name: str, seconds: int) -> dict[str, Any]:
+    async def load(name: str, seconds: int) -> _gwload.WrkResult:
         return await run.load(name, seconds, measured=True)
 
     log(f"profile: py-spy on the gateway and the users service, {duration} s under load")
@@ -306,51 +297,59 @@ async def _profiles(run: Run) -> dict[str, Any]:
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def run_bench(config: Config) -> dict[str, Any]:
+async def run_bench(config: GatewayConfig) -> _gwreport.Results:
     _procs.cancel_on_signals(log)
 
     wrk = _gwload.find_wrk()
     assert wrk is not None  # main() checked
     started = time.perf_counter()
-    results: dict[str, Any] = {"machine": _machine(wrk), "config": asdict(config)}
-    results["machine"]["busy_cores_before"] = await _busy_cores(2.0)
+    machine = _machine(wrk)
+    machine["busy_cores_before"] = await _busy_cores(2.0)
     admin = admin_url(config.admin_url)
-    results["machine"]["postgresql"] = await _pg.server_version(admin)
-    dropped = await _pg.drop_stale_databases(admin)
-    if dropped:
-        log(f"dropped databases of earlier runs that were killed: {', '.join(dropped)}")
+    machine["versions"]["PostgreSQL"] = await _pg.server_version(admin)
     _drop_stale_workdirs()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}_"))
-    database = await _pg.create_database(admin)
-    run = Run(config, admin, database, workdir, wrk, rng=random.Random(config.seed))
-    log(f"database {database.database}")
-    try:
-        await _prepare(run, results)
-        phases = await _rounds(run)
-        results["phases"] = phases
-        medians = {
-            name: _gwreport.median_of([p for p in phases if p["target"] == name])
-            for name in _gwreport.TARGETS
-        }
-        results["medians"] = medians
-        results["ratios"] = _gwreport.ratios(medians["gateway"], medians["monolith"])
-        results["targets"] = _gwreport.targets(results)
-        if config.profile or (config.profile is None and _gwreport.missed(results)):
-            results["profile"] = await _profiles(run)
-    finally:
-        if run.meter is not None:
-            with contextlib.suppress(Exception):
-                await run.meter.close()
-        if run.stack is not None:
-            with contextlib.suppress(Exception):
-                await run.stack.stop()
-                results["coalescing"] = run.stack.coalescing()
-        await _pg.drop_database(admin, database)
-        log(f"dropped database {database.database}")
-        shutil.rmtree(workdir, ignore_errors=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    results["notes"] = _gwreport.notes(results)
-    return results
+    profile: Profiles | str | None = None
+    coalescing = None
+    with tempfile.TemporaryDirectory(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}_") as workdir:
+        async with _pg.own_database(admin) as database:
+            run = Run(config, admin, database, Path(workdir), wrk, rng=random.Random(config.seed))
+            try:
+                seed = await _prepare(run)
+                assert run.stack is not None
+                ports = {
+                    "users": run.stack.users_port,
+                    "gateway": run.stack.gateway_port,
+                    "monolith": run.stack.monolith_port,
+                }
+                phases = await _rounds(run)
+                medians = _gwreport.medians(phases)
+                ratios = _gwreport.ratios(medians["gateway"], medians["monolith"])
+                targets = _gwreport.targets(phases, ratios)
+                if config.profile or (config.profile is None and _report.missed(targets)):
+                    profile = await _profiles(run)
+            finally:
+                if run.meter is not None:
+                    with contextlib.suppress(Exception):
+                        await run.meter.close()
+                if run.stack is not None:
+                    with contextlib.suppress(Exception):
+                        await run.stack.stop()
+                        coalescing = run.stack.coalescing()
+    return {
+        "machine": machine,
+        "config": config,
+        "seed": seed,
+        "transport": config.transport,
+        "ports": ports,
+        "phases": phases,
+        "medians": medians,
+        "ratios": ratios,
+        "targets": targets,
+        "profile": profile,
+        "coalescing": coalescing,
+        "elapsed_s": time.perf_counter() - started,
+        "notes": _gwreport.notes(phases, ratios, machine, config.rounds),
+    }
 
 
 async def _busy_cores(seconds: float) -> float:
@@ -360,31 +359,14 @@ async def _busy_cores(seconds: float) -> float:
     return (_procs.machine_cpu_s()[0] - busy) / seconds
 
 
-def _machine(wrk: str) -> dict[str, Any]:
-    facts = machine_facts()
-    facts["wrk"] = _gwload.wrk_version(wrk)
-    for name in ("fastapi", "uvicorn", "starlette", "pyjwt", "cryptography", "orjson", "httptools"):
-        try:
-            facts[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            facts[name] = "-"
+def _machine(wrk: str) -> Machine:
+    web = ("FastAPI", "uvicorn", "starlette", "PyJWT", "cryptography", "orjson", "httptools")
+    facts = machine_facts({**PACKAGES, **{name: name.lower() for name in web}})
+    facts["versions"]["wrk"] = _gwload.wrk_version(wrk)
     return facts
 
 
-def _env_pairs(
-    parser: argparse.ArgumentParser, pairs: Sequence[str], prefix: str
-) -> dict[str, str]:
-    found = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.startswith(prefix):
-            option = f"--{prefix.rstrip('_').lower()}-env"
-            parser.error(f"{option} wants {prefix}NAME=VALUE, not {pair!r}")
-        found[key] = value
-    return found
-
-
-def parse_args(argv: Sequence[str] | None = None) -> Config:
+def parse_args(argv: Sequence[str] | None = None) -> GatewayConfig:
     parser = argparse.ArgumentParser(
         prog="gateway_bench.py",
         description="The gateway path against a monolith (creates and drops its own database).",
@@ -403,23 +385,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     )
     profile.add_argument("--no-profile", dest="profile", action="store_false", help="never profile")
     parser.add_argument("--profile-dir", help="keep py-spy's raw stacks in this folder")
-    parser.add_argument("--json", dest="json_path", help="write the results to this file")
-    parser.add_argument(
-        "--admin-url", help="PostgreSQL server (default $TEST_DATABASE_URL or local postgres)"
-    )
-    parser.add_argument(
+    add_common_options(parser)
+    add_env_option(
+        parser,
         "--monolith-env",
-        action="append",
-        default=[],
-        metavar="MONOLITH_X=VALUE",
-        help="extra setting for the monolith (repeatable), e.g. MONOLITH_AUTOCOMMIT=false",
+        "MONOLITH_",
+        server="the monolith",
+        example="MONOLITH_AUTOCOMMIT=false",
     )
-    parser.add_argument(
+    add_env_option(
+        parser,
         "--gateway-env",
-        action="append",
-        default=[],
-        metavar="GATEWAY_X=VALUE",
-        help="extra setting for the gateway (repeatable), e.g. GATEWAY_COALESCE_READS=false",
+        "GATEWAY_",
+        server="the gateway",
+        example="GATEWAY_COALESCE_READS=false",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the test data")
     parser.add_argument(
@@ -435,7 +414,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     rounds = args.rounds or (1 if args.quick else 3)
     if users < 1 or duration < 1 or warmup < 1 or rounds < 1 or args.connections < 1:
         parser.error("--users, --duration, --warmup, --rounds and --connections must be >= 1")
-    return Config(
+    return GatewayConfig(
         users=users,
         duration=duration,
         warmup=warmup,
@@ -446,8 +425,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         profile_dir=args.profile_dir,
         json_path=args.json_path,
         admin_url=args.admin_url,
-        monolith_env=_env_pairs(parser, args.monolith_env, "MONOLITH_"),
-        gateway_env=_env_pairs(parser, args.gateway_env, "GATEWAY_"),
+        monolith_env=env_pairs(parser, "--monolith-env", args.monolith_env, "MONOLITH_"),
+        gateway_env=env_pairs(parser, "--gateway-env", args.gateway_env, "GATEWAY_"),
         seed=args.seed,
         quick=args.quick,
         transport=args.transport,
@@ -459,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _gwload.find_wrk() is None:
         log(_gwload.WRK_MISSING)
         return 2
-    return _procs.run_and_report(run_bench(config), _gwreport.render, config.json_path, log)
+    return _report.run_and_report(run_bench(config), _gwreport.render, config.json_path, log)
 
 
 if __name__ == "__main__":

@@ -27,42 +27,50 @@ import argparse
 import contextlib
 import os
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import _pg
 import _procs
 import _report
-from _config import PAGE_SIZE, PASSWORD, Config, log
-from _facts import argon2_params, machine_facts, measure_argon2
+import _usersreport
+from _config import (
+    PAGE_SIZE,
+    PASSWORD,
+    UsersConfig,
+    add_common_options,
+    add_env_option,
+    env_pairs,
+    log,
+)
+from _facts import Argon2Cost, argon2_params, machine_facts, measure_argon2
 from _phases import Bench, select_by_id_sql
+from _report import Seed
 
 from tests.support.postgres import admin_url
 
 
-def _argon2(config: Config, results: dict[str, Any]) -> str:
+def _argon2(config: UsersConfig) -> tuple[Argon2Cost, str]:
     """Time argon2id at the service's parameters; the hash every seeded account shares."""
     params = argon2_params(config.service_env)
     log(f"argon2id: {config.argon2_samples} hashes at {params}")
-    results["argon2"] = measure_argon2(params, config.argon2_samples)
+    cost = measure_argon2(params, config.argon2_samples)
     hasher = params.hasher()
     password_hash = hasher.hash(PASSWORD)
     # Logins must not upgrade the seeded hash: that would turn each into a write.
     assert not hasher.check_needs_rehash(password_hash)
-    return password_hash
+    return cost, password_hash
 
 
-async def _prepare(bench: Bench, password_hash: str, results: dict[str, Any]) -> None:
-    """Migrate, seed, start both servers and check them with one real call each."""
+async def _prepare(bench: Bench, password_hash: str) -> tuple[float, Seed]:
+    """Migrate, seed, start both servers and check them with one real call each; how
+    long the migrations took, and the seeding."""
     config = bench.config
     started = time.perf_counter()
     await _pg.migrate(bench.database, bench.env)
-    results["migrate_s"] = time.perf_counter() - started
+    migrate_s = time.perf_counter() - started
     log(f"seeding {config.users:,} users")
     seeded = await _pg.seed(
         bench.database,
@@ -71,7 +79,6 @@ async def _prepare(bench: Bench, password_hash: str, results: dict[str, Any]) ->
         sample=config.sample_ids,
         rng=random.Random(config.seed),
     )
-    results["seed"] = {"users": seeded.users, **seeded.timings}
     log(f"seeded: {_report.timings(seeded.timings)}")
     bench.write_plan(
         ids=seeded.sample_ids,
@@ -81,50 +88,50 @@ async def _prepare(bench: Bench, password_hash: str, results: dict[str, Any]) ->
     )
     await bench.start_servers()
     await bench.check_servers(seeded.sample_ids[0], seeded.sample_emails[0])
+    return migrate_s, {"users": seeded.users, "timings": seeded.timings}
 
 
-async def run(config: Config) -> dict[str, Any]:
+async def run(config: UsersConfig) -> _usersreport.Results:
     _procs.cancel_on_signals(log)
 
     started = time.perf_counter()
-    results: dict[str, Any] = {"machine": machine_facts(), "config": asdict(config)}
+    machine = machine_facts()
     admin = admin_url(config.admin_url)
-    results["machine"]["postgresql"] = await _pg.server_version(admin)
-    dropped = await _pg.drop_stale_databases(admin)
-    if dropped:
-        log(f"dropped databases of earlier runs that were killed: {', '.join(dropped)}")
+    machine["versions"]["PostgreSQL"] = await _pg.server_version(admin)
+    argon2, password_hash = _argon2(config)
+    with tempfile.TemporaryDirectory(prefix="users_bench_") as workdir:
+        async with _pg.own_database(admin, keep=config.keep_db) as database:
+            bench = Bench(config, admin, database, Path(workdir))
+            try:
+                migrate_s, seed = await _prepare(bench, password_hash)
+                getuser = await bench.getuser_against_baselines()
+                listing = await bench.list_users()
+                interference = await bench.login_interference()
+                tokens = await bench.token_endpoints()
+                create = await bench.create_users()
+                profile = await bench.profile() if config.profile else None
+            finally:
+                with contextlib.suppress(Exception):
+                    await bench.stop_servers()
+    return {
+        "machine": machine,
+        "config": config,
+        "argon2": argon2,
+        "migrate_s": migrate_s,
+        "seed": seed,
+        "getuser": getuser,
+        "list_users": listing,
+        "interference": interference,
+        "tokens": tokens,
+        "create_user": create,
+        "profile": profile,
+        "elapsed_s": time.perf_counter() - started,
+        "targets": _usersreport.targets(getuser, listing, interference),
+        "notes": _usersreport.notes(getuser, listing, interference, tokens, create),
+    }
 
-    password_hash = _argon2(config, results)
-    workdir = Path(tempfile.mkdtemp(prefix="users_bench_"))
-    database = await _pg.create_database(admin)
-    bench = Bench(config, admin, database, workdir)
-    log(f"database {database.database}")
-    try:
-        await _prepare(bench, password_hash, results)
-        results["getuser"] = await bench.getuser_against_baselines()
-        results["list_users"] = await bench.list_users()
-        results["interference"] = await bench.login_interference()
-        results["tokens"] = await bench.token_endpoints()
-        results["create_user"] = await bench.create_users()
-        if config.profile:
-            results["profile"] = await bench.profile()
-    finally:
-        with contextlib.suppress(Exception):
-            await bench.stop_servers()
-        if config.keep_db:
-            kept = await _pg.keep_database(admin, database)
-            log(f'kept the database as {kept} (--keep-db); drop it with DROP DATABASE "{kept}"')
-        else:
-            await _pg.drop_database(admin, database)
-            log(f"dropped database {database.database}")
-        shutil.rmtree(workdir, ignore_errors=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    results["targets"] = _report.targets(results)
-    results["notes"] = _report.notes(results)
-    return results
 
-
-def parse_args(argv: Sequence[str] | None = None) -> Config:
+def parse_args(argv: Sequence[str] | None = None) -> UsersConfig:
     parser = argparse.ArgumentParser(
         prog="users_bench.py",
         description="Benchmark of the users service (creates and drops its own database).",
@@ -153,33 +160,24 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--profile", action="store_true", help="py-spy the users service")
     parser.add_argument("--profile-raw", help="keep py-spy's collapsed stacks in this file")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
-    parser.add_argument("--json", dest="json_path", help="write the results to this file")
-    parser.add_argument(
-        "--admin-url", help="PostgreSQL server (default $TEST_DATABASE_URL or local postgres)"
-    )
-    parser.add_argument(
+    add_common_options(parser)
+    add_env_option(
+        parser,
         "--service-env",
-        action="append",
-        default=[],
-        metavar="USERS_X=VALUE",
-        help="extra setting for the users service (repeatable), e.g. USERS_DB_POOL_SIZE=20",
+        "USERS_",
+        server="the users service",
+        example="USERS_DB_POOL_SIZE=20",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the test data")
     args = parser.parse_args(argv)
-
-    service_env = {}
-    for pair in args.service_env:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.startswith("USERS_"):
-            parser.error(f"--service-env wants USERS_NAME=VALUE, not {pair!r}")
-        service_env[key] = value
+    service_env = env_pairs(parser, "--service-env", args.service_env, "USERS_")
     users = args.users or (20_000 if args.quick else 1_000_000)
     duration = args.duration or (2.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     deep_page = args.deep_page or max(2, users // 2 // PAGE_SIZE)
     if (deep_page - 1) * PAGE_SIZE + PAGE_SIZE > users:
         parser.error(f"--deep-page {deep_page} lies beyond {users} users")
-    return Config(
+    return UsersConfig(
         users=users,
         duration=duration,
         warmup=warmup,
@@ -206,7 +204,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    return _procs.run_and_report(run(config), _report.render, config.json_path, log)
+    return _report.run_and_report(run(config), _usersreport.render, config.json_path, log)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The gateway's one middleware: request id, body limit, unexpected faults, access log.
+"""The gateway's one middleware: request id, limits, faults, security headers, access log.
 
 Pure ASGI and a single layer, because it runs on every request (Starlette's
 BaseHTTPMiddleware costs a task group and stream per request and layer). Per request it
@@ -6,22 +6,45 @@ BaseHTTPMiddleware costs a task group and stream per request and layer). Per req
   scope (problem bodies), in the logging context (every log line; `servicekit.logs`)
   and in the gRPC metadata of upstream calls (`tandem_client.Connection` sends it), and
   returns it on the response;
+- answers 503 at once (with `Retry-After`) while `max_in_flight` requests are being
+  handled, or when the request came on a connection opened past the connection cap
+  (`gateway.edge`); `/healthz` and `/readyz` are never refused, so probes still see a
+  busy gateway as alive and ready;
 - answers 413 at once when `Content-Length` exceeds the limit, and stops a body without
   one (chunked) as soon as the bytes read exceed it;
+- answers a request whose task `gateway.edge` cancelled: nothing for a client that went
+  away, 408 for a body that came too slowly, 503 for one still running when the
+  shutdown grace ended (a stream that has begun ends with an `error` event instead);
 - turns any exception that escapes the app into a 500 problem with a generic detail,
   logging the traceback;
-- logs one line: method, path, status, duration.
+- adds `X-Content-Type-Options: nosniff` to every response, and HSTS to responses to
+  requests that came over https: to uvicorn over TLS, or through one of
+  `trusted_proxies` whose `X-Forwarded-Proto` says https (the nearest hop's value);
+- logs one line: method, path, status (499: the client went away first), duration.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import sys
 import time
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.problems import REQUEST_ID_SCOPE_KEY, ProblemError, problem_response
+from gateway.edge import (
+    BODY_TIMEOUT,
+    CANCELLED_BY,
+    CLIENT_GONE,
+    OVER_CAPACITY,
+    SECURITY_HEADERS,
+    SHUTDOWN,
+)
+from gateway.problems import REQUEST_ID_SCOPE_KEY, ProblemError, problem_bytes, problem_response
+from gateway.sse import event
 from servicekit.interceptor import accept_request_id
 from servicekit.logs import request_id_var
 
@@ -29,6 +52,13 @@ access_log = logging.getLogger("gateway.access")
 error_log = logging.getLogger("gateway.errors")
 
 UNEXPECTED_DETAIL = "an unexpected error occurred; quote the request id to report it"
+SHUTDOWN_DETAIL = "the gateway is shutting down; retry the request"
+# Health checks are cheap and must answer however busy the gateway is.
+UNCAPPED_PATHS = frozenset({"/healthz", "/readyz"})
+# What a refused client is told to wait: the cap is about this instant's load.
+RETRY_AFTER = "1"
+# The status logged for a request whose client left before its answer (as nginx does).
+CLIENT_CLOSED = 499
 
 
 class ContentTooLarge(HTTPException):
@@ -37,66 +67,213 @@ class ContentTooLarge(HTTPException):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_in_flight: int | None = None,
+        hsts_seconds: int = 0,
+        trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        access_log: bool = True,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_in_flight = sys.maxsize if max_in_flight is None else max_in_flight
         self.access_log = access_log
+        # Requests being handled now, refused ones included.
+        self.in_flight = 0
+        hsts = (b"strict-transport-security", b"max-age=%d" % hsts_seconds)
+        self._hsts = (hsts,) if hsts_seconds else ()
+        self._trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given_id: str | None = None
-        content_length: int | None = None
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                given_id = value.decode("latin-1")
-            elif key == b"content-length":
-                content_length = int(value) if value.isdigit() else None
+        given_id, content_length, forwarded_proto = _request_headers(scope)
         request_id = accept_request_id(given_id)
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         token = request_id_var.set(request_id)
-        id_header = (b"x-request-id", request_id.encode("ascii"))
+        added: tuple[tuple[bytes, bytes], ...] = (
+            (b"x-request-id", request_id.encode("ascii")),
+            *SECURITY_HEADERS,
+        )
+        if self._hsts and (
+            scope["scheme"] == "https"
+            or (forwarded_proto is not None and self._proxied_https(scope, forwarded_proto))
+        ):
+            added += self._hsts
         started = time.perf_counter()
         status = 0
+        response_headers: Sequence[tuple[bytes, bytes]] = ()
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_headers
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                response_headers = message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
-        limit = self.max_body_bytes
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise ContentTooLarge(limit)
-            return message
-
+        self.in_flight += 1
         try:
-            if content_length is not None and content_length > limit:
-                too_large = ProblemError(413, ContentTooLarge(limit).detail)
-                await problem_response(too_large, request_id)(scope, receive, send_with_id)
-            else:
-                # With a Content-Length the HTTP parser reads exactly that many bytes.
-                inner_receive = receive if content_length is not None else receive_limited
-                await self.app(scope, inner_receive, send_with_id)
+            await self._handle(scope, receive, send_with_headers, request_id, content_length)
+        except asyncio.CancelledError:
+            status = await _on_cancelled(
+                scope, request_id, status, response_headers, send_with_headers
+            )
         except Exception:
             error_log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             if status:  # the response has begun: all that is left is to drop the connection
                 raise
             fault = ProblemError(500, UNEXPECTED_DETAIL)
-            await problem_response(fault, request_id)(scope, receive, send_with_id)
+            await problem_response(fault, request_id)(scope, receive, send_with_headers)
         finally:
+            self.in_flight -= 1
             if self.access_log:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 access_log.info(
                     "%s %s %d %.2fms", scope["method"], scope["path"], status, elapsed_ms
                 )
             request_id_var.reset(token)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        content_length: int | None,
+    ) -> None:
+        limit = self.max_body_bytes
+        if (
+            self.in_flight > self.max_in_flight  # this request counted already
+            or OVER_CAPACITY in scope
+            or (content_length is not None and content_length > limit)
+        ):
+            refusal = self._refusal(scope, content_length)
+            if refusal is not None:
+                await problem_response(refusal, request_id)(scope, receive, send)
+                return
+        # With a Content-Length the HTTP parser reads exactly that many bytes.
+        inner_receive = receive if content_length is not None else _limited(receive, limit)
+        await self.app(scope, inner_receive, send)
+
+    def _proxied_https(self, scope: Scope, forwarded_proto: bytes) -> bool:
+        """Whether a trusted proxy forwarded the request, saying it came over https."""
+        if forwarded_proto.rsplit(b",", 1)[-1].strip() != b"https":
+            return False
+        peer = scope.get("client")
+        try:
+            address = ipaddress.ip_address(peer[0]) if peer else None
+        except ValueError:
+            return False
+        return address is not None and any(address in net for net in self._trusted_proxies)
+
+    def _refusal(self, scope: Scope, content_length: int | None) -> ProblemError | None:
+        """The problem a request is refused with before the app sees it, if any."""
+        if scope["path"] not in UNCAPPED_PATHS:
+            if OVER_CAPACITY in scope:
+                return ProblemError(
+                    503,
+                    "the gateway has too many connections open; retry shortly",
+                    headers={"Retry-After": RETRY_AFTER, "Connection": "close"},
+                    reason="TOO_MANY_CONNECTIONS",
+                )
+            if self.in_flight > self.max_in_flight:
+                return ProblemError(
+                    503,
+                    f"the gateway is handling its limit of {self.max_in_flight} requests; "
+                    "retry shortly",
+                    headers={"Retry-After": RETRY_AFTER},
+                    reason="TOO_MANY_REQUESTS_IN_FLIGHT",
+                )
+        if content_length is not None and content_length > self.max_body_bytes:
+            return ProblemError(413, ContentTooLarge(self.max_body_bytes).detail)
+        return None
+
+
+def _request_headers(scope: Scope) -> tuple[str | None, int | None, bytes | None]:
+    """The request's X-Request-ID, Content-Length and X-Forwarded-Proto, where given."""
+    given_id: str | None = None
+    content_length: int | None = None
+    forwarded_proto: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            given_id = value.decode("latin-1")
+        elif key == b"content-length":
+            content_length = int(value) if value.isdigit() else None
+        elif key == b"x-forwarded-proto":
+            forwarded_proto = value
+    return given_id, content_length, forwarded_proto
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising ContentTooLarge once the body read exceeds `limit` bytes."""
+    received = 0
+
+    async def receive_limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ContentTooLarge(limit)
+        return message
+
+    return receive_limited
+
+
+async def _on_cancelled(
+    scope: Scope,
+    request_id: str,
+    status: int,
+    response_headers: Sequence[tuple[bytes, bytes]],
+    send: Send,
+) -> int:
+    """Answer a request whose task was cancelled; the status to log.
+
+    Re-raises the cancellation unless the edge made it (CANCELLED_BY in the scope):
+    that one is the edge ending the request, which has ended once answered.
+    """
+    why = scope.get(CANCELLED_BY)
+    if why == CLIENT_GONE:
+        status = status or CLIENT_CLOSED
+    elif not status:
+        answer = _cancelled_problem(why)
+        await problem_response(answer, request_id)(scope, _nothing_more, send)
+        status = answer.status
+    elif why == SHUTDOWN and _is_event_stream(response_headers):
+        await _end_stream(send, request_id)
+    if why is None:
+        raise asyncio.CancelledError
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return status
+
+
+async def _nothing_more() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _cancelled_problem(why: object) -> ProblemError:
+    if why == BODY_TIMEOUT:
+        return ProblemError(408, "the request body did not arrive in time")
+    # The shutdown grace ended (or something else stopped the request): another
+    # replica, or this one restarted, can take it.
+    return ProblemError(503, SHUTDOWN_DETAIL, headers={"Retry-After": RETRY_AFTER})
+
+
+def _is_event_stream(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    return any(
+        key.lower() == b"content-type" and value.startswith(b"text/event-stream")
+        for key, value in headers
+    )
+
+
+async def _end_stream(send: Send, request_id: str) -> None:
+    """End an event stream cut by the shutdown as gateway.sse documents an error."""
+    problem = problem_bytes(_cancelled_problem(SHUTDOWN), request_id)
+    body = event("error", problem) + event("done", b"{}")
+    await send({"type": "http.response.body", "body": body, "more_body": False})

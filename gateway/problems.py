@@ -2,7 +2,8 @@
 
     {"type": "https://tandem.dev/problems/not-found", "title": "Not found", "status": 404,
      "detail": "no user 3f0c…", "code": "NOT_FOUND", "request_id": "…",
-     "errors": [{"field": "email", "message": "…"}]}        (errors: invalid input only)
+     "errors": [{"field": "email", "message": "…"}]}        (errors: invalid input only,
+                                                              the first 20)
 
 `type` is `https://tandem.dev/problems/<slug>`: the gRPC status name in kebab case
 (`invalid-argument`, `not-found`, `deadline-exceeded`…) when the HTTP status is the one
@@ -15,6 +16,7 @@ where none applies. A route raises `ProblemError`; FastAPI's own errors (validat
 from __future__ import annotations
 
 import http
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,11 @@ from gateway.paths import OAUTH_PATHS
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# A problem lists at most this many field errors, whatever the input held (80,000
+# unknown keys made an 8 MB answer); its detail says how many more there were.
+MAX_LISTED_ERRORS = 20
+# A field path or message echoes the input (an unknown key): longer ones are clipped.
+_MAX_ERROR_TEXT = 200
 PROBLEM_TYPE_BASE = "https://tandem.dev/problems/"
 REQUEST_ID_SCOPE_KEY = "tandem.request_id"
 
@@ -138,7 +145,10 @@ def problem_document(
         document["reason"] = reason
     if extra:
         document.update(extra)
-    listed = [{"field": field, "message": message} for field, message in errors]
+    listed = [
+        {"field": field, "message": message}
+        for field, message in itertools.islice(errors, MAX_LISTED_ERRORS)
+    ]
     if listed:
         document["errors"] = listed
     return document
@@ -191,9 +201,12 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [_field_error(error) for error in exc.errors()]
+    found = exc.errors()
+    errors = [_field_error(error) for error in found[:MAX_LISTED_ERRORS]]
     detail = "; ".join(f"{field}: {message}" for field, message in errors)
     detail = detail or "the request is invalid"
+    if len(found) > len(errors):
+        detail += f"; and {len(found) - len(errors)} more errors"
     extra = None
     if request.url.path in OAUTH_PATHS:
         extra = {"error": "invalid_request", "error_description": detail}
@@ -216,7 +229,11 @@ def _field_error(error: Mapping[str, Any]) -> tuple[str, str]:
         path = "body"
         reason = (error.get("ctx") or {}).get("error")
         message = f"is not valid JSON: {reason}" if reason else "is not valid JSON"
-    return path, message
+    return _clip(path), _clip(message)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 1] + "…"
 
 
 def _default_detail(request: Request, status: int) -> str:
@@ -228,7 +245,7 @@ def _default_detail(request: Request, status: int) -> str:
 
 
 # RFC 9110's names, where Python's table still has the older ones.
-_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
 
 
 def _phrase(status: int) -> str:
@@ -245,10 +262,16 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": Problem, "description": _phrase(s)} for s in sorted(set(statuses))}
 
 
-_UNEXPECTED_FAULT = {
-    "description": "Internal Server Error",
-    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-}
+def _problem_of_any_route(status: int) -> dict[str, Any]:
+    return {
+        "description": _phrase(status),
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+# What any route may answer: an unexpected fault, and the edge's refusals (a slow
+# request, a URL or headers too large, the gateway at its limits; gateway.edge).
+_ANY_ROUTE = {str(s): _problem_of_any_route(s) for s in (408, 414, 431, 500, 503)}
 
 
 def use_problem_media_type(schema: dict[str, Any]) -> dict[str, Any]:
@@ -256,14 +279,16 @@ def use_problem_media_type(schema: dict[str, Any]) -> dict[str, Any]:
 
     FastAPI documents extra responses in the route's media type and adds a 422 response
     that never happens here (validation errors are 400 problems); fix both in place, and
-    document the 500 any route may answer.
+    document what any route may answer (500, and the edge's 408, 414, 431, 503).
     """
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.get("responses", {})
-            responses.pop("422", None)
-            # Any route can meet an unexpected fault.
-            responses.setdefault("500", _UNEXPECTED_FAULT)
+            # FastAPI's own; a route's 422 of its own (an idempotency key reused) stays.
+            if responses.get("422", {}).get("description") == "Validation Error":
+                del responses["422"]
+            for status, response in _ANY_ROUTE.items():
+                responses.setdefault(status, response)
             for status, response in responses.items():
                 content = response.get("content", {})
                 if status[0] in "45" and content:

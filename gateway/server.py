@@ -1,36 +1,58 @@
-"""Serving the app with uvicorn (uvloop, httptools), in `python -m gateway` and in tests."""
+"""Serving the app with uvicorn (uvloop, httptools), in `python -m gateway` and in tests.
+
+The HTTP protocol is gateway.edge's (uvicorn's httptools one with limits and read
+timeouts); `GatewayServer` checks the edge's deadlines on each of uvicorn's ticks, and
+at shutdown gives requests the grace, then has the edge end what still runs, which the
+middleware answers 503 (uvicorn's own timeout would answer a plain-text 500).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
 import socket
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
+from gateway.edge import SHUTDOWN, EdgeConfig, EdgeLimits, end_requests, expire_late
 from gateway.settings import GatewaySettings
+from servicekit.server import SERVING
 
 log = logging.getLogger("gateway.server")
 
+# After the grace, how long cancelled requests may take to be answered before the
+# process stops waiting for them.
+_ANSWER_SECONDS = 5.0
 
-def uvicorn_config(app: FastAPI, settings: GatewaySettings) -> uvicorn.Config:
-    return uvicorn.Config(
+
+def uvicorn_config(app: FastAPI, settings: GatewaySettings) -> EdgeConfig:
+    limits = EdgeLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
+    return EdgeConfig(
         app,
+        limits=limits,
+        shutdown_grace=settings.shutdown_grace_seconds,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
         ws="none",
         lifespan="on",
         # Logging is ours (servicekit.logs): one format, the request id on every line.
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+        # Not uvicorn's X-Forwarded-For handling: it believes 127.0.0.1 by default, so
+        # any local client could name its own address. gateway.client_address reads the
+        # header, from GATEWAY_TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
 
 
@@ -41,6 +63,7 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.address = ""
         self.ready = asyncio.Event()
+        self._shutdown_timers: list[asyncio.TimerHandle] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -48,8 +71,43 @@ class GatewayServer(uvicorn.Server):
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info("serving gateway on %s", self.address)
+        log.info(SERVING, "gateway", self.address)
         self.ready.set()
+
+    async def on_tick(self, counter: int) -> bool:
+        expire_late(self.server_state.connections, asyncio.get_running_loop().time())
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's own timeout is unset, so it waits for every request; at the grace's
+        # end the edge cancels what still runs, and the wait ends once each is answered.
+        if not isinstance(self.config, EdgeConfig):
+            await super().shutdown(sockets)
+            return
+        grace = self.config.shutdown_grace
+        log.info("shutting down: requests in flight have %gs to finish", grace)
+        loop = asyncio.get_running_loop()
+        self._shutdown_timers.append(loop.call_later(grace, self._end_requests, grace))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            for timer in self._shutdown_timers:
+                timer.cancel()
+
+    def _end_requests(self, grace: float) -> None:
+        log.warning(
+            "the shutdown grace of %gs is over: ending %d requests still running",
+            grace,
+            len(self.server_state.tasks),
+        )
+        end_requests(self.server_state.connections, SHUTDOWN)
+        # A request that ignores its cancellation must not hold the process for ever.
+        loop = asyncio.get_running_loop()
+        self._shutdown_timers.append(loop.call_later(_ANSWER_SECONDS, self._give_up))
+
+    def _give_up(self) -> None:
+        log.error("requests still running %gs after they were ended; exiting", _ANSWER_SECONDS)
+        self.force_exit = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -6,11 +6,13 @@ one then stops start-up with one line naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit import production
 from servicekit.errors import StartupError
@@ -20,6 +22,9 @@ from servicekit.settings import LogLevel, TokenCheckSettings, UpstreamTlsSetting
 GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# An origin as browsers send it: scheme, host, optional port; no path, no wildcard.
+_ORIGIN = re.compile(r"^https?://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?$")
 
 
 class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
@@ -61,9 +66,37 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     # (50,000 characters, up to 12 bytes each once JSON-escaped).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    # The edge (gateway.edge, gateway.middleware; README "Limits at the edge").
+    # Requests being handled at once; past it, 503 at once (/healthz, /readyz excepted).
+    max_in_flight: int = Field(default=512, ge=1)
+    # Open connections; one made past it has its requests answered 503 and is closed.
+    max_connections: int = Field(default=2048, ge=1)
+    # The URL (else 414), the headers together (else 431), and how many headers (431).
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    # A request head must arrive within this of its first byte, its body within this of
+    # its head: else 408 and the connection closes. A new connection that sends nothing
+    # for header_timeout_seconds is closed.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Strict-Transport-Security max-age on responses to requests that came over https
+    # (to uvicorn over TLS, or with `X-Forwarded-Proto: https` from one of
+    # trusted_proxies); 0 sends none.
+    hsts_seconds: int = Field(default=365 * 24 * 3600, ge=0)
+    # Browser origins allowed to call the API (CORS), comma-separated; empty: no CORS
+    # headers at all, so browsers allow only same-origin calls.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Proxies (CIDR ranges, comma-separated) whose X-Forwarded-For names the client that
+    # the users service's login and sign-up limits count (gateway.client_address); empty:
+    # the header is ignored, and the client is the connection's peer.
+    trusted_proxies: Annotated[tuple[ProxyNetwork, ...], NoDecode] = ()
+
     log_level: LogLevel = "INFO"
     access_log: bool = Field(default=True, description="log one line per request")
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # At least analysis_deadline_seconds: an analysis in flight at SIGTERM finishes (or
+    # meets its own deadline) before the grace ends. What still runs then (a stream, at
+    # most) is answered 503 (a stream: an `error` event).
+    shutdown_grace_seconds: float = Field(default=65.0, ge=0)
 
     @field_validator("addr")
     @classmethod
@@ -85,6 +118,31 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(ipaddress.ip_network(p.strip()) for p in value.split(",") if p.strip())
+            except ValueError as exc:
+                raise ValueError(f"expected CIDR ranges such as 10.0.0.0/8: {exc}") from None
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com")
+        return value
 
     def production_problems(self) -> list[str]:
         """What production mode refuses (servicekit.production)."""

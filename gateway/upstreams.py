@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.problems import ProblemError
 from gateway.settings import GatewaySettings
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
+from servicekit.idempotency import KEY_REUSED
 from tandem_client import Connection, RpcError, ServiceAccount, services
 from tandem_protos.ai.v1 import analysis_pb2_grpc
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
@@ -47,6 +48,10 @@ else:
     AiStub = analysis_pb2_grpc.AnalysisServiceStub
 
 _UNEXPECTED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
+# Refusals whose HTTP status is not the one their gRPC code maps to: an idempotency key
+# reused with another body is 422 (FAILED_PRECONDITION would say 400), as the IETF
+# Idempotency-Key draft has it.
+HTTP_STATUS_BY_REASON: Mapping[str, int] = {KEY_REUSED: 422}
 _RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 _AUTHORIZATION = "authorization"
 
@@ -86,13 +91,20 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
     if code in _RETRYABLE and error.retry_after is not None:
         headers["Retry-After"] = str(math.ceil(error.retry_after))
     return UpstreamError(
-        HTTP_STATUS_BY_GRPC_CODE.get(code, 500),
+        http_status(error),
         _detail(error, upstream),
         grpc_code=code,
         reason=error.reason,
         errors=[(rest_field(v.field), v.description) for v in error.violations],
         headers=headers,
     )
+
+
+def http_status(error: RpcError) -> int:
+    """The HTTP status of a failed call: its reason's, else its gRPC code's."""
+    if error.reason is not None and error.reason in HTTP_STATUS_BY_REASON:
+        return HTTP_STATUS_BY_REASON[error.reason]
+    return HTTP_STATUS_BY_GRPC_CODE.get(error.code, 500)
 
 
 def deadline_exceeded(upstream: str) -> UpstreamError:

@@ -10,8 +10,9 @@ def freeze_startup_objects() -> None:
 
     Modules, schemas, compiled statements and clients built at start-up live as long
     as the process. Left in the oldest generation, every full collection under load
-    walks all of them while holding the GIL: a 117 ms stall with 200 calls in flight in
-    the ai benchmark. Garbage made so far is collected first, so none of it is frozen.
+    walks all of them while holding the GIL: a stall that every call in flight waits
+    out (the ai benchmark's wall time shows it). Garbage made so far is collected first,
+    so none of it is frozen.
     """
     gc.collect()
     gc.freeze()

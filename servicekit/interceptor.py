@@ -5,7 +5,13 @@ For each call it
   logging context and echoes it in the trailing metadata;
 - turns a `ServiceError` into its status with `google.rpc` details, and any other
   exception into INTERNAL with a generic message (the traceback stays in the log);
-- writes one access-log line: method, status code, duration.
+- writes one access-log line: method, status code, duration;
+- refuses a call at once with UNAVAILABLE and a retry delay while `max_in_flight`
+  calls are already running (health checks excepted, so that a busy server still
+  looks alive), rather than queueing it into its deadline. grpc's own
+  `maximum_concurrent_rpcs` answers RESOURCE_EXHAUSTED, which says "your quota" (429
+  at the gateway) and counts health checks too; UNAVAILABLE says "this server, now",
+  which clients retry elsewhere.
 
 The three are one wrapper rather than three stacked interceptors because each layer
 costs a Python frame and a closure per call, and these run on every call.
@@ -26,12 +32,17 @@ import grpc
 from grpc.aio import AbortError, ServicerContext
 from grpc_status import rpc_status
 
-from servicekit.errors import ServiceError
+from servicekit.errors import ServiceError, Unavailable
 from servicekit.logs import request_id_var
 from tandem_client import context
 
 REQUEST_ID_KEY = context.REQUEST_ID_KEY
 _WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+# Calls of these methods are never refused for load.
+_UNCAPPED_PREFIX = "/grpc.health.v1.Health/"
+# How long a caller refused for load is told to wait.
+OVERLOADED_RETRY_SECONDS = 1.0
 
 access_log = logging.getLogger("servicekit.access")
 error_log = logging.getLogger("servicekit.errors")
@@ -75,8 +86,13 @@ else:
 
 
 class CallInterceptor(_ServerInterceptor):
-    def __init__(self, *, access_log_enabled: bool = True) -> None:
+    def __init__(
+        self, *, access_log_enabled: bool = True, max_in_flight: int | None = None
+    ) -> None:
         self._access_log_enabled = access_log_enabled
+        self._max_in_flight = max_in_flight
+        # Calls running now, health checks included.
+        self.in_flight = 0
         # Wrapped handlers, built once per method: the handler a service registers
         # does not change between calls, so neither does its wrapper.
         self._wrapped: dict[tuple[str, int], Handler] = {}
@@ -126,27 +142,46 @@ class CallInterceptor(_ServerInterceptor):
         # Client-streaming methods: none of ours has one; pass them through unwrapped.
         return handler
 
+    def _limit_of(self, method: str) -> int | None:
+        return None if method.startswith(_UNCAPPED_PREFIX) else self._max_in_flight
+
     def _wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        limit = self._limit_of(method)
+
         async def wrapped(request: Any, context: Context) -> Any:
             request_id, token, started = self._begin(context)
             code = grpc.StatusCode.OK
+            admitted = limit is None or self.in_flight < limit
+            if admitted:
+                self.in_flight += 1
             try:
+                if not admitted:
+                    raise _overloaded(limit)
                 return await behavior(request, context)
             except BaseException as exc:
                 code = _code_for(exc, context)
                 await _abort_for(exc, context, request_id)
                 raise
             finally:
+                if admitted:
+                    self.in_flight -= 1
                 self._end(method, code, started)
                 request_id_var.reset(token)
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        limit = self._limit_of(method)
+
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             request_id, token, started = self._begin(context)
             code = grpc.StatusCode.OK
+            admitted = limit is None or self.in_flight < limit
+            if admitted:
+                self.in_flight += 1
             try:
+                if not admitted:
+                    raise _overloaded(limit)
                 async for response in behavior(request, context):
                     yield response
             except BaseException as exc:
@@ -154,6 +189,8 @@ class CallInterceptor(_ServerInterceptor):
                 await _abort_for(exc, context, request_id)
                 raise
             finally:
+                if admitted:
+                    self.in_flight -= 1
                 self._end(method, code, started)
                 request_id_var.reset(token)
 
@@ -170,6 +207,14 @@ class CallInterceptor(_ServerInterceptor):
         if self._access_log_enabled:
             elapsed_ms = (time.perf_counter() - started) * 1000
             access_log.info("%s %s %.2fms", method, code.name, elapsed_ms)
+
+
+def _overloaded(limit: int | None) -> Unavailable:
+    return Unavailable(
+        f"the server is at its limit of {limit} calls in flight; retry shortly",
+        retry_after=OVERLOADED_RETRY_SECONDS,
+        reason="SERVER_OVERLOADED",
+    )
 
 
 def _code_for(exc: BaseException, context: Context) -> grpc.StatusCode:

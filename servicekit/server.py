@@ -1,7 +1,8 @@
 """The one place a gRPC server is built and run: every service goes through here.
 
 `build_server` returns a bound but not started server with health, reflection (for
-authenticated callers, unless turned off) and the call interceptor installed, on a
+authenticated callers, unless turned off) and the call interceptor installed (which
+also caps the calls in flight: `max_concurrent_rpcs`), on a
 plaintext port or, given `ServerTls`, a TLS or mTLS one whose certificates rotate without a restart
 (servicekit.tls); `serve_until_signalled` runs it until SIGTERM or SIGINT and then
 shuts it down gracefully:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,14 +131,18 @@ def build_server(
     tls: ServerTls | None = None,
     reflection: Authenticate | None = None,
     access_log: bool = True,
+    max_concurrent_rpcs: int | None = None,
 ) -> GrpcServer:
-    """`reflection`: None leaves it off; else what must accept a caller to reflect."""
+    """`reflection`: None leaves it off; else what must accept a caller to reflect.
+
+    `max_concurrent_rpcs`: past it, calls other than health checks get UNAVAILABLE
+    with a retry delay at once (servicekit.interceptor); None: no cap."""
     # First: unusable TLS files are a StartupError before anything is built.
     credentials = None if tls is None else server_credentials(tls)
-    server = grpc.aio.server(
-        interceptors=[CallInterceptor(access_log_enabled=access_log)],
-        options=SERVER_OPTIONS,
-    )
+    # Not grpc's own maximum_concurrent_rpcs: it answers RESOURCE_EXHAUSTED, and
+    # refuses health checks too.
+    interceptor = CallInterceptor(access_log_enabled=access_log, max_in_flight=max_concurrent_rpcs)
+    server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
     for service in services:
         service.register(server)
     health_servicer = HealthServicer()
@@ -160,6 +166,18 @@ def build_server(
     return GrpcServer(server, health_servicer, port, host, names, tls)
 
 
+# The line that says a server is up and where; the gateway writes it too. Tests and
+# benchmarks wait for it through parse_serving, never with a pattern of their own.
+SERVING = "serving %s on %s"
+_SERVING_LINE = re.compile(r"serving (?P<names>.+) on (?P<address>\S+:\d+)$")
+
+
+def parse_serving(line: str) -> str | None:
+    """The address (host:port) in a line logged with SERVING; None for any other line."""
+    match = _SERVING_LINE.search(line)
+    return match["address"] if match else None
+
+
 async def serve_until_signalled(server: GrpcServer, grace: float) -> None:
     """Run `server` until SIGTERM or SIGINT, then shut it down within `grace` seconds."""
     stop = asyncio.Event()
@@ -171,7 +189,7 @@ async def serve_until_signalled(server: GrpcServer, grace: float) -> None:
     try:
         await server.start()
         freeze_startup_objects()
-        log.info("serving %s on %s", ", ".join(server.service_names), server.address)
+        log.info(SERVING, ", ".join(server.service_names), server.address)
         # A line of its own: tests and tools parse the one above.
         log.info("transport: %s", server.transport)
         await stop.wait()

@@ -43,6 +43,9 @@ def _blank_is_none(value: object) -> object:
 # Optional settings where an empty value means unset.
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_none)]
 OptionalStr = Annotated[str | None, BeforeValidator(_blank_is_none)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_none)]
+
+_REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 class ServiceSettings(BaseSettings):
@@ -56,6 +59,11 @@ class ServiceSettings(BaseSettings):
     )
     log_level: LogLevel = "INFO"
     access_log: bool = Field(default=True, description="log one line per call")
+    # Past it a call is refused at once with UNAVAILABLE and a retry delay (health
+    # checks excepted), instead of queueing into its deadline.
+    max_concurrent_rpcs: int = Field(
+        default=1024, ge=1, description="calls handled at once; more get UNAVAILABLE"
+    )
     database_url: str
     db_pool_size: int = Field(default=10, ge=1)
     # Overflow connections are opened and closed under load, which costs more than
@@ -78,6 +86,9 @@ class ServiceSettings(BaseSettings):
     # grpc.reflection lets grpcurl and Postman discover the API; off, the API's shape
     # is not handed to whoever can connect.
     reflection: bool = True
+    # How long a write's request id (idempotency key) is remembered: a retry within it
+    # answers the first result; after it, the id counts as new (servicekit.idempotency).
+    idempotency_key_ttl_seconds: int = Field(default=24 * 3600, ge=1)
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -204,6 +215,25 @@ class TokenCheckSettings(BaseSettings):
             name = _variable(type(self), "token_max_lifetime_seconds")
             return [f"{name} exceeds {production.MAX_TOKEN_LIFETIME_SECONDS} s"]
         return []
+
+
+class ThrottleSettings(BaseSettings):
+    """Where a service counts its rate limits and quotas (servicekit.throttle)."""
+
+    # `redis://host:6379/0` (or `rediss://`): shared by every replica. Unset: in this
+    # process, so each replica counts alone and N replicas let N times a limit through.
+    redis_url: OptionalSecret = None
+    # Before every key, so deployments (and tests) sharing one Redis never mix counts.
+    redis_key_prefix: str = Field(default="tandem", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Per connect and per command; past it the store counts as unreachable.
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(_REDIS_SCHEMES):
+            raise ValueError("use a redis:// or rediss:// URL")
+        return value
 
 
 class UpstreamTlsSettings(BaseSettings):

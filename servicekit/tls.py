@@ -153,7 +153,7 @@ def _stamp(tls: ServerTls) -> _Stamps:
 def _load(tls: ServerTls) -> grpc.ServerCertificateConfiguration:
     """Read and check the files; TlsFilesError names the one at fault."""
     # Imported here, not at the top: the health check imports this module for
-    # channel_credentials and starts every few seconds; cryptography costs ~45 ms.
+    # channel_credentials and starts every few seconds; importing cryptography is slow.
     from cryptography import x509  # noqa: PLC0415
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415

@@ -12,11 +12,15 @@ from servicekit.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
 )
+from servicekit.idempotency import IdempotentWrites, RequestKey, key_reused
 from servicekit.liveness import Liveness
 from servicekit.pagination import Page, PageTokens, keyset_page
+from servicekit.throttle import Throttle
 from users_service.domain import (
     User,
     Violations,
@@ -32,6 +36,7 @@ from users_service.domain import (
 from users_service.passwords import PasswordHasher
 from users_service.policy import Action, Caller, Role, View, authorize, view_of
 from users_service.repository import EmailTaken, UsersRepository
+from users_service.throttling import LoginRules, Throttling
 
 log = logging.getLogger(__name__)
 
@@ -60,40 +65,51 @@ class Accounts:
         page_tokens: PageTokens,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sessions: Liveness | None = None,
+        *,
+        sign_ups: IdempotentWrites | None = None,
+        throttling: Throttling | None = None,
     ) -> None:
         """`sessions`: what this process remembers of live sessions, told of the ones
-        a deletion or a password change ends."""
+        a deletion or a password change ends. `sign_ups`: the request ids of sign-ups
+        (kept in the repository's `keys`, for 24 hours unless told). `throttling`: the
+        limits on logins and sign-ups (the default rules, in this process, unless told)."""
         self._repository = repository
         self._hasher = hasher
         self._page_tokens = page_tokens
         self._clock = clock
         self._sessions = sessions
+        self._sign_ups = sign_ups or IdempotentWrites(repository.keys, clock=clock)
+        self._throttling = throttling or Throttling(Throttle.in_process(), LoginRules())
 
-    async def create(self, *, email: str, name: str, password: str, caller: Caller) -> User:
+    async def create(
+        self,
+        *,
+        email: str,
+        name: str,
+        password: str,
+        caller: Caller,
+        request_id: str = "",
+        client: str = "",
+    ) -> User:
+        """A new account; with `request_id`, the account that an earlier request with
+        it made (as it is now), if that request was this one. `client`: the address a
+        service's sign-up counts against (users_service.throttling)."""
         authorize(caller, Action.SIGN_UP)
         violations = Violations()
+        # The request as sent, less its password, which no fingerprint may hold: a fast
+        # hash of it would undo what argon2 does for the stored one.
+        key = self._request_key(caller, request_id, email, name, violations=violations)
         email = normalize_email(email, "user.email", violations)
         name = normalize_name(name, "user.name", violations)
         check_password(password, "password", violations)
         violations.check()
-        now = self._clock()
-        user = User(
-            id=uuid.uuid4(),
-            email=email,
-            name=name,
-            create_time=now,
-            update_time=now,
-            delete_time=None,
-            revision=1,
+        if caller.is_service:  # a sign-up; an admin making an account is not one
+            await self._throttling.admit_signup(client)
+        return await self._sign_ups.run(
+            key,
+            write=lambda: self._insert_new(email, name, password, key),
+            replay=lambda user_id: self._signed_up(user_id, password),
         )
-        password_hash = await self._hasher.hash(password)
-        try:
-            await self._repository.insert(
-                user, email_key=email_key(email), password_hash=password_hash
-            )
-        except EmailTaken:
-            raise _email_taken() from None
-        return user
 
     async def get(self, user_id: str, caller: Caller) -> tuple[User, View]:
         """A live account, and how much of it the caller may see."""
@@ -227,7 +243,11 @@ class Accounts:
             keep = str(caller.session_id) if caller.session_id else None
             self._sessions.forget_user(str(parsed), keep=keep)
 
-    async def authenticate(self, *, email: str, password: str, caller: Caller) -> User:
+    async def authenticate(
+        self, *, email: str, password: str, caller: Caller, client: str = ""
+    ) -> User:
+        """The account whose password this is; `client`, the address the attempt counts
+        against (users_service.throttling), checked before any hashing."""
         authorize(caller, Action.LOG_IN)
         violations = Violations()
         if not email.strip():
@@ -235,11 +255,15 @@ class Accounts:
         if not password:
             violations.add("password", "is required")
         violations.check()
+        key = login_key(email)
+        attempt = await self._throttling.admit_login(key, client)
         # Unknown, deleted and wrong-password all verify one hash and fail alike.
-        found = await self._repository.get_live_with_hash_by_email(login_key(email))
+        found = await self._repository.get_live_with_hash_by_email(key)
         verified = await self._hasher.verify(found[1] if found else None, password)
         if found is None or not verified:
+            await attempt.failed()
             raise Unauthenticated(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
+        await attempt.succeeded()
         user, password_hash = found
         if self._hasher.needs_rehash(password_hash):
             await self._upgrade_hash(user, password, password_hash)
@@ -252,6 +276,52 @@ class Accounts:
             raise NotFound("no live account has this email", reason="USER_NOT_FOUND")
         return user
 
+    async def _insert_new(
+        self, email: str, name: str, password: str, key: RequestKey | None
+    ) -> User:
+        now = self._clock()
+        user = User(
+            id=uuid.uuid4(),
+            email=email,
+            name=name,
+            create_time=now,
+            update_time=now,
+            delete_time=None,
+            revision=1,
+        )
+        password_hash = await self._hasher.hash(password)
+        try:
+            await self._repository.insert(
+                user,
+                email_key=email_key(email),
+                password_hash=password_hash,
+                key=self._sign_ups.record(key, user.id),
+            )
+        except EmailTaken:
+            raise _email_taken() from None
+        return user
+
+    def _request_key(
+        self, caller: Caller, request_id: str, email: str, name: str, *, violations: Violations
+    ) -> RequestKey | None:
+        try:
+            return self._sign_ups.key(caller, request_id, "CreateUser", email, name)
+        except InvalidArgument as exc:
+            for violation in exc.violations:
+                violations.add(violation.field, violation.description)
+            return None
+
+    async def _signed_up(self, user_id: uuid.UUID, password: str) -> User:
+        """The account an earlier sign-up with the same request id made, if it had this
+        password too: the password is checked against the account's own hash."""
+        found = await self._repository.get_any_with_hash(user_id)
+        if found is None:
+            raise _not_found(user_id)
+        user, password_hash = found
+        if not await self._hasher.verify(password_hash, password):
+            raise key_reused()
+        return user
+
     async def _check_password(self, user_id: uuid.UUID, password: str) -> None:
         found = await self._repository.get_live_with_hash(user_id)
         if found is None:
@@ -260,7 +330,10 @@ class Accounts:
             raise Unauthenticated("the current password is incorrect", reason="WRONG_PASSWORD")
 
     async def _upgrade_hash(self, user: User, password: str, old_hash: str) -> None:
-        new_hash = await self._hasher.hash(password)
+        try:
+            new_hash = await self._hasher.hash(password)
+        except ResourceExhausted:  # the hash queue is full: the login stands, upgrade later
+            return
         # Losing this race (a concurrent password change) is fine: theirs wins.
         if await self._repository.replace_password_hash(
             user.id, old_hash=old_hash, new_hash=new_hash

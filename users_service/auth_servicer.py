@@ -8,6 +8,8 @@ from typing import Any
 from servicekit.callers import CallerResolver
 from servicekit.errors import InvalidArgument
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc
+from users_service.client_address import client_address, peer_address
+from users_service.policy import Action
 from users_service.service_accounts import ServiceAccounts
 from users_service.sessions import Credentials, Sessions
 from users_service.sessions_repository import Session
@@ -33,7 +35,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if grant == "client_credentials":
             # The grant is the credential: no bearer token is asked for.
             issued = await self._service_accounts.grant(
-                request.client_credentials.client_id, request.client_credentials.client_secret
+                request.client_credentials.client_id,
+                request.client_credentials.client_secret,
+                client=peer_address(context),
             )
             return auth_pb2.IssueTokenResponse(
                 access_token=issued.access_token,
@@ -42,10 +46,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 scope=" ".join(sorted(issued.scopes)),
             )
         if grant == "password":
+            caller = await self._callers.caller(context)
             credentials = await self._sessions.password_grant(
                 email=request.password.email,
                 password=request.password.password,
-                caller=await self._callers.caller(context),
+                caller=caller,
+                client=client_address(context, caller, Action.LOG_IN),
             )
         elif grant == "refresh_token":
             credentials = await self._sessions.refresh_grant(

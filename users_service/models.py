@@ -8,6 +8,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, Index, Integer, MetaData, String, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from servicekit.idempotency_records import idempotency_keys_table
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -19,6 +21,11 @@ metadata = MetaData(
 
 class Base(DeclarativeBase):
     metadata = metadata
+
+
+# The request ids (idempotency keys) of sign-ups, beside what each made
+# (servicekit.idempotency).
+sign_up_keys = idempotency_keys_table(metadata, "sign_up_keys")
 
 
 class UserRow(Base):

@@ -11,13 +11,15 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, Table, bindparam, insert, select, tuple_, update
+from sqlalchemy import Row, Select, Table, bindparam, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from servicekit.database import Database, utc
+from servicekit.idempotency import KeyRecord, KeyTaken
+from servicekit.idempotency_records import KeyRecords
 from users_service.domain import User
-from users_service.models import UserRow
+from users_service.models import UserRow, sign_up_keys
 from users_service.sessions_repository import EndReason, end_sessions
 
 T = TypeVar("T")
@@ -43,9 +45,10 @@ _GET_LIVE = _GET_ANY.where(_LIVE)
 _GET_MANY_LIVE = select(*_USER_COLUMNS).where(
     users.c.id.in_(bindparam("ids", expanding=True)), _LIVE
 )
-_GET_WITH_HASH = select(*_USER_COLUMNS, users.c.password_hash).where(
-    users.c.id == bindparam("id"), _LIVE
+_GET_ANY_WITH_HASH = select(*_USER_COLUMNS, users.c.password_hash).where(
+    users.c.id == bindparam("id")
 )
+_GET_WITH_HASH = _GET_ANY_WITH_HASH.where(_LIVE)
 _GET_WITH_HASH_BY_EMAIL = select(*_USER_COLUMNS, users.c.password_hash).where(
     users.c.email_key == bindparam("key"), _LIVE
 )
@@ -58,8 +61,17 @@ class EmailTaken(Exception):
 class UsersRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
+        # The request ids of sign-ups (servicekit.idempotency).
+        self.keys = KeyRecords(sign_up_keys, database)
 
-    async def insert(self, user: User, *, email_key: str, password_hash: str) -> None:
+    async def insert(
+        self, user: User, *, email_key: str, password_hash: str, key: KeyRecord | None = None
+    ) -> None:
+        """Store a new account, and with it the key of the request that made it.
+
+        EmailTaken when a live account has the email; KeyTaken when the key is recorded
+        already (a sign-up elsewhere with the same request id committed first).
+        """
         statement = insert(users).values(
             id=user.id,
             email=user.email,
@@ -72,7 +84,13 @@ class UsersRepository:
             revision=user.revision,
             role=user.role,
         )
-        await self._write(lambda c: c.execute(statement))
+
+        def work(connection: Connection) -> None:
+            if key is not None:
+                self.keys.insert(connection, [key])
+            connection.execute(statement)
+
+        await self._write(work)
 
     async def get(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> User | None:
         statement = _GET_ANY if include_deleted else _GET_LIVE
@@ -93,9 +111,16 @@ class UsersRepository:
         return (_user(row), row.password_hash) if row is not None else None
 
     async def get_live_with_hash(self, user_id: uuid.UUID) -> tuple[User, str] | None:
-        row = await self._database.read(
-            lambda c: c.execute(_GET_WITH_HASH, {"id": user_id}).first()
-        )
+        return await self._get_with_hash(_GET_WITH_HASH, user_id)
+
+    async def get_any_with_hash(self, user_id: uuid.UUID) -> tuple[User, str] | None:
+        """The account, live or deleted, and its password hash."""
+        return await self._get_with_hash(_GET_ANY_WITH_HASH, user_id)
+
+    async def _get_with_hash(
+        self, statement: Select[Any], user_id: uuid.UUID
+    ) -> tuple[User, str] | None:
+        row = await self._database.read(lambda c: c.execute(statement, {"id": user_id}).first())
         return (_user(row), row.password_hash) if row is not None else None
 
     async def list_page(
@@ -219,7 +244,9 @@ class UsersRepository:
         try:
             return await self._database.write(work)
         except IntegrityError as exc:
-            # The only unique key besides the random primary key is the live email.
+            if self.keys.taken(exc):
+                raise KeyTaken from exc
+            # The only other unique key besides the random primary key is the live email.
             if "email_key" in str(exc.orig):
                 raise EmailTaken from exc
             raise

@@ -11,10 +11,12 @@ from typing import Any
 
 from servicekit.callers import CallerResolver
 from servicekit.database import Database, create_engine
+from servicekit.idempotency import IdempotentWrites
 from servicekit.liveness import Liveness
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
+from servicekit.throttle import Throttle
 from servicekit.tokens import KeySet, TokenVerifier
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts
@@ -29,6 +31,7 @@ from users_service.sessions import Sessions
 from users_service.sessions_repository import SessionsRepository
 from users_service.settings import UsersSettings
 from users_service.signing_keys import SigningKeys, load_signing_keys
+from users_service.throttling import Throttling
 from users_service.tokens import AccessTokens
 
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
@@ -68,8 +71,11 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
         time_cost=settings.argon2_time_cost,
         parallelism=settings.argon2_parallelism,
         workers=settings.password_hash_workers,
+        max_waiting=settings.password_hash_queue,
     )
+    throttle = Throttle.from_settings(settings)
     try:
+        throttling = Throttling(throttle, settings.login_rules())
         await check_at_head(engine, MIGRATIONS)
         database = Database(engine, what="users")
         # Told of the sessions this process ends; asks the table about the rest.
@@ -78,8 +84,17 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
             lambda session_id, _credential: sessions.live_owner(session_id),
             ttl=settings.session_cache_seconds,
         )
+        repository = UsersRepository(database)
+        sign_ups = IdempotentWrites(
+            repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        )
         accounts = Accounts(
-            UsersRepository(database), hasher, page_tokens_from(settings), sessions=live
+            repository,
+            hasher,
+            page_tokens_from(settings),
+            sessions=live,
+            sign_ups=sign_ups,
+            throttling=throttling,
         )
         verifier = local_verifier(settings, keys)
         callers = CallerResolver(verifier, live)
@@ -99,7 +114,9 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
             reuse_grace=timedelta(seconds=settings.refresh_reuse_grace_seconds),
             live=live,
         )
-        service_accounts = ServiceAccounts(ServiceAccountsRepository(database), access_tokens)
+        service_accounts = ServiceAccounts(
+            ServiceAccountsRepository(database), access_tokens, throttling=throttling
+        )
         services = [
             Service(
                 SERVICE_NAME,
@@ -117,15 +134,18 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
             ),
         ]
         log.info("access tokens are signed with key %s", keys.signing_kid)
+        log.info("login and sign-up limits are counted in %s", throttle.where)
         yield build_server(
             settings.addr,
             services,
             tls=settings.server_tls(),
             reflection=callers.caller if settings.reflection else None,
             access_log=settings.access_log,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
     finally:
         hasher.close()
+        await throttle.close()
         await engine.dispose()
 
 

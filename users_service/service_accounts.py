@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from servicekit.errors import AlreadyExists, FieldViolation, InvalidArgument, Unauthenticated
+from servicekit.throttle import Throttle
 from users_service.policy import Scope
 from users_service.service_accounts_repository import ServiceAccountsRepository
+from users_service.throttling import LoginRules, Throttling
 from users_service.tokens import AccessTokens
 
 # A recognisable prefix lets secret scanners find leaked client secrets.
@@ -53,11 +55,15 @@ class ServiceAccounts:
         repository: ServiceAccountsRepository,
         tokens: AccessTokens | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        throttling: Throttling | None = None,
     ) -> None:
-        """`tokens`: None where none is issued (the command line that makes accounts)."""
+        """`tokens`: None where none is issued (the command line that makes accounts);
+        `throttling`: the limit on failed grants (the default, in this process, unless
+        told)."""
         self._repository = repository
         self._tokens = tokens
         self._clock = clock
+        self._throttling = throttling or Throttling(Throttle.in_process(), LoginRules())
 
     async def create(self, name: str, scopes: Iterable[str], *, replace: bool = False) -> str:
         """Make (or, with `replace`, remake) the account; its new secret."""
@@ -99,8 +105,9 @@ class ServiceAccounts:
             and account.scopes == frozenset(scopes)
         )
 
-    async def grant(self, client_id: str, client_secret: str) -> ServiceToken:
-        """An access token for the account; UNAUTHENTICATED (BAD_CREDENTIALS) if not."""
+    async def grant(self, client_id: str, client_secret: str, *, client: str = "") -> ServiceToken:
+        """An access token for the account; UNAUTHENTICATED (BAD_CREDENTIALS) if not.
+        `client`: the address failed grants count against (users_service.throttling)."""
         assert self._tokens is not None, "issuing tokens needs the signing keys"
         violations = []
         if not client_id:
@@ -109,10 +116,13 @@ class ServiceAccounts:
             violations.append(FieldViolation("client_credentials.client_secret", "is required"))
         if violations:
             raise InvalidArgument(violations)
+        attempt = await self._throttling.admit_client(client_id, client)
         account = await self._repository.get(client_id)
         expected = account.secret_hash if account is not None else _NO_HASH
         if not hmac.compare_digest(expected, secret_hash(client_secret)) or account is None:
+            await attempt.failed()
             raise Unauthenticated(BAD_CLIENT, reason="BAD_CREDENTIALS")
+        await attempt.succeeded()
         token = self._tokens.issue_service(
             client_id=account.name, scopes=account.scopes, now=self._clock()
         )

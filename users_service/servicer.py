@@ -9,8 +9,9 @@ from google.protobuf import empty_pb2
 from servicekit.callers import CallerResolver
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from users_service.accounts import Accounts, UserChanges
+from users_service.client_address import client_address
 from users_service.domain import User
-from users_service.policy import Role, View
+from users_service.policy import Action, Role, View
 
 _ROLES = {Role.USER.value: users_pb2.ROLE_USER, Role.ADMIN.value: users_pb2.ROLE_ADMIN}
 
@@ -23,11 +24,14 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
     async def CreateUser(  # noqa: N802
         self, request: users_pb2.CreateUserRequest, context: Any
     ) -> users_pb2.User:
+        caller = await self._callers.caller(context)
         user = await self._accounts.create(
             email=request.user.email,
             name=request.user.name,
             password=request.password,
-            caller=await self._callers.caller(context),
+            caller=caller,
+            request_id=request.request_id,
+            client=client_address(context, caller, Action.SIGN_UP),
         )
         return to_proto(user)
 
@@ -95,10 +99,12 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
     async def AuthenticateUser(  # noqa: N802
         self, request: users_pb2.AuthenticateUserRequest, context: Any
     ) -> users_pb2.User:
+        caller = await self._callers.caller(context)
         user = await self._accounts.authenticate(
             email=request.email,
             password=request.password,
-            caller=await self._callers.caller(context),
+            caller=caller,
+            client=client_address(context, caller, Action.LOG_IN),
         )
         return to_proto(user)
 

@@ -97,8 +97,13 @@ class Sessions:
                 return str(session.user_id)
         return None
 
-    async def password_grant(self, *, email: str, password: str, caller: Caller) -> Credentials:
-        user = await self._accounts.authenticate(email=email, password=password, caller=caller)
+    async def password_grant(
+        self, *, email: str, password: str, caller: Caller, client: str = ""
+    ) -> Credentials:
+        """A new session; `client` is the address the attempt counts against."""
+        user = await self._accounts.authenticate(
+            email=email, password=password, caller=caller, client=client
+        )
         now = self._clock()
         session_end = now + self._session_max
         grant = Grant(

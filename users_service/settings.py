@@ -9,10 +9,14 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from servicekit import production
-from servicekit.settings import OptionalPath, ServiceSettings
+from servicekit.settings import OptionalPath, ServiceSettings, ThrottleSettings
+from users_service import passwords
+from users_service.throttling import LoginRules
+
+_RULES = LoginRules()
 
 
-class UsersSettings(ServiceSettings):
+class UsersSettings(ServiceSettings, ThrottleSettings):
     model_config = SettingsConfigDict(env_prefix="USERS_", extra="ignore", frozen=True)
 
     addr: str = "127.0.0.1:50051"
@@ -28,6 +32,21 @@ class UsersSettings(ServiceSettings):
     password_hash_workers: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1
     )
+    # Hashes that may wait for a thread; past them a call is RESOURCE_EXHAUSTED at once.
+    password_hash_queue: int = Field(default=passwords.MAX_WAITING, ge=0)
+
+    # Limits on guessing passwords and on sign-ups (users_service.throttling), counted
+    # in Redis when redis_url is set (servicekit.settings.ThrottleSettings).
+    login_window_seconds: int = Field(default=_RULES.window_seconds, ge=1)
+    login_failures_per_pair: int = Field(default=_RULES.failures_per_pair, ge=1)
+    login_failures_per_address: int = Field(default=_RULES.failures_per_address, ge=1)
+    login_failures_per_account: int = Field(default=_RULES.failures_per_account, ge=1)
+    login_free_failures: int = Field(default=_RULES.free_failures, ge=0)
+    login_delay_seconds: float = Field(default=_RULES.delay_seconds, ge=0)
+    # Below the gateway's users deadline (5 s), with room for the hash.
+    login_max_delay_seconds: float = Field(default=_RULES.max_delay_seconds, ge=0, le=10)
+    signups_per_address: int = Field(default=_RULES.signups_per_address, ge=1)
+    signup_window_seconds: int = Field(default=_RULES.signup_window_seconds, ge=1)
 
     # Access tokens (users_service.tokens) and the keys that sign them
     # (users_service.signing_keys). The issuer and audience must match what the
@@ -65,6 +84,19 @@ class UsersSettings(ServiceSettings):
             if getattr(self, field) > cap:
                 problems.append(f"{self.variable(field)} exceeds {cap} s")
         return problems
+
+    def login_rules(self) -> LoginRules:
+        return LoginRules(
+            window_seconds=self.login_window_seconds,
+            failures_per_pair=self.login_failures_per_pair,
+            failures_per_address=self.login_failures_per_address,
+            failures_per_account=self.login_failures_per_account,
+            free_failures=self.login_free_failures,
+            delay_seconds=self.login_delay_seconds,
+            max_delay_seconds=self.login_max_delay_seconds,
+            signups_per_address=self.signups_per_address,
+            signup_window_seconds=self.signup_window_seconds,
+        )
 
     @property
     def verify_key_paths(self) -> list[Path]:

@@ -21,7 +21,7 @@ services and the methods safe to retry. The generated messages and stubs are the
 from __future__ import annotations
 
 from tandem_client.connection import Connection
-from tandem_client.context import REQUEST_ID_KEY, request_id_var
+from tandem_client.context import CLIENT_ADDRESS_KEY, REQUEST_ID_KEY, request_id_var
 from tandem_client.errors import (
     Aborted,
     AlreadyExists,
@@ -47,6 +47,7 @@ from tandem_client.tokens import ServiceAccount, StaticToken, TokenProvider
 __all__ = [
     "AI_SERVICE",
     "AUTH_SERVICE",
+    "CLIENT_ADDRESS_KEY",
     "IDEMPOTENT_METHODS",
     "REQUEST_ID_KEY",
     "USERS_SERVICE",

@@ -13,6 +13,11 @@ from contextvars import ContextVar
 
 REQUEST_ID_KEY = "x-request-id"
 
+# Metadata by which a trusted front end (the gateway) names the end client it calls for:
+# the address the users service's login and sign-up limits count. The users service
+# heeds it only from a service allowed to log users in or sign them up.
+CLIENT_ADDRESS_KEY = "x-tandem-client-address"
+
 # What `request_id_var.get()` returns outside any call: a log line's placeholder, and
 # never sent as an id.
 NO_REQUEST_ID = "-"

@@ -12,6 +12,7 @@ from fastapi import Response
 
 from gateway import convert
 from gateway.deps import AiUpstream, CurrentUser, PageSize, PageToken, RuntimeDep
+from gateway.idempotency import IdempotencyKey, call_keyed, request_id_for
 from gateway.problems import ProblemError, problem_bytes, problem_responses
 from gateway.routes import resource_router
 from gateway.schemas import Analysis, AnalysisCreate, AnalysisPage
@@ -44,19 +45,29 @@ responses. Closing the connection cancels the analysis upstream."""
     status_code=201,
     response_model=Analysis,
     summary="Analyse a text",
+    description=(
+        "409 while an earlier request with the same `Idempotency-Key` still runs; a retry "
+        "with the key answers the analysis the first request stored."
+    ),
     responses={
         201: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(400, *_AUTHED, 413, 429),
+        **problem_responses(400, *_AUTHED, 409, 413, 422, 429),
     },
 )
 async def create_analysis(
-    body: AnalysisCreate, caller: CurrentUser, ai: AiUpstream, runtime: RuntimeDep
+    body: AnalysisCreate,
+    caller: CurrentUser,
+    ai: AiUpstream,
+    runtime: RuntimeDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    # No user_id: the ai service acts for the caller's token.
-    request = analysis_pb2.AnalyzeTextRequest(text=body.text)
+    # No user_id: the ai service acts for the caller's token (and scopes the key by it).
+    request = analysis_pb2.AnalyzeTextRequest(
+        text=body.text, request_id=request_id_for(idempotency_key)
+    )
     deadline = runtime.settings.analysis_deadline_seconds
-    made = await ai.call(
-        ai.stub.AnalyzeText, request, deadline=deadline, authorization=caller.authorization
+    made = await call_keyed(
+        ai, ai.stub.AnalyzeText, request, deadline=deadline, authorization=caller.authorization
     )
     headers = {"Location": f"/v1/analyses/{made.id}"}
     return convert.json_response(convert.analysis(made), status_code=201, headers=headers)

@@ -14,6 +14,7 @@ import grpc
 from fastapi import Form, Response
 
 from gateway import convert
+from gateway.client_address import ClientMetadata
 from gateway.deps import RuntimeDep
 from gateway.paths import REVOKE_URL, TOKEN_URL
 from gateway.problems import ProblemError, problem_responses
@@ -51,7 +52,8 @@ def _as_oauth(exc: UpstreamError) -> ProblemError:
         return oauth_error(400, "invalid_grant", exc.detail, reason=exc.reason)
     if exc.grpc_code == grpc.StatusCode.INVALID_ARGUMENT:
         return oauth_error(400, "invalid_request", exc.detail, reason=exc.reason)
-    error = "temporarily_unavailable" if exc.status in (503, 504) else "server_error"
+    # Past a login limit (429) as when unavailable: the client may retry later.
+    error = "temporarily_unavailable" if exc.status in (429, 503, 504) else "server_error"
     exc.extra = {"error": error, "error_description": exc.detail}
     return exc
 
@@ -65,15 +67,18 @@ def _as_oauth(exc: UpstreamError) -> ProblemError:
         "`password` starts a session; `grant_type=refresh_token` with `refresh_token` "
         "trades it for a new pair (the old refresh token stops working; presenting it "
         "again later ends the session). Errors carry `error` and `error_description` "
-        "(RFC 6749 §5.2)."
+        "(RFC 6749 §5.2). After repeated failed logins, 429 with `Retry-After`."
     ),
-    responses=problem_responses(400, 413, 503, 504),
+    responses=problem_responses(400, 413, 429, 503, 504),
 )
-async def issue_token(form: Annotated[TokenForm, Form()], runtime: RuntimeDep) -> Response:
+async def issue_token(
+    form: Annotated[TokenForm, Form()], runtime: RuntimeDep, client: ClientMetadata
+) -> Response:
     request = _grant(form)
     auth = runtime.upstreams.auth
     try:
-        issued = await auth.call(auth.stub.IssueToken, request)
+        # Logins are limited per client address, which the users service takes from us.
+        issued = await auth.call(auth.stub.IssueToken, request, metadata=client)
     except UpstreamError as exc:
         raise _as_oauth(exc) from None
     content = {

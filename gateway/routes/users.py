@@ -13,6 +13,7 @@ from fastapi import Header, Query, Response
 from google.protobuf import field_mask_pb2
 
 from gateway import convert
+from gateway.client_address import ClientMetadata
 from gateway.deps import (
     CurrentUser,
     PageSize,
@@ -21,6 +22,7 @@ from gateway.deps import (
     UserId,
     UsersUpstream,
 )
+from gateway.idempotency import IdempotencyKey, call_keyed, request_id_for
 from gateway.problems import ProblemError, problem_responses
 from gateway.routes import resource_router
 from gateway.schemas import PasswordChange, PublicProfile, User, UserCreate, UserPage, UserUpdate
@@ -33,6 +35,8 @@ _AUTHED = (401, 503, 504)
 _ETAG = {
     "ETag": {"description": "the account's version, for If-Match", "schema": {"type": "string"}}
 }
+# Account data is personal: no cache (a browser's, a proxy's) is to keep it.
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 @router.post(
@@ -40,17 +44,34 @@ _ETAG = {
     status_code=201,
     response_model=User,
     summary="Sign up",
+    description=(
+        "409 when a live account has the email, or while an earlier request with the same "
+        "`Idempotency-Key` still runs. A retry with the key answers the account that the "
+        "first request made, as it is now."
+    ),
     responses={
         201: {"headers": {"Location": {"schema": {"type": "string"}}, **_ETAG}},
-        **problem_responses(400, 409, 413, 503, 504),
+        **problem_responses(400, 409, 413, 422, 429, 503, 504),
     },
 )
-async def create_user(body: UserCreate, users: UsersUpstream) -> Response:
+async def create_user(
+    body: UserCreate,
+    users: UsersUpstream,
+    client: ClientMetadata,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     request = users_pb2.CreateUserRequest(
-        user=users_pb2.User(email=body.email, name=body.name), password=body.password
+        user=users_pb2.User(email=body.email, name=body.name),
+        password=body.password,
+        request_id=request_id_for(idempotency_key),
     )
-    created = await users.call(users.stub.CreateUser, request)
-    headers = {"Location": f"/v1/users/{created.id}", **convert.etag_header(created.etag)}
+    # Sign-ups are limited per client address, which the users service takes from us.
+    created = await call_keyed(users, users.stub.CreateUser, request, metadata=client)
+    headers = {
+        "Location": f"/v1/users/{created.id}",
+        **convert.etag_header(created.etag),
+        **_NO_STORE,
+    }
     return convert.json_response(convert.user(created), status_code=201, headers=headers)
 
 
@@ -100,7 +121,7 @@ async def list_users(
         "users": [convert.user(u) for u in page.users],
         "next_page_token": page.next_page_token,
     }
-    return convert.json_response(content)
+    return convert.json_response(content, headers=_NO_STORE)
 
 
 @router.patch(
@@ -198,7 +219,7 @@ async def undelete_user(id: UserId, caller: CurrentUser, users: UsersUpstream) -
 
 
 def _user_response(message: users_pb2.User, *, status_code: int = 200) -> Response:
-    headers = convert.etag_header(message.etag)
+    headers = {**convert.etag_header(message.etag), **_NO_STORE}
     return convert.json_response(convert.user(message), status_code=status_code, headers=headers)
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ROOT
+from tests.support.harness import free_port
 from tests.support.keys import write_key
 from tests.support.processes import ServiceProcess, create_gateway_account, run_command
-from tests.support.stack import free_port
 
-GATEWAY_SERVING = re.compile(r"serving gateway on (?P<addr>\S+:\d+)$")
 # A call a replica answered (its access log): reads of the account, and of the session
 # (round_robin alternates each request's calls, so count them all).
 ANSWERED = re.compile(r"/users\.v1\.(UsersService|AuthService)/\w+ OK")
@@ -73,7 +72,7 @@ async def test_replicas_share_the_load_and_survive_one_dying(
                 cwd=str(ROOT),
             )
             async with gateway:
-                url = "http://" + (await gateway.wait_for_line(GATEWAY_SERVING))["addr"]
+                url = "http://" + await gateway.wait_serving()
                 async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                     email = f"replica-{uuid.uuid4().hex[:8]}@example.com"
                     created = await client.post(

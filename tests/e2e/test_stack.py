@@ -42,6 +42,9 @@ async def buf_curl(address: str, method: str, data: dict[str, Any], token: str) 
         "--http2-prior-knowledge",
         "-H",
         f"authorization: Bearer {token}",
+        # Reflection needs the credential too; buf sends -H headers only to the method.
+        "--reflect-header",
+        "*",
         "--data",
         json.dumps(data),
         f"http://{address}/{method}",
@@ -307,11 +310,14 @@ async def grpc_journey(stack: RunningStack) -> None:
     assert code == 0 and "deleteTime" in deleted.replace("delete_time", "deleteTime"), deleted
     # Her token's session ended with her account: at once on the users service, on
     # the ai service once its memory of the live session runs out (AI_AUTH_CACHE_SECONDS).
-    at_once = await grpcurl(stack.users, f"{users}/GetUser", data={"id": user_id}, token=grace)
+    # (Reflection would refuse her token too: the schema comes from the protos.)
+    at_once = await grpcurl(
+        stack.users, f"{users}/GetUser", data={"id": user_id}, token=grace, reflection=False
+    )
     assert "Code: Unauthenticated" in at_once.output and "SESSION_ENDED" in at_once.output
     deadline = time.monotonic() + 10
     while True:
-        after = await grpcurl(stack.ai, f"{ai}/ListAnalyses", token=grace)
+        after = await grpcurl(stack.ai, f"{ai}/ListAnalyses", token=grace, reflection=False)
         if "SESSION_ENDED" in after.output or time.monotonic() > deadline:
             break
     assert "Code: Unauthenticated" in after.output and "SESSION_ENDED" in after.output

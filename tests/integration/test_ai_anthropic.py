@@ -304,6 +304,28 @@ async def test_one_users_calls_cannot_take_every_provider_slot(
         await asyncio.gather(*hers, return_exceptions=True)
 
 
+async def test_each_user_has_quotas_of_analyses_and_provider_tokens(
+    ai_sqlite_db: str, fake: FakeAnthropic
+) -> None:
+    fake.set_default(Reply.json_output(GOOD, usage=Usage(input_tokens=50, output_tokens=20)))
+    quotas = {"analyses_per_minute": 3, "provider_tokens_per_day": 100}
+    async with analysis_stub(ai_sqlite_db, None, **quotas) as stub:
+        await analyze(stub, "first text")
+        await analyze(stub, "second text")  # 30 tokens were left: it runs, and uses them
+        spent = await rpc_error(stub.AnalyzeText(request("third text")))
+        assert spent.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(spent) == "TOKEN_QUOTA_EXHAUSTED"
+        assert "retry-after" in trailers(spent)
+        # His own quotas: answers from the cache cost no tokens, but count as analyses.
+        other = str(uuid.uuid4())
+        for _ in range(3):
+            await stub.AnalyzeText(request("his text", user=other))
+        busy = await rpc_error(stub.AnalyzeText(request("his text", user=other)))
+        assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(busy) == "TOO_MANY_ANALYSES"
+    assert len(fake.requests_to(MESSAGES_PATH)) == 3
+
+
 # --- the result cache ----------------------------------------------------------------------
 
 

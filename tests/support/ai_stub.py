@@ -11,7 +11,8 @@ port 0, keeping analyses in memory. Tests steer it through hooks:
   deadline or cancellation ends them): a slow upstream, without sleeping.
 - `stream_partials`: the partial chunks StreamAnalyzeText sends before the analysis;
   `hold_stream()` makes it wait after them, `fail_stream(error)` fail after them.
-- events a test can await: `stream_started`, `stream_cancelled`; `calls` records
+- events a test can await: `stream_started`, `stream_cancelled`, `analyze_started`,
+  `analyze_cancelled` (AnalyzeText's, whose analysis is then not kept); `calls` records
   (method, request, request id) of every call.
 
 `python -m tests.support.ai_stub ADDR` serves one until SIGTERM.
@@ -81,6 +82,8 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
     sentiment: analysis_pb2.Sentiment.ValueType = analysis_pb2.SENTIMENT_POSITIVE
     stream_started: asyncio.Event = field(default_factory=asyncio.Event)
     stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    analyze_started: asyncio.Event = field(default_factory=asyncio.Event)
+    analyze_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     _failures: dict[str, _Failure] = field(default_factory=dict)
     _held: set[str] = field(default_factory=set)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -168,7 +171,12 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
     async def AnalyzeText(  # noqa: N802
         self, request: analysis_pb2.AnalyzeTextRequest, context: Any
     ) -> analysis_pb2.Analysis:
-        caller = await self._enter("AnalyzeText", request, context)
+        self.analyze_started.set()
+        try:
+            caller = await self._enter("AnalyzeText", request, context)
+        except asyncio.CancelledError:
+            self.analyze_cancelled.set()
+            raise
         return self._analyse(_for(request, caller))
 
     async def StreamAnalyzeText(  # noqa: N802
@@ -209,7 +217,7 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
             raise errors.InvalidArgument.field("page_size", "must not be negative")
         start = 0
         if request.page_token:
-            if not request.page_token.isdigit():
+            if not (request.page_token.isascii() and request.page_token.isdigit()):
                 raise errors.InvalidArgument.field(
                     "page_token", "is not a page token from this API"
                 )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2
 
 from tandem_protos.ai.v1 import analysis_pb2
 from tandem_protos.users.v1 import auth_pb2, users_pb2
+from tests.support.harness import run
 from tests.support.tls import SERVER_NAME, KeyPair
 from tests.support.tokens import service_token
 from tests.support.tools import tool
@@ -77,25 +78,25 @@ def _protoset() -> Path:
 
 
 async def grpcurl(
-    *args: str, data: Any = None, token: str | None = "service", tls: Tls | None = None
+    *args: str,
+    data: Any = None,
+    token: str | None = "service",
+    tls: Tls | None = None,
+    reflection: bool | None = None,
 ) -> GrpcurlResult:
     """Run grpcurl with `args`; each call carries `token` (by default a service
-    account's with every scope; None: no authorization header, and the .proto files
-    instead of reflection, which needs one too), over plaintext unless `tls` says how
-    to connect."""
+    account's with every scope; None: no authorization header), over plaintext unless
+    `tls` says how to connect. The schema comes from reflection, which needs a valid
+    token too, unless `reflection` is False (by default: without a token), then from
+    the .proto files."""
     command = [tool("grpcurl"), *(tls.args() if tls is not None else ["-plaintext"])]
     if token == "service":
         token = service_token()
     if token is not None:
         command += ["-H", f"authorization: Bearer {token}"]
-    else:
+    if not (token is not None if reflection is None else reflection):
         command += ["-protoset", str(_protoset())]
     if data is not None:
         command += ["-d", json.dumps(data)]
-    process = await asyncio.create_subprocess_exec(
-        *command, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    async with asyncio.timeout(30):
-        out, _ = await process.communicate()
-    assert process.returncode is not None
-    return GrpcurlResult(process.returncode, out.decode())
+    code, output = await run([*command, *args], os.environ, timeout=30)
+    return GrpcurlResult(code, output)

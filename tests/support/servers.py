@@ -32,6 +32,9 @@ from users_service.settings import UsersSettings
 
 # Cheap argon2 parameters: the tests check behaviour, not hashing cost.
 FAST_ARGON2: dict[str, Any] = {"argon2_memory_kib": 8 * 1024, "argon2_time_cost": 1}
+# Tests sign up many accounts at once from one address; the tests of those limits set
+# their own (tests/integration/test_throttling.py).
+ROOMY_LIMITS: dict[str, Any] = {"signups_per_address": 10_000, "password_hash_queue": 256}
 
 
 async def migrate_users(database_url: str) -> None:
@@ -66,6 +69,8 @@ def ai_settings(database_url: str, **overrides: Any) -> AiSettings:
         "database_url": database_url,
         "page_token_secret": "test-page-token-secret",
         "access_log": False,
+        # Tests analyse fast; the quotas' own tests set them low.
+        "analyses_per_minute": 1_000_000,
         **overrides,
     }
     return AiSettings(**values)
@@ -95,6 +100,7 @@ def users_settings(database_url: str, **overrides: Any) -> UsersSettings:
         "access_log": False,
         "token_signing_key_file": signing_key_file(),
         **FAST_ARGON2,
+        **ROOMY_LIMITS,
         **overrides,
     }
     return UsersSettings(**values)

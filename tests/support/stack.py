@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import re
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from tests.conftest import ROOT
+from tests.support.harness import Child, free_port
 from tests.support.processes import clean_env
 
 READY = re.compile(r"^stack\s+\| ready$")
-
-
-def free_port() -> int:
-    """A port that binds now, below the ephemeral range (where clients' ports collide)."""
-    for _ in range(200):
-        port = random.randint(20_000, 32_000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 20000 and 32000")
 
 
 @dataclass
@@ -75,46 +61,12 @@ async def make_run(
             **env,
         }
     )
-    process = await asyncio.create_subprocess_exec(
-        "make",
-        "--no-print-directory",
-        "run",
-        cwd=str(ROOT),
-        env=full,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = asyncio.Event()
-    assert process.stdout is not None
-
-    async def read(stream: asyncio.StreamReader) -> None:
-        while raw := await stream.readline():
-            line = raw.decode(errors="replace").rstrip("\n")
-            lines.append(line)
-            if READY.match(line):
-                ready.set()
-
-    reader = asyncio.create_task(read(process.stdout))
-    stack = RunningStack(process, lines, users, ai, gateway, full)
+    make = Child(["make", "--no-print-directory", "run"], full, str(ROOT), name="make run")
+    await make.start()
+    stack = RunningStack(make.process, make.lines, users, ai, gateway, full)
     try:
-        async with asyncio.timeout(ready_timeout):
-            waiting = asyncio.ensure_future(ready.wait())
-            await asyncio.wait({waiting, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not ready.is_set():
-                waiting.cancel()
-                raise AssertionError("the stack stopped before it was ready:\n" + stack.output)
+        await make.wait_for_line(READY, ready_timeout)
         yield stack
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(60):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        await reader
+        await make.stop(within=60)
         keys.cleanup()

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from servicekit.errors import ResourceExhausted
 from users_service.passwords import PasswordHasher
 
 
@@ -77,3 +79,63 @@ async def test_hashes_of_older_parameters_need_rehash(hasher: PasswordHasher) ->
         assert await stronger.verify(old, "pw pw pw pw")
     finally:
         stronger.close()
+
+
+class Gate:
+    """Holds every hash on its worker thread until opened."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def hold(self, *_args: Any) -> bool:
+        self.entered.set()
+        assert self.opened.wait(10), "the test never opened the gate"
+        return False
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    gate = Gate()
+    monkeypatch.setattr(PasswordHasher, "_verify", lambda _self, *args: gate.hold(*args))
+    yield gate
+    gate.opened.set()
+
+
+async def test_past_the_queue_a_check_is_refused_at_once(gate: Gate) -> None:
+    hasher = PasswordHasher(memory_kib=8192, time_cost=1, parallelism=1, workers=1, max_waiting=1)
+    try:
+        running = asyncio.create_task(hasher.verify(None, "pw"))
+        await asyncio.to_thread(gate.entered.wait, 10)
+        waiting = asyncio.create_task(hasher.verify(None, "pw"))
+        await asyncio.sleep(0)  # let it take its place in the queue
+        assert hasher.pending == 2
+        with pytest.raises(ResourceExhausted) as refused:
+            await hasher.verify(None, "pw")
+        assert refused.value.reason == "PASSWORD_HASH_QUEUE_FULL"
+        assert refused.value.retry_after == 1.0
+        gate.opened.set()
+        assert list(await asyncio.gather(running, waiting)) == [False, False]
+        assert hasher.pending == 0
+    finally:
+        hasher.close()
+
+
+async def test_a_check_given_up_while_waiting_frees_its_place(gate: Gate) -> None:
+    hasher = PasswordHasher(memory_kib=8192, time_cost=1, parallelism=1, workers=1, max_waiting=1)
+    try:
+        running = asyncio.create_task(hasher.verify(None, "pw"))
+        await asyncio.to_thread(gate.entered.wait, 10)
+        waiting = asyncio.create_task(hasher.verify(None, "pw"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert hasher.pending == 1  # the running one keeps its place until it ends
+        again = asyncio.create_task(hasher.verify(None, "pw"))
+        await asyncio.sleep(0)
+        gate.opened.set()
+        assert list(await asyncio.gather(running, again)) == [False, False]
+        assert hasher.pending == 0
+    finally:
+        hasher.close()

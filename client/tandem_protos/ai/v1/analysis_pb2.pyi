@@ -140,6 +140,7 @@ class AnalyzeTextRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text to analyse: not blank, at most the service's limit (50,000 characters
     by default).
@@ -148,15 +149,21 @@ class AnalyzeTextRequest(_message.Message):
     """The UUID of the user the analysis belongs to. Empty: the caller's own account
     (a user's token); a service account must name one.
     """
+    request_id: _builtins.str
+    """Optional. A UUID identifying this request (AIP-155), so that a retry of it is
+    not taken for a new analysis; a new one for each new request. Two requests with
+    one id are the same request when their `text` and `user_id` are.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "text", b"text", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

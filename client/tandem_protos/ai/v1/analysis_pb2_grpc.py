@@ -89,6 +89,16 @@ class AnalysisServiceServicer:
 
     def AnalyzeText(self, request, context):
         """Analyses a text, stores the analysis and returns it.
+
+        With `request_id` (AIP-155) the call may be retried safely, even when its answer
+        was lost: a retry with the same id and the same request answers the stored
+        analysis of the first call, without a new one. The same id with another request
+        is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that meets the
+        first call still running on its replica is ABORTED with reason
+        IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+        second answers with the first one's result, nothing stored twice. Ids are the
+        caller's own (another caller's never collide with them) and are remembered for
+        `AI_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,7 +106,8 @@ class AnalysisServiceServicer:
 
     def StreamAnalyzeText(self, request, context):
         """Like AnalyzeText, streaming: partial results as the model produces them, then
-        exactly one final, validated and stored `analysis`.
+        exactly one final, validated and stored `analysis`. A `request_id` seen before
+        answers with that final analysis alone.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -48,10 +48,22 @@ class AnalysisServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AnalysisServiceAsyncStub: ...
     AnalyzeText: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.AnalyzeTextRequest, _analysis_pb2.Analysis]
-    """Analyses a text, stores the analysis and returns it."""
+    """Analyses a text, stores the analysis and returns it.
+
+    With `request_id` (AIP-155) the call may be retried safely, even when its answer
+    was lost: a retry with the same id and the same request answers the stored
+    analysis of the first call, without a new one. The same id with another request
+    is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that meets the
+    first call still running on its replica is ABORTED with reason
+    IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+    second answers with the first one's result, nothing stored twice. Ids are the
+    caller's own (another caller's never collide with them) and are remembered for
+    `AI_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
+    """
     StreamAnalyzeText: _grpc.UnaryStreamMultiCallable[_analysis_pb2.AnalyzeTextRequest, _analysis_pb2.AnalyzeTextResponseChunk]
     """Like AnalyzeText, streaming: partial results as the model produces them, then
-    exactly one final, validated and stored `analysis`.
+    exactly one final, validated and stored `analysis`. A `request_id` seen before
+    answers with that final analysis alone.
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     """
     GetAnalysis: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.GetAnalysisRequest, _analysis_pb2.Analysis]
@@ -81,10 +93,22 @@ class AnalysisServiceAsyncStub(AnalysisServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AnalyzeText: _aio.UnaryUnaryMultiCallable[_analysis_pb2.AnalyzeTextRequest, _analysis_pb2.Analysis]  # type: ignore[assignment]
-    """Analyses a text, stores the analysis and returns it."""
+    """Analyses a text, stores the analysis and returns it.
+
+    With `request_id` (AIP-155) the call may be retried safely, even when its answer
+    was lost: a retry with the same id and the same request answers the stored
+    analysis of the first call, without a new one. The same id with another request
+    is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that meets the
+    first call still running on its replica is ABORTED with reason
+    IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+    second answers with the first one's result, nothing stored twice. Ids are the
+    caller's own (another caller's never collide with them) and are remembered for
+    `AI_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
+    """
     StreamAnalyzeText: _aio.UnaryStreamMultiCallable[_analysis_pb2.AnalyzeTextRequest, _analysis_pb2.AnalyzeTextResponseChunk]  # type: ignore[assignment]
     """Like AnalyzeText, streaming: partial results as the model produces them, then
-    exactly one final, validated and stored `analysis`.
+    exactly one final, validated and stored `analysis`. A `request_id` seen before
+    answers with that final analysis alone.
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     """
     GetAnalysis: _aio.UnaryUnaryMultiCallable[_analysis_pb2.GetAnalysisRequest, _analysis_pb2.Analysis]  # type: ignore[assignment]
@@ -117,7 +141,18 @@ class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analysis_pb2.AnalyzeTextRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analysis_pb2.Analysis, _abc.Awaitable[_analysis_pb2.Analysis]]:
-        """Analyses a text, stores the analysis and returns it."""
+        """Analyses a text, stores the analysis and returns it.
+
+        With `request_id` (AIP-155) the call may be retried safely, even when its answer
+        was lost: a retry with the same id and the same request answers the stored
+        analysis of the first call, without a new one. The same id with another request
+        is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that meets the
+        first call still running on its replica is ABORTED with reason
+        IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+        second answers with the first one's result, nothing stored twice. Ids are the
+        caller's own (another caller's never collide with them) and are remembered for
+        `AI_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
+        """
 
     @_abc_1.abstractmethod
     def StreamAnalyzeText(
@@ -126,7 +161,8 @@ class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_analysis_pb2.AnalyzeTextResponseChunk], _abc.AsyncIterator[_analysis_pb2.AnalyzeTextResponseChunk]]:
         """Like AnalyzeText, streaming: partial results as the model produces them, then
-        exactly one final, validated and stored `analysis`.
+        exactly one final, validated and stored `analysis`. A `request_id` seen before
+        answers with that final analysis alone.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
 

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14users/v1/users.proto\x12\x08users.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\x12\x1c\n\x04role\x18\x08 \x01(\x0e\x32\x0e.users.v1.Role\x12 \n\x04view\x18\t \x01(\x0e\x32\x12.users.v1.UserView\"C\n\x11\x43reateUserRequest\x12\x1c\n\x04user\x18\x01 \x01(\x0b\x32\x0e.users.v1.User\x12\x10\n\x08password\x18\x02 \x01(\t\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x14\x42\x61tchGetUsersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"6\n\x15\x42\x61tchGetUsersResponse\x12\x1d\n\x05users\x18\x01 \x03(\x0b\x32\x0e.users.v1.User\"O\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"K\n\x11ListUsersResponse\x12\x1d\n\x05users\x18\x01 \x03(\x0b\x32\x0e.users.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x11UpdateUserRequest\x12\x1c\n\x04user\x18\x01 \x01(\x0b\x32\x0e.users.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x63urrent_password\x18\x03 \x01(\t\"\x1f\n\x11\x44\x65leteUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13UndeleteUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"S\n\x15\x43hangePasswordRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\":\n\x17\x41uthenticateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02*O\n\x08UserView\x12\x19\n\x15USER_VIEW_UNSPECIFIED\x10\x00\x12\x14\n\x10USER_VIEW_PUBLIC\x10\x01\x12\x12\n\x0eUSER_VIEW_FULL\x10\x02\x32\xec\x04\n\x0cUsersService\x12\x39\n\nCreateUser\x12\x1b.users.v1.CreateUserRequest\x1a\x0e.users.v1.User\x12\x38\n\x07GetUser\x12\x18.users.v1.GetUserRequest\x1a\x0e.users.v1.User\"\x03\x90\x02\x01\x12U\n\rBatchGetUsers\x12\x1e.users.v1.BatchGetUsersRequest\x1a\x1f.users.v1.BatchGetUsersResponse\"\x03\x90\x02\x01\x12I\n\tListUsers\x12\x1a.users.v1.ListUsersRequest\x1a\x1b.users.v1.ListUsersResponse\"\x03\x90\x02\x01\x12\x39\n\nUpdateUser\x12\x1b.users.v1.UpdateUserRequest\x1a\x0e.users.v1.User\x12\x39\n\nDeleteUser\x12\x1b.users.v1.DeleteUserRequest\x1a\x0e.users.v1.User\x12=\n\x0cUndeleteUser\x12\x1d.users.v1.UndeleteUserRequest\x1a\x0e.users.v1.User\x12I\n\x0e\x43hangePassword\x12\x1f.users.v1.ChangePasswordRequest\x1a\x16.google.protobuf.Empty\x12\x45\n\x10\x41uthenticateUser\x12!.users.v1.AuthenticateUserRequest\x1a\x0e.users.v1.Userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14users/v1/users.proto\x12\x08users.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\x12\x1c\n\x04role\x18\x08 \x01(\x0e\x32\x0e.users.v1.Role\x12 \n\x04view\x18\t \x01(\x0e\x32\x12.users.v1.UserView\"W\n\x11\x43reateUserRequest\x12\x1c\n\x04user\x18\x01 \x01(\x0b\x32\x0e.users.v1.User\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x14\x42\x61tchGetUsersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"6\n\x15\x42\x61tchGetUsersResponse\x12\x1d\n\x05users\x18\x01 \x03(\x0b\x32\x0e.users.v1.User\"O\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"K\n\x11ListUsersResponse\x12\x1d\n\x05users\x18\x01 \x03(\x0b\x32\x0e.users.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x11UpdateUserRequest\x12\x1c\n\x04user\x18\x01 \x01(\x0b\x32\x0e.users.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x63urrent_password\x18\x03 \x01(\t\"\x1f\n\x11\x44\x65leteUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13UndeleteUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"S\n\x15\x43hangePasswordRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\":\n\x17\x41uthenticateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02*O\n\x08UserView\x12\x19\n\x15USER_VIEW_UNSPECIFIED\x10\x00\x12\x14\n\x10USER_VIEW_PUBLIC\x10\x01\x12\x12\n\x0eUSER_VIEW_FULL\x10\x02\x32\xec\x04\n\x0cUsersService\x12\x39\n\nCreateUser\x12\x1b.users.v1.CreateUserRequest\x1a\x0e.users.v1.User\x12\x38\n\x07GetUser\x12\x18.users.v1.GetUserRequest\x1a\x0e.users.v1.User\"\x03\x90\x02\x01\x12U\n\rBatchGetUsers\x12\x1e.users.v1.BatchGetUsersRequest\x1a\x1f.users.v1.BatchGetUsersResponse\"\x03\x90\x02\x01\x12I\n\tListUsers\x12\x1a.users.v1.ListUsersRequest\x1a\x1b.users.v1.ListUsersResponse\"\x03\x90\x02\x01\x12\x39\n\nUpdateUser\x12\x1b.users.v1.UpdateUserRequest\x1a\x0e.users.v1.User\x12\x39\n\nDeleteUser\x12\x1b.users.v1.DeleteUserRequest\x1a\x0e.users.v1.User\x12=\n\x0cUndeleteUser\x12\x1d.users.v1.UndeleteUserRequest\x1a\x0e.users.v1.User\x12I\n\x0e\x43hangePassword\x12\x1f.users.v1.ChangePasswordRequest\x1a\x16.google.protobuf.Empty\x12\x45\n\x10\x41uthenticateUser\x12!.users.v1.AuthenticateUserRequest\x1a\x0e.users.v1.Userb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,34 +40,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERSSERVICE'].methods_by_name['BatchGetUsers']._serialized_options = b'\220\002\001'
   _globals['_USERSSERVICE'].methods_by_name['ListUsers']._loaded_options = None
   _globals['_USERSSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\220\002\001'
-  _globals['_ROLE']._serialized_start=1094
-  _globals['_ROLE']._serialized_end=1153
-  _globals['_USERVIEW']._serialized_start=1155
-  _globals['_USERVIEW']._serialized_end=1234
+  _globals['_ROLE']._serialized_start=1114
+  _globals['_ROLE']._serialized_end=1173
+  _globals['_USERVIEW']._serialized_start=1175
+  _globals['_USERVIEW']._serialized_end=1254
   _globals['_USER']._serialized_start=131
   _globals['_USER']._serialized_end=403
   _globals['_CREATEUSERREQUEST']._serialized_start=405
-  _globals['_CREATEUSERREQUEST']._serialized_end=472
-  _globals['_GETUSERREQUEST']._serialized_start=474
-  _globals['_GETUSERREQUEST']._serialized_end=502
-  _globals['_BATCHGETUSERSREQUEST']._serialized_start=504
-  _globals['_BATCHGETUSERSREQUEST']._serialized_end=539
-  _globals['_BATCHGETUSERSRESPONSE']._serialized_start=541
-  _globals['_BATCHGETUSERSRESPONSE']._serialized_end=595
-  _globals['_LISTUSERSREQUEST']._serialized_start=597
-  _globals['_LISTUSERSREQUEST']._serialized_end=676
-  _globals['_LISTUSERSRESPONSE']._serialized_start=678
-  _globals['_LISTUSERSRESPONSE']._serialized_end=753
-  _globals['_UPDATEUSERREQUEST']._serialized_start=755
-  _globals['_UPDATEUSERREQUEST']._serialized_end=879
-  _globals['_DELETEUSERREQUEST']._serialized_start=881
-  _globals['_DELETEUSERREQUEST']._serialized_end=912
-  _globals['_UNDELETEUSERREQUEST']._serialized_start=914
-  _globals['_UNDELETEUSERREQUEST']._serialized_end=947
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=949
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1032
-  _globals['_AUTHENTICATEUSERREQUEST']._serialized_start=1034
-  _globals['_AUTHENTICATEUSERREQUEST']._serialized_end=1092
-  _globals['_USERSSERVICE']._serialized_start=1237
-  _globals['_USERSSERVICE']._serialized_end=1857
+  _globals['_CREATEUSERREQUEST']._serialized_end=492
+  _globals['_GETUSERREQUEST']._serialized_start=494
+  _globals['_GETUSERREQUEST']._serialized_end=522
+  _globals['_BATCHGETUSERSREQUEST']._serialized_start=524
+  _globals['_BATCHGETUSERSREQUEST']._serialized_end=559
+  _globals['_BATCHGETUSERSRESPONSE']._serialized_start=561
+  _globals['_BATCHGETUSERSRESPONSE']._serialized_end=615
+  _globals['_LISTUSERSREQUEST']._serialized_start=617
+  _globals['_LISTUSERSREQUEST']._serialized_end=696
+  _globals['_LISTUSERSRESPONSE']._serialized_start=698
+  _globals['_LISTUSERSRESPONSE']._serialized_end=773
+  _globals['_UPDATEUSERREQUEST']._serialized_start=775
+  _globals['_UPDATEUSERREQUEST']._serialized_end=899
+  _globals['_DELETEUSERREQUEST']._serialized_start=901
+  _globals['_DELETEUSERREQUEST']._serialized_end=932
+  _globals['_UNDELETEUSERREQUEST']._serialized_start=934
+  _globals['_UNDELETEUSERREQUEST']._serialized_end=967
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=969
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1052
+  _globals['_AUTHENTICATEUSERREQUEST']._serialized_start=1054
+  _globals['_AUTHENTICATEUSERREQUEST']._serialized_end=1112
+  _globals['_USERSSERVICE']._serialized_start=1257
+  _globals['_USERSSERVICE']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

@@ -137,8 +137,15 @@ class CreateUserRequest(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     password: _builtins.str
     """The password, 8 to 128 characters."""
+    request_id: _builtins.str
+    """Optional. A UUID identifying this request (AIP-155), so that a retry of it is
+    not taken for a new sign-up; a new one for each new request. Two requests with
+    one id are the same request when their `user.email`, `user.name` and `password`
+    are (the password is compared with the created account's, never stored again).
+    """
     @_builtins.property
     def user(self) -> Global___User:
         """The account to create: `email` and `name` are read, the rest is ignored."""
@@ -148,10 +155,11 @@ class CreateUserRequest(_message.Message):
         *,
         user: Global___User | None = ...,
         password: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "request_id", b"request_id", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

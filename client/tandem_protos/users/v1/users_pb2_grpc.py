@@ -125,6 +125,16 @@ class UsersServiceServicer:
 
     def CreateUser(self, request, context):
         """Creates an account. ALREADY_EXISTS when a live account holds the email.
+
+        With `request_id` (AIP-155) the call may be retried safely, even when its answer
+        was lost: a retry with the same id and the same request answers the account that
+        the first call created (as it is now), and creates none. The same id with another
+        request is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that
+        meets the first call still running on its replica is ABORTED with reason
+        IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+        second answers with the first one's account, nothing stored twice. Ids are the
+        caller's own (another caller's never collide with them) and are remembered for
+        `USERS_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,18 @@ class UsersServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> UsersServiceAsyncStub: ...
     CreateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.CreateUserRequest, _users_pb2.User]
-    """Creates an account. ALREADY_EXISTS when a live account holds the email."""
+    """Creates an account. ALREADY_EXISTS when a live account holds the email.
+
+    With `request_id` (AIP-155) the call may be retried safely, even when its answer
+    was lost: a retry with the same id and the same request answers the account that
+    the first call created (as it is now), and creates none. The same id with another
+    request is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that
+    meets the first call still running on its replica is ABORTED with reason
+    IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+    second answers with the first one's account, nothing stored twice. Ids are the
+    caller's own (another caller's never collide with them) and are remembered for
+    `USERS_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
+    """
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.User]
     """Returns a live account. NOT_FOUND for an unknown or deleted id."""
     BatchGetUsers: _grpc.UnaryUnaryMultiCallable[_users_pb2.BatchGetUsersRequest, _users_pb2.BatchGetUsersResponse]
@@ -110,7 +121,18 @@ class UsersServiceAsyncStub(UsersServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.CreateUserRequest, _users_pb2.User]  # type: ignore[assignment]
-    """Creates an account. ALREADY_EXISTS when a live account holds the email."""
+    """Creates an account. ALREADY_EXISTS when a live account holds the email.
+
+    With `request_id` (AIP-155) the call may be retried safely, even when its answer
+    was lost: a retry with the same id and the same request answers the account that
+    the first call created (as it is now), and creates none. The same id with another
+    request is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that
+    meets the first call still running on its replica is ABORTED with reason
+    IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+    second answers with the first one's account, nothing stored twice. Ids are the
+    caller's own (another caller's never collide with them) and are remembered for
+    `USERS_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
+    """
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.User]  # type: ignore[assignment]
     """Returns a live account. NOT_FOUND for an unknown or deleted id."""
     BatchGetUsers: _aio.UnaryUnaryMultiCallable[_users_pb2.BatchGetUsersRequest, _users_pb2.BatchGetUsersResponse]  # type: ignore[assignment]
@@ -169,7 +191,18 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.CreateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.User, _abc.Awaitable[_users_pb2.User]]:
-        """Creates an account. ALREADY_EXISTS when a live account holds the email."""
+        """Creates an account. ALREADY_EXISTS when a live account holds the email.
+
+        With `request_id` (AIP-155) the call may be retried safely, even when its answer
+        was lost: a retry with the same id and the same request answers the account that
+        the first call created (as it is now), and creates none. The same id with another
+        request is FAILED_PRECONDITION with reason IDEMPOTENCY_KEY_REUSED. A retry that
+        meets the first call still running on its replica is ABORTED with reason
+        IDEMPOTENCY_KEY_IN_FLIGHT; on two replicas both run, and the one that finishes
+        second answers with the first one's account, nothing stored twice. Ids are the
+        caller's own (another caller's never collide with them) and are remembered for
+        `USERS_IDEMPOTENCY_KEY_TTL_SECONDS` (24 hours by default).
+        """
 
     @_abc_1.abstractmethod
     def GetUser(

@@ -1,0 +1,146 @@
+"""The login and sign-up limits seen through the gateway: 429 problems with Retry-After,
+which client an X-Forwarded-For names (only behind a trusted proxy), and replicas that
+share their counts through Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.ai_stub import running_ai_stub
+from tests.support.gateway import (
+    PASSWORD,
+    Stack,
+    assert_problem,
+    gateway_settings,
+    running_gateway,
+    unique_email,
+)
+from tests.support.redis import REDIS_URL, redis_prefix
+from tests.support.servers import migrate_users, running_users, users_settings
+
+__all__ = ["redis_prefix"]  # a fixture the tests here use
+
+PAIR_LIMIT = 3
+LIMITS: dict[str, Any] = {
+    "login_failures_per_pair": PAIR_LIMIT,
+    "login_delay_seconds": 0,
+    "signups_per_address": 2,
+}
+ATTACKER, OWNER = "203.0.113.9", "198.51.100.7"
+
+
+@asynccontextmanager
+async def stack_on(
+    database_url: str, users: dict[str, Any] | None = None, **gateway: Any
+) -> AsyncIterator[Stack]:
+    """A users server with small limits, an ai stub and a gateway (with `gateway`
+    settings) in front of them."""
+    async with AsyncExitStack() as running:
+        settings = users_settings(database_url, **{**LIMITS, **(users or {})})
+        users_address = await running.enter_async_context(running_users(settings))
+        ai = await running.enter_async_context(running_ai_stub())
+        served = gateway_settings(users_address, ai.address, **gateway)
+        url = await running.enter_async_context(running_gateway(served))
+        client = await running.enter_async_context(httpx.AsyncClient(base_url=url, timeout=15))
+        yield Stack(url, client, ai, users_address, served)
+
+
+@pytest.fixture
+async def db(sqlite_url: str) -> str:
+    await migrate_users(sqlite_url)
+    return sqlite_url
+
+
+async def log_in(
+    stack: Stack, email: str, password: str, forwarded: str | None = None
+) -> httpx.Response:
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    return await stack.client.post(
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": email, "password": password},
+        headers=headers,
+    )
+
+
+async def lock_out(stack: Stack, email: str, forwarded: str | None = None) -> None:
+    for _ in range(PAIR_LIMIT):
+        failed = await log_in(stack, email, "not the password", forwarded)
+        assert failed.status_code == 400, failed.text
+        assert failed.json()["reason"] == "BAD_CREDENTIALS"
+
+
+def assert_too_many(response: httpx.Response, reason: str) -> dict[str, Any]:
+    body = assert_problem(response, 429, "RESOURCE_EXHAUSTED")
+    assert body["reason"] == reason
+    assert int(response.headers["retry-after"]) >= 1
+    return body
+
+
+async def test_too_many_failed_logins_are_429_with_retry_after(db: str) -> None:
+    async with stack_on(db) as stack:
+        user = await stack.sign_up()
+        await lock_out(stack, user["email"])
+        refused = await log_in(stack, user["email"], PASSWORD)
+        body = assert_too_many(refused, "TOO_MANY_FAILED_LOGINS")
+        # Also an OAuth error, which clients may retry later.
+        assert body["error"] == "temporarily_unavailable"
+        assert body["error_description"] == body["detail"]
+        assert body["detail"].startswith("too many failed logins; retry in ")
+        assert body["title"] == "Resource exhausted"
+
+
+async def test_too_many_sign_ups_are_429_with_retry_after(db: str) -> None:
+    async with stack_on(db) as stack:
+        await stack.sign_up()
+        await stack.sign_up()
+        body = {"email": unique_email(), "name": "Spam", "password": PASSWORD}
+        refused = await stack.client.post("/v1/users", json=body)
+        assert_too_many(refused, "TOO_MANY_SIGNUPS")
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(db: str) -> None:
+    async with stack_on(db, trusted_proxies="127.0.0.0/8") as stack:
+        user = await stack.sign_up()
+        await lock_out(stack, user["email"], forwarded=ATTACKER)
+        # Whatever the attacker writes to the left, the proxy's hop is what counts.
+        spoofed = await log_in(stack, user["email"], PASSWORD, f"{OWNER}, {ATTACKER}")
+        assert_too_many(spoofed, "TOO_MANY_FAILED_LOGINS")
+        owner = await log_in(stack, user["email"], PASSWORD, forwarded=OWNER)
+        assert owner.status_code == 200, owner.text
+
+
+async def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(db: str) -> None:
+    async with stack_on(db) as stack:
+        user = await stack.sign_up()
+        await lock_out(stack, user["email"], forwarded=ATTACKER)
+        # Naming another address changes nothing: the peer is what counts.
+        other = await log_in(stack, user["email"], PASSWORD, forwarded=OWNER)
+        assert_too_many(other, "TOO_MANY_FAILED_LOGINS")
+
+
+async def test_replicas_sharing_redis_share_the_limits(db: str, redis_prefix: str) -> None:
+    shared = {"redis_url": REDIS_URL, "redis_key_prefix": redis_prefix}
+    async with stack_on(db, shared) as one, stack_on(db, shared) as two:
+        user = await one.sign_up()
+        await lock_out(one, user["email"])
+        assert_too_many(await log_in(two, user["email"], PASSWORD), "TOO_MANY_FAILED_LOGINS")
+        await two.sign_up()
+        assert_too_many(
+            await one.client.post(
+                "/v1/users", json={"email": unique_email(), "name": "X", "password": PASSWORD}
+            ),
+            "TOO_MANY_SIGNUPS",
+        )
+
+
+async def test_replicas_without_redis_count_alone(db: str) -> None:
+    async with stack_on(db) as one, stack_on(db) as two:
+        user = await one.sign_up()
+        await lock_out(one, user["email"])
+        assert_too_many(await log_in(one, user["email"], PASSWORD), "TOO_MANY_FAILED_LOGINS")
+        assert (await log_in(two, user["email"], PASSWORD)).status_code == 200
