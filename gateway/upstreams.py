@@ -90,6 +90,8 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
     headers = {}
     if code in _RETRYABLE and error.retry_after is not None:
         headers["Retry-After"] = str(math.ceil(error.retry_after))
+    elif code is grpc.StatusCode.CANCELLED:
+        headers["Retry-After"] = "1"
     return UpstreamError(
         http_status(error),
         _detail(error, upstream),
@@ -104,6 +106,11 @@ def http_status(error: RpcError) -> int:
     """The HTTP status of a failed call: its reason's, else its gRPC code's."""
     if error.reason is not None and error.reason in HTTP_STATUS_BY_REASON:
         return HTTP_STATUS_BY_REASON[error.reason]
+    if error.code is grpc.StatusCode.CANCELLED:
+        # The gateway's own cancellations (a client gone) raise CancelledError, never
+        # this: a call ended CANCELLED by the upstream, which stopped (a shutdown whose
+        # grace ended) before answering. The client did nothing wrong; 499 would say so.
+        return 503
     return HTTP_STATUS_BY_GRPC_CODE.get(error.code, 500)
 
 
@@ -128,7 +135,7 @@ _GENERIC_DETAILS: Mapping[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: "the {upstream} service is unavailable; retry shortly",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the {upstream} service did not answer in time",
     grpc.StatusCode.UNIMPLEMENTED: "the {upstream} service does not support this call",
-    grpc.StatusCode.CANCELLED: "the call to the {upstream} service was cancelled",
+    grpc.StatusCode.CANCELLED: "the {upstream} service stopped before it answered; retry shortly",
 }
 
 

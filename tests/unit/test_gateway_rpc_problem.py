@@ -90,7 +90,7 @@ def test_retry_after_is_whole_seconds_and_only_for_retryable_statuses() -> None:
         (grpc.StatusCode.UNAVAILABLE, 503, "the users service is unavailable; retry shortly"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "the users service did not answer in time"),
         (grpc.StatusCode.UNIMPLEMENTED, 501, "the users service does not support this call"),
-        (grpc.StatusCode.CANCELLED, 499, "the call to the users service was cancelled"),
+        (grpc.StatusCode.CANCELLED, 503, "the users service stopped before it answered"),
         (grpc.StatusCode.NOT_FOUND, 404, "the users service refused the call (NOT_FOUND)"),
         (grpc.StatusCode.INTERNAL, 500, "the users service failed unexpectedly; quote"),
         (grpc.StatusCode.UNKNOWN, 500, "the users service failed unexpectedly; quote"),
