@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-import grpc
 from fastapi import Depends, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 
 from gateway.auth import Principal
 from gateway.paths import TOKEN_URL
 from gateway.problems import ProblemError, unauthorized
-from gateway.readers import SessionReader, UserReader
+from gateway.readers import GONE, SessionReader, UserReader
 from gateway.settings import GatewaySettings
 from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
 from servicekit.callers import live_owner
@@ -127,9 +126,6 @@ def session_owner(reader: SessionReader) -> Lookup:
 
     return owner
 
-
-# What the users service says of an id that is not a live account or session.
-GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
 

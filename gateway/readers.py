@@ -40,8 +40,9 @@ MAX_BATCH = 32
 # Batch calls out at once: a slow one (a slow replica) holds up only its own reads.
 MAX_IN_FLIGHT = 4
 
-# The statuses with which an all-or-nothing batch answers for one bad id.
-_ONE_ID_FAILED = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+# The statuses with which the users service answers for an id that is not a live
+# account or session (and an all-or-nothing batch, for its one bad id).
+GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 StubT = TypeVar("StubT")
 Msg = TypeVar("Msg")
@@ -119,7 +120,7 @@ class _CoalescedReader(Generic[StubT, Msg]):
         try:
             return await self._get_batch([read.id for read in reads], deadline, _metadata(reads))
         except UpstreamError as error:
-            if error.grpc_code not in _ONE_ID_FAILED:
+            if error.grpc_code not in GONE:
                 return [error] * len(reads)
             # All or nothing: whether an id is missing is each read's own answer.
             return list(await asyncio.gather(*(self._outcome(read) for read in reads)))
