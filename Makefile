@@ -8,7 +8,7 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint types protos-lint unit integration e2e protos lock clean \
-	bench-users bench-gateway bench-ai bench-offline calibrate-offline compose-e2e
+	bench-users bench-gateway bench-ai bench-abuse bench-offline calibrate-offline compose-e2e
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Tandem needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -61,6 +61,11 @@ bench-gateway: $(INSTALLED)
 
 bench-ai: $(INSTALLED)
 	$(PY) bench/ai_bench.py $(BENCH_ARGS)
+
+# The gateway's edge under a 200-way bad-login flood and 4,096 held connections
+# (users service + gateway as real processes); creates and drops its own database.
+bench-abuse: $(INSTALLED)
+	$(PY) bench/abuse_bench.py $(BENCH_ARGS)
 
 # Downloads the vaderSentiment sdist once (PyPI) for the human-rated corpora.
 bench-offline: $(INSTALLED)
