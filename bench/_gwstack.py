@@ -143,8 +143,11 @@ class Stack:
         monolith_env: Mapping[str, str],
         gateway_env: Mapping[str, str],
         transport: str = "mtls",
+        monolith: bool = True,
     ) -> None:
+        """`monolith=False`: the gateway path alone (a bench with nothing to compare)."""
         self.database_url = database_url
+        self.with_monolith = monolith
         self.workdir = workdir
         self.transport = transport
         self.signing_key_file, self.public_key_file = write_token_keys(workdir)
@@ -210,7 +213,26 @@ class Stack:
             str(_procs.ROOT),
             name="gateway",
         )
-        self.monolith = Child(
+        if self.with_monolith:
+            self.monolith = self._monolith_child()
+        for child in self.children():
+            await child.start()
+        await asyncio.gather(
+            self.users.wait_ready(
+                lambda: _grpc_serving(users_address, credentials), START_WITHIN_S
+            ),
+            self.gateway.wait_ready(
+                lambda: _http_ok(self.gateway_url + "/healthz"), START_WITHIN_S
+            ),
+            *(
+                [self.monolith.wait_ready(self._monolith_workers_up, START_WITHIN_S)]
+                if self.monolith is not None
+                else []
+            ),
+        )
+
+    def _monolith_child(self) -> Child:
+        return Child(
             [
                 sys.executable,
                 "-m",
@@ -244,17 +266,6 @@ class Stack:
             ),
             str(_procs.ROOT),
             name="monolith",
-        )
-        for child in self.children():
-            await child.start()
-        await asyncio.gather(
-            self.users.wait_ready(
-                lambda: _grpc_serving(users_address, credentials), START_WITHIN_S
-            ),
-            self.gateway.wait_ready(
-                lambda: _http_ok(self.gateway_url + "/healthz"), START_WITHIN_S
-            ),
-            self.monolith.wait_ready(self._monolith_workers_up, START_WITHIN_S),
         )
 
     async def _monolith_workers_up(self) -> bool:

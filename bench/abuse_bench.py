@@ -62,7 +62,6 @@ from _report import Target, fmt, target
 
 from tests.support.harness import Child, child_env
 from tests.support.postgres import admin_url
-from tests.support.processes import create_gateway_account
 
 LEGIT_ADDRESS = "127.0.0.2"
 LEGIT_EMAIL = "legit.user@example.com"
@@ -114,66 +113,6 @@ def summary(samples_ms: Sequence[float]) -> Latencies:
 
 
 # --- the stack ---------------------------------------------------------------------------
-
-
-class AbuseStack(_gwstack.Stack):
-    """_gwstack's users service and gateway, without the monolith (nothing to compare)."""
-
-    async def start(self) -> None:
-        users_address = f"127.0.0.1:{self.users_port}"
-        users_tls, gateway_tls, credentials = _gwstack.transport_settings(
-            self.transport, self.workdir
-        )
-        account = await create_gateway_account(
-            {"USERS_DATABASE_URL": self.database_url}, self.workdir
-        )
-        self.users = Child(
-            [sys.executable, "-m", "users_service"],
-            child_env(
-                {
-                    "USERS_DATABASE_URL": self.database_url,
-                    "USERS_ADDR": users_address,
-                    "USERS_ACCESS_LOG": "false",
-                    "USERS_LOG_LEVEL": "WARNING",
-                    "USERS_PAGE_TOKEN_SECRET": "abuse-bench-" + os.urandom(16).hex(),
-                    "USERS_TOKEN_SIGNING_KEY_FILE": str(self.signing_key_file),
-                    "USERS_TOKEN_ISSUER": _gwstack.TOKEN_ISSUER,
-                    "USERS_TOKEN_AUDIENCE": _gwstack.TOKEN_AUDIENCE,
-                    **users_tls,
-                }
-            ),
-            str(_procs.ROOT),
-            name="users service",
-        )
-        self.gateway = Child(
-            [sys.executable, "-m", "gateway"],
-            child_env(
-                {
-                    "GATEWAY_ADDR": f"127.0.0.1:{self.gateway_port}",
-                    "GATEWAY_USERS_TARGET": users_address,
-                    "GATEWAY_AI_TARGET": f"127.0.0.1:{self.ai_port}",  # never called
-                    "GATEWAY_TOKEN_ISSUER": _gwstack.TOKEN_ISSUER,
-                    "GATEWAY_TOKEN_AUDIENCE": _gwstack.TOKEN_AUDIENCE,
-                    "GATEWAY_ACCESS_LOG": "false",
-                    **account,
-                    **gateway_tls,
-                    **self.gateway_env,
-                }
-            ),
-            str(_procs.ROOT),
-            name="gateway",
-        )
-        for child in self.children():
-            await child.start()
-        await asyncio.gather(
-            self.users.wait_ready(
-                lambda: _gwstack._grpc_serving(users_address, credentials),
-                _gwstack.START_WITHIN_S,
-            ),
-            self.gateway.wait_ready(
-                lambda: _gwstack._http_ok(self.gateway_url + "/healthz"), _gwstack.START_WITHIN_S
-            ),
-        )
 
 
 async def _sign_up(base_url: str, email: str) -> str:
@@ -292,7 +231,7 @@ async def _json_child(child: Child, within: float) -> dict[str, Any]:
     raise RuntimeError(f"the attacker exited ({code}) without its results:\n{child.tail()}")
 
 
-async def _login_flood(config: AbuseConfig, stack: AbuseStack, user_id: str) -> LoginFlood:
+async def _login_flood(config: AbuseConfig, stack: _gwstack.Stack, user_id: str) -> LoginFlood:
     transport = httpx.AsyncHTTPTransport(local_address=LEGIT_ADDRESS)
     async with httpx.AsyncClient(
         base_url=stack.gateway_url, transport=transport, timeout=30
@@ -490,7 +429,9 @@ def _window(health: list[Probe], probes: list[Probe], start: float, end: float) 
     }
 
 
-async def _connection_flood(config: AbuseConfig, stack: AbuseStack, token: str) -> ConnectionFlood:
+async def _connection_flood(
+    config: AbuseConfig, stack: _gwstack.Stack, token: str
+) -> ConnectionFlood:
     assert stack.gateway is not None
     port = stack.gateway_port
     health_request = b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
@@ -604,7 +545,7 @@ async def _connection_flood(config: AbuseConfig, stack: AbuseStack, token: str) 
 # --- CPU -----------------------------------------------------------------------------------
 
 
-def _pids(stack: AbuseStack) -> dict[str, int]:
+def _pids(stack: _gwstack.Stack) -> dict[str, int]:
     assert stack.gateway is not None
     assert stack.users is not None
     return {"gateway": stack.gateway.pid, "users": stack.users.pid}
@@ -760,12 +701,13 @@ async def run_bench(config: AbuseConfig) -> Results:
     with tempfile.TemporaryDirectory(prefix=f"abuse_bench_{os.getpid()}_") as workdir:
         async with _pg.own_database(admin) as database:
             await _pg.migrate(database, child_env())
-            stack = AbuseStack(
+            stack = _gwstack.Stack(
                 _pg.sqlalchemy_url(database),
                 workdir=Path(workdir),
                 monolith_env={},
                 gateway_env=config.gateway_env,
                 transport=config.transport,
+                monolith=False,  # nothing to compare with
             )
             try:
                 log("starting the users service and the gateway")

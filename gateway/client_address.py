@@ -30,7 +30,7 @@ def client_address(request: Request, trusted_proxies: Sequence[ProxyNetwork]) ->
     if request.client is None:
         return None
     peer = request.client.host
-    if not _trusted(_parse(peer), trusted_proxies):
+    if not trusted_peer(peer, trusted_proxies):
         return peer
     nearest = peer
     for hop in reversed(_forwarded_hops(request)):
@@ -43,6 +43,11 @@ def client_address(request: Request, trusted_proxies: Sequence[ProxyNetwork]) ->
             return str(address)
         nearest = str(address)
     return nearest
+
+
+def trusted_peer(peer: str | None, trusted_proxies: Sequence[ProxyNetwork]) -> bool:
+    """Whether the connection's peer is one of the trusted proxies."""
+    return peer is not None and _trusted(_parse(peer), trusted_proxies)
 
 
 async def client_metadata(request: Request) -> Metadata:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.client_address import trusted_peer
 from gateway.edge import (
     BODY_TIMEOUT,
     CANCELLED_BY,
@@ -164,11 +165,7 @@ class RequestContextMiddleware:
         if forwarded_proto.rsplit(b",", 1)[-1].strip() != b"https":
             return False
         peer = scope.get("client")
-        try:
-            address = ipaddress.ip_address(peer[0]) if peer else None
-        except ValueError:
-            return False
-        return address is not None and any(address in net for net in self._trusted_proxies)
+        return trusted_peer(peer[0] if peer else None, self._trusted_proxies)
 
     def _refusal(self, scope: Scope, content_length: int | None) -> ProblemError | None:
         """The problem a request is refused with before the app sees it, if any."""

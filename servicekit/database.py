@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from servicekit.errors import Unavailable
+from servicekit.outages import Outage
 from servicekit.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -85,7 +85,12 @@ class Database:
         # A read is one statement: without BEGIN/ROLLBACK around it, it costs one
         # round trip instead of three.
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT").sync_engine
-        self._outage = Outage(what)
+        self._outage = Outage(
+            what,
+            log=log,
+            began="the %s database is unavailable: %s",
+            over="the %s database is back after %.1fs (%d calls failed meanwhile)",
+        )
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """`work`'s result on an autocommit connection.
@@ -103,14 +108,14 @@ class Database:
                 self._raise_if_unavailable(exc)
                 raise
         else:
-            self._outage.over()
+            self._outage.ended()
             return result
         try:
             result = await greenlet_spawn(_run, self._reader, work)
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise
-        self._outage.over()
+        self._outage.ended()
         return result
 
     async def write(self, work: Callable[[Connection], T]) -> T:
@@ -129,7 +134,7 @@ class Database:
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise
-        self._outage.over()
+        self._outage.ended()
         return result
 
     def _raise_if_unavailable(self, exc: Exception) -> None:
@@ -139,41 +144,10 @@ class Database:
             if not isinstance(exc, PoolTimeoutError) and not is_sqlite_busy(
                 getattr(exc, "orig", None)
             ):
-                self._outage.began(exc)
+                self._outage.failed(outage_cause(exc))
             raise Unavailable(
                 f"the {self._what} database is unavailable; retry shortly", retry_after=1
             ) from exc
-
-
-class Outage:
-    """Says once, at WARNING, that a database went away and why, and once that it is
-    back: an outage is two log lines, not one per failed call."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._since: float | None = None
-        self._failed_calls = 0
-
-    @property
-    def ongoing(self) -> bool:
-        return self._since is not None
-
-    def began(self, exc: BaseException) -> None:
-        self._failed_calls += 1
-        if self._since is None:
-            self._since = time.monotonic()
-            log.warning("the %s database is unavailable: %s", self._what, outage_cause(exc))
-
-    def over(self) -> None:
-        if self._since is not None:
-            log.warning(
-                "the %s database is back after %.1fs (%d calls failed meanwhile)",
-                self._what,
-                time.monotonic() - self._since,
-                self._failed_calls,
-            )
-            self._since = None
-            self._failed_calls = 0
 
 
 def outage_cause(exc: BaseException) -> str:

@@ -44,6 +44,8 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from servicekit.outages import Outage
+
 if TYPE_CHECKING:
     from servicekit.settings import ThrottleSettings
 
@@ -119,9 +121,15 @@ class Throttle:
             StorageError,
             *(base if isinstance(base, tuple) else (base,)),
         )
-        self._down_since: float | None = None
+        self._outage = Outage(
+            where,
+            log=log,
+            began="rate limits: %s is unreachable (%s); until it is back, limits that fail "
+            "open let calls through uncounted and the others refuse them",
+            over="rate limits: %s is back after %.1f s; %d checks were answered without it",
+            clock=clock,
+        )
         self._retry_at = 0.0
-        self._uncounted = 0
 
     @classmethod
     def in_process(cls) -> Throttle:
@@ -186,44 +194,18 @@ class Throttle:
 
     async def _ask(self, call: Callable[[], Awaitable[T]]) -> T | None:
         """The store's answer; None while it cannot be reached."""
-        if self._down_since is not None and self._clock() < self._retry_at:
-            self._uncounted += 1
+        if self._outage.ongoing and self._clock() < self._retry_at:
+            self._outage.passed()
             return None
         try:
             answer = await call()
         except self._errors as exc:
-            self._went_down(exc)
+            self._retry_at = self._clock() + self._retry_seconds
+            cause = exc.storage_error if isinstance(exc, StorageError) else exc
+            self._outage.failed(f"{type(cause).__name__}: {cause}")
             return None
-        if self._down_since is not None:
-            self._came_back()
+        self._outage.ended()
         return answer
-
-    def _went_down(self, exc: Exception) -> None:
-        now = self._clock()
-        self._retry_at = now + self._retry_seconds
-        self._uncounted += 1
-        if self._down_since is not None:
-            return
-        self._down_since = now
-        cause = exc.storage_error if isinstance(exc, StorageError) else exc
-        log.warning(
-            "rate limits: %s is unreachable (%s: %s); until it is back, limits that fail "
-            "open let calls through uncounted and the others refuse them",
-            self._where,
-            type(cause).__name__,
-            cause,
-        )
-
-    def _came_back(self) -> None:
-        assert self._down_since is not None
-        log.warning(
-            "rate limits: %s is back after %.1f s; %d checks were answered without it",
-            self._where,
-            self._clock() - self._down_since,
-            self._uncounted,
-        )
-        self._down_since = None
-        self._uncounted = 0
 
 
 class _SweptMemoryStorage(MemoryStorage):
