@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from gateway.paths import OAUTH_PATHS
-from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # A problem lists at most this many field errors, whatever the input held (80,000
@@ -39,6 +38,27 @@ MAX_LISTED_ERRORS = 20
 _MAX_ERROR_TEXT = 200
 PROBLEM_TYPE_BASE = "https://tandem.dev/problems/"
 REQUEST_ID_SCOPE_KEY = "tandem.request_id"
+
+# gRPC status -> HTTP status, as grpc-gateway, Envoy and Connect map it.
+HTTP_STATUS_BY_GRPC_CODE: Mapping[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
 
 # The gRPC code an HTTP-level error stands for, where exactly one fits.
 _CODE_BY_HTTP_STATUS: Mapping[int, grpc.StatusCode] = {

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.problems import ProblemError
+from gateway.problems import HTTP_STATUS_BY_GRPC_CODE, ProblemError
 from gateway.settings import GatewaySettings
-from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
 from servicekit.idempotency import KEY_REUSED
 from tandem_client import Connection, RpcError, ServiceAccount, services
 from tandem_protos.ai.v1 import analysis_pb2_grpc

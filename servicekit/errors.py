@@ -1,4 +1,4 @@
-"""Domain errors, and how each becomes a gRPC status (and, at the gateway, an HTTP one).
+"""Domain errors, and how each becomes a gRPC status (the gateway maps it to HTTP).
 
 Handlers raise these; the call interceptor turns them into a status with a human
 message and `google.rpc` details. Anything else a handler raises is a bug and becomes
@@ -37,27 +37,6 @@ from google.rpc import error_details_pb2, status_pb2
 from tandem_client import errors as client_errors
 
 ERROR_DOMAIN = "tandem"
-
-# gRPC status -> HTTP status, as grpc-gateway, Envoy and Connect map it.
-HTTP_STATUS_BY_GRPC_CODE: Mapping[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-}
 
 
 class StartupError(Exception):

@@ -33,7 +33,7 @@ async def account(stack: Stack) -> Account:
 
 
 # What the ai service raises on ListAnalyses (a route with no special cases) and what
-# the client gets: grpc-gateway's table, servicekit.errors.HTTP_STATUS_BY_GRPC_CODE.
+# the client gets: grpc-gateway's table, gateway.problems.HTTP_STATUS_BY_GRPC_CODE.
 RICH = [
     (errors.InvalidArgument.field("page_token", "is stale"), 400, "INVALID_ARGUMENT"),
     (errors.Unauthenticated("who are you"), 401, "UNAUTHENTICATED"),

@@ -8,28 +8,6 @@ from servicekit import errors
 from tandem_client import errors as client_errors
 
 
-def test_every_grpc_code_has_an_http_status() -> None:
-    assert set(errors.HTTP_STATUS_BY_GRPC_CODE) == set(grpc.StatusCode)
-
-
-@pytest.mark.parametrize(
-    ("code", "http"),
-    [
-        (grpc.StatusCode.INVALID_ARGUMENT, 400),
-        (grpc.StatusCode.FAILED_PRECONDITION, 400),
-        (grpc.StatusCode.ALREADY_EXISTS, 409),
-        (grpc.StatusCode.ABORTED, 409),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
-        (grpc.StatusCode.UNAVAILABLE, 503),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
-        (grpc.StatusCode.UNIMPLEMENTED, 501),
-        (grpc.StatusCode.CANCELLED, 499),
-    ],
-)
-def test_http_mapping_follows_grpc_gateway(code: grpc.StatusCode, http: int) -> None:
-    assert errors.HTTP_STATUS_BY_GRPC_CODE[code] == http
-
-
 def test_invalid_argument_carries_bad_request_violations() -> None:
     error = errors.InvalidArgument(
         [

@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway.problems import HTTP_STATUS_BY_GRPC_CODE
 from gateway.upstreams import UpstreamError, rpc_problem
 from servicekit import errors
 from tandem_client import RpcError, from_rpc_error
@@ -131,3 +132,25 @@ def test_an_error_made_by_hand_gets_the_generic_detail() -> None:
     error = RpcError(grpc.StatusCode.UNAVAILABLE, "transport words", reason="X")
     problem = rpc_problem(error, "ai")
     assert (problem.status, problem.detail) == (503, "the ai service is unavailable; retry shortly")
+
+
+def test_every_grpc_code_has_an_http_status() -> None:
+    assert set(HTTP_STATUS_BY_GRPC_CODE) == set(grpc.StatusCode)
+
+
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (grpc.StatusCode.ALREADY_EXISTS, 409),
+        (grpc.StatusCode.ABORTED, 409),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.UNIMPLEMENTED, 501),
+        (grpc.StatusCode.CANCELLED, 499),
+    ],
+)
+def test_http_mapping_follows_grpc_gateway(code: grpc.StatusCode, http: int) -> None:
+    assert HTTP_STATUS_BY_GRPC_CODE[code] == http
