@@ -46,8 +46,8 @@ from gateway.edge import (
 )
 from gateway.problems import REQUEST_ID_SCOPE_KEY, ProblemError, problem_bytes, problem_response
 from gateway.sse import event
-from servicekit.interceptor import accept_request_id
 from servicekit.logs import request_id_var
+from servicekit.request_id import accept_request_id
 
 access_log = logging.getLogger("gateway.access")
 error_log = logging.getLogger("gateway.errors")

@@ -22,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -34,10 +32,7 @@ from grpc_status import rpc_status
 
 from servicekit.errors import ServiceError, Unavailable
 from servicekit.logs import request_id_var
-from tandem_client import context
-
-REQUEST_ID_KEY = context.REQUEST_ID_KEY
-_WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+from servicekit.request_id import REQUEST_ID_KEY, request_id_from
 
 # Calls of these methods are never refused for load.
 _UNCAPPED_PREFIX = "/grpc.health.v1.Health/"
@@ -50,24 +45,6 @@ error_log = logging.getLogger("servicekit.errors")
 Context: TypeAlias = ServicerContext[Any, Any]
 UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
-
-
-def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The caller's request id when it is well-formed, else a new one."""
-    for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str):
-            return accept_request_id(value)
-    return str(uuid.uuid4())
-
-
-def accept_request_id(value: str | None) -> str:
-    """`value` when it is a well-formed request id, else a newly generated one.
-
-    Ids travel into logs and metadata, so only short, plain tokens are taken as given.
-    """
-    if value is not None and _WELL_FORMED_ID.match(value):
-        return value
-    return str(uuid.uuid4())
 
 
 def add_trailing_metadata(context: Context, *pairs: tuple[str, str | bytes]) -> None:
