@@ -23,7 +23,8 @@ from gateway.paths import TOKEN_URL
 from gateway.problems import ProblemError, unauthorized
 from gateway.readers import GONE, SessionReader, UserReader
 from gateway.settings import GatewaySettings
-from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
+from gateway.upstream_errors import UpstreamError
+from gateway.upstreams import AiStub, Upstream, Upstreams, UsersStub
 from servicekit.callers import live_owner
 from servicekit.liveness import Liveness, Lookup
 from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier

@@ -30,7 +30,8 @@ import grpc
 from fastapi import Header
 
 from gateway.problems import ProblemError
-from gateway.upstreams import Upstream, UpstreamError
+from gateway.upstream_errors import UpstreamError
+from gateway.upstreams import Upstream
 
 log = logging.getLogger(__name__)
 

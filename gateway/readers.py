@@ -22,13 +22,8 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from gateway.upstreams import (
-    Upstream,
-    UpstreamError,
-    UsersAuthStub,
-    UsersStub,
-    deadline_exceeded,
-)
+from gateway.upstream_errors import UpstreamError, deadline_exceeded
+from gateway.upstreams import Upstream, UsersAuthStub, UsersStub
 from servicekit.batching import Batcher
 from tandem_client import REQUEST_ID_KEY, request_id_var
 from tandem_protos.users.v1 import auth_pb2, users_pb2

@@ -17,7 +17,7 @@ from gateway.problems import ProblemError, problem_bytes, problem_responses
 from gateway.routes import resource_router
 from gateway.schemas import Analysis, AnalysisCreate, AnalysisPage
 from gateway.sse import EventStreamResponse, event
-from gateway.upstreams import UpstreamError
+from gateway.upstream_errors import UpstreamError
 from tandem_client import request_id_var
 from tandem_protos.ai.v1 import analysis_pb2
 

@@ -20,7 +20,7 @@ from gateway.paths import REVOKE_URL, TOKEN_URL
 from gateway.problems import ProblemError, problem_responses
 from gateway.routes import resource_router
 from gateway.schemas import JsonWebKeySet, RevokeForm, Token, TokenForm
-from gateway.upstreams import UpstreamError
+from gateway.upstream_errors import UpstreamError
 from servicekit.callers import jwks_document
 from tandem_protos.users.v1 import auth_pb2
 

@@ -26,7 +26,7 @@ from gateway.idempotency import IdempotencyKey, call_keyed, request_id_for
 from gateway.problems import ProblemError, problem_responses
 from gateway.routes import resource_router
 from gateway.schemas import PasswordChange, PublicProfile, User, UserCreate, UserPage, UserUpdate
-from gateway.upstreams import UpstreamError
+from gateway.upstream_errors import UpstreamError
 from tandem_protos.users.v1 import users_pb2
 
 router = resource_router(prefix="/v1/users", tags=["users"])

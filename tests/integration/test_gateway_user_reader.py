@@ -23,7 +23,8 @@ import grpc
 import pytest
 
 from gateway.readers import MAX_BATCH, UserReader
-from gateway.upstreams import USERS_SERVICE, Upstream, UpstreamError
+from gateway.upstream_errors import UpstreamError
+from gateway.upstreams import USERS_SERVICE, Upstream
 from servicekit.callers import CallerResolver
 from servicekit.errors import NotFound
 from servicekit.liveness import Liveness

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.idempotency import KEY_NAMESPACE, parse_key, request_id_for
 from gateway.problems import ProblemError
-from gateway.upstreams import http_status
+from gateway.upstream_errors import http_status
 from servicekit.idempotency import KEY_IN_FLIGHT, KEY_REUSED
 from tandem_client import RpcError
 

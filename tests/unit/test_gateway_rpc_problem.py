@@ -1,4 +1,4 @@
-"""gateway.upstreams.rpc_problem: the HTTP problem of a failed call, from the RpcError
+"""gateway.upstream_errors.rpc_problem: the HTTP problem of a failed call, from the RpcError
 tandem_client raises."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.problems import HTTP_STATUS_BY_GRPC_CODE
-from gateway.upstreams import UpstreamError, rpc_problem
+from gateway.upstream_errors import UpstreamError, rpc_problem
 from servicekit import errors
 from tandem_client import RpcError, from_rpc_error
 
