@@ -9,27 +9,29 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit import production
 from servicekit.errors import StartupError
-from servicekit.settings import LogLevel, TokenCheckSettings, UpstreamTlsSettings
+from servicekit.settings import ProcessSettings, TokenCheckSettings, UpstreamTlsSettings
 
 # What the gateway's service account needs: sign-ups, logins, session checks.
 GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
 
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # An origin as browsers send it: scheme, host, optional port; no path, no wildcard.
 _ORIGIN = re.compile(r"^https?://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?$")
 
 
-class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
+class GatewaySettings(ProcessSettings, TokenCheckSettings, UpstreamTlsSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
+    _address_example: ClassVar[str] = "127.0.0.1:8000"
+    # uvicorn is given the host to bind: it must be named.
+    _address_without_host: ClassVar[bool] = False
     addr: str = Field(
         default="127.0.0.1:8000", description="host:port to serve HTTP on; port 0 picks one"
     )
@@ -91,20 +93,10 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     # the header is ignored, and the client is the connection's peer.
     trusted_proxies: Annotated[tuple[ProxyNetwork, ...], NoDecode] = ()
 
-    log_level: LogLevel = "INFO"
-    access_log: bool = Field(default=True, description="log one line per request")
     # At least analysis_deadline_seconds: an analysis in flight at SIGTERM finishes (or
     # meets its own deadline) before the grace ends. What still runs then (a stream, at
     # most) is answered 503 (a stream: an `error` event).
     shutdown_grace_seconds: float = Field(default=65.0, ge=0)
-
-    @field_validator("addr")
-    @classmethod
-    def _check_addr(cls, value: str) -> str:
-        match = _ADDRESS.match(value)
-        if match is None or int(match.group(2)) > 65535:
-            raise ValueError("expected host:port, e.g. 127.0.0.1:8000")
-        return value
 
     @field_validator("users_target", "ai_target")
     @classmethod
@@ -113,11 +105,6 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
         if not value or any(ch.isspace() for ch in value):
             raise ValueError("expected a gRPC target, e.g. 127.0.0.1:50051 or dns:///users:50051")
         return value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_log_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

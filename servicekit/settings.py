@@ -1,7 +1,8 @@
-"""Settings shared by the gRPC services, read from the environment (pydantic-settings).
+"""Settings shared by the processes, read from the environment (pydantic-settings).
 
-Each service subclasses `ServiceSettings` with its own prefix (`USERS_`, `AI_`), so
-`USERS_ADDR` and `AI_ADDR` never collide. `load_settings` turns a validation error
+Each process's settings derive from `ProcessSettings` with their own prefix (`USERS_`,
+`AI_`, `GATEWAY_`), so `USERS_ADDR` and `GATEWAY_ADDR` never collide; the services' from
+`ServiceSettings`, which adds what a gRPC service needs. `load_settings` turns a validation error
 into one line naming the environment variable, instead of a pydantic traceback.
 
 A service serves plaintext unless `<PREFIX>TLS_CERT_FILE` and `<PREFIX>TLS_KEY_FILE`
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
@@ -48,10 +49,16 @@ OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_none)]
 _REDIS_SCHEMES = ("redis://", "rediss://")
 
 
-class ServiceSettings(BaseSettings):
-    """What every gRPC service needs: where to listen, how to stop, its database."""
+class ProcessSettings(BaseSettings):
+    """What every process reads, the gateway and each service alike: where it listens,
+    what it logs, how long work in flight may finish after SIGTERM."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # The example the error message of a malformed `addr` gives; whether `addr` may
+    # leave the host out (":50051", every interface, as gRPC takes it).
+    _address_example: ClassVar[str] = "127.0.0.1:50051"
+    _address_without_host: ClassVar[bool] = True
 
     addr: str = Field(description="host:port to listen on; port 0 picks a free port")
     shutdown_grace_seconds: float = Field(
@@ -59,6 +66,33 @@ class ServiceSettings(BaseSettings):
     )
     log_level: LogLevel = "INFO"
     access_log: bool = Field(default=True, description="log one line per call")
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable that sets `field`."""
+        return _variable(cls, field)
+
+    @field_validator("addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        match = _ADDRESS.match(value)
+        if (
+            match is None
+            or int(match.group(2)) > 65535
+            or not (match.group(1) or cls._address_without_host)
+        ):
+            raise ValueError(f"expected host:port, e.g. {cls._address_example}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ServiceSettings(ProcessSettings):
+    """What every gRPC service needs besides: how many calls at once, its database."""
+
     # Past it a call is refused at once with UNAVAILABLE and a retry delay (health
     # checks excepted), instead of queueing into its deadline.
     max_concurrent_rpcs: int = Field(
@@ -89,24 +123,6 @@ class ServiceSettings(BaseSettings):
     # How long a write's request id (idempotency key) is remembered: a retry within it
     # answers the first result; after it, the id counts as new (servicekit.idempotency).
     idempotency_key_ttl_seconds: int = Field(default=24 * 3600, ge=1)
-
-    @classmethod
-    def variable(cls, field: str) -> str:
-        """The environment variable that sets `field`."""
-        return _variable(cls, field)
-
-    @field_validator("addr")
-    @classmethod
-    def _check_addr(cls, value: str) -> str:
-        match = _ADDRESS.match(value)
-        if match is None or int(match.group(2)) > 65535:
-            raise ValueError("expected host:port, e.g. 127.0.0.1:50051")
-        return value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_log_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod
