@@ -22,6 +22,7 @@ from servicekit.liveness import Liveness
 from servicekit.pagination import Page, PageTokens, keyset_page
 from servicekit.throttle import Throttle
 from users_service.domain import (
+    BAD_CREDENTIALS,
     User,
     Violations,
     check_password,
@@ -41,7 +42,7 @@ from users_service.throttling import LoginRules, Throttling
 log = logging.getLogger(__name__)
 
 # One message for every failed login, so a caller cannot tell which part was wrong.
-BAD_CREDENTIALS = "the email or password is incorrect"
+BAD_LOGIN = "the email or password is incorrect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,7 @@ class Accounts:
         verified = await self._hasher.verify(found[1] if found else None, password)
         if found is None or not verified:
             await attempt.failed()
-            raise Unauthenticated(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
+            raise Unauthenticated(BAD_LOGIN, reason=BAD_CREDENTIALS)
         await attempt.succeeded()
         user, password_hash = found
         if self._hasher.needs_rehash(password_hash):

@@ -21,6 +21,9 @@ EMAIL_MAX = 254
 # Ids one BatchGetUsers may ask for (AIP-231 leaves the limit to the API).
 BATCH_GET_MAX = 1000
 UPDATABLE_FIELDS = frozenset({"name", "email"})
+# The reason of every refused login and client-credentials grant, whichever part was
+# wrong, so that a caller cannot tell an unknown name from a wrong secret.
+BAD_CREDENTIALS = "BAD_CREDENTIALS"
 
 
 @dataclass(frozen=True, slots=True)

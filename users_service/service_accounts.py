@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 from servicekit.errors import AlreadyExists, FieldViolation, InvalidArgument, Unauthenticated
 from servicekit.throttle import Throttle
+from users_service.domain import BAD_CREDENTIALS
 from users_service.policy import Scope
 from users_service.service_accounts_repository import ServiceAccountsRepository
 from users_service.throttling import LoginRules, Throttling
@@ -121,7 +122,7 @@ class ServiceAccounts:
         expected = account.secret_hash if account is not None else _NO_HASH
         if not hmac.compare_digest(expected, secret_hash(client_secret)) or account is None:
             await attempt.failed()
-            raise Unauthenticated(BAD_CLIENT, reason="BAD_CREDENTIALS")
+            raise Unauthenticated(BAD_CLIENT, reason=BAD_CREDENTIALS)
         await attempt.succeeded()
         token = self._tokens.issue_service(
             client_id=account.name, scopes=account.scopes, now=self._clock()
