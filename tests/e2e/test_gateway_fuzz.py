@@ -1,7 +1,7 @@
 """Property-based fuzzing of the whole API from its own OpenAPI schema (schemathesis).
 
 For each operation, a few hundred requests, valid and invalid by the schema, go over
-real HTTP to a real gateway in front of a real users server (SQLite) and the ai stub.
+real HTTP to a real gateway in front of a real users server (SQLite) and the ai stand-in.
 No response may be a 5xx, and every response must match the schema: status code,
 content type, headers and body. Authenticated operations are fuzzed with a valid token
 (and, fewer, without one); routes on one account or analysis are also fuzzed with an

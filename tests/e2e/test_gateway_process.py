@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ROOT
-from tests.support.ai_stub import running_ai_stub
+from tests.support.ai_standin import running_ai_standin
 from tests.support.gateway import PASSWORD, assert_problem, closed_port
 from tests.support.processes import ServiceProcess, create_gateway_account, run_command
 
@@ -31,7 +31,7 @@ async def test_the_gateway_process_serves_the_stack_and_stops_cleanly(
     account = await create_gateway_account(users_env, tmp_path)
     async with (
         ServiceProcess(["-m", "users_service"], users_env, cwd=str(ROOT)) as users,
-        running_ai_stub() as ai,
+        running_ai_standin() as ai,
     ):
         users_address = await users.wait_serving()
         env = gateway_env(users_address, ai.address, **account)

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from tests.conftest import ROOT
-from tests.support.ai_stub import running_ai_stub
+from tests.support.ai_standin import running_ai_standin
 from tests.support.gateway import (
     Stack,
     assert_problem,
@@ -95,10 +95,10 @@ GATEWAY_GRACE = 1.0
 
 @asynccontextmanager
 async def gateway_process(sqlite_url: str) -> AsyncIterator[tuple[ServiceProcess, Stack]]:
-    """A real `python -m gateway` before an in-process users server and ai stub; the
+    """A real `python -m gateway` before an in-process users server and ai stand-in; the
     Stack's client talks to the process."""
     await migrate_users(sqlite_url)
-    async with running_users(users_settings(sqlite_url)) as users, running_ai_stub() as ai:
+    async with running_users(users_settings(sqlite_url)) as users, running_ai_standin() as ai:
         env = {
             "GATEWAY_ADDR": "127.0.0.1:0",
             "GATEWAY_USERS_TARGET": users,
@@ -117,11 +117,11 @@ async def test_a_gateway_request_running_past_the_grace_gets_a_503_problem(
 ) -> None:
     async with gateway_process(sqlite_url) as (gateway, stack):
         account = await stack.new_account()
-        stack.stub.hold("AnalyzeText")
+        stack.ai_standin.hold("AnalyzeText")
         call = stack.client.post("/v1/analyses", json={"text": "Slow."}, headers=account.headers)
         analysis = asyncio.create_task(call)
         async with asyncio.timeout(10):
-            await stack.stub.analyze_started.wait()
+            await stack.ai_standin.analyze_started.wait()
         signalled = time.monotonic()
         gateway.send_signal(signal.SIGTERM)
         response = await analysis
@@ -132,8 +132,8 @@ async def test_a_gateway_request_running_past_the_grace_gets_a_503_problem(
         assert GATEWAY_GRACE <= waited < GATEWAY_GRACE + 4
         # The upstream call was cancelled with it: no analysis is kept.
         async with asyncio.timeout(10):
-            await stack.stub.analyze_cancelled.wait()
-        assert stack.stub.analyses == {}
+            await stack.ai_standin.analyze_cancelled.wait()
+        assert stack.ai_standin.analyses == {}
         assert await gateway.wait(timeout=10) == 0, gateway.output
     assert "Exception in ASGI application" not in gateway.output
     assert "Internal Server Error" not in gateway.output
@@ -144,19 +144,19 @@ async def test_a_gateway_stream_running_past_the_grace_ends_with_a_503_error_eve
 ) -> None:
     async with gateway_process(sqlite_url) as (gateway, stack):
         account = await stack.new_account()
-        stack.stub.hold_stream()
+        stack.ai_standin.hold_stream()
         async with stack.client.stream(
             "POST", "/v1/analyses:stream", json={"text": "Slow."}, headers=account.headers
         ) as response:
             assert response.status_code == 200
             async with asyncio.timeout(10):
-                await stack.stub.stream_started.wait()
+                await stack.ai_standin.stream_started.wait()
             gateway.send_signal(signal.SIGTERM)
             events = await read_events(response)
         assert [e.name for e in events] == ["partial", "partial", "error", "done"], events
         assert events[-2].data["status"] == 503
         assert events[-2].data["code"] == "UNAVAILABLE"
         async with asyncio.timeout(10):
-            await stack.stub.stream_cancelled.wait()
+            await stack.ai_standin.stream_cancelled.wait()
         assert await gateway.wait(timeout=10) == 0, gateway.output
     assert "Exception in ASGI application" not in gateway.output

@@ -1,4 +1,5 @@
-"""The analysis routes end to end, against the AnalysisService stub (tests/support/ai_stub.py)."""
+"""The analysis routes end to end, against the AnalysisService stand-in
+(tests/support/ai_standin.py)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ async def test_create_analysis_answers_201_owned_by_the_caller(
     assert 0 <= made["confidence"] <= 1
     assert response.headers["location"] == f"/v1/analyses/{made['id']}"
     assert response.headers["x-request-id"] == "req-analyse-1"
-    (call,) = stack.stub.calls_of("AnalyzeText")
+    (call,) = stack.ai_standin.calls_of("AnalyzeText")
     # The ai service acts for the caller's own token: the gateway names no user.
     assert call.request.user_id == ""
     assert call.authorization == f"Bearer {account.token}"
@@ -74,7 +75,7 @@ async def test_invalid_analysis_bodies_are_400(
 ) -> None:
     response = await stack.client.post("/v1/analyses", json=body, headers=account.headers)
     assert set(field_errors(assert_problem(response, 400, "INVALID_ARGUMENT"))) == {field}
-    assert stack.stub.calls == []
+    assert stack.ai_standin.calls == []
 
 
 async def test_the_ai_services_field_violations_become_errors(
@@ -134,7 +135,7 @@ async def test_list_analyses_gives_the_callers_own_newest_first_in_pages(
         if not token:
             break
     assert seen == list(reversed(mine))
-    listed = stack.stub.calls_of("ListAnalyses")
+    listed = stack.ai_standin.calls_of("ListAnalyses")
     assert {(c.request.user_id, c.authorization) for c in listed} == {
         ("", f"Bearer {account.token}")
     }
@@ -177,7 +178,7 @@ async def test_stream_errors_before_the_first_event_are_problem_responses(
         "/v1/analyses:stream", json={"text": "  "}, headers=account.headers
     )
     assert field_errors(assert_problem(invalid, 400, "INVALID_ARGUMENT")) == {"text": "is required"}
-    stack.stub.fail("StreamAnalyzeText", errors.ResourceExhausted("slow down", retry_after=7))
+    stack.ai_standin.fail("StreamAnalyzeText", errors.ResourceExhausted("slow down", retry_after=7))
     busy = await stack.client.post(
         "/v1/analyses:stream", json={"text": "hi"}, headers=account.headers
     )
@@ -188,7 +189,7 @@ async def test_stream_errors_before_the_first_event_are_problem_responses(
 async def test_stream_error_after_the_first_event_is_an_error_event_then_done(
     stack: Stack, account: Account
 ) -> None:
-    stack.stub.fail_stream(errors.Unavailable("the model provider is down"))
+    stack.ai_standin.fail_stream(errors.Unavailable("the model provider is down"))
     async with stack.client.stream(
         "POST", "/v1/analyses:stream", json={"text": "Sunny."}, headers=account.headers
     ) as response:
@@ -206,7 +207,7 @@ async def test_stream_past_its_deadline_ends_with_a_504_error_event(sqlite_url: 
     await migrate_users(sqlite_url)
     async with gateway_stack(sqlite_url, stream_deadline_seconds=0.5) as stack:
         account = await stack.new_account()
-        stack.stub.hold_stream()
+        stack.ai_standin.hold_stream()
         async with stack.client.stream(
             "POST", "/v1/analyses:stream", json={"text": "Sunny."}, headers=account.headers
         ) as response:
@@ -217,20 +218,20 @@ async def test_stream_past_its_deadline_ends_with_a_504_error_event(sqlite_url: 
 
 
 async def test_closing_the_stream_cancels_the_upstream_call(stack: Stack, account: Account) -> None:
-    stack.stub.hold_stream()
+    stack.ai_standin.hold_stream()
     async with stack.client.stream(
         "POST", "/v1/analyses:stream", json={"text": "Sunny."}, headers=account.headers
     ) as response:
         assert (await first_event(response)).name == "partial"
-    # Leaving the block closes the connection; the stub must see its call cancelled.
+    # Leaving the block closes the connection; the stand-in must see its call cancelled.
     async with asyncio.timeout(10):
-        await stack.stub.stream_cancelled.wait()
+        await stack.ai_standin.stream_cancelled.wait()
 
 
 async def test_an_analysis_that_breaks_the_contract_is_a_500_without_internals(
     stack: Stack, account: Account
 ) -> None:
-    stack.stub.sentiment = analysis_pb2.SENTIMENT_UNSPECIFIED
+    stack.ai_standin.sentiment = analysis_pb2.SENTIMENT_UNSPECIFIED
     response = await stack.client.post(
         "/v1/analyses", json={"text": "hmm"}, headers={**account.headers, "X-Request-ID": "r-500"}
     )

@@ -52,7 +52,7 @@ RICH = [
 async def test_grpc_statuses_map_to_http_statuses(
     stack: Stack, account: Account, error: errors.ServiceError, status: int, code: str
 ) -> None:
-    stack.stub.fail("ListAnalyses", error)
+    stack.ai_standin.fail("ListAnalyses", error)
     response = await stack.client.get("/v1/analyses", headers=account.headers)
     body = assert_problem(response, status, code)
     assert body["type"] == "https://tandem.dev/problems/" + code.lower().replace("_", "-")
@@ -80,7 +80,7 @@ BARE = [
 async def test_bare_statuses_get_generic_details_never_the_upstream_text(
     stack: Stack, account: Account, code: grpc.StatusCode, status: int, detail: str
 ) -> None:
-    stack.stub.abort("ListAnalyses", code, "secret: db at 10.0.0.7, /srv/ai/handler.py:12")
+    stack.ai_standin.abort("ListAnalyses", code, "secret: db at 10.0.0.7, /srv/ai/handler.py:12")
     response = await stack.client.get("/v1/analyses", headers=account.headers)
     body = assert_problem(response, status, code.name)
     assert body["detail"].startswith(detail)
@@ -90,7 +90,7 @@ async def test_bare_statuses_get_generic_details_never_the_upstream_text(
 async def test_an_upstream_crash_is_500_without_its_traceback(
     stack: Stack, account: Account
 ) -> None:
-    stack.stub.fail("ListAnalyses", RuntimeError("secret internal detail at /srv/app.py"))
+    stack.ai_standin.fail("ListAnalyses", RuntimeError("secret internal detail at /srv/app.py"))
     response = await stack.client.get(
         "/v1/analyses", headers={**account.headers, "X-Request-ID": "req-crash"}
     )
@@ -115,7 +115,7 @@ async def test_a_well_formed_request_id_is_kept_everywhere(stack: Stack, account
     headers = {**account.headers, "X-Request-ID": "trace-42.a:b-c"}
     ok = await stack.client.post("/v1/analyses", json={"text": "hi"}, headers=headers)
     assert ok.headers["x-request-id"] == "trace-42.a:b-c"
-    assert stack.stub.calls_of("AnalyzeText")[0].request_id == "trace-42.a:b-c"
+    assert stack.ai_standin.calls_of("AnalyzeText")[0].request_id == "trace-42.a:b-c"
     failed = await stack.client.get("/v1/analyses/x", headers=headers)
     assert_problem(failed, 400, "INVALID_ARGUMENT", request_id="trace-42.a:b-c")
 
@@ -131,7 +131,7 @@ async def test_a_missing_or_malformed_request_id_is_replaced(
     echoed = response.headers["x-request-id"]
     assert len(echoed) == 36
     assert echoed != given
-    assert stack.stub.calls_of("AnalyzeText")[-1].request_id == echoed
+    assert stack.ai_standin.calls_of("AnalyzeText")[-1].request_id == echoed
 
 
 async def test_log_lines_carry_the_request_id(
@@ -141,7 +141,7 @@ async def test_log_lines_carry_the_request_id(
     caplog.set_level(logging.INFO, logger="gateway")
     caplog.handler.addFilter(RequestIdFilter())
     async with gateway_stack(sqlite_url, access_log=True) as stack:
-        stack.stub.fail("ListAnalyses", RuntimeError("boom"))
+        stack.ai_standin.fail("ListAnalyses", RuntimeError("boom"))
         account = await stack.new_account()
         await stack.client.get("/v1/users/me", headers={**account.headers, "X-Request-ID": "log-1"})
         await stack.client.get("/v1/analyses", headers={**account.headers, "X-Request-ID": "log-2"})
@@ -162,7 +162,7 @@ async def test_an_unexpected_fault_in_the_gateway_is_a_logged_500(
 
     caplog.set_level(logging.ERROR, logger="gateway")
     caplog.handler.addFilter(RequestIdFilter())
-    stack.stub.sentiment = analysis_pb2.SENTIMENT_UNSPECIFIED
+    stack.ai_standin.sentiment = analysis_pb2.SENTIMENT_UNSPECIFIED
     response = await stack.client.post(
         "/v1/analyses", json={"text": "hmm"}, headers={**account.headers, "X-Request-ID": "f-1"}
     )
@@ -184,7 +184,7 @@ async def test_a_body_over_the_limit_is_413_by_its_content_length(
     body = assert_problem(response, 413, None)
     assert body["type"] == "https://tandem.dev/problems/content-too-large"
     assert body["detail"] == "the request body exceeds the limit of 4096 bytes"
-    assert stack.stub.calls == []
+    assert stack.ai_standin.calls == []
 
 
 async def test_a_chunked_body_over_the_limit_is_413_before_it_is_read_whole(
@@ -207,7 +207,7 @@ async def test_a_chunked_body_over_the_limit_is_413_before_it_is_read_whole(
     )
     assert "content-length" not in response.request.headers
     assert_problem(response, 413, None)
-    assert stack.stub.calls == []
+    assert stack.ai_standin.calls == []
 
 
 async def test_a_body_under_the_limit_passes(stack: Stack, account: Account) -> None:

@@ -1,4 +1,4 @@
-"""Overload and clients that leave, through the whole chain (users server, ai stub,
+"""Overload and clients that leave, through the whole chain (users server, ai stand-in,
 gateway on real ports): the cap on requests in flight, and a disconnect that cancels
 the upstream call on a plain (not streamed) route."""
 
@@ -30,19 +30,19 @@ async def account(stack: Stack) -> Account:
 
 
 async def held_analysis(stack: Stack, account: Account) -> asyncio.Task[httpx.Response]:
-    """A POST /v1/analyses that the stub holds; returns once the stub has it."""
-    stack.stub.analyze_started.clear()
+    """A POST /v1/analyses that the stand-in holds; returns once the stand-in has it."""
+    stack.ai_standin.analyze_started.clear()
     call = stack.client.post("/v1/analyses", json={"text": "Slow."}, headers=account.headers)
     task = asyncio.create_task(call)
     async with asyncio.timeout(10):
-        await stack.stub.analyze_started.wait()
+        await stack.ai_standin.analyze_started.wait()
     return task
 
 
 async def test_past_the_cap_requests_are_refused_at_once_while_health_answers(
     stack: Stack, account: Account
 ) -> None:
-    stack.stub.hold("AnalyzeText")
+    stack.ai_standin.hold("AnalyzeText")
     held = [await held_analysis(stack, account) for _ in range(MAX_IN_FLIGHT)]
 
     async with asyncio.timeout(2):  # at once, not at any deadline
@@ -53,7 +53,7 @@ async def test_past_the_cap_requests_are_refused_at_once_while_health_answers(
     assert (await stack.client.get("/healthz")).status_code == 200
     assert (await stack.client.get("/readyz")).status_code == 200
 
-    stack.stub.release()
+    stack.ai_standin.release()
     for task in held:
         assert (await task).status_code == 201
     # Below the cap again.
@@ -63,7 +63,7 @@ async def test_past_the_cap_requests_are_refused_at_once_while_health_answers(
 async def test_a_client_that_gives_up_cancels_its_analysis_upstream(
     stack: Stack, account: Account
 ) -> None:
-    stack.stub.hold("AnalyzeText")
+    stack.ai_standin.hold("AnalyzeText")
     body = b'{"text": "Never mind."}'
     head = request_head(
         "POST",
@@ -75,12 +75,12 @@ async def test_a_client_that_gives_up_cancels_its_analysis_upstream(
     async with raw_connection(stack.url) as conn:
         conn.writer.write(head + body)
         async with asyncio.timeout(10):
-            await stack.stub.analyze_started.wait()
+            await stack.ai_standin.analyze_started.wait()
     # The connection is closed: the gateway must cancel the call, not wait it out.
     async with asyncio.timeout(10):
-        await stack.stub.analyze_cancelled.wait()
-    stack.stub.release()
-    assert stack.stub.analyses == {}
+        await stack.ai_standin.analyze_cancelled.wait()
+    stack.ai_standin.release()
+    assert stack.ai_standin.analyses == {}
     # The cap counts it no longer.
     for _ in range(MAX_IN_FLIGHT + 1):
         assert (await stack.client.get("/healthz")).status_code == 200

@@ -11,7 +11,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.support.ai_stub import running_ai_stub
+from tests.support.ai_standin import running_ai_standin
 from tests.support.gateway import (
     PASSWORD,
     Stack,
@@ -162,7 +162,7 @@ async def test_a_password_change_ends_other_sessions_on_every_replica(users_db: 
     once its cache lapses; the caller's own session goes on."""
     async with (
         running_users(users_settings(users_db)) as users_address,
-        running_ai_stub() as ai,
+        running_ai_standin() as ai,
         running_gateway(gateway_settings(users_address, ai.address)) as url_a,
         running_gateway(
             gateway_settings(users_address, ai.address, auth_cache_seconds=0.3)

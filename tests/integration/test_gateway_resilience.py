@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from servicekit import errors
-from tests.support.ai_stub import AnalysisStub, running_ai_stub
+from tests.support.ai_standin import AnalysisStandIn, running_ai_standin
 from tests.support.gateway import (
     PASSWORD,
     Stack,
@@ -101,7 +101,7 @@ async def test_a_silent_users_service_is_504_within_the_deadline() -> None:
 async def test_a_slow_ai_call_is_504_within_its_deadline(users_db: str) -> None:
     async with gateway_stack(users_db, ai_deadline_seconds=DEADLINE) as stack:
         account = await stack.new_account()
-        stack.stub.hold("ListAnalyses")
+        stack.ai_standin.hold("ListAnalyses")
         started = time.monotonic()
         response = await stack.client.get("/v1/analyses", headers=account.headers, timeout=30)
         elapsed = time.monotonic() - started
@@ -114,7 +114,7 @@ async def test_a_slow_analysis_gets_its_own_longer_deadline(users_db: str) -> No
         users_db, ai_deadline_seconds=DEADLINE, analysis_deadline_seconds=2 * DEADLINE
     ) as stack:
         account = await stack.new_account()
-        stack.stub.hold("AnalyzeText")
+        stack.ai_standin.hold("AnalyzeText")
         started = time.monotonic()
         response = await stack.client.post(
             "/v1/analyses", json={"text": "hi"}, headers=account.headers, timeout=30
@@ -126,7 +126,7 @@ async def test_a_slow_analysis_gets_its_own_longer_deadline(users_db: str) -> No
 
 async def test_readyz_reflects_both_upstreams(users_db: str) -> None:
     async with running_users(users_settings(users_db)) as users_address:
-        async with running_ai_stub() as ai:
+        async with running_ai_standin() as ai:
             settings = gateway_settings(users_address, ai.address)
             async with (
                 running_gateway(settings) as url,
@@ -170,27 +170,27 @@ async def test_a_silent_upstream_makes_readyz_503_within_its_deadline() -> None:
 
 async def test_idempotent_calls_are_retried_on_unavailable(stack: Stack) -> None:
     account = await stack.new_account()
-    stack.stub.fail("ListAnalyses", errors.Unavailable("restarting"), times=1)
+    stack.ai_standin.fail("ListAnalyses", errors.Unavailable("restarting"), times=1)
     response = await stack.client.get("/v1/analyses", headers=account.headers)
     assert response.status_code == 200, response.text
-    assert len(stack.stub.calls_of("ListAnalyses")) == 2
+    assert len(stack.ai_standin.calls_of("ListAnalyses")) == 2
 
 
 async def test_calls_that_change_state_are_not_retried(stack: Stack) -> None:
     account = await stack.new_account()
-    stack.stub.fail("AnalyzeText", errors.Unavailable("restarting"), times=1)
+    stack.ai_standin.fail("AnalyzeText", errors.Unavailable("restarting"), times=1)
     response = await stack.client.post("/v1/analyses", json={"text": "hi"}, headers=account.headers)
     assert_problem(response, 503, "UNAVAILABLE")
-    assert len(stack.stub.calls_of("AnalyzeText")) == 1
+    assert len(stack.ai_standin.calls_of("AnalyzeText")) == 1
 
 
 async def test_replicas_share_the_load_and_one_dying_does_not_fail_reads(users_db: str) -> None:
-    one = AnalysisStub()
-    two = AnalysisStub(analyses=one.analyses)  # replicas of one store
+    one = AnalysisStandIn()
+    two = AnalysisStandIn(analyses=one.analyses)  # replicas of one store
     async with (
         running_users(users_settings(users_db)) as users_address,
-        running_ai_stub(one) as first,
-        running_ai_stub(two) as second,
+        running_ai_standin(one) as first,
+        running_ai_standin(two) as second,
     ):
         target = f"ipv4:{first.address},{second.address}"
         async with gateway_stack_on(users_address, target) as (client, headers):

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.ai_stub import running_ai_stub
+from tests.support.ai_standin import running_ai_standin
 from tests.support.gateway import (
     PASSWORD,
     Stack,
@@ -38,12 +38,12 @@ ATTACKER, OWNER = "203.0.113.9", "198.51.100.7"
 async def stack_on(
     database_url: str, users: dict[str, Any] | None = None, **gateway: Any
 ) -> AsyncIterator[Stack]:
-    """A users server with small limits, an ai stub and a gateway (with `gateway`
+    """A users server with small limits, an ai stand-in and a gateway (with `gateway`
     settings) in front of them."""
     async with AsyncExitStack() as running:
         settings = users_settings(database_url, **{**LIMITS, **(users or {})})
         users_address = await running.enter_async_context(running_users(settings))
-        ai = await running.enter_async_context(running_ai_stub())
+        ai = await running.enter_async_context(running_ai_standin())
         served = gateway_settings(users_address, ai.address, **gateway)
         url = await running.enter_async_context(running_gateway(served))
         client = await running.enter_async_context(httpx.AsyncClient(base_url=url, timeout=15))

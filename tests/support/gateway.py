@@ -1,6 +1,6 @@
 """The gateway on a real port (uvicorn in the test's loop), and helpers to drive it over HTTP.
 
-async with gateway_stack(users_db) as stack:      # users server + ai stub + gateway
+async with gateway_stack(users_db) as stack:      # users server + ai stand-in + gateway
     account = await stack.new_account()
     response = await stack.client.get("/v1/users/me", headers=account.headers)
 """
@@ -22,7 +22,7 @@ import httpx
 from gateway.app import create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings
-from tests.support.ai_stub import AnalysisStub, RunningStub, running_ai_stub
+from tests.support.ai_standin import AnalysisStandIn, RunningStandIn, running_ai_standin
 from tests.support.servers import running_users, users_settings
 from tests.support.tokens import GATEWAY_SECRET
 
@@ -112,17 +112,17 @@ class Account:
 
 @dataclass
 class Stack:
-    """A users server, an ai stub and a gateway in front of them, with an HTTP client."""
+    """A users server, an ai stand-in and a gateway in front of them, with an HTTP client."""
 
     url: str
     client: httpx.AsyncClient
-    ai: RunningStub
+    ai: RunningStandIn
     users_address: str
     settings: GatewaySettings
 
     @property
-    def stub(self) -> AnalysisStub:
-        return self.ai.stub
+    def ai_standin(self) -> AnalysisStandIn:
+        return self.ai.standin
 
     async def sign_up(
         self, email: str | None = None, name: str = "Test User", password: str = PASSWORD
@@ -158,7 +158,7 @@ def unique_email() -> str:
 @asynccontextmanager
 async def gateway_stack(
     users_database_url: str,
-    stub: AnalysisStub | None = None,
+    ai_standin: AnalysisStandIn | None = None,
     *,
     users_access_log: bool = False,
     **overrides: Any,
@@ -171,7 +171,7 @@ async def gateway_stack(
     users = users_settings(users_database_url, access_log=users_access_log)
     async with (
         running_users(users) as users_address,
-        running_ai_stub(stub) as ai,
+        running_ai_standin(ai_standin) as ai,
     ):
         settings = gateway_settings(users_address, ai.address, **overrides)
         async with (

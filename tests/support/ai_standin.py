@@ -15,7 +15,7 @@ port 0, keeping analyses in memory. Tests steer it through hooks:
   `analyze_cancelled` (AnalyzeText's, whose analysis is then not kept); `calls` records
   (method, request, request id) of every call.
 
-`python -m tests.support.ai_stub ADDR` serves one until SIGTERM.
+`python -m tests.support.ai_standin ADDR` serves one until SIGTERM.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from tests.support.tokens import subject_of
 SERVICE_NAME = "ai.v1.AnalysisService"
 TEXT_LIMIT = 50_000
 
-log = logging.getLogger("ai_stub")
+log = logging.getLogger("ai_standin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ def default_partials() -> list[analysis_pb2.PartialAnalysis]:
 
 
 @dataclass
-class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
+class AnalysisStandIn(analysis_pb2_grpc.AnalysisServiceServicer):
     analyses: dict[str, analysis_pb2.Analysis] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     stream_partials: list[analysis_pb2.PartialAnalysis] = field(default_factory=default_partials)
@@ -238,8 +238,8 @@ def _for(request: analysis_pb2.AnalyzeTextRequest, caller: str) -> analysis_pb2.
 
 
 @dataclass
-class RunningStub:
-    stub: AnalysisStub
+class RunningStandIn:
+    standin: AnalysisStandIn
     server: GrpcServer
 
     @property
@@ -255,28 +255,28 @@ class RunningStub:
         await self.server.health.set(SERVICE_NAME, status)
 
 
-def _service(stub: AnalysisStub) -> Service:
-    register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, stub)
+def _service(standin: AnalysisStandIn) -> Service:
+    register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, standin)
     return Service(SERVICE_NAME, register)
 
 
 @asynccontextmanager
-async def running_ai_stub(
-    stub: AnalysisStub | None = None, addr: str = "127.0.0.1:0"
-) -> AsyncIterator[RunningStub]:
-    """A started stub server; yields it with its address."""
-    stub = stub or AnalysisStub()
-    server = build_server(addr, [_service(stub)], access_log=False)
+async def running_ai_standin(
+    standin: AnalysisStandIn | None = None, addr: str = "127.0.0.1:0"
+) -> AsyncIterator[RunningStandIn]:
+    """A started stand-in server; yields it with its address."""
+    standin = standin or AnalysisStandIn()
+    server = build_server(addr, [_service(standin)], access_log=False)
     await server.start()
     try:
-        yield RunningStub(stub, server)
+        yield RunningStandIn(standin, server)
     finally:
-        stub.release()
+        standin.release()
         await server.stop(0)
 
 
 async def main(addr: str) -> None:
-    server = build_server(addr, [_service(AnalysisStub())], access_log=False)
+    server = build_server(addr, [_service(AnalysisStandIn())], access_log=False)
     await serve_until_signalled(server, grace=1)
 
 
