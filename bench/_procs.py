@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from typing import cast
 import _loadgen
 from _loadgen import LoadResult
 
-from tests.support.harness import spawn
+from tests.support.harness import kill, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -146,10 +145,7 @@ async def run_loadgen(
                     output.append(line)
             await process.wait()
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        await kill(process)
     if process.returncode != 0 or result is None:
         raise RuntimeError(
             f"load generator {' '.join(args)} failed ({process.returncode}):\n"

@@ -110,6 +110,12 @@ async def terminate(process: asyncio.subprocess.Process, *, within: float) -> No
     try:
         await asyncio.wait_for(process.wait(), within)
     except TimeoutError:
+        await kill(process)
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL, unless the process has exited; either way reap it."""
+    if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
@@ -128,10 +134,7 @@ async def run(
         async with asyncio.timeout(timeout):
             out, _ = await process.communicate()
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        await kill(process)
     assert process.returncode is not None
     return process.returncode, out.decode(errors="replace")
 
