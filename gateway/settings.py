@@ -30,7 +30,7 @@ class GatewaySettings(ProcessSettings, TokenCheckSettings, UpstreamTlsSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     _address_example: ClassVar[str] = "127.0.0.1:8000"
-    # uvicorn is given the host to bind: it must be named.
+    # GATEWAY_ADDR names its host: 0.0.0.0 or [::] for every interface.
     _address_without_host: ClassVar[bool] = False
     addr: str = Field(
         default="127.0.0.1:8000", description="host:port to serve HTTP on; port 0 picks one"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ai_service.settings import AiSettings
+from gateway.settings import GatewaySettings
 from servicekit.settings import SettingsError, load_settings
 from users_service.settings import UsersSettings
 
@@ -12,7 +13,7 @@ def _no_tandem_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("USERS_", "AI_")):
+        if name.startswith(("USERS_", "AI_", "GATEWAY_")):
             monkeypatch.delenv(name)
 
 
@@ -55,3 +56,43 @@ def test_an_invalid_setting_is_one_line_naming_the_variable(
     assert message.startswith(f"{name} is invalid: ")
     assert "\n" not in message
     assert value not in message  # a value may be a secret: never echoed
+
+
+# One base (servicekit.settings.ProcessSettings) checks every process's address, log
+# level, access log and grace, under the process's own prefix and with its own example.
+@pytest.mark.parametrize(
+    ("settings", "prefix", "example", "without_host"),
+    [
+        (UsersSettings, "USERS_", "127.0.0.1:50051", True),
+        (AiSettings, "AI_", "127.0.0.1:50051", True),
+        (GatewaySettings, "GATEWAY_", "127.0.0.1:8000", False),
+    ],
+)
+def test_every_process_shares_the_address_and_logging_rules(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: type[UsersSettings | AiSettings | GatewaySettings],
+    prefix: str,
+    example: str,
+    without_host: bool,
+) -> None:
+    monkeypatch.setenv(f"{prefix}LOG_LEVEL", "warning")
+    monkeypatch.setenv(f"{prefix}ACCESS_LOG", "false")
+    loaded = load_settings(settings)
+    assert (loaded.log_level, loaded.access_log) == ("WARNING", False)
+    monkeypatch.setenv(f"{prefix}ADDR", "[::1]:70000")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(settings)
+    assert str(caught.value) == (
+        f"{prefix}ADDR is invalid: Value error, expected host:port, e.g. {example}"
+    )
+    monkeypatch.setenv(f"{prefix}ADDR", ":7000")
+    if without_host:
+        assert load_settings(settings).addr == ":7000"
+    else:
+        with pytest.raises(SettingsError):
+            load_settings(settings)
+
+
+def test_the_gateway_keeps_its_own_grace() -> None:
+    assert load_settings(GatewaySettings).shutdown_grace_seconds == 65.0
+    assert load_settings(UsersSettings).shutdown_grace_seconds == 10.0
