@@ -7,10 +7,15 @@ folder; both archives are checked against pinned SHA-256 digests before anything
 Gold labels:
 - `mean_sign`: the sign of the mean rating (0 only when the mean is exactly 0), the protocol of
   the paper's Table 4, used for F1 so the numbers compare with the published ones;
-- `median_sign`: the sign of the median rater's rating, i.e. what a typical reader said. This is
-  what `confidence` is calibrated against: under `mean_sign` only 1.6% of items are neutral,
-  because a single rater off zero makes the mean non-zero, so a NEUTRAL label would be "wrong"
-  by construction even for "Just posted a photo".
+- `median_sign`: the sign of the median rater's rating, i.e. what a typical reader said;
+- `gold`: what `confidence` is calibrated against, one of the four labels the analyzer gives.
+  It is "mixed" when the readers split: at least `MIXED_SHARE` (a quarter) of the raters rated
+  the text positive and at least as many negative, a disagreement no one-sided label describes;
+  otherwise it is the sign of the median rating (0: "neutral"). The median, not the mean: under
+  `mean_sign` only 1.6% of items are neutral, because a single rater off zero makes the mean
+  non-zero, so a NEUTRAL label would be "wrong" by construction even for "Just posted a photo".
+  A reading is right (`is_right`) when its label is the gold label, and a MIXED reading also
+  when the gold label is "neutral" (the readers saw no clear side either).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ _FILE_STEMS = {
 PUBLISHED_F1 = {"tweets": 0.96, "movie": 0.61, "amazon": 0.63, "nyt": 0.55}
 PUBLISHED_R = {"tweets": 0.881, "movie": 0.451, "amazon": 0.565, "nyt": 0.492}
 
+# A text is "mixed" for the gold label when at least this share of its raters rated it positive
+# and at least this share negative (5 of 20 each way).
+MIXED_SHARE = 0.25
 SPLIT_SEED = 20140601
 SYNTHETIC_SEED = 7
 SYNTHETIC_DOCS_PER_DOMAIN = 750
@@ -65,6 +73,21 @@ class Item:
     def median_sign(self) -> int:
         return _sign(statistics.median(self.ratings))
 
+    @property
+    def gold(self) -> str:
+        """'positive', 'negative', 'neutral' or 'mixed': see the module's docstring."""
+        count = len(self.ratings)
+        positive = sum(1 for rating in self.ratings if rating > 0)
+        negative = sum(1 for rating in self.ratings if rating < 0)
+        if min(positive, negative) >= MIXED_SHARE * count:
+            return "mixed"
+        return _SIGN_NAMES[self.median_sign]
+
+
+def is_right(label: str, gold: str) -> bool:
+    """Whether a reading labelled `label` is right for an item whose gold label is `gold`."""
+    return label == gold or (label == "mixed" and gold == "neutral")
+
 
 @dataclass(frozen=True, slots=True)
 class SyntheticDoc:
@@ -85,6 +108,9 @@ class SyntheticDoc:
         if -1 in signs:
             return "negative"
         return "neutral"
+
+
+_SIGN_NAMES = {1: "positive", -1: "negative", 0: "neutral"}
 
 
 def _sign(value: float) -> int:
@@ -187,18 +213,30 @@ def synthetic_docs(
         yield SyntheticDoc(parts[0].domain, text, tuple(p.median_sign for p in parts))
 
 
-def weighted_f1(gold: Sequence[int], predicted: Sequence[int]) -> float:
-    """F1 per gold class, weighted by the class's share of the gold labels."""
-    total = 0.0
+def class_f1(gold: Sequence[int], predicted: Sequence[int]) -> dict[int, float]:
+    """F1 of each class that occurs in the gold labels."""
+    scores = {}
     for label in sorted(set(gold)):
         hits = sum(1 for g, p in zip(gold, predicted, strict=True) if g == p == label)
         predicted_count = sum(1 for p in predicted if p == label)
         gold_count = sum(1 for g in gold if g == label)
         precision = hits / predicted_count if predicted_count else 0.0
         recall = hits / gold_count
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        total += f1 * gold_count
-    return total / len(gold)
+        scores[label] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return scores
+
+
+def weighted_f1(gold: Sequence[int], predicted: Sequence[int]) -> float:
+    """F1 per gold class, weighted by the class's share of the gold labels (the paper's)."""
+    return sum(f1 * gold.count(label) for label, f1 in class_f1(gold, predicted).items()) / len(
+        gold
+    )
+
+
+def macro_f1(gold: Sequence[int], predicted: Sequence[int]) -> float:
+    """The unweighted mean of the gold classes' F1: the rare neutral class counts as much."""
+    scores = class_f1(gold, predicted)
+    return sum(scores.values()) / len(scores)
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
