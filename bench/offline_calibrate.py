@@ -9,11 +9,11 @@ bench/offline_quality.py can measure calibration on the held-out half. Two parts
   and marks, the corpus being the genre; the `VOCABULARY_SIZE` words that tell the genres apart
   best (mutual information, among words in at least `MIN_DOCUMENTS` texts) plus every mark,
   add-one smoothing, the genres equally likely beforehand;
-- per genre and label, the share of readings that are right (`_vader_corpora.is_right`
-  against the raters' gold label, MIXED included) in equal-count bins of strength, made
-  monotone (pool adjacent violators) and pulled towards the label's share over all genres by
-  `PRIOR_ITEMS` pseudo-items, so a label the genre rarely gets (MIXED in news) keeps a sane
-  value. NEUTRAL gets one bin: its strength is below 0.05 and mostly exactly 0.
+- per genre and label, the share of readings that are right against the raters' gold label
+  (`is_right` of tests/support/sentiment_scoring.py, MIXED included) in equal-count bins of
+  strength, made monotone (pool adjacent violators) and pulled towards the label's share over
+  all genres by `PRIOR_ITEMS` pseudo-items, so a label the genre rarely gets (MIXED in news)
+  keeps a sane value. NEUTRAL gets one bin: its strength is below 0.05 and mostly exactly 0.
 
 Everything is counted, sorted and rounded in a fixed order: two runs write the same file.
 `--check` exits 1 when the committed file differs from a fresh fit (the analyzer changed
@@ -34,6 +34,7 @@ import _vader_corpora as corpora
 
 from ai_service.domain import Sentiment
 from ai_service.offline import OFFLINE_MODEL, OfflineAnalyzer, genre
+from tests.support import sentiment_scoring as scoring
 
 TABLE_PATH = Path(__file__).resolve().parent.parent / "ai_service" / "offline" / "calibration.py"
 VOCABULARY_SIZE = 400
@@ -68,7 +69,7 @@ def observations(cache: Path) -> list[Observation]:
                     frozenset(genre.features(item.text)),
                     reading.sentiment,
                     reading.strength,
-                    corpora.is_right(reading.sentiment.value, item.gold),
+                    scoring.is_right(reading.sentiment.value, item.gold),
                 )
             )
     return found
@@ -125,9 +126,17 @@ def fit_tables(found: Sequence[Observation]) -> dict[str, dict[str, list[tuple[f
 
 
 def fit(points: Sequence[tuple[float, bool]], bins: int, prior: float) -> list[tuple[float, float]]:
-    """(mean strength, probability) per equal-count bin, monotone by pooling violators."""
+    """(mean strength, probability) per equal-count bin, monotone by pooling violators.
+
+    A bin's probability counts `PRIOR_ITEMS` pseudo-readings right at the rate `prior`; the
+    pooling compares those same values, so what is written never falls with strength.
+    """
     if not points:
         return [(0.0, _round(prior))]
+
+    def rate(block: list[float]) -> float:
+        return (block[1] + PRIOR_ITEMS * prior) / (block[2] + PRIOR_ITEMS)
+
     size = len(points) / bins
     blocks: list[list[float]] = []  # [strength sum, hits, count]
     for b in range(bins):
@@ -137,12 +146,10 @@ def fit(points: Sequence[tuple[float, bool]], bins: int, prior: float) -> list[t
     pooled: list[list[float]] = []
     for block in blocks:
         pooled.append(list(block))
-        while len(pooled) > 1 and pooled[-1][1] / pooled[-1][2] < pooled[-2][1] / pooled[-2][2]:
+        while len(pooled) > 1 and rate(pooled[-1]) < rate(pooled[-2]):
             last = pooled.pop()
             pooled[-1] = [a + b for a, b in zip(pooled[-1], last, strict=True)]
-    return [
-        (_round(s / n), _round((h + PRIOR_ITEMS * prior) / (n + PRIOR_ITEMS))) for s, h, n in pooled
-    ]
+    return [(_round(block[0] / block[2]), _round(rate(block))) for block in pooled]
 
 
 def _round(value: float) -> float:

@@ -22,6 +22,7 @@ _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 # Links and @mentions are marks, not words: the corpus wrote them all as "http://url_removed"
 # and "@anonymous", which would otherwise teach that "anonymous" means a tweet.
 _ADDRESS = re.compile(r"(?:https?://|www\.)\S+|(?<![\w.+-])@\w+", re.IGNORECASE)
+_ADDRESS_SIGNS = ("@", "/", "www.", "WWW.")
 _HASHTAG = re.compile(r"(?:^|\s)#\w")
 _EMOTICON = re.compile(r"[:;=]['-]?[()\[\]dpDP/\\|*3]|<3|\^_\^")
 _STRETCHED = re.compile(r"([a-z])\1\1")
@@ -33,13 +34,15 @@ _READ_CHARS = 2_000
 def features(text: str) -> set[str]:
     """The lower-cased words of the text's opening and its marks, written "<url>" and the like."""
     opening = text[:_READ_CHARS]
-    addresses = _ADDRESS.findall(opening)
-    lower = _ADDRESS.sub(" ", opening).lower()
+    # The `in` tests skip a regex scan on the texts that cannot match it (most of them).
+    maybe_address = any(sign in opening for sign in _ADDRESS_SIGNS)
+    addresses = _ADDRESS.findall(opening) if maybe_address else []
+    lower = (_ADDRESS.sub(" ", opening) if addresses else opening).lower()
     found = set(_WORD.findall(lower))
     marks = {
         "<url>": any(not address.startswith("@") for address in addresses),
         "<mention>": any(address.startswith("@") for address in addresses),
-        "<hashtag>": _HASHTAG.search(opening) is not None,
+        "<hashtag>": "#" in opening and _HASHTAG.search(opening) is not None,
         "<exclamation>": "!" in opening,
         "<question>": "?" in opening,
         "<emoticon>": _EMOTICON.search(opening) is not None,
