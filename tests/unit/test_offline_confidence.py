@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
 from ai_service.domain import Sentiment
-from ai_service.offline import genre
+from ai_service.offline import OfflineAnalyzer, genre
 from ai_service.offline.calibration import GENRES, TABLES, WORD_LOG_LIKELIHOODS
 from ai_service.offline.confidence import confidence, interpolate
 
@@ -110,3 +114,29 @@ def test_only_the_opening_is_read() -> None:
 def test_the_vocabulary_is_small() -> None:
     assert len(WORD_LOG_LIKELIHOODS) <= 420
     assert all(len(values) == len(GENRES) for values in WORD_LOG_LIKELIHOODS.values())
+
+
+def test_the_same_text_gets_the_same_confidence_in_any_process() -> None:
+    """Features are a set, whose order changes with the hash seed; the result must not."""
+    texts = [
+        "@anna lol that was sooo good :) but the ending? awful. http://t.co/x #tbt",
+        "The council's plan is sound, though its budget is thin and its timeline vague.",
+    ]
+    script = (
+        "import json, sys\n"
+        "from ai_service.offline import OfflineAnalyzer, genre\n"
+        "texts = json.load(sys.stdin)\n"
+        "print(json.dumps([[genre.weights(t), OfflineAnalyzer().read(t).confidence]"
+        " for t in texts]))\n"
+    )
+    here = [[list(genre.weights(t)), OfflineAnalyzer().read(t).confidence] for t in texts]
+    for seed in ("1", "2", "3"):
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            input=json.dumps(texts),
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert json.loads(result.stdout) == here
