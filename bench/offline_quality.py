@@ -14,10 +14,11 @@ bench/.cache by default) and prints, with PASS/FAIL against the targets:
 - calibration on the held-out half, which bench/offline_calibrate.py never saw: per domain, the
   ECE (10 equal-width bins) of `confidence` against "the label is right", with the share right
   and the mean confidence; target: <= 0.05 on every domain. Right means the label equals the
-  raters' gold label (bench/_vader_corpora.py): "mixed" when at least a quarter of the raters
-  rated the text positive and at least a quarter negative, else the sign of the median rating
-  ("neutral" when 0); a MIXED reading is also right when the gold label is "neutral". Every
-  reading counts, MIXED included. Synthetic documents of 2-3 held-out snippets are shown too;
+  raters' gold label (tests/support/sentiment_scoring.py): "mixed" when at least a quarter of
+  the raters rated the text positive and at least a quarter negative, else the sign of the
+  median rating ("neutral" when 0); a MIXED reading is also right when the gold label is
+  "neutral". Every reading counts, MIXED included. Synthetic documents of 2-3 held-out
+  snippets are shown too, without a target;
 - speed: µs per corpus snippet and the share of it that `confidence` takes, calls/s on 2 KB
   texts, ms per 1 KB, ms for 50,000 characters, and import plus first analysis in a fresh
   process; targets: < 50 ms per KB and < 1 s cold.
