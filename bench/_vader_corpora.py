@@ -7,10 +7,10 @@ folder; both archives are checked against pinned SHA-256 digests before anything
 Gold labels:
 - `mean_sign`: the sign of the mean rating (0 only when the mean is exactly 0), the protocol of
   the paper's Table 4, used for F1 so the numbers compare with the published ones;
-- `median_sign`: the sign of the median rater's rating, i.e. what a typical reader said. This is
-  what `confidence` is calibrated against: under `mean_sign` only 1.6% of items are neutral,
-  because a single rater off zero makes the mean non-zero, so a NEUTRAL label would be "wrong"
-  by construction even for "Just posted a photo".
+- `median_sign`: the sign of the median rater's rating, i.e. what a typical reader said;
+- `gold`: what `confidence` is calibrated against, one of the four labels the analyzer gives
+  ("mixed" when the raters split a quarter each way, else the median's sign), defined with
+  `is_right` and the F1 and ECE measures in tests/support/sentiment_scoring.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.sentiment_scoring import gold_label, sign
 
 SDIST_NAME = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -59,11 +61,15 @@ class Item:
 
     @property
     def mean_sign(self) -> int:
-        return _sign(self.mean_rating)
+        return sign(self.mean_rating)
 
     @property
     def median_sign(self) -> int:
-        return _sign(statistics.median(self.ratings))
+        return sign(statistics.median(self.ratings))
+
+    @property
+    def gold(self) -> str:
+        return gold_label(self.ratings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +91,6 @@ class SyntheticDoc:
         if -1 in signs:
             return "negative"
         return "neutral"
-
-
-def _sign(value: float) -> int:
-    return (value > 0) - (value < 0)
 
 
 def fetch(cache: Path = DEFAULT_CACHE) -> Path:
@@ -187,41 +189,12 @@ def synthetic_docs(
         yield SyntheticDoc(parts[0].domain, text, tuple(p.median_sign for p in parts))
 
 
-def weighted_f1(gold: Sequence[int], predicted: Sequence[int]) -> float:
-    """F1 per gold class, weighted by the class's share of the gold labels."""
-    total = 0.0
-    for label in sorted(set(gold)):
-        hits = sum(1 for g, p in zip(gold, predicted, strict=True) if g == p == label)
-        predicted_count = sum(1 for p in predicted if p == label)
-        gold_count = sum(1 for g in gold if g == label)
-        precision = hits / predicted_count if predicted_count else 0.0
-        recall = hits / gold_count
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        total += f1 * gold_count
-    return total / len(gold)
-
-
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
     covariance = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
     spread_x = sum((x - mean_x) ** 2 for x in xs) ** 0.5
     spread_y = sum((y - mean_y) ** 2 for y in ys) ** 0.5
     return covariance / (spread_x * spread_y) if spread_x and spread_y else 0.0
-
-
-def expected_calibration_error(
-    confidences: Sequence[float], correct: Sequence[bool], bins: int = 10
-) -> float:
-    """ECE over equal-width confidence bins: the bins' |accuracy - confidence|, by weight."""
-    if not confidences:
-        return 0.0
-    sums = [[0.0, 0.0, 0] for _ in range(bins)]
-    for confidence, hit in zip(confidences, correct, strict=True):
-        row = sums[min(int(confidence * bins), bins - 1)]
-        row[0] += confidence
-        row[1] += hit
-        row[2] += 1
-    return sum(abs(c - h) for c, h, n in sums if n) / len(confidences)
 
 
 def stratified_sample(items: Sequence[Item], size: int, seed: int = SPLIT_SEED) -> list[Item]:
@@ -245,16 +218,19 @@ def stratified_sample(items: Sequence[Item], size: int, seed: int = SPLIT_SEED) 
     return sorted(chosen, key=lambda item: order[item.item_id])
 
 
-def write_test_sample(folder: Path, cache: Path = DEFAULT_CACHE, size: int = 200) -> None:
-    """The unit tests' fixture: `size` amazon and `size` tweets lines in the corpus format."""
+def write_test_sample(folder: Path, cache: Path = DEFAULT_CACHE, size: int = 500) -> None:
+    """The tests' fixture: `size` held-out items per domain, in the corpus format, and their
+    raters' individual ratings (`id <TAB> [ratings]`), which the gold label needs."""
     data = load(cache)
     folder.mkdir(parents=True, exist_ok=True)
-    for domain in ("amazon", "tweets"):
-        lines = [
-            f"{i.item_id}\t{i.mean_rating}\t{i.text}\n"
-            for i in stratified_sample(data[domain], size)
-        ]
+    for domain in DOMAINS:
+        sample = stratified_sample(data[domain], size)
+        lines = [f"{i.item_id}\t{i.mean_rating}\t{i.text}\n" for i in sample]
         (folder / f"{_FILE_STEMS[domain]}_sample.txt").write_text("".join(lines), encoding="utf-8")
+        ratings = [f"{i.item_id}\t{list(i.ratings)}\n" for i in sample]
+        (folder / f"{_FILE_STEMS[domain]}_ratings_sample.txt").write_text(
+            "".join(ratings), encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from ai_service.offline import keyphrases, polarity, sentences, summary
 
 # Names the analyzer and the version of its rules and calibration; bump it whenever either
 # changes, since stored analyses carry it.
-OFFLINE_MODEL = "offline-v1"
+OFFLINE_MODEL = "offline-v2"
 _NOTHING_TO_SUMMARIZE = "(empty text)"
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ai_service.domain import Sentiment
-from ai_service.offline import valence
+from ai_service.offline import genre, valence
 from ai_service.offline.confidence import confidence
 
 # VADER's own band: measured on the corpora, the sign of |compound| < 0.05 agrees with the
@@ -39,6 +39,7 @@ class Reading:
 
 def read(text: str, sentence_spans: Sequence[tuple[int, int]]) -> Reading:
     scored = valence.score(text, sentence_spans)
+    genre_weights = genre.weights(text)
     lean = _lean(scored.compound)
     positives = [s for s in scored.sentence_compounds if s > CLEAR_SENTENCE]
     negatives = [-s for s in scored.sentence_compounds if s < -CLEAR_SENTENCE]
@@ -48,7 +49,7 @@ def read(text: str, sentence_spans: Sequence[tuple[int, int]]) -> Reading:
             weaker_side = min(max(positives), max(negatives))
             return Reading(
                 Sentiment.MIXED,
-                confidence(Sentiment.MIXED, weaker_side),
+                confidence(Sentiment.MIXED, weaker_side, genre_weights),
                 weaker_side,
                 scored.compound,
                 lean,
@@ -56,7 +57,7 @@ def read(text: str, sentence_spans: Sequence[tuple[int, int]]) -> Reading:
             )
     return Reading(
         lean,
-        confidence(lean, abs(scored.compound)),
+        confidence(lean, abs(scored.compound), genre_weights),
         abs(scored.compound),
         scored.compound,
         lean,
