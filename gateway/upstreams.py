@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.problems import ProblemError
+from gateway.problems import ProblemError, field_detail
 from gateway.settings import GatewaySettings
 from servicekit.errors import HTTP_STATUS_BY_GRPC_CODE
 from servicekit.idempotency import KEY_REUSED
@@ -92,12 +92,15 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
         headers["Retry-After"] = str(math.ceil(error.retry_after))
     elif code is grpc.StatusCode.CANCELLED:
         headers["Retry-After"] = "1"
+    errors = [(rest_field(v.field), v.description) for v in error.violations]
+    # Field errors name the fields as the REST body does, in the detail too.
+    detail = field_detail(errors) if errors else _detail(error, upstream)
     return UpstreamError(
         http_status(error),
-        _detail(error, upstream),
+        detail,
         grpc_code=code,
         reason=error.reason,
-        errors=[(rest_field(v.field), v.description) for v in error.violations],
+        errors=errors,
         headers=headers,
     )
 
