@@ -188,6 +188,19 @@ class JsonWebKeySet(BaseModel):
     keys: list[JsonWebKey]
 
 
+class Usage(BaseModel):
+    """The provider tokens an analysis took (all 0 offline and when cached)."""
+
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cache_read_input_tokens: int = Field(
+        ge=0, description="of the input, read from the prompt cache"
+    )
+    cache_creation_input_tokens: int = Field(
+        ge=0, description="of the input, written to the prompt cache"
+    )
+
+
 class Analysis(BaseModel):
     id: uuid.UUID
     user_id: uuid.UUID
@@ -196,6 +209,10 @@ class Analysis(BaseModel):
     key_points: list[str]
     confidence: float = Field(ge=0, le=1)
     model: str = Field(description="which model or analyzer produced it")
+    cached: bool = Field(
+        description="answered from the result cache (an identical recent request), no tokens"
+    )
+    usage: Usage
     created_at: datetime
 
 

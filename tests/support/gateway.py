@@ -36,6 +36,8 @@ ANALYSIS_FIELDS = {
     "key_points",
     "confidence",
     "model",
+    "cached",
+    "usage",
     "created_at",
 }
 _emails = itertools.count(1)
