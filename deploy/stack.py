@@ -9,8 +9,9 @@ their output prefixed by their name, waits until each of its own processes says 
 serves and the gateway's /readyz answers 200, and prints where everything is and the
 first steps to try. Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops all three
 gracefully and exits 0; if one of them dies, the others are stopped and the command
-exits 1, naming the one that died. The services die with this process however it dies
-(servicekit.children), so none is ever left serving without it.
+exits 1, naming the one that died. The services die with this process however it dies,
+and it stops as on SIGTERM when make, its parent, dies (servicekit.children), so none
+is ever left serving without it.
 
 Every setting comes from the environment, as for the services themselves; the gateway
 is pointed at the users and ai addresses unless GATEWAY_USERS_TARGET / GATEWAY_AI_TARGET
@@ -30,7 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from servicekit.children import die_with_parent
+from servicekit.children import die_with_parent, stop_with_parent
 from servicekit.server import parse_serving
 
 USERS_ADDR = os.environ.get("USERS_ADDR", "127.0.0.1:50051")
@@ -280,6 +281,8 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
+    # Killing make (its parent) stops the stack as a SIGTERM does.
+    stop_with_parent()
 
     started = time.monotonic()
     for service in services[:2]:

@@ -8,11 +8,15 @@ leaves no server serving with no parent. Elsewhere the command runs as it is.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "stop_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
 
 # Run in the child in place of the command: SIGTERM when the parent dies, unless it is
 # already gone, then exec the command (same pid). Not subprocess's preexec_fn: that
@@ -36,3 +40,14 @@ def die_with_parent(command: Sequence[str]) -> list[str]:
     if not sys.platform.startswith("linux"):
         return list(command)
     return [sys.executable, "-I", "-S", "-c", _GUARD, str(os.getpid()), *command]
+
+
+def stop_with_parent() -> None:
+    """Ask for SIGTERM (a graceful stop, once its handler is set) when this process's
+    parent dies (Linux): `make run`'s supervisor stops when make is killed."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -88,6 +88,17 @@ async def test_the_services_die_with_make_run_however_it_dies(tmp_path: Path) ->
             await asyncio.gather(*(exited(pid) for pid in services))
 
 
+async def test_killing_make_stops_the_stack_gracefully(tmp_path: Path) -> None:
+    async with make_run(sqlite_env(tmp_path)) as stack:
+        services = service_pids(stack)
+        # make dies at once; its child, the supervisor, gets SIGTERM from the kernel.
+        os.kill(stack.process.pid, signal.SIGKILL)
+        await stack.make.wait_for_line(re.compile(r"^stack\s+\| stopped$"), 30)
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(exited(pid) for pid in services))
+    assert any("Finished server process" in line for line in stack.prefixed("gateway"))
+
+
 async def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))

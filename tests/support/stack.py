@@ -32,6 +32,8 @@ class RunningStack:
     gateway: str
     # The environment the stack runs with (its databases, its key files).
     env: dict[str, str]
+    # `make run` itself, whose output lines can be awaited.
+    make: Child
 
     @property
     def url(self) -> str:
@@ -70,7 +72,7 @@ async def make_run(
     )
     make = Child(["make", "--no-print-directory", "run"], full, str(ROOT), name="make run")
     await make.start()
-    stack = RunningStack(make.process, make.lines, users, ai, gateway, full)
+    stack = RunningStack(make.process, make.lines, users, ai, gateway, full, make)
     try:
         await make.wait_for_line(READY, ready_timeout)
         yield stack
