@@ -1,22 +1,33 @@
 # Tandem: `make run` starts the stack on embedded defaults, `make test` runs every check.
-# Both create .venv on first use (Python 3.11+ as $(PYTHON)) from the pinned constraints.
+# Both create .venv on first use (Python 3.11+ as $(PYTHON)) from the pinned constraints:
+# `make run` with what running needs, `make test` adds the dev tools.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
+RUN_INSTALLED := $(VENV)/.run-installed
 INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint types protos-lint unit integration e2e protos lock clean \
 	bench-users bench-gateway bench-ai bench-abuse bench-offline calibrate-offline compose-e2e
 
-$(INSTALLED): pyproject.toml constraints.txt
+# Two stamps: what running needs (the package and grpcurl for the README's first steps),
+# and on top of it the dev extra that the checks need (pytest, ruff, mypy, buf…).
+$(RUN_INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Tandem needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { echo "make: creating $(VENV), once: installing what running needs takes about a minute"; $(PYTHON) -m venv $(VENV); }
+	@start=$$(date +%s); \
+		$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[run]' && \
+		echo "make: $(VENV) has what running needs (took $$(( $$(date +%s) - start )) s)"
+	@touch $@
+
+$(INSTALLED): $(RUN_INSTALLED)
+	@echo "make: adding the dev tools (tests, linters, type checker) to $(VENV); about a minute, once"
 	@$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-run: $(INSTALLED)
+run: $(RUN_INSTALLED)
 	@$(PY) deploy/stack.py
 
 test: lint types protos-lint

@@ -1,5 +1,10 @@
 """`python -m ai_service [serve|migrate]`."""
 
-from ai_service.cli import main
+from servicekit.environment import not_installed
+
+try:
+    from ai_service.cli import main
+except ModuleNotFoundError as missing:
+    raise not_installed("ai_service", missing) from None
 
 raise SystemExit(main())

@@ -27,6 +27,7 @@ from servicekit.errors import (
     InvalidArgument,
     NotFound,
     ServiceError,
+    empty_text,
 )
 from servicekit.idempotency import IdempotentWrites, KeyTaken, RequestKey
 from servicekit.pagination import Page, PageTokens, keyset_page
@@ -223,7 +224,7 @@ class Analyses:
         except InvalidArgument as exc:
             violations.extend(exc.violations)
         if not text.strip():
-            violations.append(FieldViolation("text", "must not be empty or only whitespace"))
+            violations.append(FieldViolation("text", empty_text(text)))
         elif len(text) > self._limits.max_text_chars:
             violations.append(
                 FieldViolation("text", f"must be at most {self._limits.max_text_chars} characters")

@@ -65,6 +65,13 @@ def analysis(message: analysis_pb2.Analysis) -> dict[str, Any]:
         "key_points": list(message.key_points),
         "confidence": message.confidence,
         "model": message.model,
+        "cached": message.cached,
+        "usage": {
+            "input_tokens": message.usage.input_tokens,
+            "output_tokens": message.usage.output_tokens,
+            "cache_read_input_tokens": message.usage.cache_read_input_tokens,
+            "cache_creation_input_tokens": message.usage.cache_creation_input_tokens,
+        },
         "created_at": message.create_time.ToJsonString(),
     }
 

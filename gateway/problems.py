@@ -8,9 +8,12 @@
 `type` is `https://tandem.dev/problems/<slug>`: the gRPC status name in kebab case
 (`invalid-argument`, `not-found`, `deadline-exceeded`…) when the HTTP status is the one
 that gRPC code maps to, else the HTTP reason phrase in kebab case (`precondition-failed`,
-`content-too-large`, `method-not-allowed`). `code` is the gRPC status name, or null
-where none applies. A route raises `ProblemError`; FastAPI's own errors (validation, 404,
-405, 413) go through the handlers here, so they share the shape.
+`content-too-large`, `method-not-allowed`); `title` is the same words in sentence case.
+`code` is the gRPC status name: the service's, or for an error that never reached one
+(a route's own, FastAPI's 404 and 405, the edge's 413…) the code a gRPC server answers
+the same fault with (`_CODE_BY_HTTP_STATUS`); never null. A route raises
+`ProblemError`; FastAPI's own errors (validation, 404, 405, 413) go through the
+handlers here, so they share the shape.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from gateway import media
 from gateway.paths import OAUTH_PATHS
+from servicekit.errors import empty_text
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # A problem lists at most this many field errors, whatever the input held (80,000
@@ -60,18 +65,38 @@ HTTP_STATUS_BY_GRPC_CODE: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 
-# The gRPC code an HTTP-level error stands for, where exactly one fits.
+# The gRPC code an error that never reached a service stands for (a route's own, the
+# edge's, FastAPI's), so that `code` is never null: the code a gRPC server would answer
+# the same fault with (an oversized message is RESOURCE_EXHAUSTED in gRPC too).
 _CODE_BY_HTTP_STATUS: Mapping[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.ABORTED,
+    411: grpc.StatusCode.INVALID_ARGUMENT,
+    412: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    414: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.FAILED_PRECONDITION,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    431: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
     500: grpc.StatusCode.INTERNAL,
     501: grpc.StatusCode.UNIMPLEMENTED,
+    502: grpc.StatusCode.UNAVAILABLE,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+def code_for(status: int) -> grpc.StatusCode:
+    """The gRPC code of an HTTP error status that came from no service."""
+    fallback = grpc.StatusCode.INVALID_ARGUMENT if status < 500 else grpc.StatusCode.INTERNAL
+    return _CODE_BY_HTTP_STATUS.get(status, fallback)
 
 
 class FieldError(BaseModel):
@@ -86,7 +111,12 @@ class Problem(BaseModel):
     title: str
     status: int = Field(ge=400, le=599)
     detail: str
-    code: str | None = Field(description="the gRPC status name, where one applies")
+    code: str = Field(
+        description=(
+            "the gRPC status name: the service's; for an error that reached no service, "
+            "the one a gRPC server answers the same fault with"
+        )
+    )
     request_id: str
     reason: str | None = Field(
         default=None,
@@ -121,7 +151,7 @@ class ProblemError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.code = code if code is not None else _CODE_BY_HTTP_STATUS.get(status)
+        self.code = code if code is not None else code_for(status)
         self.errors = tuple(errors)
         self.headers = dict(headers or {})
         self.reason = reason
@@ -147,18 +177,18 @@ def problem_document(
     reason: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    if code is not None and HTTP_STATUS_BY_GRPC_CODE.get(code) == status:
-        slug = code.name.lower().replace("_", "-")
-        title = code.name.replace("_", " ").capitalize()
+    code = code if code is not None else code_for(status)
+    if HTTP_STATUS_BY_GRPC_CODE.get(code) == status:
+        title = code.name.replace("_", " ")
     else:
         title = _phrase(status)
-        slug = title.lower().replace(" ", "-")
+    slug = title.lower().replace(" ", "-")
     document: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug,
-        "title": title,
+        "title": _sentence_case(title),
         "status": status,
         "detail": detail,
-        "code": code.name if code is not None else None,
+        "code": code.name,
         "request_id": request_id,
     }
     if reason is not None:
@@ -221,10 +251,15 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    expected = media.expected_by(request)
+    wrong_type = media.unsupported(request, expected)
+    if wrong_type is not None:
+        oauth = {"error": "invalid_request", "error_description": wrong_type}
+        error = ProblemError(415, wrong_type, extra=oauth if expected == media.FORM else None)
+        return problem_response(error, request_id_of(request))
     found = exc.errors()
     errors = [_field_error(error) for error in found[:MAX_LISTED_ERRORS]]
-    detail = "; ".join(f"{field}: {message}" for field, message in errors)
-    detail = detail or "the request is invalid"
+    detail = field_detail(errors) or "the request is invalid"
     if len(found) > len(errors):
         detail += f"; and {len(found) - len(errors)} more errors"
     extra = None
@@ -234,21 +269,56 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     return problem_response(error, request_id_of(request))
 
 
+def field_detail(errors: Iterable[tuple[str, str]]) -> str:
+    """The detail of invalid input, from its field errors (`email: is required; …`)."""
+    return "; ".join(f"{field}: {message}" for field, message in errors)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
 
 
+# Pydantic's errors in the services' words (servicekit.errors, users_service.domain), so
+# a field a REST client gets wrong reads as it would over gRPC; `{…}` from the error's ctx.
+_MESSAGES: Mapping[str, str] = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+    "extra_forbidden": "is not a field of this request",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "uuid_type": "must be a UUID",
+    "uuid_parsing": "must be a UUID",
+}
+
+
 def _field_error(error: Mapping[str, Any]) -> tuple[str, str]:
     loc = [str(part) for part in error.get("loc", ())]
     # The first part says where the value was (body, query, path, header).
     path = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "request")
-    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
-    if error.get("type") == "json_invalid":
+    kind = str(error.get("type", ""))
+    context = error.get("ctx") or {}
+    if kind == "json_invalid":
         path = "body"
-        reason = (error.get("ctx") or {}).get("error")
+        reason = context.get("error")
         message = f"is not valid JSON: {reason}" if reason else "is not valid JSON"
+    elif kind == "string_too_short" and context.get("min_length") == 1:
+        message = empty_text("")
+    elif kind in _MESSAGES:
+        message = _MESSAGES[kind].format_map(context)
+    else:
+        message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
     return _clip(path), _clip(message)
 
 
@@ -275,6 +345,15 @@ def _phrase(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+_ACRONYMS = frozenset({"URI", "HTTP"})
+
+
+def _sentence_case(title: str) -> str:
+    """Every title in one style: `Not found`, `Precondition failed`, `URI too long`."""
+    words = [w if w in _ACRONYMS else w.lower() for w in title.split(" ")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

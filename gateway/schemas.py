@@ -1,8 +1,12 @@
 """What the REST API reads and returns (Pydantic v2); they also make the OpenAPI schema.
 
-Requests are checked for shape only (types, presence, lengths that keep requests small);
-the services own the rules (what a valid email is) and their answers come back as 400s
-naming the same fields. Responses are built from protobuf by `gateway.convert`.
+Requests are checked for shape only (types, presence, no unknown fields); the services
+own every rule (what a valid email is, how long a name may be), check them all at once
+and name every field at fault, so a REST client gets the same violations, in the same
+words, as a gRPC one (`gateway.problems` words the shape errors as the services word
+theirs). The body size limit (`GATEWAY_MAX_BODY_BYTES`) bounds what reaches them. The
+schema documents the users service's limits (`_USERS_RULES`; a unit test keeps them equal
+to users_service.domain's). Responses are built from protobuf by `gateway.convert`.
 """
 
 from __future__ import annotations
@@ -29,13 +33,20 @@ def _without_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-# Documents the format; checking it is the users service's job.
-_EMAIL: dict[str, Any] = {"format": "email"}
+# The users service's rules (users_service.domain), documented here, checked there.
+_USERS_RULES: dict[str, dict[str, Any]] = {
+    "email": {"format": "email", "minLength": 1, "maxLength": 254},
+    "name": {"minLength": 1, "maxLength": 100},
+    "password": {"minLength": 8, "maxLength": 128},
+}
 
 
-def _email_without_default(schema: dict[str, Any]) -> None:
-    _without_default(schema)
-    schema.update(_EMAIL)
+def _documents_without_default(rule: str) -> Any:
+    def update(schema: dict[str, Any]) -> None:
+        _without_default(schema)
+        schema.update(_USERS_RULES[rule])
+
+    return update
 
 
 Sentiment = Literal["positive", "negative", "neutral", "mixed"]
@@ -47,11 +58,11 @@ Sentiment = Literal["positive", "negative", "neutral", "mixed"]
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: Text = Field(
-        min_length=1, max_length=254, examples=["ada@example.com"], json_schema_extra=_EMAIL
+    email: str = Field(examples=["ada@example.com"], json_schema_extra=_USERS_RULES["email"])
+    name: str = Field(examples=["Ada Lovelace"], json_schema_extra=_USERS_RULES["name"])
+    password: str = Field(
+        examples=["correct horse battery"], json_schema_extra=_USERS_RULES["password"]
     )
-    name: Text = Field(min_length=1, max_length=100, examples=["Ada Lovelace"])
-    password: Text = Field(min_length=8, max_length=128, examples=["correct horse battery"])
 
 
 class UserUpdate(BaseModel):
@@ -59,16 +70,12 @@ class UserUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    # An absent field defaults to "", which no client can send (min_length): read only
-    # the fields in `model_fields_set`. Null is refused, as for any string.
-    name: Text = Field(default="", min_length=1, max_length=100, json_schema_extra=_without_default)
-    email: Text = Field(
-        default="", min_length=1, max_length=254, json_schema_extra=_email_without_default
-    )
-    current_password: Text = Field(
+    # Read only the fields in `model_fields_set`: an absent one defaults to "". Null is
+    # refused, as for any string.
+    name: str = Field(default="", json_schema_extra=_documents_without_default("name"))
+    email: str = Field(default="", json_schema_extra=_documents_without_default("email"))
+    current_password: str = Field(
         default="",
-        min_length=1,
-        max_length=1024,
         description="the account's password: required to change `email`",
         json_schema_extra=_without_default,
     )
@@ -83,8 +90,8 @@ class UserUpdate(BaseModel):
 class PasswordChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    current_password: Text = Field(min_length=1, max_length=1024)
-    new_password: Text = Field(min_length=8, max_length=128)
+    current_password: str
+    new_password: str = Field(json_schema_extra=_USERS_RULES["password"])
 
 
 class TokenForm(BaseModel):
@@ -118,6 +125,8 @@ class RevokeForm(BaseModel):
 class AnalysisCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # An empty text is refused here as the ai service words it ("is required"), so it
+    # costs no call; every other rule (blank, too long) is the service's.
     text: Text = Field(
         min_length=1, description="the text to analyse (the ai service sets the limit)"
     )
@@ -179,6 +188,19 @@ class JsonWebKeySet(BaseModel):
     keys: list[JsonWebKey]
 
 
+class Usage(BaseModel):
+    """The provider tokens an analysis took (all 0 offline and when cached)."""
+
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cache_read_input_tokens: int = Field(
+        ge=0, description="of the input, read from the prompt cache"
+    )
+    cache_creation_input_tokens: int = Field(
+        ge=0, description="of the input, written to the prompt cache"
+    )
+
+
 class Analysis(BaseModel):
     id: uuid.UUID
     user_id: uuid.UUID
@@ -187,6 +209,10 @@ class Analysis(BaseModel):
     key_points: list[str]
     confidence: float = Field(ge=0, le=1)
     model: str = Field(description="which model or analyzer produced it")
+    cached: bool = Field(
+        description="answered from the result cache (an identical recent request), no tokens"
+    )
+    usage: Usage
     created_at: datetime
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from gateway.problems import HTTP_STATUS_BY_GRPC_CODE, ProblemError
+from gateway.problems import HTTP_STATUS_BY_GRPC_CODE, ProblemError, field_detail
 from servicekit.idempotency import KEY_REUSED
 from tandem_client import RpcError
 
@@ -57,12 +57,15 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
         headers["Retry-After"] = str(math.ceil(error.retry_after))
     elif code is grpc.StatusCode.CANCELLED:
         headers["Retry-After"] = "1"
+    errors = [(rest_field(v.field), v.description) for v in error.violations]
+    # Field errors name the fields as the REST body does, in the detail too.
+    detail = field_detail(errors) if errors else _detail(error, upstream)
     return UpstreamError(
         http_status(error),
-        _detail(error, upstream),
+        detail,
         grpc_code=code,
         reason=error.reason,
-        errors=[(rest_field(v.field), v.description) for v in error.violations],
+        errors=errors,
         headers=headers,
     )
 

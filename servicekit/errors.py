@@ -5,7 +5,8 @@ message and `google.rpc` details. Anything else a handler raises is a bug and be
 INTERNAL with a generic message.
 
     ServiceError
-    ├── InvalidArgument      INVALID_ARGUMENT     + google.rpc.BadRequest
+    ├── InvalidArgument      INVALID_ARGUMENT     + google.rpc.BadRequest (+ ErrorInfo
+    │                                               when it has a reason of its own)
     ├── NotFound             NOT_FOUND
     ├── AlreadyExists        ALREADY_EXISTS
     ├── Aborted              ABORTED              (etag mismatch, lost race)
@@ -16,7 +17,7 @@ INTERNAL with a generic message.
     ├── Unavailable          UNAVAILABLE          + google.rpc.RetryInfo
     └── DeadlineExceeded     DEADLINE_EXCEEDED
 
-Every non-INVALID_ARGUMENT error also carries a `google.rpc.ErrorInfo` whose `reason`
+Every other error carries a `google.rpc.ErrorInfo` whose `reason`
 is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193).
 
 The client side of these statuses is tandem_client.errors (`rich_status`,
@@ -88,15 +89,23 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
+    def __init__(
+        self,
+        violations: Sequence[FieldViolation],
+        message: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations = tuple(violations)
-        super().__init__(message or _join(v.field + ": " + v.description for v in violations))
+        super().__init__(
+            message or _join(v.field + ": " + v.description for v in violations), reason=reason
+        )
 
     @classmethod
-    def field(cls, field: str, description: str) -> InvalidArgument:
-        return cls([FieldViolation(field, description)])
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason=reason)
 
     def details(self) -> list[any_pb2.Any]:
         bad_request = error_details_pb2.BadRequest(
@@ -107,7 +116,10 @@ class InvalidArgument(ServiceError):
                 for v in self.violations
             ]
         )
-        return [_pack(bad_request)]
+        # A refusal clients branch on (WRONG_PASSWORD) carries its reason too.
+        if self.reason == self.default_reason:
+            return [_pack(bad_request)]
+        return [_pack(bad_request), *super().details()]
 
 
 class NotFound(ServiceError):
@@ -181,6 +193,12 @@ class Unavailable(_Retryable):
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_reason = "DEADLINE_EXCEEDED"
+
+
+def empty_text(raw: str) -> str:
+    """What a text field that is empty once trimmed is told, in every service: absent
+    (proto3's empty string) or only blanks."""
+    return "must not be blank" if raw else "is required"
 
 
 def _pack(message: Message) -> any_pb2.Any:

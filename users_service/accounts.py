@@ -229,7 +229,7 @@ class Accounts:
             raise _not_found(parsed)
         _, old_hash = found
         if not await self._hasher.verify(old_hash, current):
-            raise Unauthenticated("the current password is incorrect", reason="WRONG_PASSWORD")
+            raise _wrong_password()
         new_hash = await self._hasher.hash(new)
         if not await self._repository.replace_password_hash(
             parsed,
@@ -328,7 +328,7 @@ class Accounts:
         if found is None:
             raise _not_found(user_id)
         if not await self._hasher.verify(found[1], password):
-            raise Unauthenticated("the current password is incorrect", reason="WRONG_PASSWORD")
+            raise _wrong_password()
 
     async def _upgrade_hash(self, user: User, password: str, old_hash: str) -> None:
         try:
@@ -356,3 +356,9 @@ def _etag_mismatch(user_id: uuid.UUID) -> Aborted:
         reason="ETAG_MISMATCH",
         metadata={"id": str(user_id)},
     )
+
+
+def _wrong_password() -> InvalidArgument:
+    # A typo, not an expired credential: 400 on the field, never 401, which clients
+    # read as "log in again".
+    return InvalidArgument.field("current_password", "is incorrect", reason="WRONG_PASSWORD")

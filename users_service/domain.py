@@ -12,7 +12,7 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 
-from servicekit.errors import FieldViolation, InvalidArgument
+from servicekit.errors import FieldViolation, InvalidArgument, empty_text
 
 NAME_MAX = 100
 PASSWORD_MIN = 8
@@ -86,7 +86,7 @@ def normalize_email(raw: str, field: str, violations: Violations) -> str:
     """The address trimmed and normalised (domain lower-cased, Unicode NFC)."""
     email = raw.strip()
     if not email:
-        violations.add(field, "is required")
+        violations.add(field, empty_text(raw))
         return email
     if len(email) > EMAIL_MAX:
         violations.add(field, f"must be at most {EMAIL_MAX} characters")
@@ -114,7 +114,7 @@ def login_key(raw: str) -> str:
 def normalize_name(raw: str, field: str, violations: Violations) -> str:
     name = raw.strip()
     if not name:
-        violations.add(field, "is required")
+        violations.add(field, empty_text(raw))
     elif len(name) > NAME_MAX:
         violations.add(field, f"must be at most {NAME_MAX} characters")
     elif _has_control_characters(name):

@@ -33,5 +33,8 @@ class OfflineBackend:
     async def stream(
         self, text: str, *, deadline: float, trace: UpstreamTrace
     ) -> AsyncIterator[PartialResult | AnalysisResult]:
-        # The whole analysis is ready at once: there is nothing partial to show first.
-        yield await self.analyze(text, deadline=deadline, trace=trace)
+        # Each step in the thread as it comes, so partials go out as the analysis goes,
+        # in the shape Claude's stream has (OfflineAnalyzer.steps).
+        steps = self._analyzer.steps(text)
+        while (step := await asyncio.to_thread(next, steps, None)) is not None:
+            yield step

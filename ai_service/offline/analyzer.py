@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ai_service.domain import AnalysisResult
+from collections.abc import Iterator
+
+from ai_service.domain import AnalysisResult, PartialResult
 from ai_service.offline import keyphrases, polarity, sentences, summary
 
 # Names the analyzer and the version of its rules and calibration; bump it whenever either
@@ -21,12 +23,30 @@ class OfflineAnalyzer:
     __slots__ = ()
 
     def analyze(self, text: str) -> AnalysisResult:
+        for step in self.steps(text):
+            if isinstance(step, AnalysisResult):
+                return step
+        raise AssertionError("steps() ends with the result")
+
+    def steps(self, text: str) -> Iterator[PartialResult | AnalysisResult]:
+        """The analysis as it goes, as Claude's stream shows it: a partial per summary
+        sentence, one with the sentiment, one per key point (each holding all found so
+        far), then the whole result, which is what `analyze` answers."""
         spans = sentences.split(text)
+        shown = ""
+        for sentence in summary.choose(text, spans):
+            shown = f"{shown} {sentence}" if shown else sentence
+            yield PartialResult(summary=shown)
+        shown = shown or text.strip() or _NOTHING_TO_SUMMARIZE
         reading = polarity.read(text, spans)
-        return AnalysisResult(
-            summary=summary.summarize(text, spans) or text.strip() or _NOTHING_TO_SUMMARIZE,
+        yield PartialResult(summary=shown, sentiment=reading.sentiment)
+        points = keyphrases.key_phrases(text, spans)
+        for count in range(1, len(points) + 1):
+            yield PartialResult(shown, reading.sentiment, points[:count])
+        yield AnalysisResult(
+            summary=shown,
             sentiment=reading.sentiment,
-            key_points=keyphrases.key_phrases(text, spans),
+            key_points=points,
             confidence=reading.confidence,
             model=OFFLINE_MODEL,
         )

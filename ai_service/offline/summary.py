@@ -25,11 +25,11 @@ def sentence_count_for(total: int) -> int:
     return 5
 
 
-def summarize(text: str, sentence_spans: Sequence[tuple[int, int]]) -> str:
-    """The chosen sentences of `text`, joined by spaces in their original order."""
+def choose(text: str, sentence_spans: Sequence[tuple[int, int]]) -> list[str]:
+    """The summary's sentences, in their original order."""
     total = len(sentence_spans)
     if total == 0:
-        return ""
+        return []
     if total > MAX_CANDIDATES:
         step = (total - 1) / (MAX_CANDIDATES - 1)
         candidates = [sentence_spans[round(i * step)] for i in range(MAX_CANDIDATES)]
@@ -38,7 +38,7 @@ def summarize(text: str, sentence_spans: Sequence[tuple[int, int]]) -> str:
     ranks = _textrank([_content_words(text[s:e]) for s, e in candidates])
     best = sorted(range(len(candidates)), key=lambda i: (-ranks[i], i))
     chosen = sorted(best[: sentence_count_for(total)])
-    return " ".join(text[candidates[i][0] : candidates[i][1]] for i in chosen)
+    return [text[candidates[i][0] : candidates[i][1]] for i in chosen]
 
 
 def _content_words(sentence: str) -> list[str]:

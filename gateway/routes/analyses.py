@@ -51,7 +51,7 @@ responses. Closing the connection cancels the analysis upstream."""
     ),
     responses={
         201: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(400, *_AUTHED, 409, 413, 422, 429),
+        **problem_responses(400, *_AUTHED, 409, 413, 415, 422, 429),
     },
 )
 async def create_analysis(
@@ -109,7 +109,7 @@ _EVENT_SCHEMA = {
             "description": "the event stream",
             "content": {"text/event-stream": {"itemSchema": _EVENT_SCHEMA}},
         },
-        **problem_responses(400, *_AUTHED, 413, 429),
+        **problem_responses(400, *_AUTHED, 413, 415, 429),
     },
 )
 async def stream_analysis(

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import grpc
-from fastapi import Form, Response
+from fastapi import Form, Request, Response
 
-from gateway import convert
+from gateway import convert, media
 from gateway.client_address import ClientMetadata
 from gateway.deps import RuntimeDep
 from gateway.paths import REVOKE_URL, TOKEN_URL
@@ -69,11 +69,15 @@ def _as_oauth(exc: UpstreamError) -> ProblemError:
         "again later ends the session). Errors carry `error` and `error_description` "
         "(RFC 6749 §5.2). After repeated failed logins, 429 with `Retry-After`."
     ),
-    responses=problem_responses(400, 413, 429, 503, 504),
+    responses=problem_responses(400, 413, 415, 429, 503, 504),
 )
 async def issue_token(
-    form: Annotated[TokenForm, Form()], runtime: RuntimeDep, client: ClientMetadata
+    form: Annotated[TokenForm, Form()],
+    runtime: RuntimeDep,
+    client: ClientMetadata,
+    http: Request,
 ) -> Response:
+    _read_as_form(http)
     request = _grant(form)
     auth = runtime.upstreams.auth
     try:
@@ -88,6 +92,13 @@ async def issue_token(
         "refresh_token": issued.refresh_token,
     }
     return convert.json_response(content, headers=_NO_STORE)
+
+
+def _read_as_form(request: Request) -> None:
+    # Any other body reads as an empty form, whose fields would all be "missing".
+    wrong_type = media.unsupported(request, media.FORM)
+    if wrong_type is not None:
+        raise oauth_error(415, "invalid_request", wrong_type)
 
 
 def _grant(form: TokenForm) -> auth_pb2.IssueTokenRequest:
@@ -122,9 +133,15 @@ def _grant(form: TokenForm) -> auth_pb2.IssueTokenRequest:
         "RFC 7009: ends the session of the token (`token_type_hint`: `refresh_token` or "
         "`access_token`). Answers 200 for an unknown or already revoked token too."
     ),
-    responses={200: {"description": "revoked (or unknown)"}, **problem_responses(400, 503, 504)},
+    responses={
+        200: {"description": "revoked (or unknown)"},
+        **problem_responses(400, 415, 503, 504),
+    },
 )
-async def revoke_token(form: Annotated[RevokeForm, Form()], runtime: RuntimeDep) -> Response:
+async def revoke_token(
+    form: Annotated[RevokeForm, Form()], runtime: RuntimeDep, http: Request
+) -> Response:
+    _read_as_form(http)
     if not form.token:
         raise oauth_error(400, "invalid_request", "token required")
     hint = _HINTS.get(form.token_type_hint or "", auth_pb2.TOKEN_TYPE_HINT_UNSPECIFIED)

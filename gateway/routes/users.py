@@ -51,7 +51,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
     ),
     responses={
         201: {"headers": {"Location": {"schema": {"type": "string"}}, **_ETAG}},
-        **problem_responses(400, 409, 413, 422, 429, 503, 504),
+        **problem_responses(400, 409, 413, 415, 422, 429, 503, 504),
     },
 )
 async def create_user(
@@ -135,7 +135,7 @@ async def list_users(
     ),
     responses={
         200: {"headers": _ETAG},
-        **problem_responses(400, *_AUTHED, 403, 404, 409, 412, 413),
+        **problem_responses(400, *_AUTHED, 403, 404, 409, 412, 413, 415),
     },
 )
 async def update_user(
@@ -174,7 +174,7 @@ async def update_user(
     status_code=204,
     summary="Change one's password",
     description="Ends every other session of the account; the caller's own goes on.",
-    responses=problem_responses(400, *_AUTHED, 403, 404, 413),
+    responses=problem_responses(400, *_AUTHED, 403, 404, 413, 415),
 )
 async def change_password(
     id: UserId, body: PasswordChange, caller: CurrentUser, runtime: RuntimeDep

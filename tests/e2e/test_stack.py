@@ -10,7 +10,6 @@ import re
 import signal
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +18,13 @@ from tests.support.fake_anthropic import FakeAnthropic, Reply
 from tests.support.gateway import read_events
 from tests.support.grpcurl import grpcurl
 from tests.support.processes import run_command
-from tests.support.stack import RunningStack, make_run
+from tests.support.stack import (
+    RunningStack,
+    assert_stops_cleanly,
+    command_line,
+    descendants,
+    make_run,
+)
 from tests.support.tools import tool
 
 PASSWORD = "correct horse battery"
@@ -351,16 +356,6 @@ async def test_the_stack_as_make_run_starts_it(database_url: str) -> None:
     assert "PRIVATE KEY" not in stack.output
 
 
-async def assert_stops_cleanly(stack: RunningStack) -> None:
-    # make passes the signal on, waits for the stack to stop, then ends by the signal.
-    code = await asyncio.wait_for(stack.process.wait(), 30)
-    assert code in (0, -signal.SIGTERM, -signal.SIGINT), stack.output
-    assert "stack   | stopped" in stack.output
-    assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("users"))
-    assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("ai"))
-    assert any("Finished server process" in line for line in stack.prefixed("gateway"))
-
-
 async def test_sigterm_answers_every_accepted_request(tmp_path: Any) -> None:
     upstream_latency = 2.0
     with FakeAnthropic() as fake:
@@ -391,23 +386,6 @@ async def test_sigterm_answers_every_accepted_request(tmp_path: Any) -> None:
             await assert_stops_cleanly(stack)
             # The default grace period is 10 s; the calls needed about 2.
             assert time.monotonic() - signalled < 10
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc (children of every thread)."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (task / "children").read_text().split()
-            found += [int(c) for c in children]
-            pending += [int(c) for c in children]
-    return found
-
-
-def command_line(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 async def test_when_one_service_dies_the_others_stop_and_it_is_named(tmp_path: Any) -> None:

@@ -482,15 +482,15 @@ async def test_cancelling_the_stream_closes_the_upstream_request(
 @pytest.mark.parametrize(
     ("text", "user", "expected"),
     [
-        ("", USER, {"text": "must not be empty or only whitespace"}),
-        (" \n\t ", USER, {"text": "must not be empty or only whitespace"}),
+        ("", USER, {"text": "is required"}),
+        (" \n\t ", USER, {"text": "must not be blank"}),
         ("x" * 101, USER, {"text": "must be at most 100 characters"}),
         ("fine", "not-a-uuid", {"user_id": "must be a UUID"}),
         (
             "",
             "",
             {
-                "text": "must not be empty or only whitespace",
+                "text": "is required",
                 "user_id": "is required: a service acts for a named user",
             },
         ),

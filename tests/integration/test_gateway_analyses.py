@@ -85,8 +85,8 @@ async def test_the_ai_services_field_violations_become_errors(
         "/v1/analyses", json={"text": "   \n  "}, headers=account.headers
     )
     body = assert_problem(response, 400, "INVALID_ARGUMENT")
-    assert field_errors(body) == {"text": "is required"}
-    assert body["detail"] == "text: is required"
+    assert field_errors(body) == {"text": "must not be blank"}
+    assert body["detail"] == "text: must not be blank"
 
 
 async def test_get_own_analysis(stack: Stack, account: Account) -> None:
@@ -177,7 +177,9 @@ async def test_stream_errors_before_the_first_event_are_problem_responses(
     invalid = await stack.client.post(
         "/v1/analyses:stream", json={"text": "  "}, headers=account.headers
     )
-    assert field_errors(assert_problem(invalid, 400, "INVALID_ARGUMENT")) == {"text": "is required"}
+    assert field_errors(assert_problem(invalid, 400, "INVALID_ARGUMENT")) == {
+        "text": "must not be blank"
+    }
     stack.ai_standin.fail("StreamAnalyzeText", errors.ResourceExhausted("slow down", retry_after=7))
     busy = await stack.client.post(
         "/v1/analyses:stream", json={"text": "hi"}, headers=account.headers

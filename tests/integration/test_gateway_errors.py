@@ -103,8 +103,10 @@ async def test_unknown_routes_and_methods_are_problems(stack: Stack) -> None:
     body = assert_problem(missing, 404, "NOT_FOUND")
     assert body["detail"] == "no route matches /v1/nothing"
     wrong = await stack.client.put("/healthz")
-    body = assert_problem(wrong, 405, None)
+    # Errors that reach no service have a code too: what a gRPC server would answer.
+    body = assert_problem(wrong, 405, "UNIMPLEMENTED")
     assert body["type"] == "https://tandem.dev/problems/method-not-allowed"
+    assert body["title"] == "Method not allowed"
     assert wrong.headers["allow"]
 
 
@@ -181,8 +183,9 @@ async def test_a_body_over_the_limit_is_413_by_its_content_length(
     response = await stack.client.post(
         "/v1/analyses", json={"text": "x" * 5000}, headers=account.headers
     )
-    body = assert_problem(response, 413, None)
+    body = assert_problem(response, 413, "RESOURCE_EXHAUSTED")
     assert body["type"] == "https://tandem.dev/problems/content-too-large"
+    assert body["title"] == "Content too large"
     assert body["detail"] == "the request body exceeds the limit of 4096 bytes"
     assert stack.ai_standin.calls == []
 
@@ -206,7 +209,7 @@ async def test_a_chunked_body_over_the_limit_is_413_before_it_is_read_whole(
         headers={**account.headers, "content-type": "application/json"},
     )
     assert "content-length" not in response.request.headers
-    assert_problem(response, 413, None)
+    assert_problem(response, 413, "RESOURCE_EXHAUSTED")
     assert stack.ai_standin.calls == []
 
 

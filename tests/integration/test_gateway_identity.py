@@ -274,7 +274,7 @@ async def test_changing_the_email_over_rest_needs_the_password(stack: Stack) -> 
     wrong = await stack.client.patch(
         path, json={"email": unique_email(), "current_password": "nope"}, headers=auth(tokens)
     )
-    assert assert_problem(wrong, 401, "UNAUTHENTICATED")["reason"] == "WRONG_PASSWORD"
+    assert assert_problem(wrong, 400, "INVALID_ARGUMENT")["reason"] == "WRONG_PASSWORD"
     new_email = unique_email()
     right = await stack.client.patch(
         path, json={"email": new_email, "current_password": PASSWORD}, headers=auth(tokens)

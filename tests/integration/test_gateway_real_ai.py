@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.fake_anthropic import FakeAnthropic, Reply, Usage
 from tests.support.gateway import (
     ANALYSIS_FIELDS,
+    PASSWORD,
     Account,
     assert_problem,
     field_errors,
@@ -29,6 +30,8 @@ from tests.support.servers import (
     running_users,
     users_settings,
 )
+from users_service.cli import set_role
+from users_service.policy import Role
 
 GOOD = {
     "summary": "Powerful but loud.",
@@ -53,14 +56,20 @@ async def real_chain(database_url: str, **ai_overrides: Any) -> AsyncIterator[ht
 
 async def account(client: httpx.AsyncClient) -> Account:
     email = unique_email()
-    body = {"email": email, "name": "Reader", "password": "correct horse battery"}
+    body = {"email": email, "name": "Reader", "password": PASSWORD}
     created = await client.post("/v1/users", json=body)
     assert created.status_code == 201, created.text
+    return await log_in(client, Account(created.json()["id"], email, ""))
+
+
+async def log_in(client: httpx.AsyncClient, who: Account) -> Account:
+    """`who` with a token of a new session (and the role the account has now)."""
     token = await client.post(
         "/v1/auth/token",
-        data={"grant_type": "password", "username": email, "password": "correct horse battery"},
+        data={"grant_type": "password", "username": who.email, "password": PASSWORD},
     )
-    return Account(created.json()["id"], email, token.json()["access_token"])
+    assert token.status_code == 200, token.text
+    return Account(who.id, who.email, token.json()["access_token"])
 
 
 async def test_analyses_through_the_real_ai_service(database_url: str) -> None:
@@ -134,3 +143,55 @@ async def test_claude_stream_relays_partials_through_the_gateway(
             )
             assert_problem(limited, 429, "RESOURCE_EXHAUSTED")
             assert limited.headers["retry-after"] == "7"
+
+
+async def test_rest_analyses_show_their_usage_and_whether_they_were_cached(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeAnthropic() as fake:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        usage = Usage(input_tokens=120, output_tokens=40, cache_read_input_tokens=900)
+        fake.enqueue(Reply.json_output(GOOD, usage=usage))
+        async with real_chain(sqlite_url, model="claude-sonnet-5-5") as client:
+            me = await account(client)
+            text = {"text": "A powerful, loud blender."}
+            made = await client.post("/v1/analyses", json=text, headers=me.headers)
+            again = await client.post("/v1/analyses", json=text, headers=me.headers)
+            listed = await client.get("/v1/analyses", headers=me.headers)
+    assert made.status_code == again.status_code == 201, (made.text, again.text)
+    assert made.json()["cached"] is False
+    assert made.json()["usage"] == {
+        "input_tokens": 120,
+        "output_tokens": 40,
+        "cache_read_input_tokens": 900,
+        "cache_creation_input_tokens": 0,
+    }
+    # The same text again: the result cache answers, with no tokens spent.
+    assert again.json()["cached"] is True
+    assert set(again.json()["usage"].values()) == {0}
+    assert len(fake.requests) == 1
+    assert [(a["cached"], a["usage"]) for a in listed.json()["analyses"]] == [
+        (True, again.json()["usage"]),
+        (False, made.json()["usage"]),
+    ]
+
+
+async def test_a_deleted_accounts_analyses_are_kept_for_its_return(database_url: str) -> None:
+    """The README's retention: deleting an account ends its sessions, so nobody reads
+    its analyses, but keeps them; an admin's undelete gives them back to the owner."""
+    async with real_chain(database_url) as client:
+        me, admin = await account(client), await account(client)
+        assert await set_role(users_settings(database_url), admin.email, Role.ADMIN) == 0
+        admin = await log_in(client, admin)
+        made = await client.post("/v1/analyses", json={"text": "Kept."}, headers=me.headers)
+        assert made.status_code == 201, made.text
+        deleted = await client.delete(f"/v1/users/{me.id}", headers=me.headers)
+        assert deleted.status_code == 204
+        gone = await client.get(f"/v1/analyses/{made.json()['id']}", headers=me.headers)
+        assert gone.status_code == 401
+        restored = await client.post(f"/v1/users/{me.id}:undelete", headers=admin.headers)
+        assert restored.status_code == 200, restored.text
+        back = await log_in(client, me)
+        listed = await client.get("/v1/analyses", headers=back.headers)
+    assert listed.json()["analyses"] == [made.json()]

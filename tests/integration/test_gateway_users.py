@@ -14,12 +14,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.deps import SESSION_ENDED
+from tandem_protos.users.v1 import users_pb2, users_pb2_grpc
 from tests.support.gateway import (
     PASSWORD,
     Account,
@@ -31,7 +33,9 @@ from tests.support.gateway import (
     unique_email,
 )
 from tests.support.keys import signing_key
+from tests.support.rpc import violations
 from tests.support.servers import migrate_users, users_settings
+from tests.support.tokens import service_bearer
 from users_service.cli import set_role
 from users_service.policy import Role
 from users_service.signing_keys import public_key_pem, thumbprint
@@ -93,6 +97,15 @@ def assert_refused(response: httpx.Response, reason: str) -> dict[str, Any]:
     return body
 
 
+def assert_wrong_password(response: httpx.Response) -> None:
+    """A typo in the current password: a field error, never a 401 ("log in again")."""
+    body = assert_problem(response, 400, "INVALID_ARGUMENT")
+    assert body["reason"] == "WRONG_PASSWORD", body
+    assert body["errors"] == [{"field": "current_password", "message": "is incorrect"}]
+    assert body["detail"] == "current_password: is incorrect"
+    assert "www-authenticate" not in response.headers
+
+
 def assert_oauth_error(response: httpx.Response, error: str) -> dict[str, Any]:
     """A token endpoint error: a 400 problem that is also an RFC 6749 §5.2 error."""
     body = assert_problem(response, 400, "INVALID_ARGUMENT")
@@ -143,8 +156,86 @@ async def test_sign_up_rules_of_the_users_service_come_back_as_field_errors(stac
     errors = field_errors(body)
     # The service names `user.email`; the REST body calls it `email`.
     assert set(errors) == {"email", "name"}
-    assert errors["name"] == "is required"
+    assert errors["name"] == "must not be blank"
     assert errors["email"].startswith("is not a valid email address")
+    # The detail names the fields as the REST body does, too.
+    assert "user." not in body["detail"]
+
+
+async def test_sign_up_reports_every_violation_at_once_as_grpc_words_them(stack: Stack) -> None:
+    sent = {"email": "not-an-email", "name": "   ", "password": "short"}
+    response = await stack.client.post("/v1/users", json=sent)
+    body = assert_problem(response, 400, "INVALID_ARGUMENT")
+    # The same request over gRPC: the same violations, the same words, REST's field names.
+    async with grpc.aio.insecure_channel(stack.users_address) as channel:
+        request = users_pb2.CreateUserRequest(
+            user=users_pb2.User(email=sent["email"], name=sent["name"]), password=sent["password"]
+        )
+        metadata = (("authorization", service_bearer(["users.signup"])),)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await users_pb2_grpc.UsersServiceStub(channel).CreateUser(request, metadata=metadata)
+    over_grpc = {f.removeprefix("user."): m for f, m in violations(refused.value).items()}
+    assert field_errors(body) == over_grpc
+    assert set(over_grpc) == {"email", "name", "password"}
+    assert over_grpc["name"] == "must not be blank"
+    assert over_grpc["password"] == "must be at least 8 characters"
+    assert body["detail"] == "; ".join(f"{e['field']}: {e['message']}" for e in body["errors"])
+
+
+@pytest.mark.parametrize(
+    ("body", "messages"),
+    [
+        ({}, {"email": "is required", "name": "is required", "password": "is required"}),
+        ({"email": 7, "name": "", "password": PASSWORD}, {"email": "must be a string"}),
+        (
+            {"email": "a@example.com", "name": "", "password": "p" * 129},
+            {"name": "is required", "password": "must be at most 128 characters"},
+        ),
+        (
+            {"email": "a@example.com", "name": "A", "password": PASSWORD, "role": "admin"},
+            {"role": "is not a field of this request"},
+        ),
+        ([1, 2], {"body": "must be a JSON object"}),
+    ],
+)
+async def test_shape_errors_are_worded_as_the_services_word_theirs(
+    stack: Stack, body: object, messages: dict[str, str]
+) -> None:
+    response = await stack.client.post("/v1/users", json=body)
+    assert field_errors(assert_problem(response, 400, "INVALID_ARGUMENT")) == messages
+
+
+async def test_a_body_of_another_type_is_415_naming_the_one_expected(stack: Stack) -> None:
+    form = await stack.client.post(
+        "/v1/users", data={"email": "a@example.com", "name": "A", "password": PASSWORD}
+    )
+    problem = assert_problem(form, 415, "INVALID_ARGUMENT")
+    assert problem["type"] == "https://tandem.dev/problems/unsupported-media-type"
+    assert problem["title"] == "Unsupported media type"
+    assert "application/json" in problem["detail"]
+    assert "application/x-www-form-urlencoded" in problem["detail"]
+    bare = await stack.client.post(
+        "/v1/users", content=b'{"email": "a@example.com"}', headers={"content-type": ""}
+    )
+    assert "application/json" in assert_problem(bare, 415, "INVALID_ARGUMENT")["detail"]
+    # The token endpoint reads a form: JSON there names the form type, the OAuth way.
+    as_json = await stack.client.post(
+        "/v1/auth/token", json={"grant_type": "password", "username": "a@example.com"}
+    )
+    problem = assert_problem(as_json, 415, "INVALID_ARGUMENT")
+    assert "application/x-www-form-urlencoded" in problem["detail"]
+    assert problem["error"] == "invalid_request"
+    revoke = await stack.client.post("/v1/auth/revoke", json={"token": "x"})
+    assert assert_problem(revoke, 415, "INVALID_ARGUMENT")["error"] == "invalid_request"
+    # A JSON variant is JSON; no body at all is missing fields, not a wrong type.
+    variant = await stack.client.post(
+        "/v1/users",
+        content=json.dumps({"email": "x"}).encode(),
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert set(field_errors(assert_problem(variant, 400, "INVALID_ARGUMENT"))) >= {"name"}
+    empty = await stack.client.post("/v1/users")
+    assert field_errors(assert_problem(empty, 400, "INVALID_ARGUMENT")) == {"body": "is required"}
 
 
 @pytest.mark.parametrize(
@@ -504,7 +595,7 @@ async def test_patch_changes_only_the_fields_sent(stack: Stack) -> None:
     wrong = await stack.client.patch(
         path, json={"email": new_email, "current_password": "not it"}, headers=account.headers
     )
-    assert_refused(wrong, "WRONG_PASSWORD")
+    assert_wrong_password(wrong)
     assert (await stack.client.get(path, headers=account.headers)).json()["email"] == (
         account.email
     )
@@ -619,8 +710,7 @@ async def test_change_password(stack: Stack) -> None:
         json={"current_password": "not it at all", "new_password": new},
         headers=account.headers,
     )
-    body = assert_refused(wrong, "WRONG_PASSWORD")
-    assert body["detail"] == "the current password is incorrect"
+    assert_wrong_password(wrong)
     short = await stack.client.put(
         path, json={"current_password": PASSWORD, "new_password": "short"}, headers=account.headers
     )

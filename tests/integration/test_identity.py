@@ -303,8 +303,9 @@ async def test_changing_the_email_needs_the_current_password(idp: Idp) -> None:
 
     assert "current_password" in violations(await rpc_error(change("")))
     wrong = await rpc_error(change("not the password"))
-    assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert wrong.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason(wrong) == "WRONG_PASSWORD"
+    assert violations(wrong) == {"current_password": "is incorrect"}
     assert (await change(PASSWORD)).email == "ada@elsewhere.example"
 
 

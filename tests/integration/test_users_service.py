@@ -409,7 +409,10 @@ async def test_change_password(users: Stub) -> None:
         id=user.id, current_password="not it at all", new_password="new password 1"
     )
     error = await rpc_error(users.ChangePassword(wrong))
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A typo, not a lapsed credential: the field is wrong, with a reason to branch on.
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == {"current_password": "is incorrect"}
+    assert reason(error) == "WRONG_PASSWORD"
 
     too_short = users_pb2.ChangePasswordRequest(
         id=user.id, current_password=PASSWORD, new_password="short"

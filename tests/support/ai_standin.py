@@ -139,7 +139,7 @@ class AnalysisStandIn(analysis_pb2_grpc.AnalysisServiceServicer):
     def _check(request: analysis_pb2.AnalyzeTextRequest) -> None:
         violations = []
         if not request.text.strip():
-            violations.append(errors.FieldViolation("text", "is required"))
+            violations.append(errors.FieldViolation("text", errors.empty_text(request.text)))
         elif len(request.text) > TEXT_LIMIT:
             violations.append(
                 errors.FieldViolation("text", f"must be at most {TEXT_LIMIT} characters")

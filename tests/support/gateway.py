@@ -36,6 +36,8 @@ ANALYSIS_FIELDS = {
     "key_points",
     "confidence",
     "model",
+    "cached",
+    "usage",
     "created_at",
 }
 _emails = itertools.count(1)
@@ -182,7 +184,7 @@ async def gateway_stack(
 
 
 def assert_problem(
-    response: httpx.Response, status: int, code: str | None, *, request_id: str | None = None
+    response: httpx.Response, status: int, code: str, *, request_id: str | None = None
 ) -> dict[str, Any]:
     """Check that `response` is the problem+json of `status` and `code`; return its body."""
     assert response.status_code == status, response.text
@@ -191,7 +193,9 @@ def assert_problem(
     assert body["status"] == status
     assert body["code"] == code
     assert body["type"].startswith("https://tandem.dev/problems/")
-    assert body["title"]
+    # One style: sentence case ("Not found", "Content too large").
+    first, *rest = body["title"].split(" ")
+    assert first[0].isupper() and all(w.islower() or w == "URI" for w in rest), body["title"]
     assert body["detail"]
     assert body["request_id"] == response.headers["x-request-id"]
     if request_id is not None:

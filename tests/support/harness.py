@@ -2,10 +2,11 @@
 
 Every child starts through `spawn`, in a session of its own (a Ctrl-C at the terminal
 reaches only this process, which then stops its children in order) and, on Linux, asks
-the kernel for SIGTERM when this process dies, however it dies (PR_SET_PDEATHSIG), so a
-killed test run or benchmark leaves no server behind. `Child` keeps a child's output
-(stdout and stderr, line by line) and waits for what it says: that it serves, and where
-(`servicekit.server.parse_serving`, the services' and the gateway's line), or any line.
+the kernel for SIGTERM when this process dies, however it dies (PR_SET_PDEATHSIG, by
+`servicekit.children`, as `make run` does), so a killed test run or benchmark leaves no
+server behind. `Child` keeps a child's output (stdout and stderr, line by line) and
+waits for what it says: that it serves, and where (`servicekit.server.parse_serving`,
+the services' and the gateway's line), or any line.
 
 tests/support/processes.py adds what only the tests want (their signing key, the
 gateway's secret, `python -m` commands); the benchmarks (bench/) use this module as it is.
@@ -20,12 +21,12 @@ import random
 import re
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
+from servicekit.children import die_with_parent
 from servicekit.server import parse_serving
 
 T = TypeVar("T")
@@ -35,22 +36,6 @@ T = TypeVar("T")
 PORT_RANGE = (20_000, 32_767)
 TANDEM_PREFIXES = ("USERS_", "AI_", "GATEWAY_", "ANTHROPIC_", "TANDEM_")
 STOP_WITHIN_S = 15.0
-
-# Run in the child in place of the command: SIGTERM when the parent dies, unless it is
-# already gone, then exec the command (same pid). Not subprocess's preexec_fn: that
-# forks this whole multi-threaded process and runs Python in the copy before exec,
-# which the subprocess docs call unsafe with threads (and grpc logs a line per fork).
-_DIE_WITH_PARENT = """\
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(f"{sys.argv[2]}: not started, its parent has gone")
-try:
-    os.execvp(sys.argv[2], sys.argv[2:])
-except OSError as exc:
-    sys.stderr.write(f"cannot run {sys.argv[2]}: {exc}\\n")
-    sys.exit(127)
-"""
 
 
 def free_port(taken: Collection[int] = ()) -> int:
@@ -76,12 +61,6 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _guarded(command: Sequence[str]) -> list[str]:
-    if not sys.platform.startswith("linux"):
-        return list(command)
-    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
-
-
 async def spawn(
     command: Sequence[str],
     env: Mapping[str, str],
@@ -91,7 +70,7 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     """`command` as a child that dies with this process; stdout and stderr in one pipe."""
     return await asyncio.create_subprocess_exec(
-        *_guarded(command),
+        *die_with_parent(command),
         env=dict(env),
         cwd=cwd,
         stdin=stdin,

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
+import os
 import re
+import signal
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 from tests.conftest import ROOT
 from tests.support.harness import Child, free_port
@@ -25,6 +32,8 @@ class RunningStack:
     gateway: str
     # The environment the stack runs with (its databases, its key files).
     env: dict[str, str]
+    # `make run` itself, whose output lines can be awaited.
+    make: Child
 
     @property
     def url(self) -> str:
@@ -63,10 +72,80 @@ async def make_run(
     )
     make = Child(["make", "--no-print-directory", "run"], full, str(ROOT), name="make run")
     await make.start()
-    stack = RunningStack(make.process, make.lines, users, ai, gateway, full)
+    stack = RunningStack(make.process, make.lines, users, ai, gateway, full, make)
     try:
         await make.wait_for_line(READY, ready_timeout)
         yield stack
     finally:
         await make.stop(within=60)
         keys.cleanup()
+
+
+def stack_module() -> ModuleType:
+    """deploy/stack.py (a script, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location("tandem_deploy_stack", ROOT / "deploy/stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclasses look their module up while they are made.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme_first_steps() -> str:
+    """The shell block of the README's "First steps", as it stands."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### First steps") :]
+    block = re.search(r"^```sh\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    assert block is not None, "no sh block under First steps"
+    return block[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (children of every thread)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                children = (task / "children").read_text().split()
+                found += [int(c) for c in children]
+                pending += [int(c) for c in children]
+    return found
+
+
+def command_line(pid: int) -> str:
+    """The command line of `pid`; empty once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+async def exited(pid: int) -> None:
+    """Once `pid` (not a child of this process) has exited: its pidfd turns readable."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pidfd, gone.set)
+    try:
+        await gone.wait()
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+async def assert_stops_cleanly(stack: RunningStack) -> None:
+    """`make run` stopped by a signal: every part stopped gracefully, the stack said so."""
+    # make passes the signal on, waits for the stack to stop, then ends by the signal.
+    code = await asyncio.wait_for(stack.process.wait(), 30)
+    stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    assert code == 0 or -code in stopping, stack.output
+    assert "stack   | stopped" in stack.output
+    assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("users"))
+    assert any("servicekit.server [-] stopped" in line for line in stack.prefixed("ai"))
+    assert any("Finished server process" in line for line in stack.prefixed("gateway"))

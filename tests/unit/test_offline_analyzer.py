@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # type: ignore[import-untyped]
 
-from ai_service.domain import AnalysisResult, Sentiment
+from ai_service.domain import AnalysisResult, PartialResult, Sentiment
 from ai_service.offline import OFFLINE_MODEL, OfflineAnalyzer
 from ai_service.offline.sentences import MAX_SENTENCE_CHARS
 from ai_service.offline.summary import sentence_count_for
@@ -234,3 +235,29 @@ def test_fifty_thousand_characters_of_prose() -> None:
     result = analyzer.analyze(text)
     _check_valid(text, result)
     assert len(result.summary) < 5 * MAX_SENTENCE_CHARS
+
+
+def test_steps_show_the_analysis_as_it_goes_then_end_with_it() -> None:
+    text = " ".join(_sentences(12))
+    *partials, result = OfflineAnalyzer().steps(text)
+    assert result == OfflineAnalyzer().analyze(text)
+    assert all(isinstance(p, PartialResult) for p in partials)
+    # A partial per summary sentence, each holding the ones before it (as Claude's
+    # stream shows a growing snapshot), then the sentiment, then a key point at a time.
+    summary_steps = [p for p in partials if p.sentiment is None]
+    assert len(summary_steps) == sentence_count_for(12) > 1
+    assert all(not p.key_points for p in summary_steps)
+    for before, after in itertools.pairwise(summary_steps):
+        assert after.summary.startswith(before.summary + " ")
+    assert summary_steps[-1].summary == result.summary
+    rest = partials[len(summary_steps) :]
+    assert rest[0] == PartialResult(result.summary, result.sentiment, ())
+    assert [p.key_points for p in rest[1:]] == [
+        result.key_points[:n] for n in range(1, len(result.key_points) + 1)
+    ]
+
+
+def test_a_text_without_sentences_steps_straight_to_its_sentiment() -> None:
+    *partials, result = OfflineAnalyzer().steps("   ")
+    assert isinstance(result, AnalysisResult)
+    assert partials[0] == PartialResult(result.summary, result.sentiment, ())

@@ -54,7 +54,8 @@ def test_email_keys_ignore_case_everywhere() -> None:
         ("x" * 100, "x" * 100, []),
         (" " + "x" * 100 + " ", "x" * 100, []),
         ("x" * 101, "x" * 101, ["must be at most 100 characters"]),
-        ("   ", "", ["is required"]),
+        ("", "", ["is required"]),
+        ("   ", "", ["must not be blank"]),
         ("tab\tinside", "tab\tinside", ["must not contain control characters"]),
     ],
 )

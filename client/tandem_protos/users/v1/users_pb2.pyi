@@ -290,7 +290,8 @@ class UpdateUserRequest(_message.Message):
     CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
     current_password: _builtins.str
     """The account's current password: required when the mask changes `email`, so a
-    stolen access token cannot take the account over (UNAUTHENTICATED if wrong).
+    stolen access token cannot take the account over (INVALID_ARGUMENT on this field,
+    reason WRONG_PASSWORD, if wrong).
     """
     @_builtins.property
     def user(self) -> Global___User:

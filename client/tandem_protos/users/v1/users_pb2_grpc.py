@@ -188,8 +188,9 @@ class UsersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ChangePassword(self, request, context):
-        """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
-        and ends every other session of the account: the caller's own goes on.
+        """Replaces the password after checking the current one (INVALID_ARGUMENT on
+        `current_password`, reason WRONG_PASSWORD, if wrong), and ends every other session
+        of the account: the caller's own goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

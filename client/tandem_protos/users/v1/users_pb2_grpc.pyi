@@ -88,8 +88,9 @@ class UsersServiceStub:
     ALREADY_EXISTS when its email was taken meanwhile.
     """
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_users_pb2.ChangePasswordRequest, _empty_pb2.Empty]
-    """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
-    and ends every other session of the account: the caller's own goes on.
+    """Replaces the password after checking the current one (INVALID_ARGUMENT on
+    `current_password`, reason WRONG_PASSWORD, if wrong), and ends every other session
+    of the account: the caller's own goes on.
     """
     AuthenticateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.AuthenticateUserRequest, _users_pb2.User]
     """Checks an email and password pair. UNAUTHENTICATED, with one message, for a wrong
@@ -155,8 +156,9 @@ class UsersServiceAsyncStub(UsersServiceStub):
     ALREADY_EXISTS when its email was taken meanwhile.
     """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_users_pb2.ChangePasswordRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
-    and ends every other session of the account: the caller's own goes on.
+    """Replaces the password after checking the current one (INVALID_ARGUMENT on
+    `current_password`, reason WRONG_PASSWORD, if wrong), and ends every other session
+    of the account: the caller's own goes on.
     """
     AuthenticateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.AuthenticateUserRequest, _users_pb2.User]  # type: ignore[assignment]
     """Checks an email and password pair. UNAUTHENTICATED, with one message, for a wrong
@@ -267,8 +269,9 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.ChangePasswordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Replaces the password after checking the current one (UNAUTHENTICATED if wrong),
-        and ends every other session of the account: the caller's own goes on.
+        """Replaces the password after checking the current one (INVALID_ARGUMENT on
+        `current_password`, reason WRONG_PASSWORD, if wrong), and ends every other session
+        of the account: the caller's own goes on.
         """
 
     @_abc_1.abstractmethod
