@@ -16,18 +16,21 @@ from ai_service.analyses import Analyses, Limits
 from ai_service.backends.anthropic import AnthropicBackend
 from ai_service.backends.base import Backend
 from ai_service.backends.offline import OfflineBackend
-from ai_service.metrics import Metrics
+from ai_service.metrics import Metrics, Prices
 from ai_service.migrations import MIGRATIONS
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
 from ai_service.slots import ProviderSlots
+from servicekit import telemetry
 from servicekit.callers import CallerResolver, jwks_source, remote_verifier
 from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
 from servicekit.idempotency import IdempotentWrites
+from servicekit.metrics import serve as serve_metrics
 from servicekit.migrations import check_at_head
+from servicekit.observers import UpstreamObserver
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from servicekit.throttle import Throttle
@@ -45,8 +48,13 @@ async def ai_server(
     settings: AiSettings, metrics: Metrics | None = None
 ) -> AsyncIterator[GrpcServer]:
     """A bound, not yet started, ai server; its resources close on exit."""
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(
+        Prices(settings.price_input_per_mtok, settings.price_output_per_mtok)
+    )
     async with AsyncExitStack() as stack:
+        if settings.metrics_addr:
+            # First: what is made below records only while metrics are served.
+            stack.push_async_callback(serve_metrics(settings.metrics_addr, metrics.registry).aclose)
         engine = create_engine(settings, application_name="tandem-ai")
         stack.push_async_callback(engine.dispose)
         await check_at_head(engine, MIGRATIONS)
@@ -56,6 +64,7 @@ async def ai_server(
             tls=settings.client_tls(),
             deadline=settings.users_deadline_seconds,
             services=(USERS_SERVICE, AUTH_SERVICE),
+            observer=UpstreamObserver("users", settings.users_target),
         )
         stack.push_async_callback(users.close)
         accounts = Accounts(users, ttl=settings.auth_cache_seconds)
@@ -91,8 +100,6 @@ async def ai_server(
                 repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
             ),
         )
-        if settings.metrics_addr:
-            metrics.serve(settings.metrics_addr)
         servicer = AnalysisServicer(
             analyses, callers, default_deadline_seconds=settings.default_deadline_seconds
         )
@@ -117,6 +124,8 @@ async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backen
         return OfflineBackend(), None
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise StartupError("AI_PROVIDER=anthropic needs ANTHROPIC_API_KEY to be set")
+    # Before the client: its aiohttp session, made at the first request, is then traced.
+    telemetry.instrument_http_client()
     # One client (one connection pool) for the process; key and base URL come from
     # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL. The SDK's aiohttp transport, which it
     # recommends for concurrency: with hundreds of calls in flight the default httpx pool

@@ -11,12 +11,19 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit import production
 from servicekit.errors import StartupError
-from servicekit.settings import LogLevel, TokenCheckSettings, UpstreamTlsSettings
+from servicekit.logs import LogFormat
+from servicekit.settings import (
+    LogLevel,
+    OptionalStr,
+    TokenCheckSettings,
+    UpstreamTlsSettings,
+    check_listen_address,
+)
 
 # What the gateway's service account needs: sign-ups, logins, session checks.
 GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
@@ -92,7 +99,12 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     trusted_proxies: Annotated[tuple[ProxyNetwork, ...], NoDecode] = ()
 
     log_level: LogLevel = "INFO"
+    # text for a terminal, json (one object per line) for a log pipeline (servicekit.logs)
+    log_format: LogFormat = "text"
     access_log: bool = Field(default=True, description="log one line per request")
+    # host:port to serve Prometheus /metrics on, never the REST port (gateway.metrics);
+    # unset: no metrics are served or recorded.
+    metrics_addr: OptionalStr = None
     # At least analysis_deadline_seconds: an analysis in flight at SIGTERM finishes (or
     # meets its own deadline) before the grace ends. What still runs then (a stream, at
     # most) is answered 503 (a stream: an `error` event).
@@ -105,6 +117,21 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
         if match is None or int(match.group(2)) > 65535:
             raise ValueError("expected host:port, e.g. 127.0.0.1:8000")
         return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics_addr(cls, value: str | None) -> str | None:
+        return value if value is None else check_listen_address(value)
+
+    @model_validator(mode="after")
+    def _metrics_apart(self) -> GatewaySettings:
+        port = self.metrics_addr.rsplit(":", 1)[1] if self.metrics_addr else None
+        if port == str(self.port) and self.port != 0:
+            raise ValueError(
+                "GATEWAY_METRICS_ADDR must not use GATEWAY_ADDR's port: metrics are never "
+                "served on the public REST port"
+            )
+        return self
 
     @field_validator("users_target", "ai_target")
     @classmethod
