@@ -23,7 +23,6 @@ from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
 from ai_service.settings import AiSettings
 from ai_service.slots import ProviderSlots
-from servicekit import telemetry
 from servicekit.callers import CallerResolver, jwks_source, remote_verifier
 from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
@@ -124,8 +123,6 @@ async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backen
         return OfflineBackend(), None
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise StartupError("AI_PROVIDER=anthropic needs ANTHROPIC_API_KEY to be set")
-    # Before the client: its aiohttp session, made at the first request, is then traced.
-    telemetry.instrument_http_client()
     # One client (one connection pool) for the process; key and base URL come from
     # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL. The SDK's aiohttp transport, which it
     # recommends for concurrency: with hundreds of calls in flight the default httpx pool
@@ -134,6 +131,11 @@ async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backen
         timeout=settings.anthropic_timeout_seconds,
         max_retries=settings.anthropic_max_retries,
         http_client=anthropic.DefaultAioHttpClient(),
+        # The SDK's span of each call (model, token counts) joins the analysis' trace
+        # while tracing is on (servicekit.telemetry). Given here, the option is whole:
+        # no ANTHROPIC_OPEN_TELEMETRY_* variable can put a text into a span, and no
+        # trace context is sent to the provider.
+        open_telemetry={"traces": {"content_mode": "metadata_only"}, "propagation": False},
     )
     stack.push_async_callback(client.close)
     # httpx2 logs each request at INFO; the servicer's own line names its request ids.

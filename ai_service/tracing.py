@@ -1,6 +1,7 @@
 """The span of one analysis asked of a backend: the model and the tokens it counted, as
 OpenTelemetry's generative-AI conventions name them. Never the text, the prompt or the
-answer. On the Claude path the SDK's HTTP requests are its children (aiohttp's spans)."""
+answer. On the Claude path the SDK's own span of each Messages call (a repair makes a
+second) is its child, with that call's model and tokens."""
 
 from __future__ import annotations
 

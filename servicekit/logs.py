@@ -84,6 +84,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=True)
 
 
+def message_of(line: str) -> str:
+    """The message of a log line in either format (anything before a JSON object, such
+    as `make run`'s name prefix, is skipped); the line itself if it is no JSON record."""
+    start = line.find('{"time"')
+    if start < 0:
+        return line
+    try:
+        record = json.loads(line[start:])
+    except ValueError:
+        return line
+    message = record.get("message") if isinstance(record, dict) else None
+    return message if isinstance(message, str) else line
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
