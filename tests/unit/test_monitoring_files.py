@@ -28,7 +28,7 @@ _SUFFIXES = {
 
 
 def exported(*registries: CollectorRegistry) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for registry in registries:
         for family in registry.collect():
             names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
