@@ -107,7 +107,11 @@ class Batcher(Generic[Item, Result]):
             return
         if metrics.recording():
             metrics.BATCH_SIZE.labels(self._name).observe(len(batch))
-        with telemetry.batch_span(self._name, [link for _, _, link in batch]):
+        links = [link for _, _, link in batch]
+        if not telemetry.traced(links):
+            await self._answer(batch)
+            return
+        with telemetry.batch_span(self._name, links):
             await self._answer(batch)
 
     async def _answer(self, batch: list[_Entry[Item, Result]]) -> None:

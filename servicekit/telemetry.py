@@ -10,33 +10,43 @@ always on), batched export over OTLP/gRPC (`OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`)
 Off, `enabled()` is false and every helper below returns at once: no span, no context
 change, no propagation header; the cost is one test of a module global per call.
 
+Sampling: most traces are not sampled (OTEL_TRACES_SAMPLER_ARG=0.1 keeps one in ten), and
+those must cost next to nothing. The sampler decides at a trace's root; with a
+parent-based sampler (the default) every span below an unsampled one is dropped, so the
+helpers below make no span there at all: the request's context stays current (its trace
+and span ids are still in the log lines) and travels on to the next process as it came.
+
 The spans Tandem makes itself (the README's "Operating Tandem" says why not through the
-grpc and ASGI instrumentations: those cost an asyncio task per client call and a layer
-of ASGI wrappers per request on the hot path):
+maintained grpc, ASGI and SQLAlchemy instrumentations: on the hot path they cost an
+asyncio task per client call, a layer of ASGI wrappers per request, and a span per
+statement even in unsampled traces, which together exceeded the 5% budget):
 - the gateway's HTTP server span, per request (gateway.middleware), continuing a
   client's `traceparent`;
 - a gRPC client span per upstream call (servicekit.observers), whose context travels in
   the call's metadata as W3C `traceparent` / `tracestate`;
 - a gRPC server span per call (servicekit.interceptor), continuing the caller's;
 - a span per batch (servicekit.batching) with a link to each request it serves: a
-  coalesced read or a group insert answers many traces at once (fan-in).
-The database spans are opentelemetry-instrumentation-sqlalchemy's, and the ai service's
-calls to the model provider the anthropic SDK's own (model and token counts, never the
-content: ai_service.server sets that, whatever ANTHROPIC_OPEN_TELEMETRY_* say).
+  coalesced read or a group insert answers many traces at once (fan-in);
+- a span per SQL statement (`instrument_engine`): the statement with its placeholders,
+  never its parameters.
+The ai service's calls to the model provider are the anthropic SDK's own spans (model and
+token counts, never the content: ai_service.server sets that, whatever
+ANTHROPIC_OPEN_TELEMETRY_* say).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -45,8 +55,10 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import event
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -54,6 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("servicekit.telemetry")
 
 _tracer: trace.Tracer | None = None
+# Whether spans below an unsampled span are dropped (a parent-based sampler): then none
+# is made there.
+_parent_based = True
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset(_propagator.fields)  # traceparent, tracestate
 
@@ -70,7 +85,7 @@ _SERVER_ERRORS = frozenset(
     }
 )
 
-Pairs = Sequence[tuple[str, str | bytes]]
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -100,9 +115,13 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over this.
+    from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415
+
+    global _parent_based  # noqa: PLW0603
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    _parent_based = isinstance(provider.sampler, ParentBased)
     _tracer = provider.get_tracer("tandem")
     log.info("traces: exported over OTLP (sampler %s)", provider.sampler.get_description())
 
@@ -115,9 +134,17 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
 
 
 def use_tracer(tracer: trace.Tracer | None) -> None:
-    """Make spans with `tracer` (None: tracing off): for tests with an in-memory SDK."""
-    global _tracer  # noqa: PLW0603
+    """Make spans with `tracer` (None: tracing off), whose sampler is parent-based: for
+    tests with an in-memory SDK."""
+    global _tracer, _parent_based  # noqa: PLW0603
     _tracer = tracer
+    _parent_based = True
+
+
+def _unsampled(span_context: SpanContext) -> bool:
+    """Whether no span may be made under `span_context`: it is of a trace the sampler
+    dropped, and the sampler drops what is below."""
+    return _parent_based and span_context.is_valid and not span_context.trace_flags.sampled
 
 
 def enabled() -> bool:
@@ -142,35 +169,6 @@ def current_link() -> SpanContext | None:
     return span_context if span_context.is_valid else None
 
 
-class _PairsGetter(Getter[Pairs]):
-    """Reads gRPC metadata (a sequence of pairs) for the W3C propagator."""
-
-    def get(self, carrier: Pairs, key: str) -> list[str] | None:
-        found = [v for k, v in carrier if k == key and isinstance(v, str)]
-        return found or None
-
-    def keys(self, carrier: Pairs) -> list[str]:
-        return [k for k, _ in carrier]
-
-
-_PAIRS = _PairsGetter()
-
-
-class _HeadersGetter(Getter[Sequence[tuple[bytes, bytes]]]):
-    """Reads ASGI headers (lowercase byte pairs) for the W3C propagator."""
-
-    def get(self, carrier: Sequence[tuple[bytes, bytes]], key: str) -> list[str] | None:
-        name = key.encode("ascii")
-        found = [v.decode("latin-1") for k, v in carrier if k == name]
-        return found or None
-
-    def keys(self, carrier: Sequence[tuple[bytes, bytes]]) -> list[str]:
-        return [k.decode("latin-1") for k, _ in carrier]
-
-
-_HEADERS = _HeadersGetter()
-
-
 class ActiveSpan:
     """A span made current until `end`; `end` restores the context it replaced."""
 
@@ -185,6 +183,40 @@ class ActiveSpan:
         self.span.end()
 
 
+def _server_span(
+    name: str, parent: otel_context.Context | None, attributes: Mapping[str, Any]
+) -> ActiveSpan:
+    assert _tracer is not None
+    remote = trace.get_current_span(parent).get_span_context()
+    if _unsampled(remote):
+        # The caller's unsampled trace goes on as it came: no span of ours.
+        return ActiveSpan(NonRecordingSpan(remote), parent)
+    return ActiveSpan(_tracer.start_span(name, parent, SpanKind.SERVER, attributes), parent)
+
+
+def _extract(traceparent: str | None, tracestate: str | None) -> otel_context.Context | None:
+    """The context a caller's W3C headers carry; None for none (or a malformed one).
+
+    The common case, a version-00 `traceparent` and no `tracestate`, is parsed here: the
+    SDK's propagator costs several times as much, on every request of every trace.
+    """
+    if traceparent is None:
+        return None
+    match = _TRACEPARENT.match(traceparent)
+    if match is None or tracestate is not None:
+        carrier = {"traceparent": traceparent}
+        if tracestate is not None:
+            carrier["tracestate"] = tracestate
+        return _propagator.extract(carrier)
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None
+    remote = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16))
+    )
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
 def http_server_span(
     method: str, headers: Sequence[tuple[bytes, bytes]], attributes: Mapping[str, Any]
 ) -> ActiveSpan | None:
@@ -192,9 +224,13 @@ def http_server_span(
     `traceparent`; None when tracing is off."""
     if _tracer is None:
         return None
-    parent = _propagator.extract(headers, getter=_HEADERS)
-    span = _tracer.start_span(method, parent, SpanKind.SERVER, attributes)
-    return ActiveSpan(span, parent)
+    traceparent = tracestate = None
+    for key, value in headers:
+        if key == b"traceparent":
+            traceparent = value.decode("latin-1")
+        elif key == b"tracestate":
+            tracestate = value.decode("latin-1")
+    return _server_span(method, _extract(traceparent, tracestate), attributes)
 
 
 def end_http_server_span(active: ActiveSpan, route: str | None, status: int) -> None:
@@ -215,15 +251,18 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
     metadata, pairs of strings (and bytes for -bin keys)."""
     if _tracer is None:
         return None
-    parent = _propagator.extract(metadata or (), getter=_PAIRS)
+    traceparent = tracestate = None
+    for key, value in metadata or ():
+        if key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
     service, _, name = method.lstrip("/").partition("/")
-    span = _tracer.start_span(
+    return _server_span(
         method.lstrip("/"),
-        parent,
-        SpanKind.SERVER,
+        _extract(traceparent, tracestate),
         {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
-    return ActiveSpan(span, parent)
 
 
 def end_grpc_server_span(active: ActiveSpan, code: grpc.StatusCode) -> None:
@@ -237,8 +276,13 @@ def end_grpc_server_span(active: ActiveSpan, code: grpc.StatusCode) -> None:
 
 def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) -> Span | None:
     """The span of one call to another service, a child of the current one; its
-    context is added to `metadata`. None when tracing is off."""
+    context is added to `metadata`. None when tracing is off, and in an unsampled
+    trace, whose context is added as it is."""
     if _tracer is None:
+        return None
+    current = trace.get_current_span().get_span_context()
+    if _unsampled(current):
+        _inject(metadata, current)
         return None
     service, _, name = method.lstrip("/").partition("/")
     span = _tracer.start_span(
@@ -252,10 +296,22 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
         },
     )
     if span.get_span_context().is_valid:
-        # No header may be sent twice: the span's replaces any the caller passed on.
-        metadata[:] = [pair for pair in metadata if pair[0] not in TRACE_HEADERS]
-        _propagator.inject(metadata, trace.set_span_in_context(span), setter=_PAIRS_SETTER)
+        _inject(metadata, span.get_span_context())
     return span
+
+
+def _inject(metadata: list[tuple[str, str]], span_context: SpanContext) -> None:
+    # No header may be sent twice: ours replaces any the caller passed on.
+    metadata[:] = [pair for pair in metadata if pair[0] not in TRACE_HEADERS]
+    metadata.append(
+        (
+            "traceparent",
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}",
+        )
+    )
+    if span_context.trace_state:
+        metadata.append(("tracestate", span_context.trace_state.to_header()))
 
 
 def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
@@ -266,21 +322,20 @@ def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
     span.end()
 
 
-class _PairsSetter(Setter[list[tuple[str, str]]]):
-    def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
-        carrier.append((key, value))
-
-
-_PAIRS_SETTER = _PairsSetter()
+def traced(links: Sequence[SpanContext | None]) -> bool:
+    """Whether a batch serving requests of these spans gets a span (`batch_span`): when
+    one of them is of a sampled trace."""
+    return _tracer is not None and not all(link is None or _unsampled(link) for link in links)
 
 
 @contextmanager
 def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]:
     """A span around one batch, linked to the span of each request it serves (those
     made while tracing was on). Its parent is the first of those requests."""
-    if _tracer is None:
+    if not traced(links):
         yield
         return
+    assert _tracer is not None
     span_links = [Link(link) for link in links if link is not None]
     parent = (
         trace.set_span_in_context(NonRecordingSpan(span_links[0].context)) if span_links else None
@@ -298,8 +353,9 @@ def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]
 
 @contextmanager
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
-    """An internal span, current inside the block; None when tracing is off."""
-    if _tracer is None:
+    """An internal span, current inside the block; None when tracing is off or the
+    trace is unsampled."""
+    if _tracer is None or _unsampled(trace.get_current_span().get_span_context()):
         yield None
         return
     # Exceptions set the span's status, but are not recorded: their messages may quote
@@ -311,16 +367,56 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
 
 
 def instrument_engine(engine: AsyncEngine) -> None:
-    """A span per statement on `engine` (opentelemetry-instrumentation-sqlalchemy), when
-    tracing is on. Statements only, never their parameters."""
+    """A span per SQL statement on `engine` while tracing is on, in sampled traces only:
+    the statement with its placeholders, never its parameters."""
     if _tracer is None:
         return
-    from opentelemetry.instrumentation.sqlalchemy import (  # noqa: PLC0415
-        SQLAlchemyInstrumentor,
+    sync = engine.sync_engine
+    attributes = {
+        "db.system": sync.dialect.name,
+        "db.system.name": sync.dialect.name,
+        "db.namespace": sync.url.database or "",
+    }
+    event.listen(sync, "before_cursor_execute", partial(_statement_began, attributes))
+    event.listen(sync, "after_cursor_execute", _statement_ended)
+    event.listen(sync, "handle_error", _statement_failed)
+
+
+def _statement_began(
+    attributes: Mapping[str, str],
+    _connection: Any,
+    _cursor: Any,
+    statement: str,
+    _parameters: Any,
+    context: Any,
+    _executemany: bool,
+) -> None:
+    if _tracer is None or not trace.get_current_span().is_recording():
+        return
+    operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+    context._tandem_span = _tracer.start_span(
+        f"{operation} {attributes['db.namespace']}".rstrip(),
+        kind=SpanKind.CLIENT,
+        attributes={**attributes, "db.operation.name": operation, "db.query.text": statement},
     )
 
-    # It declares SQLAlchemy < 2.1 but works with 2.1 (tests/e2e/test_observability.py
-    # sees its spans): its check would refuse to instrument.
-    SQLAlchemyInstrumentor().instrument(
-        engine=engine.sync_engine, tracer_provider=trace.get_tracer_provider(), skip_dep_check=True
-    )
+
+def _statement_ended(
+    _connection: Any, _cursor: Any, _statement: str, _parameters: Any, context: Any, _many: bool
+) -> None:
+    span = getattr(context, "_tandem_span", None)
+    if span is not None:
+        span.end()
+        context._tandem_span = None
+
+
+def _statement_failed(exception_context: Any) -> None:
+    context = exception_context.execution_context
+    span = getattr(context, "_tandem_span", None)
+    if span is not None:
+        # The error's type only: its text may quote the statement's parameters.
+        span.set_status(
+            Status(StatusCode.ERROR, type(exception_context.original_exception).__name__)
+        )
+        span.end()
+        context._tandem_span = None
