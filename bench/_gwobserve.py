@@ -15,6 +15,7 @@ at least as many times the monolith's req/s (main rounds) as the gateway's own t
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypedDict
@@ -44,6 +45,16 @@ class ObservedRound(TypedDict):
     load_average: float
 
 
+class AddedCost(TypedDict):
+    """CPU µs per request of the code observability adds, timed in this process: one
+    gateway request's worth (gateway and users service parts together)."""
+
+    metrics_us: float
+    traces_unsampled_us: float
+    traces_sampled_us: float
+    traces_at_ratio_us: float
+
+
 class Observability(TypedDict):
     phases: list[ObservedRound]
     medians: dict[str, ObservedRound]
@@ -53,6 +64,7 @@ class Observability(TypedDict):
     us_added: dict[str, float | None]
     metrics_vs_monolith: float | None
     targets: list[Target]
+    added: AddedCost
 
 
 class Loader(Protocol):
@@ -169,6 +181,7 @@ def summarise(
         "rps_vs_off": rps,
         "us_added": added,
         "metrics_vs_monolith": with_metrics,
+        "added": added_cost(),
         "targets": [
             target("metrics on: req/s / off's", rps["metrics"], ">=", 1 - MAX_LOSS),
             target(
@@ -207,8 +220,89 @@ def render(observed: Observability | None) -> list[str]:
             f"{fmt(observed['us_added'][variant], 0) if median else '':>9}"
             f"{phase['load_average']:>6.2f}"
         )
-    out.append(
+    added = observed["added"]
+    out += [
         f"  gateway with metrics / monolith (main rounds' median): "
-        f"x{fmt(observed['metrics_vs_monolith'])}"
-    )
+        f"x{fmt(observed['metrics_vs_monolith'])}",
+        "  the code added per request, timed in process (CPU µs, gateway and users parts):",
+        f"    metrics {added['metrics_us']:.1f}; traces unsampled "
+        f"{added['traces_unsampled_us']:.1f}, sampled {added['traces_sampled_us']:.1f} "
+        f"(export not included), at {SAMPLE_RATIO} {added['traces_at_ratio_us']:.1f}",
+    ]
     return out
+
+
+def added_cost(requests: int = 20_000) -> AddedCost:
+    """What one GET /v1/users/{id} adds, timed without the load's noise: the metrics it
+    records, and its spans and propagation unsampled and sampled (into a processor that
+    batches and drops them, as the OTLP one batches and sends)."""
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased  # noqa: PLC0415
+
+    from gateway.metrics import HttpMetrics  # noqa: PLC0415
+    from servicekit import metrics, telemetry  # noqa: PLC0415
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    method = "/users.v1.UsersService/GetUser"
+    headers = [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer x"), (b"accept", b"*/*")]
+
+    def one_request_metrics(http: HttpMetrics, client: Any, server: Any) -> None:
+        metrics.BATCH_SIZE.labels("gateway.user_reads").observe(1)
+        client.ended(grpc.StatusCode.OK, 0.001)
+        server.ended(grpc.StatusCode.OK, 0.0008)
+        metrics.DB_POOL_WAIT.labels("users").observe(0.00001)
+        http.ended("/v1/users/{id}", "GET", 200, 0.002)
+
+    def one_request_spans() -> None:
+        http = telemetry.http_server_span("GET", headers, {"http.request.method": "GET"})
+        assert http is not None
+        link = telemetry.current_link()
+        sent: list[tuple[str, str]] = [("x-request-id", "r")]
+        traced = telemetry.traced([link])
+        client = telemetry.grpc_client_span(method, "users", sent)
+        served = telemetry.grpc_server_span(method, tuple(sent))
+        assert served is not None
+        telemetry.end_grpc_server_span(served, grpc.StatusCode.OK)
+        if client is not None:
+            telemetry.end_grpc_client_span(client, grpc.StatusCode.OK)
+        telemetry.end_http_server_span(http, "/v1/users/{id}", 200)
+        assert traced in (True, False)
+
+    def timed(work: Any, n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            work()
+        return (time.process_time() - started) / n * 1e6
+
+    served_metrics = metrics.serve("127.0.0.1:0")
+    try:
+        http, client = HttpMetrics(), metrics.CallMetrics.client("users", method)
+        server = metrics.CallMetrics.server(method)
+        metrics_us = timed(lambda: one_request_metrics(http, client, server), requests)
+    finally:
+        served_metrics.close()
+    figures = {}
+    for name, sampler in (("unsampled", ALWAYS_OFF), ("sampled", ALWAYS_ON)):
+        provider = TracerProvider(sampler=ParentBased(sampler))
+        provider.add_span_processor(BatchSpanProcessor(Dropped()))
+        telemetry.use_tracer(provider.get_tracer("bench"))
+        try:
+            figures[name] = timed(one_request_spans, requests // 4)
+        finally:
+            telemetry.use_tracer(None)
+            provider.shutdown()
+    ratio = float(SAMPLE_RATIO)
+    return {
+        "metrics_us": metrics_us,
+        "traces_unsampled_us": figures["unsampled"],
+        "traces_sampled_us": figures["sampled"],
+        "traces_at_ratio_us": (1 - ratio) * figures["unsampled"] + ratio * figures["sampled"],
+    }

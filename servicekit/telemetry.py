@@ -40,7 +40,8 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +156,7 @@ def current_ids() -> tuple[str, str] | None:
     """The current trace and span ids (hex), for log lines; None outside any trace."""
     if _tracer is None:
         return None
-    span_context = trace.get_current_span().get_span_context()
+    span_context = _dropped.get() or trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return None
     return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
@@ -165,37 +166,52 @@ def current_link() -> SpanContext | None:
     """The current span's context, to link a shared piece of work back to it."""
     if _tracer is None:
         return None
-    span_context = trace.get_current_span().get_span_context()
+    span_context = _dropped.get() or trace.get_current_span().get_span_context()
     return span_context if span_context.is_valid else None
 
 
 class ActiveSpan:
-    """A span made current until `end`; `end` restores the context it replaced."""
+    """A span made current until `end`; `end` restores the context it replaced.
 
-    __slots__ = ("_token", "span")
+    For a request whose trace the sampler dropped, its span context is also set in
+    `_dropped`: what the helpers below check first, one context-variable read, where
+    OpenTelemetry's context API takes several calls.
+    """
 
-    def __init__(self, span: Span, parent: otel_context.Context | None) -> None:
+    __slots__ = ("_dropped_token", "_token", "span")
+
+    def __init__(self, span: Span, parent: otel_context.Context, dropped: bool) -> None:
         self.span = span
         self._token = otel_context.attach(trace.set_span_in_context(span, parent))
+        self._dropped_token = _dropped.set(span.get_span_context()) if dropped else None
 
     def end(self) -> None:
+        if self._dropped_token is not None:
+            with suppress(ValueError):  # ended in another context (a finalised generator)
+                _dropped.reset(self._dropped_token)
         otel_context.detach(self._token)
         self.span.end()
 
 
+# The span context of the unsampled trace the current request belongs to, if it does.
+_dropped: ContextVar[SpanContext | None] = ContextVar("tandem_dropped_trace", default=None)
+_ROOT = otel_context.Context()
+
+
 def _server_span(
-    name: str, parent: otel_context.Context | None, attributes: Mapping[str, Any]
+    name: str, remote: SpanContext | None, attributes: Mapping[str, Any]
 ) -> ActiveSpan:
     assert _tracer is not None
-    remote = trace.get_current_span(parent).get_span_context()
-    if _unsampled(remote):
+    if remote is not None and _unsampled(remote):
         # The caller's unsampled trace goes on as it came: no span of ours.
-        return ActiveSpan(NonRecordingSpan(remote), parent)
-    return ActiveSpan(_tracer.start_span(name, parent, SpanKind.SERVER, attributes), parent)
+        return ActiveSpan(NonRecordingSpan(remote), _ROOT, True)
+    parent = _ROOT if remote is None else trace.set_span_in_context(NonRecordingSpan(remote))
+    span = _tracer.start_span(name, parent, SpanKind.SERVER, attributes)
+    return ActiveSpan(span, parent, _unsampled(span.get_span_context()))
 
 
-def _extract(traceparent: str | None, tracestate: str | None) -> otel_context.Context | None:
-    """The context a caller's W3C headers carry; None for none (or a malformed one).
+def _extract(traceparent: str | None, tracestate: str | None) -> SpanContext | None:
+    """The span context a caller's W3C headers carry; None for none (or a malformed one).
 
     The common case, a version-00 `traceparent` and no `tracestate`, is parsed here: the
     SDK's propagator costs several times as much, on every request of every trace.
@@ -207,14 +223,12 @@ def _extract(traceparent: str | None, tracestate: str | None) -> otel_context.Co
         carrier = {"traceparent": traceparent}
         if tracestate is not None:
             carrier["tracestate"] = tracestate
-        return _propagator.extract(carrier)
+        found = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
+        return found if found.is_valid else None
     trace_id, span_id = int(match[1], 16), int(match[2], 16)
     if not trace_id or not span_id:
         return None
-    remote = SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16))
-    )
-    return trace.set_span_in_context(NonRecordingSpan(remote))
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
 
 
 def http_server_span(
@@ -280,7 +294,7 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     trace, whose context is added as it is."""
     if _tracer is None:
         return None
-    current = trace.get_current_span().get_span_context()
+    current = _dropped.get() or trace.get_current_span().get_span_context()
     if _unsampled(current):
         _inject(metadata, current)
         return None
@@ -355,7 +369,11 @@ def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
     """An internal span, current inside the block; None when tracing is off or the
     trace is unsampled."""
-    if _tracer is None or _unsampled(trace.get_current_span().get_span_context()):
+    if (
+        _tracer is None
+        or _dropped.get() is not None
+        or _unsampled(trace.get_current_span().get_span_context())
+    ):
         yield None
         return
     # Exceptions set the span's status, but are not recorded: their messages may quote
@@ -391,7 +409,7 @@ def _statement_began(
     context: Any,
     _executemany: bool,
 ) -> None:
-    if _tracer is None or not trace.get_current_span().is_recording():
+    if _tracer is None or _dropped.get() is not None or not trace.get_current_span().is_recording():
         return
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
     context._tandem_span = _tracer.start_span(
