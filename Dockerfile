@@ -47,13 +47,17 @@ RUN pip install -c constraints.txt .
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Inside a container the services must listen on every interface, not the loopback
-# the defaults use; the ports stay the defaults.
+# the defaults use; the ports stay the defaults. Logs are JSON, one object per line,
+# for the log pipeline that collects them (text is for `make run` at a terminal).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     USERS_ADDR=0.0.0.0:50051 \
     AI_ADDR=0.0.0.0:50052 \
-    GATEWAY_ADDR=0.0.0.0:8000
+    GATEWAY_ADDR=0.0.0.0:8000 \
+    USERS_LOG_FORMAT=json \
+    AI_LOG_FORMAT=json \
+    GATEWAY_LOG_FORMAT=json
 # A numeric uid, so Kubernetes' runAsNonRoot can verify it. /app/data is where the
 # embedded SQLite defaults write, for a quick `docker run` without PostgreSQL.
 # /var/lib/tandem/keys and /var/lib/tandem/gateway are where docker-compose.yml mounts

@@ -21,6 +21,7 @@ from ai_service.prompt import PROMPT_VERSION
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.slots import ProviderSlots
+from ai_service.tracing import backend_span, record_usage
 from servicekit.authz import Caller
 from servicekit.errors import (
     FieldViolation,
@@ -196,11 +197,13 @@ class Analyses:
         final: _Answer | None = None
         async with self._slots.slot(owner, deadline):
             try:
-                async for item in self._backend.stream(text, deadline=deadline, trace=trace):
-                    if isinstance(item, AnalysisResult):
-                        final = _Answer(item, key)
-                    else:
-                        yield item
+                with backend_span(self._backend.model, "stream") as span:
+                    async for item in self._backend.stream(text, deadline=deadline, trace=trace):
+                        if isinstance(item, AnalysisResult):
+                            final = _Answer(item, key)
+                            record_usage(span, item)
+                        else:
+                            yield item
             except ServiceError as error:
                 self._metrics.upstream_failed(self._backend.model, error)
                 if self._fallback is None or not is_transient(error) or final is not None:
@@ -266,9 +269,10 @@ class Analyses:
     ) -> _Answer:
         async with self._slots.slot(owner, deadline):
             try:
-                answer = _Answer(
-                    await self._backend.analyze(text, deadline=deadline, trace=trace), key
-                )
+                with backend_span(self._backend.model, "analyze") as span:
+                    result = await self._backend.analyze(text, deadline=deadline, trace=trace)
+                    record_usage(span, result)
+                answer = _Answer(result, key)
             except ServiceError as error:
                 self._metrics.upstream_failed(self._backend.model, error)
                 if self._fallback is None or not is_transient(error):

@@ -54,8 +54,8 @@ class _Insert:
 class AnalysesRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
-        self._inserts = Batcher(self._insert_rows)
-        self._lookups = Batcher(self._find_results)
+        self._inserts = Batcher(self._insert_rows, name="ai.analysis_inserts")
+        self._lookups = Batcher(self._find_results, name="ai.result_lookups")
         # The request ids of analyses (servicekit.idempotency).
         self.keys = KeyRecords(analysis_keys, database)
 

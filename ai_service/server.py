@@ -16,7 +16,7 @@ from ai_service.analyses import Analyses, Limits
 from ai_service.backends.anthropic import AnthropicBackend
 from ai_service.backends.base import Backend
 from ai_service.backends.offline import OfflineBackend
-from ai_service.metrics import Metrics
+from ai_service.metrics import Metrics, Prices
 from ai_service.migrations import MIGRATIONS
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
@@ -27,7 +27,9 @@ from servicekit.callers import CallerResolver, jwks_source, remote_verifier
 from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
 from servicekit.idempotency import IdempotentWrites
+from servicekit.metrics import serve as serve_metrics
 from servicekit.migrations import check_at_head
+from servicekit.observers import UpstreamObserver
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from servicekit.throttle import Throttle
@@ -45,8 +47,13 @@ async def ai_server(
     settings: AiSettings, metrics: Metrics | None = None
 ) -> AsyncIterator[GrpcServer]:
     """A bound, not yet started, ai server; its resources close on exit."""
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(
+        Prices(settings.price_input_per_mtok, settings.price_output_per_mtok)
+    )
     async with AsyncExitStack() as stack:
+        if settings.metrics_addr:
+            # First: what is made below records only while metrics are served.
+            stack.push_async_callback(serve_metrics(settings.metrics_addr, metrics.registry).aclose)
         engine = create_engine(settings, application_name="tandem-ai")
         stack.push_async_callback(engine.dispose)
         await check_at_head(engine, MIGRATIONS)
@@ -56,6 +63,7 @@ async def ai_server(
             tls=settings.client_tls(),
             deadline=settings.users_deadline_seconds,
             services=(USERS_SERVICE, AUTH_SERVICE),
+            observer=UpstreamObserver("users", settings.users_target),
         )
         stack.push_async_callback(users.close)
         accounts = Accounts(users, ttl=settings.auth_cache_seconds)
@@ -91,8 +99,6 @@ async def ai_server(
                 repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
             ),
         )
-        if settings.metrics_addr:
-            metrics.serve(settings.metrics_addr)
         servicer = AnalysisServicer(
             analyses, callers, default_deadline_seconds=settings.default_deadline_seconds
         )
@@ -125,6 +131,11 @@ async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backen
         timeout=settings.anthropic_timeout_seconds,
         max_retries=settings.anthropic_max_retries,
         http_client=anthropic.DefaultAioHttpClient(),
+        # The SDK's span of each call (model, token counts) joins the analysis' trace
+        # while tracing is on (servicekit.telemetry). Given here, the option is whole:
+        # no ANTHROPIC_OPEN_TELEMETRY_* variable can put a text into a span, and no
+        # trace context is sent to the provider.
+        open_telemetry={"traces": {"content_mode": "metadata_only"}, "propagation": False},
     )
     stack.push_async_callback(client.close)
     # httpx2 logs each request at INFO; the servicer's own line names its request ids.

@@ -56,9 +56,10 @@ class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings, Throt
     # Identical requests (same normalised text, model, prompt) within this window are
     # answered from the stored analysis; 0 turns the result cache off.
     cache_ttl_seconds: float = Field(default=3600.0, ge=0)
-
-    # host:port to serve Prometheus /metrics on; unset: no metrics endpoint.
-    metrics_addr: str | None = None
+    # Dollars per million tokens, for the estimated-cost metric (cache writes and reads
+    # are priced from the input price: x1.25 and x0.1).
+    price_input_per_mtok: float = Field(default=3.0, ge=0)
+    price_output_per_mtok: float = Field(default=15.0, ge=0)
 
     def production_problems(self) -> list[str]:
         return [

@@ -58,6 +58,8 @@ class GatewayConfig:
     quick: bool = False
     # How the gateway reaches the users service: plaintext, tls or mtls.
     transport: str = "mtls"
+    # Also measure what metrics and traces cost (bench/_gwobserve.py).
+    observability: bool = True
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

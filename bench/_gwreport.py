@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 import _gwload
+import _gwobserve
 import _report
 from _config import GatewayConfig
 from _facts import Machine
@@ -66,6 +67,8 @@ class Results(TypedDict):
     targets: list[Target]
     # What py-spy found, or why it did not run; None when it was not asked to.
     profile: Profiles | str | None
+    # What metrics and traces cost (bench/_gwobserve.py); None with --no-observability.
+    observability: _gwobserve.Observability | None
     # From the gateway's line at exit; None if it did not write one.
     coalescing: Coalescing | None
     elapsed_s: float
@@ -231,6 +234,7 @@ def render(results: Results) -> str:
             f"calls ({reads / max(calls, 1):.1f} reads per call; all its phases, warm-ups "
             "included): concurrent reads share one BatchGetUsers (gateway/readers.py)"
         )
+    out += _gwobserve.render(results["observability"])
     out += _render_profiles(results["profile"])
     out += _report.render_verdicts(results["targets"], results["notes"])
     return "\n".join(out)

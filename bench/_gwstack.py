@@ -163,16 +163,34 @@ class Stack:
         self.gateway: Child | None = None
         self.monolith: Child | None = None
         self.monolith_workers: list[int] = []
+        self._account: dict[str, str] = {}
 
     def children(self) -> list[Child]:
         return [c for c in (self.gateway, self.users, self.monolith) if c is not None]
 
     async def start(self) -> None:
-        users_address = f"127.0.0.1:{self.users_port}"
-        users_tls, gateway_tls, credentials = transport_settings(self.transport, self.workdir)
-        account = await create_gateway_account(
+        self._account = await create_gateway_account(
             {"USERS_DATABASE_URL": self.database_url}, self.workdir
         )
+        if self.with_monolith:
+            self.monolith = self._monolith_child()
+            await self.monolith.start()
+        await self._start_path()
+        if self.monolith is not None:
+            await self.monolith.wait_ready(self._monolith_workers_up, START_WITHIN_S)
+
+    async def restart_path(self, env: Mapping[str, str]) -> None:
+        """The users service and the gateway again, with `env` on top of their settings
+        (GATEWAY_*, USERS_* and OTEL_* variables: each process takes what concerns it)."""
+        for child in (self.gateway, self.users):
+            if child is not None:
+                await child.stop(STOP_WITHIN_S)
+        await self._start_path(env)
+
+    async def _start_path(self, extra: Mapping[str, str] | None = None) -> None:
+        extra = dict(extra or {})
+        users_address = f"127.0.0.1:{self.users_port}"
+        users_tls, gateway_tls, credentials = transport_settings(self.transport, self.workdir)
         self.users = Child(
             [sys.executable, "-m", "users_service"],
             child_env(
@@ -186,6 +204,7 @@ class Stack:
                     "USERS_TOKEN_ISSUER": TOKEN_ISSUER,
                     "USERS_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
                     **users_tls,
+                    **{k: v for k, v in extra.items() if not k.startswith("GATEWAY_")},
                 }
             ),
             str(_procs.ROOT),
@@ -205,29 +224,23 @@ class Stack:
                     # No line per request (no access log); INFO for the one at exit
                     # that says how well account reads coalesced.
                     "GATEWAY_LOG_LEVEL": "INFO",
-                    **account,
+                    **self._account,
                     **gateway_tls,
                     **self.gateway_env,
+                    **{k: v for k, v in extra.items() if not k.startswith("USERS_")},
                 }
             ),
             str(_procs.ROOT),
             name="gateway",
         )
-        if self.with_monolith:
-            self.monolith = self._monolith_child()
-        for child in self.children():
-            await child.start()
+        await self.users.start()
+        await self.gateway.start()
         await asyncio.gather(
             self.users.wait_ready(
                 lambda: _grpc_serving(users_address, credentials), START_WITHIN_S
             ),
             self.gateway.wait_ready(
                 lambda: _http_ok(self.gateway_url + "/healthz"), START_WITHIN_S
-            ),
-            *(
-                [self.monolith.wait_ready(self._monolith_workers_up, START_WITHIN_S)]
-                if self.monolith is not None
-                else []
             ),
         )
 

@@ -15,7 +15,9 @@ same for the same request (its own account in full, seeded ones as public profil
 then loads `GET /v1/users/{id}` with that bearer token and random seeded ids (other
 accounts: public profiles) from wrk (a separate process) at 64 connections for a fixed
 time, alternating the two targets round by round (ABBA) so that drifting background
-load hits both. It reports requests/s, p50 and p99 of each (medians of the rounds),
+load hits both. Then (unless --no-observability) the gateway path again with metrics on,
+and with metrics and traces sampled at 10%, against it with both off (bench/_gwobserve.py).
+It reports requests/s, p50 and p99 of each (medians of the rounds),
 their ratios against the issue's targets, non-2xx responses, and the CPU every process
 used. When the gateway path misses a target (or with --profile) it samples the gateway
 and the users service with py-spy under the same load and reports where their CPU goes.
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import _gwload
+import _gwobserve
 import _gwprofile
 import _gwreport
 import _gwstack
@@ -251,6 +254,23 @@ async def _rounds(run: Run) -> list[Round]:
     return phases
 
 
+async def _observability(run: Run) -> list[_gwobserve.ObservedRound]:
+    stack = run.stack
+    assert stack is not None
+
+    async def load(duration: int, *, measured: bool) -> _gwload.WrkResult:
+        return await run.load("gateway", duration, measured=measured)
+
+    return await _gwobserve.measure(
+        stack.restart_path,
+        load,
+        rounds=run.config.rounds,
+        warmup=run.config.warmup,
+        duration=run.config.duration,
+        log=log,
+    )
+
+
 async def _profiles(run: Run) -> Profiles | str:
     """py-spy on the gateway path's processes, then on the monolith's, under load; or
     why not."""
@@ -309,6 +329,7 @@ async def run_bench(config: GatewayConfig) -> _gwreport.Results:
     machine["versions"]["PostgreSQL"] = await _pg.server_version(admin)
     _drop_stale_workdirs()
     profile: Profiles | str | None = None
+    observed: _gwobserve.Observability | None = None
     coalescing = None
     with tempfile.TemporaryDirectory(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}_") as workdir:
         async with _pg.own_database(admin) as database:
@@ -325,6 +346,13 @@ async def run_bench(config: GatewayConfig) -> _gwreport.Results:
                 medians = _gwreport.medians(phases)
                 ratios = _gwreport.ratios(medians["gateway"], medians["monolith"])
                 targets = _gwreport.targets(phases, ratios)
+                if config.observability:
+                    observed = _gwobserve.summarise(
+                        await _observability(run),
+                        medians["monolith"]["requests_per_s"],
+                        _gwreport.RPS_RATIO_MIN,
+                    )
+                    targets += observed["targets"]
                 if config.profile or (config.profile is None and _report.missed(targets)):
                     profile = await _profiles(run)
             finally:
@@ -346,6 +374,7 @@ async def run_bench(config: GatewayConfig) -> _gwreport.Results:
         "ratios": ratios,
         "targets": targets,
         "profile": profile,
+        "observability": observed,
         "coalescing": coalescing,
         "elapsed_s": time.perf_counter() - started,
         "notes": _gwreport.notes(phases, ratios, machine, config.rounds),
@@ -385,6 +414,12 @@ def parse_args(argv: Sequence[str] | None = None) -> GatewayConfig:
     )
     profile.add_argument("--no-profile", dest="profile", action="store_false", help="never profile")
     parser.add_argument("--profile-dir", help="keep py-spy's raw stacks in this folder")
+    parser.add_argument(
+        "--no-observability",
+        dest="observability",
+        action="store_false",
+        help="skip measuring what metrics and traces cost",
+    )
     add_common_options(parser)
     add_env_option(
         parser,
@@ -430,6 +465,7 @@ def parse_args(argv: Sequence[str] | None = None) -> GatewayConfig:
         seed=args.seed,
         quick=args.quick,
         transport=args.transport,
+        observability=args.observability,
     )
 
 

@@ -7,7 +7,7 @@ import sys
 from gateway.app import create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings
-from servicekit import production
+from servicekit import production, telemetry
 from servicekit.errors import StartupError
 from servicekit.heap import freeze_startup_objects
 from servicekit.logs import configure_logging
@@ -21,16 +21,21 @@ def main() -> int:
     except SettingsError as exc:
         sys.stderr.write(f"gateway: {exc}\n")
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         production.check(settings.production_problems())
         check_client_files(settings.client_tls())
     except StartupError as exc:
         sys.stderr.write(f"gateway: {exc}\n")
         return 1
-    server = GatewayServer(uvicorn_config(create_app(settings), settings))
-    freeze_startup_objects()
-    server.run()
+    stop_tracing = telemetry.configure_tracing("tandem-gateway")
+    try:
+        server = GatewayServer(uvicorn_config(create_app(settings), settings))
+        freeze_startup_objects()
+        server.run()
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # exports the spans still buffered
     return 0 if server.started else 1
 
 

@@ -36,6 +36,7 @@ from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
 from servicekit.liveness import Liveness
+from servicekit.metrics import serve as serve_metrics
 
 log = logging.getLogger("gateway.app")
 
@@ -102,6 +103,8 @@ def parse_account_reads(line: str) -> tuple[int, int] | None:
 def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: the middleware and the upstreams record only while metrics are served.
+        served = serve_metrics(settings.metrics_addr) if settings.metrics_addr else None
         upstreams = Upstreams(settings)
         reader = UserReader(upstreams.users, coalesce=settings.coalesce_reads)
         checks = SessionReader(upstreams.auth, coalesce=settings.coalesce_reads)
@@ -116,6 +119,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
+            if served is not None:
+                await served.aclose()
             await upstreams.close()
             log.info(ACCOUNT_READS, reader.reads, reader.calls)
             log.info("%d session checks took %d users calls", checks.reads, checks.calls)

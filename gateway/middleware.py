@@ -20,7 +20,10 @@ BaseHTTPMiddleware costs a task group and stream per request and layer). Per req
 - adds `X-Content-Type-Options: nosniff` to every response, and HSTS to responses to
   requests that came over https: to uvicorn over TLS, or through one of
   `trusted_proxies` whose `X-Forwarded-Proto` says https (the nearest hop's value);
-- logs one line: method, path, status (499: the client went away first), duration.
+- logs one line: method, path, status (499: the client went away first), duration;
+- records the request's metrics by route template (gateway.metrics) while the process
+  serves metrics, and, while tracing is on, makes its server span (continuing the
+  client's `traceparent`), current for everything the request does (servicekit.telemetry).
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ from gateway.edge import (
     SECURITY_HEADERS,
     SHUTDOWN,
 )
+from gateway.metrics import HttpMetrics, route_of
 from gateway.problems import REQUEST_ID_SCOPE_KEY, ProblemError, problem_bytes, problem_response
 from gateway.sse import event
+from servicekit import metrics, telemetry
 from servicekit.logs import request_id_var
 from servicekit.request_id import accept_request_id
 
@@ -87,6 +92,7 @@ class RequestContextMiddleware:
         hsts = (b"strict-transport-security", b"max-age=%d" % hsts_seconds)
         self._hsts = (hsts,) if hsts_seconds else ()
         self._trusted_proxies = tuple(trusted_proxies)
+        self._metrics = HttpMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +112,9 @@ class RequestContextMiddleware:
         ):
             added += self._hsts
         started = time.perf_counter()
+        span = telemetry.http_server_span(
+            scope["method"], scope["headers"], {"http.request.method": scope["method"]}
+        )
         status = 0
         response_headers: Sequence[tuple[bytes, bytes]] = ()
 
@@ -131,11 +140,16 @@ class RequestContextMiddleware:
             await problem_response(fault, request_id)(scope, receive, send_with_headers)
         finally:
             self.in_flight -= 1
+            elapsed = time.perf_counter() - started
+            route = route_of(scope)
+            self._metrics.ended(route, scope["method"], status, elapsed)
             if self.access_log:
-                elapsed_ms = (time.perf_counter() - started) * 1000
                 access_log.info(
-                    "%s %s %d %.2fms", scope["method"], scope["path"], status, elapsed_ms
+                    "%s %s %d %.2fms", scope["method"], scope["path"], status, elapsed * 1000
                 )
+            # Ended after the access line, which so carries the span's ids.
+            if span is not None:
+                telemetry.end_http_server_span(span, route, status)
             request_id_var.reset(token)
 
     async def _handle(
@@ -154,6 +168,8 @@ class RequestContextMiddleware:
         ):
             refusal = self._refusal(scope, content_length)
             if refusal is not None:
+                if refusal.status == 503 and refusal.reason is not None:
+                    metrics.refused(refusal.reason)
                 await problem_response(refusal, request_id)(scope, receive, send)
                 return
         # With a Content-Length the HTTP parser reads exactly that many bytes.

@@ -56,6 +56,9 @@ class _Read:
 class _CoalescedReader(Generic[StubT, Msg]):
     """`get(id)`: the resource, or the UpstreamError a single get would raise."""
 
+    # The batches' span name and metrics label (servicekit.batching).
+    BATCH_NAME = "gateway.coalesced_reads"
+
     def __init__(
         self,
         upstream: Upstream[StubT],
@@ -92,7 +95,10 @@ class _CoalescedReader(Generic[StubT, Msg]):
                 # Forgetting a batcher is safe: one that is busy finishes what it holds.
                 self._batchers.clear()
             batcher = Batcher(
-                self._read, max_size=self._max_batch, max_in_flight=self._max_in_flight
+                self._read,
+                max_size=self._max_batch,
+                max_in_flight=self._max_in_flight,
+                name=self.BATCH_NAME,
             )
             self._batchers[authorization] = batcher
         return batcher
@@ -155,6 +161,8 @@ def _metadata(reads: Sequence[_Read]) -> list[tuple[str, str]]:
 class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):
     """Accounts by id, as their caller may see them (GetUser / BatchGetUsers)."""
 
+    BATCH_NAME = "gateway.user_reads"
+
     async def get(self, user_id: str, authorization: str) -> users_pb2.User:
         return await self._get(user_id, authorization)
 
@@ -180,6 +188,8 @@ class UserReader(_CoalescedReader[UsersStub, users_pb2.User]):
 
 class SessionReader(_CoalescedReader[UsersAuthStub, auth_pb2.Session]):
     """Sessions by id (BatchGetSessions), for the gateway's check of every token."""
+
+    BATCH_NAME = "gateway.session_checks"
 
     async def get(self, session_id: str) -> auth_pb2.Session:
         return await self._get(session_id, None)

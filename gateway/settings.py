@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit import production
@@ -97,6 +97,16 @@ class GatewaySettings(ProcessSettings, TokenCheckSettings, UpstreamTlsSettings):
     # meets its own deadline) before the grace ends. What still runs then (a stream, at
     # most) is answered 503 (a stream: an `error` event).
     shutdown_grace_seconds: float = Field(default=65.0, ge=0)
+
+    @model_validator(mode="after")
+    def _metrics_apart(self) -> GatewaySettings:
+        port = self.metrics_addr.rsplit(":", 1)[1] if self.metrics_addr else None
+        if port == str(self.port) and self.port != 0:
+            raise ValueError(
+                "GATEWAY_METRICS_ADDR must not use GATEWAY_ADDR's port: metrics are never "
+                "served on the public REST port"
+            )
+        return self
 
     @field_validator("users_target", "ai_target")
     @classmethod

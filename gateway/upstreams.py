@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.problems import ProblemError
 from gateway.settings import GatewaySettings
 from gateway.upstream_errors import UpstreamError, rpc_problem
+from servicekit.observers import UpstreamObserver
 from tandem_client import Connection, RpcError, ServiceAccount, services
 from tandem_protos.ai.v1 import analysis_pb2_grpc
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
@@ -168,6 +169,7 @@ class Upstreams:
             deadline=settings.users_deadline_seconds,
             services=(USERS_SERVICE, AUTH_SERVICE),
             tls_check_seconds=TLS_CHECK_SECONDS,
+            observer=UpstreamObserver("users", settings.users_target),
         )
         ai = Connection(
             settings.ai_target,
@@ -175,6 +177,7 @@ class Upstreams:
             deadline=settings.ai_deadline_seconds,
             services=(AI_SERVICE,),
             tls_check_seconds=TLS_CHECK_SECONDS,
+            observer=UpstreamObserver("ai", settings.ai_target),
         )
         self.users = Upstream("users", USERS_SERVICE, users, users_pb2_grpc.UsersServiceStub)
         # The users service's identity provider, on the same connection.

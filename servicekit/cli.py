@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from servicekit import production
+from servicekit import production, telemetry
 from servicekit.errors import StartupError
 from servicekit.logs import configure_logging
 from servicekit.migrations import MigrationHistory, upgrade_to_head
@@ -70,7 +70,7 @@ def run_service(
     except SettingsError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if name == "migrate":
             revision = upgrade_to_head(migrations, settings.database_url)
@@ -81,7 +81,12 @@ def run_service(
             positional = [args.pop(argument.lower()) for argument in command.arguments]
             return _run(command.run(settings, *positional, **args))
         production.check(settings.production_problems())
-        _run(serve(settings))
+        stop_tracing = telemetry.configure_tracing(f"tandem-{prog.removesuffix('_service')}")
+        try:
+            _run(serve(settings))
+        finally:
+            if stop_tracing is not None:
+                stop_tracing()  # exports the spans still buffered
     except StartupError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 1

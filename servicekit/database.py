@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
+from servicekit import metrics, telemetry
 from servicekit.errors import Unavailable
 from servicekit.outages import Outage
 from servicekit.settings import ServiceSettings
@@ -41,8 +43,9 @@ def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncE
             connect_args={"timeout": settings.db_pool_timeout_seconds},
         )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        telemetry.instrument_engine(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -53,6 +56,8 @@ def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncE
             "server_settings": {"application_name": application_name},
         },
     )
+    telemetry.instrument_engine(engine)
+    return engine
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -91,6 +96,14 @@ class Database:
             began="the %s database is unavailable: %s",
             over="the %s database is back after %.1fs (%d calls failed meanwhile)",
         )
+        # Each checkout's wait for a connection, while the process records metrics.
+        self._waited: Callable[[float], None] | None = None
+        if metrics.recording():
+            self._waited = metrics.DB_POOL_WAIT.labels(what).observe
+            pool: Any = engine.sync_engine.pool
+            if hasattr(pool, "checkedout"):  # a QueuePool (SQLite's NullPool has none)
+                metrics.gauge_of(metrics.DB_POOL_CONNECTIONS, pool.checkedout, what, "checked_out")
+                metrics.gauge_of(metrics.DB_POOL_CONNECTIONS, pool.checkedin, what, "idle")
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """`work`'s result on an autocommit connection.
@@ -101,7 +114,7 @@ class Database:
         without a ping before every checkout.
         """
         try:
-            result: T = await greenlet_spawn(_run, self._reader, work)
+            result: T = await greenlet_spawn(_run, self._reader, work, self._waited)
         except Exception as exc:
             # Connecting can fail with the driver's own OSError, unwrapped.
             if not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
@@ -111,7 +124,7 @@ class Database:
             self._outage.ended()
             return result
         try:
-            result = await greenlet_spawn(_run, self._reader, work)
+            result = await greenlet_spawn(_run, self._reader, work, self._waited)
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise
@@ -125,11 +138,13 @@ class Database:
         """
         try:
             if self._write_turn is None:
-                result: T = await greenlet_spawn(_run_in_transaction, self.engine.sync_engine, work)
+                result: T = await greenlet_spawn(
+                    _run_in_transaction, self.engine.sync_engine, work, self._waited
+                )
             else:
                 async with self._write_turn:
                     result = await greenlet_spawn(
-                        _run_in_transaction, self.engine.sync_engine, work
+                        _run_in_transaction, self.engine.sync_engine, work, self._waited
                     )
         except Exception as exc:
             self._raise_if_unavailable(exc)
@@ -162,13 +177,23 @@ def outage_cause(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
-def _run(engine: Engine, work: Callable[[Connection], T]) -> T:
+def _run(
+    engine: Engine, work: Callable[[Connection], T], waited: Callable[[float], None] | None
+) -> T:
+    started = time.perf_counter()
     with engine.connect() as connection:
+        if waited is not None:
+            waited(time.perf_counter() - started)
         return work(connection)
 
 
-def _run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+def _run_in_transaction(
+    engine: Engine, work: Callable[[Connection], T], waited: Callable[[float], None] | None
+) -> T:
+    started = time.perf_counter()
     with engine.begin() as connection:
+        if waited is not None:
+            waited(time.perf_counter() - started)
         return work(connection)
 
 

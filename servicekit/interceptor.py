@@ -6,6 +6,9 @@ For each call it
 - turns a `ServiceError` into its status with `google.rpc` details, and any other
   exception into INTERNAL with a generic message (the traceback stays in the log);
 - writes one access-log line: method, status code, duration;
+- records the call's metrics (servicekit.metrics: count by status, duration) while the
+  process serves metrics, and makes its server span (servicekit.telemetry), continuing
+  the caller's trace, while tracing is on;
 - refuses a call at once with UNAVAILABLE and a retry delay while `max_in_flight`
   calls are already running (health checks excepted, so that a busy server still
   looks alive), rather than queueing it into its deadline. grpc's own
@@ -30,12 +33,14 @@ import grpc
 from grpc.aio import AbortError, ServicerContext
 from grpc_status import rpc_status
 
+from servicekit import metrics, telemetry
 from servicekit.errors import ServiceError, Unavailable
 from servicekit.logs import request_id_var
 from servicekit.request_id import REQUEST_ID_KEY, request_id_from
 
 # Calls of these methods are never refused for load.
 _UNCAPPED_PREFIX = "/grpc.health.v1.Health/"
+_OVERLOADED = "SERVER_OVERLOADED"
 # How long a caller refused for load is told to wait.
 OVERLOADED_RETRY_SECONDS = 1.0
 
@@ -124,9 +129,11 @@ class CallInterceptor(_ServerInterceptor):
 
     def _wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         limit = self._limit_of(method)
+        recorded = metrics.CallMetrics.server(method) if metrics.recording() else None
 
         async def wrapped(request: Any, context: Context) -> Any:
             request_id, token, started = self._begin(context)
+            span = telemetry.grpc_server_span(method, context.invocation_metadata())
             code = grpc.StatusCode.OK
             admitted = limit is None or self.in_flight < limit
             if admitted:
@@ -142,16 +149,18 @@ class CallInterceptor(_ServerInterceptor):
             finally:
                 if admitted:
                     self.in_flight -= 1
-                self._end(method, code, started)
+                self._end(method, code, started, recorded, span)
                 request_id_var.reset(token)
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         limit = self._limit_of(method)
+        recorded = metrics.CallMetrics.server(method) if metrics.recording() else None
 
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             request_id, token, started = self._begin(context)
+            span = telemetry.grpc_server_span(method, context.invocation_metadata())
             code = grpc.StatusCode.OK
             admitted = limit is None or self.in_flight < limit
             if admitted:
@@ -168,7 +177,7 @@ class CallInterceptor(_ServerInterceptor):
             finally:
                 if admitted:
                     self.in_flight -= 1
-                self._end(method, code, started)
+                self._end(method, code, started, recorded, span, stream=True)
                 request_id_var.reset(token)
 
         return wrapped
@@ -180,17 +189,31 @@ class CallInterceptor(_ServerInterceptor):
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         return request_id, token, time.perf_counter()
 
-    def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _end(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        recorded: metrics.CallMetrics | None,
+        span: telemetry.ActiveSpan | None,
+        *,
+        stream: bool = False,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        if recorded is not None:
+            recorded.ended(code, elapsed, stream=stream)
         if self._access_log_enabled:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            access_log.info("%s %s %.2fms", method, code.name, elapsed_ms)
+            access_log.info("%s %s %.2fms", method, code.name, elapsed * 1000)
+        # Ended after the access line, which so carries the span's ids.
+        if span is not None:
+            telemetry.end_grpc_server_span(span, code)
 
 
 def _overloaded(limit: int | None) -> Unavailable:
     return Unavailable(
         f"the server is at its limit of {limit} calls in flight; retry shortly",
         retry_after=OVERLOADED_RETRY_SECONDS,
-        reason="SERVER_OVERLOADED",
+        reason=_OVERLOADED,
     )
 
 
@@ -219,6 +242,8 @@ async def _abort_for(exc: BaseException, context: Context, request_id: str) -> N
     handler made, a cancellation, and non-Exception exits such as SystemExit.
     """
     if isinstance(exc, ServiceError):
+        if exc.code is grpc.StatusCode.RESOURCE_EXHAUSTED or exc.reason == _OVERLOADED:
+            metrics.refused(exc.reason)
         status = rpc_status.to_status(exc.to_rpc_status())
         # Added, not passed to abort(), which would replace the x-request-id trailer.
         add_trailing_metadata(context, *exc.trailing_metadata(), *status.trailing_metadata)

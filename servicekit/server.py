@@ -31,6 +31,7 @@ from servicekit.errors import StartupError
 from servicekit.health import HealthServicer
 from servicekit.heap import freeze_startup_objects
 from servicekit.interceptor import CallInterceptor
+from servicekit.logs import message_of
 from servicekit.tls import ServerTls, server_credentials
 
 log = logging.getLogger("servicekit.server")
@@ -173,8 +174,9 @@ _SERVING_LINE = re.compile(r"serving (?P<names>.+) on (?P<address>\S+:\d+)$")
 
 
 def parse_serving(line: str) -> str | None:
-    """The address (host:port) in a line logged with SERVING; None for any other line."""
-    match = _SERVING_LINE.search(line)
+    """The address (host:port) in a line logged with SERVING, in either log format;
+    None for any other line."""
+    match = _SERVING_LINE.search(message_of(line))
     return match["address"] if match else None
 
 

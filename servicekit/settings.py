@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from servicekit import production
+from servicekit.logs import LogFormat
 from servicekit.tls import ServerTls
 from tandem_client import ClientTls
 
@@ -65,7 +66,12 @@ class ProcessSettings(BaseSettings):
         default=10.0, ge=0, description="how long in-flight calls may run after SIGTERM"
     )
     log_level: LogLevel = "INFO"
+    # text for a terminal, json (one object per line) for a log pipeline (servicekit.logs)
+    log_format: LogFormat = "text"
     access_log: bool = Field(default=True, description="log one line per call")
+    # host:port to serve Prometheus /metrics on (servicekit.metrics); unset: no metrics
+    # are served or recorded.
+    metrics_addr: OptionalStr = None
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -83,6 +89,11 @@ class ProcessSettings(BaseSettings):
         ):
             raise ValueError(f"expected host:port, e.g. {cls._address_example}")
         return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics_addr(cls, value: str | None) -> str | None:
+        return value if value is None else check_listen_address(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -174,6 +185,14 @@ class ServiceSettings(ProcessSettings):
         if self.tls_cert_file is None or self.tls_key_file is None:
             return None
         return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+
+def check_listen_address(value: str) -> str:
+    """`value` when it is host:port (`:port` for every interface); else ValueError."""
+    match = _ADDRESS.match(value)
+    if match is None or int(match.group(2)) > 65535:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:9100")
+    return value
 
 
 class SettingsError(Exception):

@@ -21,8 +21,17 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher as _Argon2
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError
+from prometheus_client import Gauge
 
 from servicekit.errors import ResourceExhausted
+from servicekit.metrics import REGISTRY
+
+# The queue in front of the hashing threads, read at each scrape (users_service.server).
+PASSWORD_HASH_PENDING = Gauge(
+    "tandem_password_hash_pending",
+    "Password hashes running or waiting for a thread (refused past workers + queue).",
+    registry=REGISTRY,
+)
 
 T = TypeVar("T")
 

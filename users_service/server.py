@@ -13,6 +13,8 @@ from servicekit.callers import CallerResolver
 from servicekit.database import Database, create_engine
 from servicekit.idempotency import IdempotentWrites
 from servicekit.liveness import Liveness
+from servicekit.metrics import gauge_of
+from servicekit.metrics import serve as serve_metrics
 from servicekit.migrations import check_at_head
 from servicekit.pagination import page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
@@ -22,7 +24,7 @@ from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2
 from users_service.accounts import Accounts
 from users_service.auth_servicer import AuthServicer
 from users_service.migrations import MIGRATIONS
-from users_service.passwords import PasswordHasher
+from users_service.passwords import PASSWORD_HASH_PENDING, PasswordHasher
 from users_service.repository import UsersRepository
 from users_service.service_accounts import ServiceAccounts
 from users_service.service_accounts_repository import ServiceAccountsRepository
@@ -65,6 +67,8 @@ def local_verifier(settings: UsersSettings, keys: SigningKeys) -> TokenVerifier:
 async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
     """A bound, not yet started, users server; its resources close on exit."""
     keys = signing_keys_from(settings)
+    # First: what is made below records only while metrics are served.
+    metrics_server = serve_metrics(settings.metrics_addr) if settings.metrics_addr else None
     engine = create_engine(settings, application_name="tandem-users")
     hasher = PasswordHasher(
         memory_kib=settings.argon2_memory_kib,
@@ -73,6 +77,8 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
         workers=settings.password_hash_workers,
         max_waiting=settings.password_hash_queue,
     )
+    if metrics_server is not None:
+        gauge_of(PASSWORD_HASH_PENDING, lambda: hasher.pending)
     throttle = Throttle.from_settings(settings)
     try:
         throttling = Throttling(throttle, settings.login_rules())
@@ -144,6 +150,8 @@ async def users_server(settings: UsersSettings) -> AsyncIterator[GrpcServer]:
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
     finally:
+        if metrics_server is not None:
+            await metrics_server.aclose()
         hasher.close()
         await throttle.close()
         await engine.dispose()

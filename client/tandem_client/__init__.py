@@ -12,7 +12,8 @@
 
 `Connection` (connection.py) is one long-lived channel to one target; `ClientTls`
 (tls.py) its TLS files; `StaticToken` and `ServiceAccount` (tokens.py) where its calls'
-bearer tokens come from; `RpcError` and its subclasses (errors.py) what failed calls
+bearer tokens come from; `CallObserver` (observer.py) a hook on every call, for metrics
+and traces; `RpcError` and its subclasses (errors.py) what failed calls
 raise; `request_id_var` (context.py) the request id every call carries; services.py the
 services and the methods safe to retry. The generated messages and stubs are the
 `tandem_protos` package, installed with this one.
@@ -40,6 +41,7 @@ from tandem_client.errors import (
     Unimplemented,
     from_rpc_error,
 )
+from tandem_client.observer import CallEnd, CallObserver
 from tandem_client.services import AI_SERVICE, AUTH_SERVICE, IDEMPOTENT_METHODS, USERS_SERVICE
 from tandem_client.tls import ClientTls
 from tandem_client.tokens import ServiceAccount, StaticToken, TokenProvider
@@ -53,6 +55,8 @@ __all__ = [
     "USERS_SERVICE",
     "Aborted",
     "AlreadyExists",
+    "CallEnd",
+    "CallObserver",
     "Cancelled",
     "ClientTls",
     "Connection",

@@ -40,6 +40,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2
 
+from servicekit.logs import message_of
 from tandem_protos.ai.v1 import analysis_pb2
 from tandem_protos.users.v1 import auth_pb2, users_pb2
 
@@ -326,7 +327,7 @@ def replicas(stack: Stack, service: str) -> list[str]:
 
 def answered(container: str, since: str) -> int:
     logs = run(["podman", "logs", "--since", since, container])
-    return sum(bool(ANSWERED.search(line)) for line in logs.splitlines())
+    return sum(bool(ANSWERED.search(message_of(line))) for line in logs.splitlines())
 
 
 @dataclass
@@ -399,9 +400,10 @@ async def scale_journey(stack: Stack, client: httpx.AsyncClient, user: User) -> 
     check(not lost, f"{len(lost)} of {len(statuses)} reads failed: {sorted(set(lost))}")
     code = run(["podman", "inspect", "--format", "{{.State.ExitCode}}", victim]).strip()
     check(code == "0", f"the stopped replica exited {code}")
-    lines = run(["podman", "logs", victim]).splitlines()
+    # The image logs JSON (*_LOG_FORMAT=json): each line's message.
+    lines = [message_of(line) for line in run(["podman", "logs", victim]).splitlines()]
     drained = [i for i, line in enumerate(lines) if "shutting down: in-flight calls" in line]
-    finished = [i for i, line in enumerate(lines) if line.endswith(" stopped")]
+    finished = [i for i, line in enumerate(lines) if line.endswith("stopped")]
     check(bool(drained and finished) and drained[-1] < finished[-1], "\n".join(lines[-20:]))
     ok(
         f"SIGTERM to users replica 2 after {stopped_at} of {len(statuses)} reads: "

@@ -44,6 +44,8 @@ def test_each_service_reads_its_own_prefix(monkeypatch: pytest.MonkeyPatch) -> N
         ("USERS_DATABASE_URL", "::::"),
         ("USERS_DB_POOL_SIZE", "zero"),
         ("USERS_LOG_LEVEL", "LOUD"),
+        ("USERS_LOG_FORMAT", "xml"),
+        ("USERS_METRICS_ADDR", "9464"),
     ],
 )
 def test_an_invalid_setting_is_one_line_naming_the_variable(
@@ -96,3 +98,23 @@ def test_every_process_shares_the_address_and_logging_rules(
 def test_the_gateway_keeps_its_own_grace() -> None:
     assert load_settings(GatewaySettings).shutdown_grace_seconds == 65.0
     assert load_settings(UsersSettings).shutdown_grace_seconds == 10.0
+
+
+def test_metrics_and_log_format_are_off_and_text_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(UsersSettings).metrics_addr is None
+    assert load_settings(GatewaySettings).log_format == "text"
+    monkeypatch.setenv("AI_METRICS_ADDR", ":9464")
+    monkeypatch.setenv("AI_LOG_FORMAT", "json")
+    ai = load_settings(AiSettings)
+    assert (ai.metrics_addr, ai.log_format) == (":9464", "json")
+
+
+def test_the_gateways_metrics_are_never_on_its_rest_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_ADDR", "0.0.0.0:8000")
+    monkeypatch.setenv("GATEWAY_METRICS_ADDR", "127.0.0.1:8000")
+    with pytest.raises(SettingsError, match="never served on the public REST port"):
+        load_settings(GatewaySettings)
+    monkeypatch.setenv("GATEWAY_METRICS_ADDR", "0.0.0.0:9464")
+    assert load_settings(GatewaySettings).metrics_addr == "0.0.0.0:9464"

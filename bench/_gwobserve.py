@@ -1,0 +1,308 @@
+"""What observability costs the gateway path (issue 13), measured in the gateway benchmark's
+own run: the users service and the gateway restarted with each variant, round by round in
+rotating order, under the same wrk load as the main rounds.
+
+- off: no *_METRICS_ADDR, no OTEL_* (the main rounds' settings);
+- metrics: GATEWAY_METRICS_ADDR and USERS_METRICS_ADDR set, so both record every request;
+- metrics + traces: also OTEL_EXPORTER_OTLP_ENDPOINT, sampling 10% of the traces
+  (parent-based, so the users service follows the gateway's decision), exported over
+  OTLP/gRPC to a sink in this process that reads nothing of what it is sent.
+
+The targets: each variant within 5% of off's req/s, and the gateway path with metrics on
+at least as many times the monolith's req/s (main rounds) as the gateway's own target.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypedDict
+
+import _gwload
+import _report
+import grpc
+from _report import Target, fmt, target
+
+from tests.support.harness import free_port
+
+VARIANTS = ("off", "metrics", "metrics+traces")
+# The issue's bound: what observability may cost in req/s, against off.
+MAX_LOSS = 0.05
+SAMPLE_RATIO = "0.1"
+
+
+class ObservedRound(TypedDict):
+    variant: str
+    round: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    # CPU of the gateway and the users service per request.
+    serving_us: float | None
+    load_average: float
+
+
+class AddedCost(TypedDict):
+    """CPU µs per request of the code observability adds, timed in this process: one
+    gateway request's worth (gateway and users service parts together)."""
+
+    metrics_us: float
+    traces_unsampled_us: float
+    traces_sampled_us: float
+    traces_at_ratio_us: float
+
+
+class Observability(TypedDict):
+    phases: list[ObservedRound]
+    medians: dict[str, ObservedRound]
+    # Each variant's median req/s over off's.
+    rps_vs_off: dict[str, float | None]
+    # Serving CPU per request each variant adds to off's (µs).
+    us_added: dict[str, float | None]
+    metrics_vs_monolith: float | None
+    targets: list[Target]
+    added: AddedCost
+
+
+class Loader(Protocol):
+    async def __call__(self, duration: int, *, measured: bool) -> _gwload.WrkResult: ...
+
+
+class Restarter(Protocol):
+    async def __call__(self, env: dict[str, str]) -> None: ...
+
+
+def _discard(_request: bytes, _context: Any) -> bytes:
+    return b""  # an empty ExportTraceServiceResponse
+
+
+@asynccontextmanager
+async def otlp_sink() -> AsyncIterator[str]:
+    """An OTLP/gRPC trace endpoint that accepts every export and decodes none."""
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(_discard)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+def variant_env(variant: str, endpoint: str) -> dict[str, str]:
+    if variant == "off":
+        return {}
+    env = {
+        "GATEWAY_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "USERS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    if variant == "metrics+traces":
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": SAMPLE_RATIO,
+        }
+    return env
+
+
+async def measure(
+    restart: Restarter,
+    load: Loader,
+    *,
+    rounds: int,
+    warmup: int,
+    duration: int,
+    log: Any,
+) -> list[ObservedRound]:
+    phases: list[ObservedRound] = []
+    async with otlp_sink() as endpoint:
+        for n in range(rounds):
+            # Rotated each round, so drifting background load hits every variant alike.
+            order = VARIANTS[n % len(VARIANTS) :] + VARIANTS[: n % len(VARIANTS)]
+            for variant in order:
+                log(f"observability round {n + 1}/{rounds}: {variant}")
+                await restart(variant_env(variant, endpoint))
+                await load(warmup, measured=False)
+                result = await load(duration, measured=True)
+                cpu = result["cpu"]
+                phase: ObservedRound = {
+                    "variant": variant,
+                    "round": n + 1,
+                    "requests_per_s": result["requests_per_s"],
+                    "p50_ms": result["p50_ms"],
+                    "p99_ms": result["p99_ms"],
+                    "errors": _gwload.errors(result),
+                    "serving_us": cpu["serving_us_per_request"] if cpu else None,
+                    "load_average": os.getloadavg()[0],
+                }
+                log(
+                    f"  {phase['requests_per_s']:,.0f} req/s, {fmt(phase['serving_us'], 0)} "
+                    f"µs/req, load average {phase['load_average']:.2f}"
+                )
+                phases.append(phase)
+        # Back to the main rounds' settings.
+        await restart({})
+    return phases
+
+
+def summarise(
+    phases: Sequence[ObservedRound], monolith_rps: float | None, rps_ratio_min: float
+) -> Observability:
+    """`rps_ratio_min`: what the gateway path must reach over the monolith's req/s."""
+    medians = {
+        variant: _report.median_round(
+            [p for p in phases if p["variant"] == variant], lambda p: p["requests_per_s"]
+        )
+        for variant in VARIANTS
+    }
+    off = medians["off"]
+    rps = {v: _report.ratio(m["requests_per_s"], off["requests_per_s"]) for v, m in medians.items()}
+    added = {
+        v: None
+        if m["serving_us"] is None or off["serving_us"] is None
+        else m["serving_us"] - off["serving_us"]
+        for v, m in medians.items()
+    }
+    with_metrics = _report.ratio(medians["metrics"]["requests_per_s"], monolith_rps)
+    errors = sum(p["errors"] for p in phases)
+    return {
+        "phases": list(phases),
+        "medians": medians,
+        "rps_vs_off": rps,
+        "us_added": added,
+        "metrics_vs_monolith": with_metrics,
+        "added": added_cost(),
+        "targets": [
+            target("metrics on: req/s / off's", rps["metrics"], ">=", 1 - MAX_LOSS),
+            target(
+                f"metrics + traces at {SAMPLE_RATIO}: req/s / off's",
+                rps["metrics+traces"],
+                ">=",
+                1 - MAX_LOSS,
+            ),
+            target(
+                "gateway with metrics req/s / monolith req/s", with_metrics, ">=", rps_ratio_min
+            ),
+            target("non-2xx responses and socket errors (observability)", errors, "<=", 0),
+        ],
+    }
+
+
+def render(observed: Observability | None) -> list[str]:
+    if observed is None:
+        return []
+    out = [
+        "",
+        "What observability costs (issue 13): the gateway path restarted per variant, same",
+        "  load; medians of the rounds. µs/req: gateway + users CPU per request.",
+        f"  {'':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'µs/req':>8}{'vs off':>8}"
+        f"{'+µs/req':>9}{'load':>6}",
+    ]
+    rows = [(f"r{p['round']} {p['variant']}", p) for p in observed["phases"]]
+    rows += [(f"median {v}", m) for v, m in observed["medians"].items()]
+    for label, phase in rows:
+        variant = phase["variant"]
+        median = label.startswith("median")
+        out.append(
+            f"  {label:<24}{fmt(phase['requests_per_s'], 0):>9}{fmt(phase['p50_ms']):>9}"
+            f"{fmt(phase['p99_ms']):>9}{fmt(phase['serving_us'], 0):>8}"
+            f"{fmt(observed['rps_vs_off'][variant]) if median else '':>8}"
+            f"{fmt(observed['us_added'][variant], 0) if median else '':>9}"
+            f"{phase['load_average']:>6.2f}"
+        )
+    added = observed["added"]
+    out += [
+        f"  gateway with metrics / monolith (main rounds' median): "
+        f"x{fmt(observed['metrics_vs_monolith'])}",
+        "  the code added per request, timed in process (CPU µs, gateway and users parts):",
+        f"    metrics {added['metrics_us']:.1f}; traces unsampled "
+        f"{added['traces_unsampled_us']:.1f}, sampled {added['traces_sampled_us']:.1f} "
+        f"(export not included), at {SAMPLE_RATIO} {added['traces_at_ratio_us']:.1f}",
+    ]
+    return out
+
+
+def added_cost(requests: int = 20_000) -> AddedCost:
+    """What one GET /v1/users/{id} adds, timed without the load's noise: the metrics it
+    records, and its spans and propagation unsampled and sampled (into a processor that
+    batches and drops them, as the OTLP one batches and sends)."""
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased  # noqa: PLC0415
+
+    from gateway.metrics import HttpMetrics  # noqa: PLC0415
+    from servicekit import metrics, telemetry  # noqa: PLC0415
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    method = "/users.v1.UsersService/GetUser"
+    headers = [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer x"), (b"accept", b"*/*")]
+
+    def one_request_metrics(http: HttpMetrics, client: Any, server: Any) -> None:
+        metrics.BATCH_SIZE.labels("gateway.user_reads").observe(1)
+        client.ended(grpc.StatusCode.OK, 0.001)
+        server.ended(grpc.StatusCode.OK, 0.0008)
+        metrics.DB_POOL_WAIT.labels("users").observe(0.00001)
+        http.ended("/v1/users/{id}", "GET", 200, 0.002)
+
+    def one_request_spans() -> None:
+        http = telemetry.http_server_span("GET", headers, {"http.request.method": "GET"})
+        assert http is not None
+        link = telemetry.current_link()
+        sent: list[tuple[str, str]] = [("x-request-id", "r")]
+        traced = telemetry.traced([link])
+        client = telemetry.grpc_client_span(method, "users", sent)
+        served = telemetry.grpc_server_span(method, tuple(sent))
+        assert served is not None
+        telemetry.end_grpc_server_span(served, grpc.StatusCode.OK)
+        if client is not None:
+            telemetry.end_grpc_client_span(client, grpc.StatusCode.OK)
+        telemetry.end_http_server_span(http, "/v1/users/{id}", 200)
+        assert traced in (True, False)
+
+    def timed(work: Any, n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            work()
+        return (time.process_time() - started) / n * 1e6
+
+    served_metrics = metrics.serve("127.0.0.1:0")
+    try:
+        http, client = HttpMetrics(), metrics.CallMetrics.client("users", method)
+        server = metrics.CallMetrics.server(method)
+        metrics_us = timed(lambda: one_request_metrics(http, client, server), requests)
+    finally:
+        served_metrics.close()
+    figures = {}
+    for name, sampler in (("unsampled", ALWAYS_OFF), ("sampled", ALWAYS_ON)):
+        provider = TracerProvider(sampler=ParentBased(sampler))
+        provider.add_span_processor(BatchSpanProcessor(Dropped()))
+        telemetry.use_tracer(provider.get_tracer("bench"))
+        try:
+            figures[name] = timed(one_request_spans, requests // 4)
+        finally:
+            telemetry.use_tracer(None)
+            provider.shutdown()
+    ratio = float(SAMPLE_RATIO)
+    return {
+        "metrics_us": metrics_us,
+        "traces_unsampled_us": figures["unsampled"],
+        "traces_sampled_us": figures["sampled"],
+        "traces_at_ratio_us": (1 - ratio) * figures["unsampled"] + ratio * figures["sampled"],
+    }

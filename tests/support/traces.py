@@ -1,0 +1,42 @@
+"""An in-memory OpenTelemetry SDK for in-process tests of servicekit.telemetry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+from servicekit import telemetry
+
+
+class Spans:
+    def __init__(self, exporter: InMemorySpanExporter, provider: TracerProvider) -> None:
+        self._exporter = exporter
+        self.tracer = provider.get_tracer("tests")
+
+    @property
+    def finished(self) -> tuple[ReadableSpan, ...]:
+        return self._exporter.get_finished_spans()
+
+    def named(self, name: str) -> ReadableSpan:
+        (span,) = [s for s in self.finished if s.name == name]
+        return span
+
+
+@contextmanager
+def recorded_spans() -> Iterator[Spans]:
+    """Tracing on (parent-based, always on at the root) into memory, for the block."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = Spans(exporter, provider)
+    telemetry.use_tracer(spans.tracer)
+    try:
+        yield spans
+    finally:
+        telemetry.use_tracer(None)
+        provider.shutdown()

@@ -1,0 +1,145 @@
+"""servicekit.telemetry: W3C context across the hops, unsampled traces cost no spans,
+batches link to the requests they serve, and tracing is off unless OTEL_* ask."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
+
+from servicekit import telemetry
+from servicekit.batching import Batcher
+from servicekit.observers import UpstreamObserver
+from tests.support.traces import recorded_spans
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+METHOD = "/users.v1.UsersService/GetUser"
+
+
+def traceparent(metadata: list[tuple[str, str]]) -> str:
+    (value,) = [v for k, v in metadata if k == "traceparent"]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("environ", "wanted"),
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4317"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SDK_DISABLED": "true"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_TRACES_EXPORTER": "none"}, False),
+    ],
+)
+def test_traces_are_exported_only_when_the_otel_variables_say_where(
+    environ: dict[str, str], wanted: bool
+) -> None:
+    assert telemetry.wanted(environ) is wanted
+
+
+def test_off_nothing_is_made_and_nothing_is_sent() -> None:
+    metadata = [("x-request-id", "r1")]
+    assert telemetry.http_server_span("GET", [(b"traceparent", b"00-x")], {}) is None
+    assert telemetry.grpc_client_span(METHOD, "users:50051", metadata) is None
+    assert telemetry.grpc_server_span(METHOD, ()) is None
+    assert metadata == [("x-request-id", "r1")]
+    assert telemetry.current_ids() is None
+
+
+def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
+    with recorded_spans() as spans:
+        http = telemetry.http_server_span(
+            "GET", [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())], {}
+        )
+        assert http is not None
+        assert telemetry.current_ids() == (TRACE, f"{http.span.get_span_context().span_id:016x}")
+        metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
+        client = telemetry.grpc_client_span(METHOD, "users:50051", metadata)
+        assert client is not None
+        server = telemetry.grpc_server_span(METHOD, tuple(metadata))
+        assert server is not None
+        telemetry.end_grpc_server_span(server, grpc.StatusCode.NOT_FOUND)
+        telemetry.end_grpc_client_span(client, grpc.StatusCode.NOT_FOUND)
+        telemetry.end_http_server_span(http, "/v1/users/{id}", 404)
+        gateway = spans.named("GET /v1/users/{id}")
+        client_span = next(s for s in spans.finished if s.kind == trace.SpanKind.CLIENT)
+        server_span = next(
+            s for s in spans.finished if s.kind == trace.SpanKind.SERVER and s.name != gateway.name
+        )
+    assert f"{gateway.context.trace_id:032x}" == TRACE
+    assert gateway.parent is not None and f"{gateway.parent.span_id:016x}" == PARENT
+    assert client_span.parent is not None and client_span.parent.span_id == gateway.context.span_id
+    assert (
+        server_span.parent is not None and server_span.parent.span_id == client_span.context.span_id
+    )
+    assert server_span.attributes is not None
+    assert server_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    # One traceparent only: the client span's replaced what the caller had put there.
+    assert traceparent(metadata).split("-")[2] == f"{client_span.context.span_id:016x}"
+    # NOT_FOUND is the caller's mistake: not an error of the server's span.
+    assert server_span.status.status_code is StatusCode.UNSET
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_an_unsampled_trace_makes_no_span_but_goes_on_with_its_ids() -> None:
+    with recorded_spans() as spans:
+        http = telemetry.http_server_span(
+            "GET", [(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode())], {}
+        )
+        assert http is not None
+        assert telemetry.current_ids() == (TRACE, PARENT)
+        metadata: list[tuple[str, str]] = []
+        assert telemetry.grpc_client_span(METHOD, "users:50051", metadata) is None
+        assert traceparent(metadata) == f"00-{TRACE}-{PARENT}-00"
+        with telemetry.span("internal") as internal:
+            assert internal is None
+        telemetry.end_http_server_span(http, "/v1/users/{id}", 200)
+        assert spans.finished == ()
+
+
+async def test_a_batch_links_to_every_request_it_serves_under_the_first() -> None:
+    async def run(items: list[int]) -> list[int]:
+        return [item * 2 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(run, name="tests.batch")
+    with recorded_spans() as spans:
+
+        async def request(n: int) -> int:
+            with spans.tracer.start_as_current_span(f"request {n}"):
+                return await batcher.submit(n)
+
+        assert await asyncio.gather(*(request(n) for n in range(3))) == [0, 2, 4]
+        requests = [spans.named(f"request {n}") for n in range(3)]
+        batch = spans.named("tests.batch")
+    assert {link.context.span_id for link in batch.links} == {r.context.span_id for r in requests}
+    assert batch.parent is not None and batch.parent.span_id == requests[0].context.span_id
+    assert batch.attributes is not None and batch.attributes["tandem.batch.size"] == 3
+
+
+def test_an_upstream_outage_is_one_warning_when_it_begins_and_one_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    observer = UpstreamObserver("users", "users:50051")
+    with caplog.at_level(logging.WARNING, logger="servicekit.upstreams"):
+        for code in (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.OK,
+            grpc.StatusCode.OK,
+        ):
+            observer.begin(METHOD, [], stream=False)(code)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0] == (
+        "the users service at users:50051 is unavailable: GetUser answered UNAVAILABLE"
+    )
+    assert messages[1].startswith("the users service at users:50051 is back after ")
+    assert messages[1].endswith("(3 calls failed meanwhile)")
