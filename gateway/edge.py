@@ -73,12 +73,22 @@ class EdgeConfig(uvicorn.Config):
     """uvicorn's Config, serving with EdgeProtocol under `limits`."""
 
     def __init__(
-        self, app: Any, *, limits: EdgeLimits, shutdown_grace: float, **options: Any
+        self,
+        app: Any,
+        *,
+        limits: EdgeLimits,
+        shutdown_grace: float,
+        health: tuple[str, int] | None = None,
+        health_stale_after: float = 5.0,
+        **options: Any,
     ) -> None:
         super().__init__(app, http=EdgeProtocol, **options)
         self.edge_limits = limits
         # GatewayServer ends what still runs after this many seconds of shutdown.
         self.shutdown_grace = shutdown_grace
+        # Where GatewayServer serves gateway.health_port, if anywhere.
+        self.health = health
+        self.health_stale_after = health_stale_after
 
 
 class _Refused(Exception):

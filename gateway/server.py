@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway.edge import SHUTDOWN, EdgeConfig, EdgeLimits, end_requests, expire_late
+from gateway.health_port import HealthPort, Heartbeat
 from gateway.settings import GatewaySettings
 from servicekit.server import SERVING
 
@@ -40,6 +41,8 @@ def uvicorn_config(app: FastAPI, settings: GatewaySettings) -> EdgeConfig:
         app,
         limits=limits,
         shutdown_grace=settings.shutdown_grace_seconds,
+        health=settings.health_host_port,
+        health_stale_after=settings.health_stale_seconds,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -62,8 +65,11 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.address = ""
+        # Where gateway.health_port serves, once it does.
+        self.health_address = ""
         self.ready = asyncio.Event()
         self._shutdown_timers: list[asyncio.TimerHandle] = []
+        self._health: tuple[HealthPort, Heartbeat] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -72,7 +78,19 @@ class GatewayServer(uvicorn.Server):
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info(SERVING, "gateway", self.address)
+        self._start_health()
         self.ready.set()
+
+    def _start_health(self) -> None:
+        config = self.config
+        if not isinstance(config, EdgeConfig) or config.health is None:
+            return
+        heartbeat = Heartbeat(asyncio.get_running_loop())
+        port = HealthPort(*config.health, heartbeat, stale_after=config.health_stale_after)
+        heartbeat.start()
+        port.start()
+        self._health = (port, heartbeat)
+        self.health_address = port.address
 
     async def on_tick(self, counter: int) -> bool:
         expire_late(self.server_state.connections, asyncio.get_running_loop().time())
@@ -93,6 +111,11 @@ class GatewayServer(uvicorn.Server):
         finally:
             for timer in self._shutdown_timers:
                 timer.cancel()
+            # Alive to the last: a liveness probe must not fail during the grace.
+            if self._health is not None:
+                port, heartbeat = self._health
+                heartbeat.stop()
+                await asyncio.to_thread(port.close)
 
     def _end_requests(self, grace: float) -> None:
         log.warning(

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit import production
@@ -79,6 +79,12 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     # for header_timeout_seconds is closed.
     header_timeout_seconds: float = Field(default=10.0, gt=0)
     body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # GET /healthz also on this host:port, answered from a thread of its own, so that a
+    # liveness probe is not queued behind a flood of the main port (gateway.health_port);
+    # empty: not served. It answers 503 once the event loop has not run for
+    # health_stale_seconds.
+    health_addr: str = ""
+    health_stale_seconds: float = Field(default=5.0, gt=0)
     # Strict-Transport-Security max-age on responses to requests that came over https
     # (to uvicorn over TLS, or with `X-Forwarded-Proto: https` from one of
     # trusted_proxies); 0 sends none.
@@ -98,9 +104,11 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     # most) is answered 503 (a stream: an `error` event).
     shutdown_grace_seconds: float = Field(default=65.0, ge=0)
 
-    @field_validator("addr")
+    @field_validator("addr", "health_addr")
     @classmethod
-    def _check_addr(cls, value: str) -> str:
+    def _check_addr(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "health_addr":
+            return value
         match = _ADDRESS.match(value)
         if match is None or int(match.group(2)) > 65535:
             raise ValueError("expected host:port, e.g. 127.0.0.1:8000")
@@ -176,3 +184,11 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     @property
     def port(self) -> int:
         return int(self.addr.rsplit(":", 1)[1])
+
+    @property
+    def health_host_port(self) -> tuple[str, int] | None:
+        """Where the health port listens; None when it is not served."""
+        if not self.health_addr:
+            return None
+        host, port = self.health_addr.rsplit(":", 1)
+        return host.strip("[]"), int(port)
