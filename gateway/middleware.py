@@ -40,6 +40,7 @@ from gateway.edge import (
     BODY_TIMEOUT,
     CANCELLED_BY,
     CLIENT_GONE,
+    LEAVE_IN_FLIGHT,
     OVER_CAPACITY,
     SECURITY_HEADERS,
     SHUTDOWN,
@@ -116,6 +117,15 @@ class RequestContextMiddleware:
                 response_headers = message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
+        counted = True
+
+        def leave_in_flight() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.in_flight -= 1
+
+        scope[LEAVE_IN_FLIGHT] = leave_in_flight
         self.in_flight += 1
         try:
             await self._handle(scope, receive, send_with_headers, request_id, content_length)
@@ -130,7 +140,7 @@ class RequestContextMiddleware:
             fault = ProblemError(500, UNEXPECTED_DETAIL)
             await problem_response(fault, request_id)(scope, receive, send_with_headers)
         finally:
-            self.in_flight -= 1
+            leave_in_flight()
             if self.access_log:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 access_log.info(

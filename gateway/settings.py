@@ -79,6 +79,10 @@ class GatewaySettings(TokenCheckSettings, UpstreamTlsSettings):
     # for header_timeout_seconds is closed.
     header_timeout_seconds: float = Field(default=10.0, gt=0)
     body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A client retrying a login or sign-up before the Retry-After of its refusal gets
+    # that refusal again from the gateway, after this long (at most the time left);
+    # 0 answers at once (gateway.refusals).
+    early_retry_delay_seconds: float = Field(default=1.0, ge=0, le=10)
     # GET /healthz also on this host:port, answered from a thread of its own, so that a
     # liveness probe is not queued behind a flood of the main port (gateway.health_port);
     # empty: not served. It answers 503 once the event loop has not run for

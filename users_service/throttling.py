@@ -48,6 +48,11 @@ account is not a sign-up and is not counted.
 limit, and TOO_MANY_FAILED_GRANTS refuses past it; a success clears the pair. The
 refresh-token grant is not limited: its tokens are 256 random bits, nothing to guess.
 
+Every refusal above carries ErrorInfo metadata `scope`: `address` when it holds for every
+attempt of the address until its RetryInfo runs out (logins in progress, the address
+count, sign-ups), `account_address` when only for the same account or client id from
+that address. The gateway answers a client's retries within that time itself.
+
 **When the store is unreachable** (Redis, when configured): logins fail closed, with
 UNAVAILABLE (THROTTLE_UNAVAILABLE) and a short retry delay - an outage must not mean
 unlimited guesses; sign-ups and client credentials fail open - a client secret is 256
@@ -90,6 +95,14 @@ class LoginRules:
             return 0.0
         return min(self.delay_seconds * 2.0**beyond, self.max_delay_seconds)
 
+
+# The ErrorInfo metadata of a refusal that says what it holds for, until its RetryInfo
+# runs out: every attempt of the client's address (ADDRESS), or only those for the same
+# account (or client id) from that address (ACCOUNT_ADDRESS). The gateway honours it
+# without asking again (gateway.refusals).
+SCOPE = "scope"
+ADDRESS = "address"
+ACCOUNT_ADDRESS = "account_address"
 
 # What an address over its logins in progress is told to wait: an attempt takes a hash
 # (tens of milliseconds), or at most the longest delay.
@@ -182,6 +195,7 @@ class Throttling:
                 (pair, per_address, per_account),
                 reason="TOO_MANY_FAILED_LOGINS",
                 what="too many failed logins",
+                scope=_scope(per_address, (pair, per_account)),
             )
             delay = self.rules.delay(pair.used)
             if delay:
@@ -203,6 +217,7 @@ class Throttling:
                 f"{math.ceil(IN_PROGRESS_RETRY_SECONDS)} s",
                 reason="TOO_MANY_LOGINS_IN_PROGRESS",
                 retry_after=IN_PROGRESS_RETRY_SECONDS,
+                metadata={SCOPE: ADDRESS},
             )
         self._in_progress[address] = held + 1
 
@@ -229,7 +244,10 @@ class Throttling:
             return
         usage = await self._throttle.usage(self._signups, address)
         _refuse_if_used_up(
-            (usage,), reason="TOO_MANY_SIGNUPS", what="too many sign-ups from this address"
+            (usage,),
+            reason="TOO_MANY_SIGNUPS",
+            what="too many sign-ups from this address",
+            scope=ADDRESS,
         )
 
     async def admit_client(self, client_id: str, address: str) -> ClientAttempt:
@@ -238,12 +256,26 @@ class Throttling:
         key = (client_id, address)
         usage = await self._throttle.usage(self._clients, *key)
         _refuse_if_used_up(
-            (usage,), reason="TOO_MANY_FAILED_GRANTS", what="too many failed client grants"
+            (usage,),
+            reason="TOO_MANY_FAILED_GRANTS",
+            what="too many failed client grants",
+            scope=ACCOUNT_ADDRESS,
         )
         return ClientAttempt(self._throttle, self._clients, key, usage.used)
 
 
-def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str) -> None:
+def _scope(per_address: Usage, others: tuple[Usage, ...]) -> str:
+    """What a refusal holds for: the whole address when its own count is what refuses
+    longest, else the account from that address."""
+    longest = max((u.retry_after for u in others if u.exhausted), default=0.0)
+    return (
+        ADDRESS
+        if per_address.exhausted and per_address.retry_after >= longest
+        else (ACCOUNT_ADDRESS)
+    )
+
+
+def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str, scope: str) -> None:
     used_up = [u for u in usages if u.exhausted]
     if not used_up:
         return
@@ -255,7 +287,10 @@ def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str) -> 
             retry_after=retry_after,
         )
     raise ResourceExhausted(
-        f"{what}; retry in {math.ceil(retry_after)} s", reason=reason, retry_after=retry_after
+        f"{what}; retry in {math.ceil(retry_after)} s",
+        reason=reason,
+        retry_after=retry_after,
+        metadata={SCOPE: scope},
     )
 
 
