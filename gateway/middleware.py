@@ -7,9 +7,9 @@ BaseHTTPMiddleware costs a task group and stream per request and layer). Per req
   and in the gRPC metadata of upstream calls (`tandem_client.Connection` sends it), and
   returns it on the response;
 - answers 503 at once (with `Retry-After`) while `max_in_flight` requests are being
-  handled, or when the request came on a connection opened past the connection cap
-  (`gateway.edge`); `/healthz` and `/readyz` are never refused, so probes still see a
-  busy gateway as alive and ready;
+  handled (`gateway.edge` refuses those on connections past the connection cap itself);
+  `/healthz` and `/readyz` are never refused, so probes still see a busy gateway as
+  alive and ready;
 - answers 413 at once when `Content-Length` exceeds the limit, and stops a body without
   one (chunked) as soon as the bytes read exceed it;
 - answers a request whose task `gateway.edge` cancelled: nothing for a client that went
@@ -41,9 +41,10 @@ from gateway.edge import (
     CANCELLED_BY,
     CLIENT_GONE,
     LEAVE_IN_FLIGHT,
-    OVER_CAPACITY,
+    RETRY_AFTER,
     SECURITY_HEADERS,
     SHUTDOWN,
+    UNCAPPED_PATHS,
 )
 from gateway.problems import REQUEST_ID_SCOPE_KEY, ProblemError, problem_bytes, problem_response
 from gateway.sse import event
@@ -55,10 +56,6 @@ error_log = logging.getLogger("gateway.errors")
 
 UNEXPECTED_DETAIL = "an unexpected error occurred; quote the request id to report it"
 SHUTDOWN_DETAIL = "the gateway is shutting down; retry the request"
-# Health checks are cheap and must answer however busy the gateway is.
-UNCAPPED_PATHS = frozenset({"/healthz", "/readyz"})
-# What a refused client is told to wait: the cap is about this instant's load.
-RETRY_AFTER = "1"
 # The status logged for a request whose client left before its answer (as nginx does).
 CLIENT_CLOSED = 499
 
@@ -159,7 +156,6 @@ class RequestContextMiddleware:
         limit = self.max_body_bytes
         if (
             self.in_flight > self.max_in_flight  # this request counted already
-            or OVER_CAPACITY in scope
             or (content_length is not None and content_length > limit)
         ):
             refusal = self._refusal(scope, content_length)
@@ -179,22 +175,14 @@ class RequestContextMiddleware:
 
     def _refusal(self, scope: Scope, content_length: int | None) -> ProblemError | None:
         """The problem a request is refused with before the app sees it, if any."""
-        if scope["path"] not in UNCAPPED_PATHS:
-            if OVER_CAPACITY in scope:
-                return ProblemError(
-                    503,
-                    "the gateway has too many connections open; retry shortly",
-                    headers={"Retry-After": RETRY_AFTER, "Connection": "close"},
-                    reason="TOO_MANY_CONNECTIONS",
-                )
-            if self.in_flight > self.max_in_flight:
-                return ProblemError(
-                    503,
-                    f"the gateway is handling its limit of {self.max_in_flight} requests; "
-                    "retry shortly",
-                    headers={"Retry-After": RETRY_AFTER},
-                    reason="TOO_MANY_REQUESTS_IN_FLIGHT",
-                )
+        if self.in_flight > self.max_in_flight and scope["path"] not in UNCAPPED_PATHS:
+            return ProblemError(
+                503,
+                f"the gateway is handling its limit of {self.max_in_flight} requests; "
+                "retry shortly",
+                headers={"Retry-After": RETRY_AFTER},
+                reason="TOO_MANY_REQUESTS_IN_FLIGHT",
+            )
         if content_length is not None and content_length > self.max_body_bytes:
             return ProblemError(413, ContentTooLarge(self.max_body_bytes).detail)
         return None
