@@ -50,9 +50,8 @@ log = logging.getLogger("gateway.edge")
 
 # Scope keys the middleware reads.
 CANCELLED_BY = "tandem.cancelled_by"
-# A callable that stops counting the request against the middleware's max_in_flight
-# (gateway.refusals: an answer held back on purpose is no load).
-LEAVE_IN_FLIGHT = "tandem.leave_in_flight"
+# The request's gateway.middleware.InFlight: its place in the in-flight count.
+IN_FLIGHT = "tandem.in_flight"
 # Why a request's task was cancelled (the value under CANCELLED_BY).
 CLIENT_GONE = "client-gone"
 BODY_TIMEOUT = "body-timeout"

@@ -40,7 +40,7 @@ from gateway.edge import (
     BODY_TIMEOUT,
     CANCELLED_BY,
     CLIENT_GONE,
-    LEAVE_IN_FLIGHT,
+    IN_FLIGHT,
     RETRY_AFTER,
     SECURITY_HEADERS,
     SHUTDOWN,
@@ -63,6 +63,29 @@ CLIENT_CLOSED = 499
 class ContentTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class InFlight:
+    """One request's place in `in_flight`: taken when made, given back by `leave()` (at
+    the latest when the request ends), taken again by `rejoin()` (gateway.refusals holds
+    some answers back on purpose, which is no load)."""
+
+    __slots__ = ("_counted", "_middleware")
+
+    def __init__(self, middleware: RequestContextMiddleware) -> None:
+        self._middleware = middleware
+        self._counted = True
+        middleware.in_flight += 1
+
+    def leave(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._middleware.in_flight -= 1
+
+    def rejoin(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._middleware.in_flight += 1
 
 
 class RequestContextMiddleware:
@@ -114,16 +137,7 @@ class RequestContextMiddleware:
                 response_headers = message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
-        counted = True
-
-        def leave_in_flight() -> None:
-            nonlocal counted
-            if counted:
-                counted = False
-                self.in_flight -= 1
-
-        scope[LEAVE_IN_FLIGHT] = leave_in_flight
-        self.in_flight += 1
+        counted = scope[IN_FLIGHT] = InFlight(self)
         try:
             await self._handle(scope, receive, send_with_headers, request_id, content_length)
         except asyncio.CancelledError:
@@ -137,7 +151,7 @@ class RequestContextMiddleware:
             fault = ProblemError(500, UNEXPECTED_DETAIL)
             await problem_response(fault, request_id)(scope, receive, send_with_headers)
         finally:
-            leave_in_flight()
+            counted.leave()
             if self.access_log:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 access_log.info(

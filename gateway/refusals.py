@@ -10,12 +10,15 @@ the gateway its own answer only, not a round trip and the users service's work t
 users service stays the one that decides; the gateway only keeps to the time it gave.
 (So with several gateway replicas, each learns a refusal from its own first call.)
 
-A client that retries before its `Retry-After` has passed (no well-behaved one does) gets
-that answer after `GATEWAY_EARLY_RETRY_DELAY_SECONDS` (1 s by default, never longer than
-the time left, 0 answers at once): a closed loop of early retries then costs one answer
-per connection and second, instead of as many as the client can send. While it waits,
-the request does not count against `GATEWAY_MAX_IN_FLIGHT` (gateway.middleware), so
-such clients cannot use up the cap; the connection cap still bounds them.
+A client that retries before its `Retry-After` has passed (no well-behaved one does) is
+held back `GATEWAY_EARLY_RETRY_DELAY_SECONDS` first (1 s by default; a random 50-100 % of
+it, so that retries held back together are not let go together; 0 answers at once), and
+then decided as if it had been sent then: refused with the time left, or, if the refusal
+has run out meanwhile, passed on to the users service. A closed loop of early retries
+then costs about one answer per connection and second, instead of as many as the client
+can send. While it waits, the request does not count against `GATEWAY_MAX_IN_FLIGHT`
+(gateway.middleware.InFlight), so such clients cannot use up the cap; the connection cap
+still bounds them.
 
 At most `MAX_ENTRIES` refusals are kept (about 200 bytes each); past that, the oldest are
 forgotten first (a tenth at once), which only costs one more call to the users service
@@ -26,13 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import grpc
 
-from gateway.edge import LEAVE_IN_FLIGHT
+from gateway.edge import IN_FLIGHT
 from gateway.upstreams import UpstreamError
 from tandem_client import CLIENT_ADDRESS_KEY
 
@@ -116,15 +120,22 @@ class Refusals:
     ) -> None:
         """Raise the 429 a client's attempt gets here, if a refusal for it still runs,
         once the early retry's delay has passed (see the module's docstring)."""
-        refusal = self.held(action, address_in(client), account)
+        address = address_in(client)
+        refusal = self.held(action, address, account)
         if refusal is None:
             return
-        delay = min(self._delay, refusal.retry_after or 0.0)
-        if delay > 0:
-            leave_in_flight = scope.get(LEAVE_IN_FLIGHT)
-            if leave_in_flight is not None:
-                leave_in_flight()
-            await asyncio.sleep(delay)
+        if self._delay > 0:
+            counted = scope.get(IN_FLIGHT)
+            if counted is not None:
+                counted.leave()
+            # 50-100 % of the delay: retries held back together are not let go together.
+            await asyncio.sleep(self._delay * (0.5 + random.random() / 2))  # noqa: S311
+            if counted is not None:
+                counted.rejoin()
+            # Decided as if sent now: the refusal may have run out meanwhile.
+            refusal = self.held(action, address, account)
+            if refusal is None:
+                return
         raise refusal
 
     def remember_for(

@@ -248,4 +248,24 @@ async def test_an_early_retry_waits_without_counting_against_the_in_flight_cap(
         served = await log_in(stack, other["email"], PASSWORD)
         assert served.status_code == 200, served.text
         assert_too_many(await early, "TOO_MANY_FAILED_LOGINS")
-        assert time.perf_counter() - started >= 0.5
+        assert time.perf_counter() - started >= 0.25  # 50-100 % of the delay
+
+
+async def test_an_early_retry_whose_refusal_ran_out_meanwhile_is_decided_upstream(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = Admissions(monkeypatch)
+    users = {"login_failures_per_address": 1, "login_window_seconds": 1}
+    # Held back 1-2 s: longer than the refusal's 1 s.
+    async with stack_on(db, users, early_retry_delay_seconds=2) as stack:
+        user = await stack.sign_up()
+        await log_in(stack, user["email"], "not the password")
+        first = await log_in(stack, user["email"], PASSWORD)
+        assert_too_many(first, "TOO_MANY_FAILED_LOGINS")
+        assert first.headers["retry-after"] == "1"
+        calls = asked.count
+        started = time.perf_counter()
+        late = await log_in(stack, user["email"], PASSWORD)
+        assert time.perf_counter() - started >= 1
+        assert late.status_code == 200, late.text
+        assert asked.count == calls + 1
