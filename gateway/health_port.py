@@ -11,12 +11,13 @@ the probe is answered 503 once the last beat is older than `stale_after` seconds
 blocked that long serves nobody, and a restart is what it needs). The body says how old
 the beat is (`loop_lag_ms`), which shows how busy the loop is.
 
-The thread does little Python per probe (accept, one read, one write, close), because
-each blocking call gives up the GIL and must win it back from a busy loop thread: a few
-switch intervals (5 ms each). Connections are served each on a short-lived thread, at
-most `MAX_CONNECTIONS` at once (more are closed at once), each read bounded by
-`READ_TIMEOUT_SECONDS`, so a client holding connections open cannot stop the probes.
-Anything but `GET /healthz` gets 404; every answer closes its connection.
+The thread does little Python per probe (accept, one read, one write, close, on
+non-blocking sockets under one selector: no thread per connection), because each time
+it waits it gives up the GIL and must win it back from a busy loop thread, a switch
+interval (5 ms) at worst. At most `MAX_CONNECTIONS` connections are held at once (more
+are closed at once), each for at most `READ_TIMEOUT_SECONDS` to send its request, so a
+client holding connections open cannot stop the probes. Anything but `GET /healthz`
+gets 404; every answer closes its connection.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -34,7 +36,7 @@ from servicekit.server import SERVING
 log = logging.getLogger("gateway.health")
 
 BEAT_SECONDS = 0.25
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 64
 READ_TIMEOUT_SECONDS = 2.0
 _MAX_HEAD = 8192
 
@@ -64,7 +66,7 @@ class Heartbeat:
 
 
 class HealthPort:
-    """Serves GET /healthz on `host:port` from its own threads, by `heartbeat`'s age."""
+    """Serves GET /healthz on `host:port` from one thread of its own, by `heartbeat`'s age."""
 
     def __init__(self, host: str, port: int, heartbeat: Heartbeat, *, stale_after: float) -> None:
         self._heartbeat = heartbeat
@@ -74,50 +76,86 @@ class HealthPort:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self._socket.listen(128)
+        self._socket.setblocking(False)
         bound_host, bound_port = self._socket.getsockname()[:2]
         self.address = (
-            f"[{bound_host}]:{bound_port}" if ":" in bound_host else (f"{bound_host}:{bound_port}")
+            f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
         )
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="health-port", daemon=True)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._socket, selectors.EVENT_READ)
+        # Connections accepted and not yet answered: what each sent so far, its deadline.
+        self._open: dict[socket.socket, tuple[bytes, float]] = {}
+        # Written to by close(), to wake the thread.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="health-port", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
         log.info(SERVING, "gateway health", self.address)
 
     def close(self) -> None:
-        self._closed.set()
-        # shutdown() wakes the thread blocked in accept(); close() alone may not.
+        self._closed = True
         with contextlib.suppress(OSError):
-            self._socket.shutdown(socket.SHUT_RDWR)
-        self._socket.close()
+            self._wake_w.send(b"x")
         self._thread.join(timeout=5)
+        for connection in (*self._open, self._socket, self._wake_r, self._wake_w):
+            connection.close()
+        self._selector.close()
+
+    def _run(self) -> None:
+        while True:
+            for key, _ in self._selector.select(timeout=READ_TIMEOUT_SECONDS / 4):
+                sock = key.fileobj
+                if sock is self._socket:
+                    self._accept()
+                elif isinstance(sock, socket.socket) and sock in self._open:
+                    self._read(sock)
+            if self._closed:
+                return
+            now = time.monotonic()
+            for sock, (_, deadline) in list(self._open.items()):
+                if deadline <= now:
+                    self._drop(sock)
 
     def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                connection, _ = self._socket.accept()
-            except OSError:
-                if self._closed.is_set():
-                    return
-                continue
-            if not self._slots.acquire(blocking=False):
-                connection.close()
-                continue
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
         try:
-            with connection:
-                connection.settimeout(READ_TIMEOUT_SECONDS)
-                head = _read_head(connection)
-                if head is not None:
-                    connection.sendall(self._answer(head))
+            connection, _ = self._socket.accept()
         except OSError:
-            pass  # the client went away, or sent nothing in time
-        finally:
-            self._slots.release()
+            return  # gone before it was accepted
+        if len(self._open) >= MAX_CONNECTIONS:
+            connection.close()
+            return
+        connection.setblocking(False)
+        self._open[connection] = (b"", time.monotonic() + READ_TIMEOUT_SECONDS)
+        self._selector.register(connection, selectors.EVENT_READ)
+        # The request usually came with the connection: answer it now if so.
+        self._read(connection)
+
+    def _read(self, connection: socket.socket) -> None:
+        head, deadline = self._open[connection]
+        try:
+            chunk = connection.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        head += chunk
+        if not chunk or len(head) > _MAX_HEAD:
+            self._drop(connection)
+        elif b"\r\n\r\n" in head:
+            with contextlib.suppress(OSError):
+                # A few hundred bytes: the socket's buffer takes them whole.
+                connection.send(self._answer(head))
+            self._drop(connection)
+        else:
+            self._open[connection] = (head, deadline)
+
+    def _drop(self, connection: socket.socket) -> None:
+        del self._open[connection]
+        self._selector.unregister(connection)
+        connection.close()
 
     def _answer(self, head: bytes) -> bytes:
         method, _, rest = head.partition(b" ")
@@ -129,17 +167,6 @@ class HealthPort:
         if lag > self._stale_after:
             return _response(503, {**body, "status": "event loop stalled"})
         return _response(200, body)
-
-
-def _read_head(connection: socket.socket) -> bytes | None:
-    """The request head, up to its blank line; None if the client sent none or too much."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = connection.recv(4096)
-        if not chunk or len(head) + len(chunk) > _MAX_HEAD:
-            return None
-        head += chunk
-    return head
 
 
 _REASONS = {200: b"OK", 404: b"Not Found", 503: b"Service Unavailable"}

@@ -118,3 +118,17 @@ async def test_without_a_health_address_there_is_no_health_port() -> None:
     target = f"127.0.0.1:{closed_port()}"
     async with running_gateway_server(gateway_settings(target, target)) as running:
         assert running.health_address == ""
+
+
+async def test_connections_that_say_nothing_do_not_hold_up_a_probe(
+    server: GatewayServer,
+) -> None:
+    host, port = address_of(server.health_address)
+    silent = [socket.create_connection((host, port), timeout=5) for _ in range(8)]
+    try:
+        started = time.monotonic()
+        assert (await asyncio.to_thread(probe, server.health_address))[0] == 200
+        assert time.monotonic() - started < 1  # not after the silent ones' 2 s
+    finally:
+        for connection in silent:
+            connection.close()
