@@ -313,31 +313,34 @@ async def test_a_client_cannot_forge_an_access_log_line() -> None:
 async def test_past_the_cap_a_request_is_refused_without_the_event_loop() -> None:
     target = f"127.0.0.1:{closed_port()}"
     settings = gateway_settings(target, target, max_connections=2)
-    async with running_gateway(settings) as url:
-        async with raw_connection(url) as first, raw_connection(url) as second:
-            for conn in (first, second):  # both served by the loop: the cap is reached
-                conn.writer.write(request_head("GET", "/healthz"))
-                assert (await conn.response()).status == 200
-            answered = threading.Event()
-            seen: list[bytes] = []
+    async with (
+        running_gateway(settings) as url,
+        raw_connection(url) as first,
+        raw_connection(url) as second,
+    ):
+        for conn in (first, second):  # both served by the loop: the cap is reached
+            conn.writer.write(request_head("GET", "/healthz"))
+            assert (await conn.response()).status == 200
+        answered = threading.Event()
+        seen: list[bytes] = []
 
-            def refused_client() -> None:
-                try:
-                    with socket.create_connection(address_of(url), timeout=5) as sock:
-                        sock.sendall(request_head("GET", "/v1/users/me"))
-                        while chunk := sock.recv(65536):
-                            seen.append(chunk)
-                finally:
-                    answered.set()
+        def refused_client() -> None:
+            try:
+                with socket.create_connection(address_of(url), timeout=5) as sock:
+                    sock.sendall(request_head("GET", "/v1/users/me"))
+                    while chunk := sock.recv(65536):
+                        seen.append(chunk)
+            finally:
+                answered.set()
 
-            threading.Thread(target=refused_client).start()
-            # The loop is blocked until the client has its answer: gateway.acceptor's
-            # thread answers it, or it would wait out these 10 s.
-            started = time.monotonic()
-            assert answered.wait(10)
-            assert time.monotonic() - started < 2
-            head, _, body = b"".join(seen).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 503 ")
-            assert b"retry-after: 1" in head.lower()
-            assert b"connection: close" in head.lower()
-            assert json.loads(body)["reason"] == "TOO_MANY_CONNECTIONS"
+        threading.Thread(target=refused_client).start()
+        # The loop is blocked until the client has its answer: gateway.acceptor's
+        # thread answers it, or it would wait out these 10 s.
+        started = time.monotonic()
+        assert answered.wait(10)
+        assert time.monotonic() - started < 2
+        head, _, body = b"".join(seen).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in head.lower()
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["reason"] == "TOO_MANY_CONNECTIONS"
