@@ -25,10 +25,12 @@ The limits are the in-process ones (no Redis), at their defaults.
    n-th of `--active` of them sending `GET /v1/users/me` back to back, the rest idle
    (opened again whenever the gateway closes them), and holds them `--hold` seconds.
    Throughout (before, while opening, held, after), this process probes on fresh
-   connections, as a kubelet would: `/healthz` every 50 ms, and `GET /v1/users/me` every
-   100 ms, which past GATEWAY_MAX_CONNECTIONS must be refused at once (503). Reported:
-   their latencies, the attacker's statuses, and the gateway's RSS (VmRSS) before,
-   during (peak) and after.
+   connections from 127.0.0.3 (another host than the attacker, as a kubelet or another
+   client is): `/healthz` every 50 ms on the gateway's health port (GATEWAY_HEALTH_ADDR,
+   where a kubelet probes; the target) and on its API port (reported), and
+   `GET /v1/users/me` every 100 ms, which past GATEWAY_MAX_CONNECTIONS must be refused
+   at once (503). Reported: their latencies, the attacker's statuses, and the gateway's
+   RSS (VmRSS) before, during (peak) and after.
 
 Each phase runs once: the targets are those of this one run.
 """
@@ -64,6 +66,9 @@ from tests.support.harness import Child, child_env
 from tests.support.postgres import admin_url
 
 LEGIT_ADDRESS = "127.0.0.2"
+# The connection flood's probes: a kubelet, a client refused past the cap; another host
+# than the attacker (127.0.0.1), as they would be.
+PROBE_ADDRESS = "127.0.0.3"
 LEGIT_EMAIL = "legit.user@example.com"
 HOLDER_EMAIL = "connection.holder@example.com"
 VICTIMS = tuple(f"victim{n}@example.com" for n in range(3))
@@ -298,7 +303,9 @@ async def _probe_once(port: int, request: bytes) -> tuple[float, str]:
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=(PROBE_ADDRESS, 0)
+            )
             writer.write(request)
             response = await read_response(reader)
         outcome = f"{response.status} {response.reason}".strip()

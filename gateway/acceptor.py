@@ -16,6 +16,12 @@ and
   is handed to the loop instead, unread (the head is only peeked at), where the edge
   serves it and refuses anything else on that connection.
 
+A client that opens connection after connection past the cap (a flood reconnecting as
+soon as it is refused) would keep the thread busy with accepts and refusals: past
+`FREE_REFUSALS` refusals to one peer address within a second, the next are answered
+`REFUSAL_DELAY_SECONDS` late (held meanwhile, unread further). Any other address is still
+refused at once, and the flood's reconnects slow to one per connection and second.
+
 The thread does little per connection (accept, a peek, a send, a close) and gives up the
 GIL whenever it waits, so a busy loop delays it by a switch interval (5 ms) at most.
 """
@@ -23,6 +29,7 @@ GIL whenever it waits, so a busy loop delays it by a switch interval (5 ms) at m
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import selectors
@@ -35,6 +42,9 @@ from gateway.edge import TOO_MANY_CONNECTIONS, UNCAPPED_PATHS, refusal
 
 log = logging.getLogger("gateway.acceptor")
 
+# Refusals per peer address and second answered at once; the next wait this long.
+FREE_REFUSALS = 16
+REFUSAL_DELAY_SECONDS = 1.0
 # Accepted in a row, at most, before the thread looks at the connections it holds.
 _BATCH = 64
 _MAX_HEAD = 64 * 1024
@@ -66,8 +76,14 @@ class Acceptor:
         # Handed to the loop (this thread counts) and adopted there (the loop counts).
         self._handed = 0
         self._adopted = 0
-        # Connections past the cap, waiting for their request head: their deadline.
-        self._held: dict[socket.socket, float] = {}
+        # Connections past the cap, waiting for their request head: their deadline and
+        # peer address.
+        self._held: dict[socket.socket, tuple[float, str]] = {}
+        # Refusals held back, in the order (and so the time) they are due.
+        self._late: collections.deque[tuple[float, socket.socket]] = collections.deque()
+        # Refusals per peer address in the current second, from when.
+        self._refused: dict[str, int] = {}
+        self._second = 0.0
         self._selector = selectors.DefaultSelector()
         self._selector.register(listener, selectors.EVENT_READ)
         self._wake_r, self._wake_w = socket.socketpair()
@@ -84,7 +100,8 @@ class Acceptor:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
         self._thread.join(timeout=5)
-        for sock in (*self._held, self._listener, self._wake_r, self._wake_w):
+        late = (sock for _, sock in self._late)
+        for sock in (*self._held, *late, self._listener, self._wake_r, self._wake_w):
             sock.close()
         self._selector.close()
 
@@ -92,7 +109,10 @@ class Acceptor:
 
     def _run(self) -> None:
         while True:
-            for key, _ in self._selector.select(timeout=0.25):
+            timeout = 0.25
+            if self._late:
+                timeout = max(0.0, min(timeout, self._late[0][0] - time.monotonic()))
+            for key, _ in self._selector.select(timeout=timeout):
                 sock = key.fileobj
                 if sock is self._listener:
                     self._accept()
@@ -101,14 +121,16 @@ class Acceptor:
             if self._closed:
                 return
             now = time.monotonic()
-            for sock, deadline in list(self._held.items()):
+            for sock, (deadline, _) in list(self._held.items()):
                 if deadline <= now:
                     self._drop(sock)
+            while self._late and self._late[0][0] <= now:
+                self._refuse(self._late.popleft()[1])
 
     def _accept(self) -> None:
         for _ in range(_BATCH):
             try:
-                connection, _ = self._listener.accept()
+                connection, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors, say: the next select tries again
@@ -119,7 +141,8 @@ class Acceptor:
             if self._open_connections() + pending < self._max_connections:
                 self._hand_over(connection)
             else:
-                self._held[connection] = time.monotonic() + self._header_timeout
+                address = str(peer[0]) if isinstance(peer, tuple) else ""
+                self._held[connection] = (time.monotonic() + self._header_timeout, address)
                 self._selector.register(connection, selectors.EVENT_READ)
                 self._look(connection)  # the request often came with the connection
 
@@ -145,8 +168,27 @@ class Acceptor:
             return
         with contextlib.suppress(OSError):
             connection.recv(len(seen))  # read, so that closing does not reset it
+        address = self._held[connection][1]
+        self._unhold(connection)
+        if self._count_refusal(address) > FREE_REFUSALS:
+            self._late.append((time.monotonic() + REFUSAL_DELAY_SECONDS, connection))
+        else:
+            self._refuse(connection)
+
+    def _count_refusal(self, address: str) -> int:
+        """Refusals to `address` in the current second, this one included."""
+        now = time.monotonic()
+        if now - self._second >= 1.0:
+            self._second = now
+            self._refused.clear()
+        count = self._refused.get(address, 0) + 1
+        self._refused[address] = count
+        return count
+
+    def _refuse(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
             connection.send(refusal(TOO_MANY_CONNECTIONS, self._default_headers()))
-        self._drop(connection)
+        connection.close()
 
     def _hand_over(self, connection: socket.socket) -> None:
         self._handed += 1

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.acceptor import FREE_REFUSALS, REFUSAL_DELAY_SECONDS
 from gateway.problems import MAX_LISTED_ERRORS
 from servicekit.logs import log_handler
 from tests.support.gateway import (
@@ -344,3 +345,30 @@ async def test_past_the_cap_a_request_is_refused_without_the_event_loop() -> Non
         assert b"retry-after: 1" in head.lower()
         assert b"connection: close" in head.lower()
         assert json.loads(body)["reason"] == "TOO_MANY_CONNECTIONS"
+
+
+async def test_refusals_to_a_reconnecting_flood_are_slowed_for_its_address_only() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    settings = gateway_settings(target, target, max_connections=1)
+    async with running_gateway(settings) as url, raw_connection(url) as held:
+        held.writer.write(request_head("GET", "/healthz"))
+        assert (await held.response()).status == 200
+        host, port = address_of(url)
+
+        async def refused(local: str) -> float:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection(host, port, local_addr=(local, 0))
+            writer.write(request_head("GET", "/v1/users/me"))
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            return time.monotonic() - started
+
+        # The flood's address: its first FREE_REFUSALS refusals come at once...
+        flood = [await refused("127.0.0.1") for _ in range(FREE_REFUSALS)]
+        assert max(flood) < REFUSAL_DELAY_SECONDS / 2
+        # ...the next are held back,
+        late = asyncio.create_task(refused("127.0.0.1"))
+        # while another address is refused at once.
+        assert await refused("127.0.0.2") < REFUSAL_DELAY_SECONDS / 2
+        assert await late >= REFUSAL_DELAY_SECONDS * 0.9
