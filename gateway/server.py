@@ -17,7 +17,6 @@ import logging
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -124,17 +123,19 @@ class GatewayServer(uvicorn.Server):
             log.error("cannot listen on %s:%d: %s", host, config.port, exc)
             await self.lifespan.shutdown()
             sys.exit(STARTUP_FAILURE)
-        adopting: set[asyncio.Task[Any]] = set()
+        adopting: set[asyncio.Task[None]] = set()
+
+        async def serve(connection: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(protocol, connection)
+            except OSError as exc:
+                connection.close()
+                log.debug("a connection was gone before it was served: %s", exc)
 
         def adopt(connection: socket.socket) -> None:
-            task = loop.create_task(loop.connect_accepted_socket(protocol, connection))
-            adopting.add(task)
-            task.add_done_callback(adopted)
-
-        def adopted(task: asyncio.Task[Any]) -> None:
-            adopting.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.debug("a connection was gone before it was served: %s", task.exception())
+            task = loop.create_task(serve(connection))
+            adopting.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(adopting.discard)
 
         self._acceptor = Acceptor(
             listener,
