@@ -152,9 +152,11 @@ class Stack:
         self.transport = transport
         self.signing_key_file, self.public_key_file = write_token_keys(workdir)
         ports: list[int] = []
-        for _ in range(4):
+        for _ in range(5):
             ports.append(free_port(ports))
-        self.users_port, self.gateway_port, self.monolith_port, self.ai_port = ports
+        self.users_port, self.gateway_port, self.monolith_port, self.ai_port = ports[:4]
+        # The gateway's health port (GATEWAY_HEALTH_ADDR), as a deployment has it.
+        self.health_port = ports[4]
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
         self.monolith_env = dict(monolith_env)
@@ -215,6 +217,7 @@ class Stack:
             child_env(
                 {
                     "GATEWAY_ADDR": f"127.0.0.1:{self.gateway_port}",
+                    "GATEWAY_HEALTH_ADDR": f"127.0.0.1:{self.health_port}",
                     "GATEWAY_USERS_TARGET": users_address,
                     # Nothing listens there; GET /v1/users/{id} never calls the ai service.
                     "GATEWAY_AI_TARGET": f"127.0.0.1:{self.ai_port}",

@@ -25,10 +25,12 @@ The limits are the in-process ones (no Redis), at their defaults.
    n-th of `--active` of them sending `GET /v1/users/me` back to back, the rest idle
    (opened again whenever the gateway closes them), and holds them `--hold` seconds.
    Throughout (before, while opening, held, after), this process probes on fresh
-   connections, as a kubelet would: `/healthz` every 50 ms, and `GET /v1/users/me` every
-   100 ms, which past GATEWAY_MAX_CONNECTIONS must be refused at once (503). Reported:
-   their latencies, the attacker's statuses, and the gateway's RSS (VmRSS) before,
-   during (peak) and after.
+   connections from 127.0.0.3 (another host than the attacker, as a kubelet or another
+   client is): `/healthz` every 50 ms on the gateway's health port (GATEWAY_HEALTH_ADDR,
+   where a kubelet probes; the target) and on its API port (reported), and
+   `GET /v1/users/me` every 100 ms, which past GATEWAY_MAX_CONNECTIONS must be refused
+   at once (503). Reported: their latencies, the attacker's statuses, and the gateway's
+   RSS (VmRSS) before, during (peak) and after.
 
 Each phase runs once: the targets are those of this one run.
 """
@@ -64,6 +66,9 @@ from tests.support.harness import Child, child_env
 from tests.support.postgres import admin_url
 
 LEGIT_ADDRESS = "127.0.0.2"
+# The connection flood's probes: a kubelet, a client refused past the cap; another host
+# than the attacker (127.0.0.1), as they would be.
+PROBE_ADDRESS = "127.0.0.3"
 LEGIT_EMAIL = "legit.user@example.com"
 HOLDER_EMAIL = "connection.holder@example.com"
 VICTIMS = tuple(f"victim{n}@example.com" for n in range(3))
@@ -298,7 +303,9 @@ async def _probe_once(port: int, request: bytes) -> tuple[float, str]:
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=(PROBE_ADDRESS, 0)
+            )
             writer.write(request)
             response = await read_response(reader)
         outcome = f"{response.status} {response.reason}".strip()
@@ -393,8 +400,10 @@ async def _rss_loop(
 
 
 class Window(TypedDict):
-    health: Latencies
+    health: Latencies  # on the health port (GATEWAY_HEALTH_ADDR), as a kubelet probes
     health_statuses: dict[str, int]
+    main_health: Latencies  # /healthz on the main port, behind the flood
+    main_health_statuses: dict[str, int]
     refused: Latencies  # the /v1/users/me probes not 200: 503s, timeouts
     probe_statuses: dict[str, int]
 
@@ -416,12 +425,17 @@ class ConnectionFlood(TypedDict):
     slow_health: list[Probe]
 
 
-def _window(health: list[Probe], probes: list[Probe], start: float, end: float) -> Window:
+def _window(
+    health: list[Probe], main: list[Probe], probes: list[Probe], start: float, end: float
+) -> Window:
     h = [p for p in health if start <= p["at"] < end]
+    m = [p for p in main if start <= p["at"] < end]
     r = [p for p in probes if start <= p["at"] < end]
     return {
         "health": summary([p["ms"] for p in h]),
         "health_statuses": dict(Counter(p["status"] for p in h)),
+        "main_health": summary([p["ms"] for p in m]),
+        "main_health_statuses": dict(Counter(p["status"] for p in m)),
         # Past the cap a fresh connection's request must be refused at once; one not
         # answered within PROBE_TIMEOUT_S counts with that time.
         "refused": summary([p["ms"] for p in r if not p["status"].startswith("2")]),
@@ -440,13 +454,18 @@ async def _connection_flood(
         b"Connection: close\r\n\r\n" % token.encode()
     )
     health: list[Probe] = []
+    main_health: list[Probe] = []
     probes: list[Probe] = []
     rss: list[Sample] = []
     stop = asyncio.Event()
     origin = time.monotonic()
+    health_port = stack.health_port
     loops = [
         asyncio.create_task(
-            _probe_loop(port, health_request, HEALTH_EVERY_S, origin, health, stop)
+            _probe_loop(health_port, health_request, HEALTH_EVERY_S, origin, health, stop)
+        ),
+        asyncio.create_task(
+            _probe_loop(port, health_request, HEALTH_EVERY_S, origin, main_health, stop)
         ),
         asyncio.create_task(_probe_loop(port, me_request, REFUSED_EVERY_S, origin, probes, stop)),
         asyncio.create_task(_rss_loop(stack.gateway.pid, port, origin, rss, stop)),
@@ -503,11 +522,14 @@ async def _connection_flood(
         await attacker.stop()
     stack.check_alive()
     windows = {
-        "before": _window(health, probes, 0, marks["opening"]),
-        "opening": _window(health, probes, marks["opening"], marks["held"]),
-        "held": _window(health, probes, marks["held"], marks["closed"]),
-        "after": _window(health, probes, marks["closed"], marks["end"]),
-        "throughout": _window(health, probes, marks["opening"], marks["closed"]),
+        name: _window(health, main_health, probes, start, end)
+        for name, start, end in (
+            ("before", 0, marks["opening"]),
+            ("opening", marks["opening"], marks["held"]),
+            ("held", marks["held"], marks["closed"]),
+            ("after", marks["closed"], marks["end"]),
+            ("throughout", marks["opening"], marks["closed"]),
+        )
     }
 
     def rss_in(start: float, end: float) -> list[float]:
@@ -626,12 +648,12 @@ def _targets(login: LoginFlood, conns: ConnectionFlood) -> list[Target]:
             1.0,
         ),
         target(
-            "connection flood: /healthz p99 ms while opening and held",
+            "connection flood: health port /healthz p99 ms while opening and held",
             throughout["health"]["p99_ms"],
             "<=",
             100,
         ),
-        target("connection flood: /healthz probes not 200", health_failed, "<=", 0),
+        target("connection flood: health port /healthz not 200", health_failed, "<=", 0),
         target(
             "connection flood: /me probes not 200 (refused, timed out) p99 ms while held",
             held["refused"]["p99_ms"],
@@ -796,6 +818,8 @@ def render(results: Results) -> str:
     for name, window in conns["windows"].items():
         out += [
             f"  {name:<10} /healthz {_lat(window['health'])}; {_counts(window['health_statuses'])}",
+            f"  {'':<10} main port /healthz {_lat(window['main_health'])}; "
+            f"{_counts(window['main_health_statuses'])}",
             f"  {'':<10} /me not 200 {_lat(window['refused'])}; "
             f"{_counts(window['probe_statuses'])}",
         ]

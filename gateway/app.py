@@ -31,6 +31,7 @@ from gateway.docs import install_docs
 from gateway.middleware import RequestContextMiddleware
 from gateway.problems import install_problem_handlers, use_problem_media_type
 from gateway.readers import SessionReader, UserReader
+from gateway.refusals import Refusals
 from gateway.routes import analyses, auth, health, operation_id, users
 from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
@@ -115,6 +116,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             Liveness(session_owner(checks), ttl=settings.auth_cache_seconds),
             reader,
             checks,
+            Refusals(early_retry_delay=settings.early_retry_delay_seconds),
         )
         try:
             yield

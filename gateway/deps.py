@@ -22,6 +22,7 @@ from gateway.auth import Principal
 from gateway.paths import TOKEN_URL
 from gateway.problems import ProblemError, unauthorized
 from gateway.readers import GONE, SessionReader, UserReader
+from gateway.refusals import Refusals
 from gateway.settings import GatewaySettings
 from gateway.upstream_errors import UpstreamError
 from gateway.upstreams import AiStub, Upstream, Upstreams, UsersStub
@@ -52,6 +53,8 @@ class Runtime:
     user_reader: UserReader
     # Every check that a token's session is live, likewise.
     session_reader: SessionReader
+    # The users service's refusals of logins and sign-ups, until they run out.
+    refusals: Refusals
 
 
 def runtime_of(request: Request) -> Runtime:

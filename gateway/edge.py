@@ -14,9 +14,11 @@ adds, per connection:
   `body_timeout` after its head; else 408 and the connection closes. `GatewayServer`
   checks the deadlines on uvicorn's tick (every 0.1 s), so no timer is armed per
   request;
-- a cap on connections: a connection opened while `max_connections` are open is marked
-  (`OVER_CAPACITY` in its requests' scopes) and the middleware answers its requests 503
-  and closes it, health checks excepted, so a probe still gets through;
+- a cap on connections: a connection opened while `max_connections` are open has its
+  requests answered 503 (`TOO_MANY_CONNECTIONS`, `Retry-After`) and is closed, here, as
+  soon as the request head is parsed: no task, no middleware, no app (a flood of such
+  connections costs the loop little), health checks excepted, so a probe still gets
+  through;
 - a client that disconnects cancels its request's task, and with it the upstream call;
 - a malformed request gets a 400 problem rather than uvicorn's text.
 
@@ -47,12 +49,25 @@ from gateway.problems import PROBLEM_MEDIA_TYPE, ProblemError, problem_bytes
 log = logging.getLogger("gateway.edge")
 
 # Scope keys the middleware reads.
-OVER_CAPACITY = "tandem.over_capacity"
 CANCELLED_BY = "tandem.cancelled_by"
+# The request's gateway.middleware.InFlight: its place in the in-flight count.
+IN_FLIGHT = "tandem.in_flight"
 # Why a request's task was cancelled (the value under CANCELLED_BY).
 CLIENT_GONE = "client-gone"
 BODY_TIMEOUT = "body-timeout"
 SHUTDOWN = "shutdown"
+
+# Health checks are cheap and must answer however busy the gateway is.
+UNCAPPED_PATHS = frozenset({"/healthz", "/readyz"})
+_UNCAPPED_URLS = frozenset(path.encode() for path in UNCAPPED_PATHS)
+# What a refused client is told to wait: the caps are about this instant's load.
+RETRY_AFTER = "1"
+TOO_MANY_CONNECTIONS = ProblemError(
+    503,
+    "the gateway has too many connections open; retry shortly",
+    headers={"Retry-After": RETRY_AFTER},
+    reason="TOO_MANY_CONNECTIONS",
+)
 
 # An unfinished header is held by httptools until it ends; this much past the cap (one
 # read's worth) may be buffered before the raw byte count refuses it.
@@ -73,21 +88,30 @@ class EdgeConfig(uvicorn.Config):
     """uvicorn's Config, serving with EdgeProtocol under `limits`."""
 
     def __init__(
-        self, app: Any, *, limits: EdgeLimits, shutdown_grace: float, **options: Any
+        self,
+        app: Any,
+        *,
+        limits: EdgeLimits,
+        shutdown_grace: float,
+        health: tuple[str, int] | None = None,
+        health_stale_after: float = 5.0,
+        **options: Any,
     ) -> None:
         super().__init__(app, http=EdgeProtocol, **options)
         self.edge_limits = limits
         # GatewayServer ends what still runs after this many seconds of shutdown.
         self.shutdown_grace = shutdown_grace
+        # Where GatewayServer serves gateway.health_port, if anywhere.
+        self.health = health
+        self.health_stale_after = health_stale_after
 
 
 class _Refused(Exception):
-    """Raised in a parser callback: stops the parser, answered with `status`."""
+    """Raised in a parser callback: stops the parser, answered with `problem`."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, problem: ProblemError | None = None) -> None:
         super().__init__(detail)
-        self.status = status
-        self.detail = detail
+        self.problem = problem or ProblemError(status, detail)
 
 
 # Where a connection is in its current request (EdgeProtocol._phase).
@@ -140,7 +164,7 @@ class EdgeProtocol(HttpToolsProtocol):
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if isinstance(refused, _Refused):
-                self._refuse(refused.status, refused.detail)
+                self._refuse_with(refused.problem)
             else:
                 self._refuse(400, "the request is not valid HTTP/1.1")
             return
@@ -188,8 +212,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = _AFTER_HEAD
         # Cleared by expire() once passed, if the body came in time.
         self.deadline = self.loop.time() + self._limits.body_timeout
-        if self._over_capacity:
-            cast(dict[str, Any], self.scope)[OVER_CAPACITY] = True
+        if self._over_capacity and self.url.split(b"?", 1)[0] not in _UNCAPPED_URLS:
+            raise _Refused(503, TOO_MANY_CONNECTIONS.detail, TOO_MANY_CONNECTIONS)
         HttpToolsProtocol.on_headers_complete(self)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -243,23 +267,28 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer `status` as a problem, and close the connection."""
+        self._refuse_with(ProblemError(status, detail))
+
+    def _refuse_with(self, problem: ProblemError) -> None:
         if self.transport.is_closing():
             return
-        log.info("refused a request at the edge: %d %s", status, detail)
+        if problem is not TOO_MANY_CONNECTIONS:  # a flood's refusals are not logged each
+            log.info("refused a request at the edge: %d %s", problem.status, problem.detail)
         running = self._running
         if running is None or running[1].response_complete:
-            self.transport.write(refusal(status, detail, self.server_state.default_headers))
+            self.transport.write(refusal(problem, self.server_state.default_headers))
         # else a request ahead of this one is still being answered; an answer now would
         # come before its, so the connection just closes (which cancels that one too).
         self.transport.close()
 
 
-def refusal(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A whole HTTP/1.1 response carrying the problem of `status`, closing the connection."""
+def refusal(problem: ProblemError, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 response carrying `problem`, closing the connection."""
     request_id = str(uuid.uuid4())
-    body = problem_bytes(ProblemError(status, detail), request_id)
+    body = problem_bytes(problem, request_id)
     headers = [
         *default_headers,
+        *((name.lower().encode(), value.encode()) for name, value in problem.headers.items()),
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
@@ -267,7 +296,7 @@ def refusal(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]
         (b"connection", b"close"),
     ]
     head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-    return STATUS_LINE[status] + head + b"\r\n" + body
+    return STATUS_LINE[problem.status] + head + b"\r\n" + body
 
 
 def expire_late(connections: set[Any], now: float) -> None:

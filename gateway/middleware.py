@@ -7,9 +7,9 @@ BaseHTTPMiddleware costs a task group and stream per request and layer). Per req
   and in the gRPC metadata of upstream calls (`tandem_client.Connection` sends it), and
   returns it on the response;
 - answers 503 at once (with `Retry-After`) while `max_in_flight` requests are being
-  handled, or when the request came on a connection opened past the connection cap
-  (`gateway.edge`); `/healthz` and `/readyz` are never refused, so probes still see a
-  busy gateway as alive and ready;
+  handled (`gateway.edge` refuses those on connections past the connection cap itself);
+  `/healthz` and `/readyz` are never refused, so probes still see a busy gateway as
+  alive and ready;
 - answers 413 at once when `Content-Length` exceeds the limit, and stops a body without
   one (chunked) as soon as the bytes read exceed it;
 - answers a request whose task `gateway.edge` cancelled: nothing for a client that went
@@ -43,9 +43,11 @@ from gateway.edge import (
     BODY_TIMEOUT,
     CANCELLED_BY,
     CLIENT_GONE,
-    OVER_CAPACITY,
+    IN_FLIGHT,
+    RETRY_AFTER,
     SECURITY_HEADERS,
     SHUTDOWN,
+    UNCAPPED_PATHS,
 )
 from gateway.metrics import HttpMetrics, route_of
 from gateway.problems import REQUEST_ID_SCOPE_KEY, ProblemError, problem_bytes, problem_response
@@ -59,10 +61,6 @@ error_log = logging.getLogger("gateway.errors")
 
 UNEXPECTED_DETAIL = "an unexpected error occurred; quote the request id to report it"
 SHUTDOWN_DETAIL = "the gateway is shutting down; retry the request"
-# Health checks are cheap and must answer however busy the gateway is.
-UNCAPPED_PATHS = frozenset({"/healthz", "/readyz"})
-# What a refused client is told to wait: the cap is about this instant's load.
-RETRY_AFTER = "1"
 # The status logged for a request whose client left before its answer (as nginx does).
 CLIENT_CLOSED = 499
 
@@ -70,6 +68,29 @@ CLIENT_CLOSED = 499
 class ContentTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class InFlight:
+    """One request's place in `in_flight`: taken when made, given back by `leave()` (at
+    the latest when the request ends), taken again by `rejoin()` (gateway.refusals holds
+    some answers back on purpose, which is no load)."""
+
+    __slots__ = ("_counted", "_middleware")
+
+    def __init__(self, middleware: RequestContextMiddleware) -> None:
+        self._middleware = middleware
+        self._counted = True
+        middleware.in_flight += 1
+
+    def leave(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._middleware.in_flight -= 1
+
+    def rejoin(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._middleware.in_flight += 1
 
 
 class RequestContextMiddleware:
@@ -125,7 +146,7 @@ class RequestContextMiddleware:
                 response_headers = message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
-        self.in_flight += 1
+        counted = scope[IN_FLIGHT] = InFlight(self)
         try:
             await self._handle(scope, receive, send_with_headers, request_id, content_length)
         except asyncio.CancelledError:
@@ -139,7 +160,7 @@ class RequestContextMiddleware:
             fault = ProblemError(500, UNEXPECTED_DETAIL)
             await problem_response(fault, request_id)(scope, receive, send_with_headers)
         finally:
-            self.in_flight -= 1
+            counted.leave()
             elapsed = time.perf_counter() - started
             route = route_of(scope)
             self._metrics.ended(route, scope["method"], status, elapsed)
@@ -163,7 +184,6 @@ class RequestContextMiddleware:
         limit = self.max_body_bytes
         if (
             self.in_flight > self.max_in_flight  # this request counted already
-            or OVER_CAPACITY in scope
             or (content_length is not None and content_length > limit)
         ):
             refusal = self._refusal(scope, content_length)
@@ -185,22 +205,14 @@ class RequestContextMiddleware:
 
     def _refusal(self, scope: Scope, content_length: int | None) -> ProblemError | None:
         """The problem a request is refused with before the app sees it, if any."""
-        if scope["path"] not in UNCAPPED_PATHS:
-            if OVER_CAPACITY in scope:
-                return ProblemError(
-                    503,
-                    "the gateway has too many connections open; retry shortly",
-                    headers={"Retry-After": RETRY_AFTER, "Connection": "close"},
-                    reason="TOO_MANY_CONNECTIONS",
-                )
-            if self.in_flight > self.max_in_flight:
-                return ProblemError(
-                    503,
-                    f"the gateway is handling its limit of {self.max_in_flight} requests; "
-                    "retry shortly",
-                    headers={"Retry-After": RETRY_AFTER},
-                    reason="TOO_MANY_REQUESTS_IN_FLIGHT",
-                )
+        if self.in_flight > self.max_in_flight and scope["path"] not in UNCAPPED_PATHS:
+            return ProblemError(
+                503,
+                f"the gateway is handling its limit of {self.max_in_flight} requests; "
+                "retry shortly",
+                headers={"Retry-After": RETRY_AFTER},
+                reason="TOO_MANY_REQUESTS_IN_FLIGHT",
+            )
         if content_length is not None and content_length > self.max_body_bytes:
             return ProblemError(413, ContentTooLarge(self.max_body_bytes).detail)
         return None

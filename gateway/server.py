@@ -1,7 +1,9 @@
 """Serving the app with uvicorn (uvloop, httptools), in `python -m gateway` and in tests.
 
 The HTTP protocol is gateway.edge's (uvicorn's httptools one with limits and read
-timeouts); `GatewayServer` checks the edge's deadlines on each of uvicorn's ticks, and
+timeouts); the listening socket is gateway.acceptor's, which accepts on a thread of its
+own and refuses connections past the cap there; `GatewayServer` checks the edge's
+deadlines on each of uvicorn's ticks, and
 at shutdown gives requests the grace, then has the edge end what still runs, which the
 middleware answers 503 (uvicorn's own timeout would answer a plain-text 500).
 """
@@ -10,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+import sys
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
-from gateway.edge import SHUTDOWN, EdgeConfig, EdgeLimits, end_requests, expire_late
+from gateway.acceptor import Acceptor
+from gateway.edge import SHUTDOWN, EdgeConfig, EdgeLimits, EdgeProtocol, end_requests, expire_late
+from gateway.health_port import HealthPort, Heartbeat
 from gateway.settings import GatewaySettings
 from servicekit.server import SERVING
 
@@ -40,6 +47,8 @@ def uvicorn_config(app: FastAPI, settings: GatewaySettings) -> EdgeConfig:
         app,
         limits=limits,
         shutdown_grace=settings.shutdown_grace_seconds,
+        health=settings.health_host_port,
+        health_stale_after=settings.health_stale_seconds,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -62,17 +71,97 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.address = ""
+        # Where gateway.health_port serves, once it does.
+        self.health_address = ""
         self.ready = asyncio.Event()
         self._shutdown_timers: list[asyncio.TimerHandle] = []
+        self._health: tuple[HealthPort, Heartbeat] | None = None
+        self._acceptor: Acceptor | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.started:
-            return
-        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        config = self.config
+        if (
+            sockets is None
+            and isinstance(config, EdgeConfig)
+            and config.ssl is None
+            and config.fd is None
+            and config.uds is None
+        ):
+            name = await self._start_accepting(config)
+        else:  # uvicorn's own accepting, on the loop
+            await super().startup(sockets)
+            if not self.started:
+                return
+            name = self.servers[0].sockets[0].getsockname()
+        host, port = name[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info(SERVING, "gateway", self.address)
+        self._start_health()
         self.ready.set()
+
+    async def _start_accepting(self, config: EdgeConfig) -> tuple[str, int]:
+        """uvicorn's startup, but the listening socket is gateway.acceptor's; where it
+        listens."""
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        loop = asyncio.get_running_loop()
+        protocol = functools.partial(
+            EdgeProtocol,
+            config=config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        host = config.host or "0.0.0.0"  # noqa: S104 - uvicorn's default too
+        try:
+            listener = socket.create_server(
+                (host, config.port),
+                family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                backlog=config.backlog,
+            )
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, config.port, exc)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        adopting: set[asyncio.Task[None]] = set()
+
+        async def serve(connection: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(protocol, connection)
+            except OSError as exc:
+                connection.close()
+                log.debug("a connection was gone before it was served: %s", exc)
+
+        def adopt(connection: socket.socket) -> None:
+            task = loop.create_task(serve(connection))
+            adopting.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(adopting.discard)
+
+        self._acceptor = Acceptor(
+            listener,
+            loop,
+            adopt,
+            open_connections=lambda: len(self.server_state.connections),
+            max_connections=config.edge_limits.max_connections,
+            header_timeout=config.edge_limits.header_timeout,
+            default_headers=lambda: self.server_state.default_headers,
+        )
+        self.servers = []
+        self._acceptor.start()
+        self.started = True
+        name: tuple[str, int] = listener.getsockname()[:2]
+        return name
+
+    def _start_health(self) -> None:
+        config = self.config
+        if not isinstance(config, EdgeConfig) or config.health is None:
+            return
+        heartbeat = Heartbeat(asyncio.get_running_loop())
+        port = HealthPort(*config.health, heartbeat, stale_after=config.health_stale_after)
+        heartbeat.start()
+        port.start()
+        self._health = (port, heartbeat)
+        self.health_address = port.address
 
     async def on_tick(self, counter: int) -> bool:
         expire_late(self.server_state.connections, asyncio.get_running_loop().time())
@@ -86,6 +175,8 @@ class GatewayServer(uvicorn.Server):
             return
         grace = self.config.shutdown_grace
         log.info("shutting down: requests in flight have %gs to finish", grace)
+        if self._acceptor is not None:  # no new connections
+            self._acceptor.close()
         loop = asyncio.get_running_loop()
         self._shutdown_timers.append(loop.call_later(grace, self._end_requests, grace))
         try:
@@ -93,6 +184,11 @@ class GatewayServer(uvicorn.Server):
         finally:
             for timer in self._shutdown_timers:
                 timer.cancel()
+            # Alive to the last: a liveness probe must not fail during the grace.
+            if self._health is not None:
+                port, heartbeat = self._health
+                heartbeat.stop()
+                await asyncio.to_thread(port.close)
 
     def _end_requests(self, grace: float) -> None:
         log.warning(

@@ -16,7 +16,12 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from servicekit import production
 from servicekit.errors import StartupError
-from servicekit.settings import ProcessSettings, TokenCheckSettings, UpstreamTlsSettings
+from servicekit.settings import (
+    ProcessSettings,
+    TokenCheckSettings,
+    UpstreamTlsSettings,
+    check_listen_address,
+)
 
 # What the gateway's service account needs: sign-ups, logins, session checks.
 GATEWAY_SCOPES = ("users.signup", "users.login", "sessions.read")
@@ -81,6 +86,16 @@ class GatewaySettings(ProcessSettings, TokenCheckSettings, UpstreamTlsSettings):
     # for header_timeout_seconds is closed.
     header_timeout_seconds: float = Field(default=10.0, gt=0)
     body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A client retrying a login or sign-up before the Retry-After of its refusal gets
+    # that refusal again from the gateway, after this long (at most the time left);
+    # 0 answers at once (gateway.refusals).
+    early_retry_delay_seconds: float = Field(default=1.0, ge=0, le=10)
+    # GET /healthz also on this host:port, answered from a thread of its own, so that a
+    # liveness probe is not queued behind a flood of the main port (gateway.health_port);
+    # empty: not served. It answers 503 once the event loop has not run for
+    # health_stale_seconds.
+    health_addr: str = ""
+    health_stale_seconds: float = Field(default=5.0, gt=0)
     # Strict-Transport-Security max-age on responses to requests that came over https
     # (to uvicorn over TLS, or with `X-Forwarded-Proto: https` from one of
     # trusted_proxies); 0 sends none.
@@ -107,6 +122,11 @@ class GatewaySettings(ProcessSettings, TokenCheckSettings, UpstreamTlsSettings):
                 "served on the public REST port"
             )
         return self
+
+    @field_validator("health_addr")
+    @classmethod
+    def _check_health_addr(cls, value: str) -> str:
+        return value if not value else check_listen_address(value)
 
     @field_validator("users_target", "ai_target")
     @classmethod
@@ -173,3 +193,11 @@ class GatewaySettings(ProcessSettings, TokenCheckSettings, UpstreamTlsSettings):
     @property
     def port(self) -> int:
         return int(self.addr.rsplit(":", 1)[1])
+
+    @property
+    def health_host_port(self) -> tuple[str, int] | None:
+        """Where the health port listens; None when it is not served."""
+        if not self.health_addr:
+            return None
+        host, port = self.health_addr.rsplit(":", 1)
+        return host.strip("[]"), int(port)

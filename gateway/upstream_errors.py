@@ -37,11 +37,16 @@ class UpstreamError(ProblemError):
         reason: str | None,
         errors: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             status, detail, code=grpc_code, errors=errors, headers=headers, reason=reason
         )
         self.grpc_code = grpc_code
+        # The upstream's RetryInfo and ErrorInfo metadata (gateway.refusals reads them).
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})
 
 
 def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
@@ -67,6 +72,8 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
         reason=error.reason,
         errors=errors,
         headers=headers,
+        retry_after=error.retry_after,
+        metadata=error.metadata,
     )
 
 

@@ -257,14 +257,14 @@ class Accounts:
             violations.add("password", "is required")
         violations.check()
         key = login_key(email)
-        attempt = await self._throttling.admit_login(key, client)
-        # Unknown, deleted and wrong-password all verify one hash and fail alike.
-        found = await self._repository.get_live_with_hash_by_email(key)
-        verified = await self._hasher.verify(found[1] if found else None, password)
-        if found is None or not verified:
-            await attempt.failed()
-            raise Unauthenticated(BAD_LOGIN, reason=BAD_CREDENTIALS)
-        await attempt.succeeded()
+        with await self._throttling.admit_login(key, client) as attempt:
+            # Unknown, deleted and wrong-password all verify one hash and fail alike.
+            found = await self._repository.get_live_with_hash_by_email(key)
+            verified = await self._hasher.verify(found[1] if found else None, password)
+            if found is None or not verified:
+                await attempt.failed()
+                raise Unauthenticated(BAD_LOGIN, reason=BAD_CREDENTIALS)
+            await attempt.succeeded()
         user, password_hash = found
         if self._hasher.needs_rehash(password_hash):
             await self._upgrade_hash(user, password, password_hash)

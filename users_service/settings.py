@@ -47,6 +47,8 @@ class UsersSettings(ServiceSettings, ThrottleSettings):
     login_max_delay_seconds: float = Field(default=_RULES.max_delay_seconds, ge=0, le=10)
     signups_per_address: int = Field(default=_RULES.signups_per_address, ge=1)
     signup_window_seconds: int = Field(default=_RULES.signup_window_seconds, ge=1)
+    # Logins of one address admitted and not yet answered, in this process.
+    logins_in_progress_per_address: int = Field(default=_RULES.in_progress_per_address, ge=1)
 
     # Access tokens (users_service.tokens) and the keys that sign them
     # (users_service.signing_keys). The issuer and audience must match what the
@@ -96,6 +98,7 @@ class UsersSettings(ServiceSettings, ThrottleSettings):
             max_delay_seconds=self.login_max_delay_seconds,
             signups_per_address=self.signups_per_address,
             signup_window_seconds=self.signup_window_seconds,
+            in_progress_per_address=self.logins_in_progress_per_address,
         )
 
     @property

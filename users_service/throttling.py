@@ -28,9 +28,16 @@ is refused only by its own pair and address counts, or once the account count is
 up, which is the price of stopping a distributed guess: it takes failures from at least
 account / pair (10) addresses, and lasts at most a window.
 
-The counts are read before the hash and added to after it, so a burst of guesses sent
-at once, before any of them has failed, is bounded by the hash queue (workers +
-`USERS_PASSWORD_HASH_QUEUE`), not by the limit; the next burst is refused.
+**Logins in progress** per address: at most `USERS_LOGINS_IN_PROGRESS_PER_ADDRESS` (4)
+attempts of one address may be admitted and not yet answered (waiting out a delay,
+reading the account, hashing) in this process; past that, RESOURCE_EXHAUSTED (reason
+TOO_MANY_LOGINS_IN_PROGRESS, retry after a second) at once, before anything is counted
+or read. The counts above are read before the hash and added to after it, so without
+this a burst of guesses sent at once would all pass them and fill the password-hash
+queue (workers + `USERS_PASSWORD_HASH_QUEUE`), which every address shares: the owner's
+login behind them would wait, or be refused PASSWORD_HASH_QUEUE_FULL. With it one
+address holds at most a few places of that queue, and any other address finds room.
+It is counted in each process (a replica protects its own hash queue), not in Redis.
 
 **Sign-ups**: a service's `CreateUser` (the sign-up path: the gateway's) counts per
 address before the hash, `USERS_SIGNUPS_PER_ADDRESS` (20) per
@@ -40,6 +47,11 @@ account is not a sign-up and is not counted.
 **Client credentials**: failed grants count per (client id, address) under the pair
 limit, and TOO_MANY_FAILED_GRANTS refuses past it; a success clears the pair. The
 refresh-token grant is not limited: its tokens are 256 random bits, nothing to guess.
+
+Every refusal above carries ErrorInfo metadata `scope`: `address` when it holds for every
+attempt of the address until its RetryInfo runs out (logins in progress, the address
+count, sign-ups), `account_address` when only for the same account or client id from
+that address. The gateway answers a client's retries within that time itself.
 
 **When the store is unreachable** (Redis, when configured): logins fail closed, with
 UNAVAILABLE (THROTTLE_UNAVAILABLE) and a short retry delay - an outage must not mean
@@ -74,6 +86,7 @@ class LoginRules:
     max_delay_seconds: float = 2.0
     signups_per_address: int = 20
     signup_window_seconds: int = 3600
+    in_progress_per_address: int = 4
 
     def delay(self, failures: int) -> float:
         """How long an attempt waits after its pair's `failures`."""
@@ -83,21 +96,50 @@ class LoginRules:
         return min(self.delay_seconds * 2.0**beyond, self.max_delay_seconds)
 
 
+# The ErrorInfo metadata of a refusal that says what it holds for, until its RetryInfo
+# runs out: every attempt of the client's address (ADDRESS), or only those for the same
+# account (or client id) from that address (ACCOUNT_ADDRESS). The gateway honours it
+# without asking again (gateway.refusals).
+SCOPE = "scope"
+ADDRESS = "address"
+ACCOUNT_ADDRESS = "account_address"
+
+# What an address over its logins in progress is told to wait: an attempt takes a hash
+# (tens of milliseconds), or at most the longest delay.
+IN_PROGRESS_RETRY_SECONDS = 1.0
+
+
 class LoginAttempt:
-    """One admitted password check; tell it how it ended."""
+    """One admitted password check, holding one of its address's places in progress;
+    tell it how it ended. `with` it, so that the place is given back however it ends."""
 
     def __init__(self, throttling: Throttling, account: str, address: str, failures: int):
         self._throttling = throttling
         self._account = account
         self._address = address
         self._failures = failures
+        self._ended = False
 
     async def failed(self) -> None:
+        self.end()
         await self._throttling.count_login_failure(self._account, self._address)
 
     async def succeeded(self) -> None:
+        self.end()
         if self._failures:
             await self._throttling.clear_pair(self._account, self._address)
+
+    def end(self) -> None:
+        """Give the address's place back (once)."""
+        if not self._ended:
+            self._ended = True
+            self._throttling.release(self._address)
+
+    def __enter__(self) -> LoginAttempt:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.end()
 
 
 class ClientAttempt:
@@ -134,25 +176,57 @@ class Throttling:
             "signup-address", rules.signups_per_address, rules.signup_window_seconds, fail_open=True
         )
         self._clients = Limit("client-grant", rules.failures_per_pair, window, fail_open=True)
+        # Attempts admitted and not yet ended, per address (only addresses with some).
+        self._in_progress: dict[str, int] = {}
 
     async def admit_login(self, email_key: str, address: str) -> LoginAttempt:
-        """Let a password check go ahead, after its delay; refuse it if a limit is used
-        up (ResourceExhausted), or if the counts cannot be read (Unavailable)."""
-        account = _hashed(email_key)
-        pair, per_address, per_account = await asyncio.gather(
-            self._throttle.usage(self._pair, account, address),
-            self._throttle.usage(self._address, address),
-            self._throttle.usage(self._account, account),
-        )
-        _refuse_if_used_up(
-            (pair, per_address, per_account),
-            reason="TOO_MANY_FAILED_LOGINS",
-            what="too many failed logins",
-        )
-        delay = self.rules.delay(pair.used)
-        if delay:
-            await self._sleep(delay)
+        """Let a password check go ahead, after its delay; refuse it if its address has
+        too many in progress or a limit is used up (ResourceExhausted), or if the counts
+        cannot be read (Unavailable). The attempt holds a place until it ends."""
+        self._take(address)
+        try:
+            account = _hashed(email_key)
+            pair, per_address, per_account = await asyncio.gather(
+                self._throttle.usage(self._pair, account, address),
+                self._throttle.usage(self._address, address),
+                self._throttle.usage(self._account, account),
+            )
+            _refuse_if_used_up(
+                (pair, per_address, per_account),
+                reason="TOO_MANY_FAILED_LOGINS",
+                what="too many failed logins",
+                scope=_scope(per_address, (pair, per_account)),
+            )
+            delay = self.rules.delay(pair.used)
+            if delay:
+                await self._sleep(delay)
+        except BaseException:
+            self.release(address)
+            raise
         return LoginAttempt(self, account, address, pair.used)
+
+    def in_progress(self, address: str) -> int:
+        """The address's attempts admitted and not yet ended."""
+        return self._in_progress.get(address, 0)
+
+    def _take(self, address: str) -> None:
+        held = self._in_progress.get(address, 0)
+        if held >= self.rules.in_progress_per_address:
+            raise ResourceExhausted(
+                "too many logins from this address are in progress; retry in "
+                f"{math.ceil(IN_PROGRESS_RETRY_SECONDS)} s",
+                reason="TOO_MANY_LOGINS_IN_PROGRESS",
+                retry_after=IN_PROGRESS_RETRY_SECONDS,
+                metadata={SCOPE: ADDRESS},
+            )
+        self._in_progress[address] = held + 1
+
+    def release(self, address: str) -> None:
+        held = self._in_progress.get(address, 0) - 1
+        if held > 0:
+            self._in_progress[address] = held
+        else:
+            self._in_progress.pop(address, None)
 
     async def count_login_failure(self, account: str, address: str) -> None:
         await asyncio.gather(
@@ -170,7 +244,10 @@ class Throttling:
             return
         usage = await self._throttle.usage(self._signups, address)
         _refuse_if_used_up(
-            (usage,), reason="TOO_MANY_SIGNUPS", what="too many sign-ups from this address"
+            (usage,),
+            reason="TOO_MANY_SIGNUPS",
+            what="too many sign-ups from this address",
+            scope=ADDRESS,
         )
 
     async def admit_client(self, client_id: str, address: str) -> ClientAttempt:
@@ -179,12 +256,26 @@ class Throttling:
         key = (client_id, address)
         usage = await self._throttle.usage(self._clients, *key)
         _refuse_if_used_up(
-            (usage,), reason="TOO_MANY_FAILED_GRANTS", what="too many failed client grants"
+            (usage,),
+            reason="TOO_MANY_FAILED_GRANTS",
+            what="too many failed client grants",
+            scope=ACCOUNT_ADDRESS,
         )
         return ClientAttempt(self._throttle, self._clients, key, usage.used)
 
 
-def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str) -> None:
+def _scope(per_address: Usage, others: tuple[Usage, ...]) -> str:
+    """What a refusal holds for: the whole address when its own count is what refuses
+    longest, else the account from that address."""
+    longest = max((u.retry_after for u in others if u.exhausted), default=0.0)
+    return (
+        ADDRESS
+        if per_address.exhausted and per_address.retry_after >= longest
+        else (ACCOUNT_ADDRESS)
+    )
+
+
+def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str, scope: str) -> None:
     used_up = [u for u in usages if u.exhausted]
     if not used_up:
         return
@@ -196,7 +287,10 @@ def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str) -> 
             retry_after=retry_after,
         )
     raise ResourceExhausted(
-        f"{what}; retry in {math.ceil(retry_after)} s", reason=reason, retry_after=retry_after
+        f"{what}; retry in {math.ceil(retry_after)} s",
+        reason=reason,
+        retry_after=retry_after,
+        metadata={SCOPE: scope},
     )
 
 

@@ -18,6 +18,7 @@ from gateway.client_address import ClientMetadata
 from gateway.deps import RuntimeDep
 from gateway.paths import REVOKE_URL, TOKEN_URL
 from gateway.problems import ProblemError, problem_responses
+from gateway.refusals import LOG_IN, account_of
 from gateway.routes import resource_router
 from gateway.schemas import JsonWebKeySet, RevokeForm, Token, TokenForm
 from gateway.upstream_errors import UpstreamError
@@ -80,10 +81,16 @@ async def issue_token(
     _read_as_form(http)
     request = _grant(form)
     auth = runtime.upstreams.auth
+    # Password grants are limited; a refusal is kept until it runs out (gateway.refusals).
+    account = account_of(form.username) if request.HasField("password") else None
     try:
+        if account is not None:
+            await runtime.refusals.check(LOG_IN, client, account, http.scope)
         # Logins are limited per client address, which the users service takes from us.
         issued = await auth.call(auth.stub.IssueToken, request, metadata=client)
     except UpstreamError as exc:
+        if account is not None:
+            runtime.refusals.remember_for(LOG_IN, client, account, exc)
         raise _as_oauth(exc) from None
     content = {
         "access_token": issued.access_token,

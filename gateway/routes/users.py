@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import grpc
-from fastapi import Header, Query, Response
+from fastapi import Header, Query, Request, Response
 from google.protobuf import field_mask_pb2
 
 from gateway import convert
@@ -24,6 +24,7 @@ from gateway.deps import (
 )
 from gateway.idempotency import IdempotencyKey, call_keyed, request_id_for
 from gateway.problems import ProblemError, problem_responses
+from gateway.refusals import SIGN_UP
 from gateway.routes import resource_router
 from gateway.schemas import PasswordChange, PublicProfile, User, UserCreate, UserPage, UserUpdate
 from gateway.upstream_errors import UpstreamError
@@ -56,8 +57,9 @@ _NO_STORE = {"Cache-Control": "no-store"}
 )
 async def create_user(
     body: UserCreate,
-    users: UsersUpstream,
+    runtime: RuntimeDep,
     client: ClientMetadata,
+    http: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     request = users_pb2.CreateUserRequest(
@@ -65,8 +67,15 @@ async def create_user(
         password=body.password,
         request_id=request_id_for(idempotency_key),
     )
-    # Sign-ups are limited per client address, which the users service takes from us.
-    created = await call_keyed(users, users.stub.CreateUser, request, metadata=client)
+    users = runtime.upstreams.users
+    # Sign-ups are limited per client address, which the users service takes from us; a
+    # refusal is kept until it runs out (gateway.refusals).
+    await runtime.refusals.check(SIGN_UP, client, "", http.scope)
+    try:
+        created = await call_keyed(users, users.stub.CreateUser, request, metadata=client)
+    except UpstreamError as exc:
+        runtime.refusals.remember_for(SIGN_UP, client, "", exc)
+        raise
     headers = {
         "Location": f"/v1/users/{created.id}",
         **convert.etag_header(created.etag),

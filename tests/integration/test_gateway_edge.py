@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -15,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.acceptor import FREE_REFUSALS, REFUSAL_DELAY_SECONDS
 from gateway.problems import MAX_LISTED_ERRORS
 from servicekit.logs import log_handler
 from tests.support.gateway import (
@@ -24,7 +28,7 @@ from tests.support.gateway import (
     gateway_settings,
     running_gateway,
 )
-from tests.support.rawhttp import RawResponse, raw_connection, request_head
+from tests.support.rawhttp import RawResponse, address_of, raw_connection, request_head
 
 # Short, so the timeout tests are quick; the deadlines are checked every 0.1 s.
 TIMEOUT = 0.3
@@ -305,3 +309,66 @@ async def test_a_client_cannot_forge_an_access_log_line() -> None:
     assert len(lines) == 1, lines
     assert "/healthz\\r\\n2026-01-01" in lines[0]
     assert "\\x1b[2J 404" in lines[0]
+
+
+async def test_past_the_cap_a_request_is_refused_without_the_event_loop() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    settings = gateway_settings(target, target, max_connections=2)
+    async with (
+        running_gateway(settings) as url,
+        raw_connection(url) as first,
+        raw_connection(url) as second,
+    ):
+        for conn in (first, second):  # both served by the loop: the cap is reached
+            conn.writer.write(request_head("GET", "/healthz"))
+            assert (await conn.response()).status == 200
+        answered = threading.Event()
+        seen: list[bytes] = []
+
+        def refused_client() -> None:
+            try:
+                with socket.create_connection(address_of(url), timeout=5) as sock:
+                    sock.sendall(request_head("GET", "/v1/users/me"))
+                    while chunk := sock.recv(65536):
+                        seen.append(chunk)
+            finally:
+                answered.set()
+
+        threading.Thread(target=refused_client).start()
+        # The loop is blocked until the client has its answer: gateway.acceptor's
+        # thread answers it, or it would wait out these 10 s.
+        started = time.monotonic()
+        assert answered.wait(10)
+        assert time.monotonic() - started < 2
+        head, _, body = b"".join(seen).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in head.lower()
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["reason"] == "TOO_MANY_CONNECTIONS"
+
+
+async def test_refusals_to_a_reconnecting_flood_are_slowed_for_its_address_only() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    settings = gateway_settings(target, target, max_connections=1)
+    async with running_gateway(settings) as url, raw_connection(url) as held:
+        held.writer.write(request_head("GET", "/healthz"))
+        assert (await held.response()).status == 200
+        host, port = address_of(url)
+
+        async def refused(local: str) -> float:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection(host, port, local_addr=(local, 0))
+            writer.write(request_head("GET", "/v1/users/me"))
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            return time.monotonic() - started
+
+        # The flood's address: its first FREE_REFUSALS refusals come at once...
+        flood = [await refused("127.0.0.1") for _ in range(FREE_REFUSALS)]
+        assert max(flood) < REFUSAL_DELAY_SECONDS / 2
+        # ...the next are held back,
+        late = asyncio.create_task(refused("127.0.0.1"))
+        # while another address is refused at once.
+        assert await refused("127.0.0.2") < REFUSAL_DELAY_SECONDS / 2
+        assert await late >= REFUSAL_DELAY_SECONDS * 0.9

@@ -4,6 +4,8 @@ share their counts through Redis."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+import gateway.refusals
 from tests.support.ai_standin import running_ai_standin
 from tests.support.gateway import (
     PASSWORD,
@@ -22,6 +25,7 @@ from tests.support.gateway import (
 )
 from tests.support.redis import REDIS_URL, redis_prefix
 from tests.support.servers import migrate_users, running_users, users_settings
+from users_service.throttling import LoginAttempt, Throttling
 
 __all__ = ["redis_prefix"]  # a fixture the tests here use
 
@@ -144,3 +148,118 @@ async def test_replicas_without_redis_count_alone(db: str) -> None:
         await lock_out(one, user["email"])
         assert_too_many(await log_in(one, user["email"], PASSWORD), "TOO_MANY_FAILED_LOGINS")
         assert (await log_in(two, user["email"], PASSWORD)).status_code == 200
+
+
+# --- the gateway keeps the users service's refusals until they run out ----------------------
+
+
+class Admissions:
+    """Counts the logins the users service is asked to admit (it runs in this process)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = Throttling.admit_login
+
+        async def counted(limits: Throttling, email_key: str, address: str) -> LoginAttempt:
+            self.count += 1
+            return await real(limits, email_key, address)
+
+        monkeypatch.setattr(Throttling, "admit_login", counted)
+
+
+async def test_a_refused_client_is_refused_by_the_gateway_until_its_retry_after(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = Admissions(monkeypatch)
+    async with stack_on(db, trusted_proxies="127.0.0.0/8", early_retry_delay_seconds=0) as stack:
+        user, other = await stack.sign_up(), await stack.sign_up()
+        await lock_out(stack, user["email"], forwarded=ATTACKER)
+        first = await log_in(stack, user["email"], PASSWORD, ATTACKER)
+        assert_too_many(first, "TOO_MANY_FAILED_LOGINS")
+        calls = asked.count
+        for _ in range(3):
+            again = await log_in(stack, user["email"], PASSWORD, ATTACKER)
+            body = assert_too_many(again, "TOO_MANY_FAILED_LOGINS")
+            assert body["error"] == "temporarily_unavailable"
+            assert int(again.headers["retry-after"]) <= int(first.headers["retry-after"])
+        assert asked.count == calls  # answered without the users service
+        # The refusal held for that account from that address only (its scope): the
+        # users service decides for another account, or another address.
+        assert (await log_in(stack, other["email"], PASSWORD, ATTACKER)).status_code == 200
+        assert (await log_in(stack, user["email"], PASSWORD, OWNER)).status_code == 200
+        assert asked.count == calls + 2
+
+
+async def test_an_address_wide_refusal_holds_for_every_account_of_the_address(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = Admissions(monkeypatch)
+    # The address count (2) is used up before any pair's: the refusal is the address's.
+    users = {"login_failures_per_address": 2}
+    async with stack_on(db, users, early_retry_delay_seconds=0) as stack:
+        one, two = await stack.sign_up(), await stack.sign_up()
+        for account in (one, two):
+            failed = await log_in(stack, account["email"], "not the password")
+            assert failed.json()["reason"] == "BAD_CREDENTIALS"
+        assert_too_many(await log_in(stack, one["email"], PASSWORD), "TOO_MANY_FAILED_LOGINS")
+        calls = asked.count
+        assert_too_many(await log_in(stack, two["email"], PASSWORD), "TOO_MANY_FAILED_LOGINS")
+        assert asked.count == calls
+
+
+async def test_sign_up_refusals_are_kept_for_the_address(db: str) -> None:
+    async with stack_on(db, early_retry_delay_seconds=0) as stack:
+        await stack.sign_up()
+        await stack.sign_up()
+        body = {"email": unique_email(), "name": "Spam", "password": PASSWORD}
+        assert_too_many(await stack.client.post("/v1/users", json=body), "TOO_MANY_SIGNUPS")
+        again = await stack.client.post("/v1/users", json=body)
+        assert_too_many(again, "TOO_MANY_SIGNUPS")
+        assert again.json()["detail"].startswith("too many attempts from this client; retry in")
+
+
+async def test_an_early_retry_waits_without_counting_against_the_in_flight_cap(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = asyncio.Event()
+
+    class Sleeps:
+        """gateway.refusals' asyncio, telling when an answer is being held back."""
+
+        @staticmethod
+        async def sleep(seconds: float) -> None:
+            held.set()
+            await asyncio.sleep(seconds)
+
+    monkeypatch.setattr(gateway.refusals, "asyncio", Sleeps)
+    async with stack_on(db, early_retry_delay_seconds=0.5, max_in_flight=1) as stack:
+        user, other = await stack.sign_up(), await stack.sign_up()
+        await lock_out(stack, user["email"])
+        assert_too_many(await log_in(stack, user["email"], PASSWORD), "TOO_MANY_FAILED_LOGINS")
+        started = time.perf_counter()
+        early = asyncio.create_task(log_in(stack, user["email"], PASSWORD))
+        await held.wait()
+        # While the early retry is held back, the cap of 1 still lets another login in.
+        served = await log_in(stack, other["email"], PASSWORD)
+        assert served.status_code == 200, served.text
+        assert_too_many(await early, "TOO_MANY_FAILED_LOGINS")
+        assert time.perf_counter() - started >= 0.25  # 50-100 % of the delay
+
+
+async def test_an_early_retry_whose_refusal_ran_out_meanwhile_is_decided_upstream(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = Admissions(monkeypatch)
+    users = {"login_failures_per_address": 1, "login_window_seconds": 2}
+    # Held back 2-4 s: at least the refusal's Retry-After (at most the 2 s window).
+    async with stack_on(db, users, early_retry_delay_seconds=4) as stack:
+        user = await stack.sign_up()
+        await log_in(stack, user["email"], "not the password")
+        first = await log_in(stack, user["email"], PASSWORD)
+        assert_too_many(first, "TOO_MANY_FAILED_LOGINS")
+        calls = asked.count
+        started = time.perf_counter()
+        late = await log_in(stack, user["email"], PASSWORD)
+        assert time.perf_counter() - started >= 2
+        assert late.status_code == 200, late.text
+        assert asked.count == calls + 1

@@ -209,6 +209,45 @@ async def test_a_full_hash_queue_refuses_at_once(db: str, monkeypatch: pytest.Mo
         assert reason(await held) == "BAD_CREDENTIALS"
 
 
+async def test_an_address_holds_only_a_few_places_in_the_hash_queue(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate()
+    monkeypatch.setattr(PasswordHasher, "_verify", lambda _self, *args: gate.hold(*args))
+    # Room for 5 hashes (1 running, 4 waiting); an address may hold 2 of them.
+    settings = {
+        "password_hash_workers": 1,
+        "password_hash_queue": 4,
+        "logins_in_progress_per_address": 2,
+    }
+    async with running(db, **settings) as service:
+        await service.sign_up("ada@example.com")
+        try:
+            # 6 guesses at once, enough to fill the hash queue without the cap.
+            pending = {
+                asyncio.create_task(service.failed_login(f"nobody{n}@example.com"))
+                for n in range(6)
+            }
+            answered: set[asyncio.Task[grpc.aio.AioRpcError]] = set()
+            while len(answered) < 4:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                answered |= done
+            # Refused at once, while the gate still holds the address's 2 admitted ones.
+            for refused in answered:
+                assert_throttled(refused.result(), "TOO_MANY_LOGINS_IN_PROGRESS")
+            assert len(pending) == 2
+            # The owner, from another address, finds room in the queue.
+            owner = asyncio.create_task(service.login("ada@example.com", address=OWNER))
+            await asyncio.to_thread(gate.entered.wait, 10)
+        finally:
+            gate.opened.set()
+        assert [reason(await guess) for guess in pending] == ["BAD_CREDENTIALS"] * 2
+        # The gate answers every check False, the owner's too: its hash was run.
+        assert reason(await rpc_error(owner)) == "BAD_CREDENTIALS"
+        # The guesses ended and gave their places back.
+        assert reason(await service.failed_login("nobody@example.com")) == "BAD_CREDENTIALS"
+
+
 async def test_logins_fail_closed_and_sign_ups_open_without_the_store(db: str) -> None:
     unreachable = f"redis://127.0.0.1:{closed_port()}/0"
     async with running(db, redis_url=unreachable) as service:

@@ -60,6 +60,13 @@ def gateway_settings(users_target: str, ai_target: str, **overrides: Any) -> Gat
 @asynccontextmanager
 async def running_gateway(settings: GatewaySettings) -> AsyncIterator[str]:
     """The gateway served by uvicorn in this loop, on a real port; yields its base URL."""
+    async with running_gateway_server(settings) as server:
+        yield f"http://{server.address}"
+
+
+@asynccontextmanager
+async def running_gateway_server(settings: GatewaySettings) -> AsyncIterator[GatewayServer]:
+    """As running_gateway, yielding the server (its `address`, `health_address`)."""
     server = GatewayServer(uvicorn_config(create_app(settings), settings))
     serving = asyncio.create_task(server.serve())
     ready = asyncio.create_task(server.ready.wait())
@@ -69,7 +76,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[str]:
         await serving  # raises what stopped the start-up
         raise AssertionError("the gateway stopped before serving")
     try:
-        yield f"http://{server.address}"
+        yield server
     finally:
         server.should_exit = True
         await serving

@@ -30,7 +30,7 @@ import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ai_service import cli as ai_cli
-from gateway.settings import GATEWAY_SCOPES
+from gateway.settings import GATEWAY_SCOPES, GatewaySettings
 from servicekit import healthcheck, production
 from servicekit.errors import StartupError
 from servicekit.settings import SettingsError
@@ -695,11 +695,20 @@ def test_the_gateway_is_ready_on_readyz_and_alive_on_healthz(
     objects: list[dict[str, Any]],
 ) -> None:
     gateway = COMPONENTS["gateway"]
-    c = container(deployment_for(objects, "gateway"))
+    deployment = deployment_for(objects, "gateway")
+    c = container(deployment)
     assert grpc_ports(c)["http"] == gateway.port
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": gateway.port}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": gateway.port}
     assert {"/readyz", "/healthz"} <= deploy.gateway_routes()
+    # Alive on the health port the settings serve (gateway.health_port), not the API's.
+    settings = settings_of(objects, deployment)
+    assert isinstance(settings, GatewaySettings)
+    assert settings.health_host_port == ("0.0.0.0", grpc_ports(c)["health"])
+    for probe in ("livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": grpc_ports(c)["health"]}
+    # Only the kubelet calls it: the Service does not expose it.
+    exposed = {p["targetPort"] for p in service_of(objects, "gateway")["spec"]["ports"]}
+    assert exposed == {"http"}
 
 
 def service_of(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from servicekit.errors import ResourceExhausted, Unavailable
@@ -120,6 +122,46 @@ async def test_a_success_does_not_take_back_the_account_count(limits: Throttling
         await fail(limits, "ada", f"203.0.113.{n}", times=3)
     await refusal(limits, "ada", OWNER)
     await refusal(limits, "ada", "203.0.113.0")
+
+
+async def test_an_address_holds_only_so_many_logins_in_progress(limits: Throttling) -> None:
+    held = [await limits.admit_login(f"a{n}", ATTACKER) for n in range(4)]
+    refused = await refusal(limits, "a5", ATTACKER)
+    assert refused.reason == "TOO_MANY_LOGINS_IN_PROGRESS"
+    assert refused.retry_after == 1.0
+    # Another address finds room at once, and one ended attempt frees one place.
+    await (await limits.admit_login("ada", OWNER)).succeeded()
+    await held[0].failed()
+    with await limits.admit_login("a5", ATTACKER):
+        await refusal(limits, "a6", ATTACKER)
+    assert limits.in_progress(ATTACKER) == 3
+    for attempt in held:
+        attempt.end()
+    assert limits.in_progress(ATTACKER) == 0
+
+
+async def test_an_attempt_refused_or_cancelled_gives_its_place_back(sleeps: Sleeps) -> None:
+    rules = LoginRules(failures_per_pair=2, free_failures=1, in_progress_per_address=1)
+
+    delaying = asyncio.Event()
+
+    async def never(_seconds: float) -> None:
+        delaying.set()
+        await asyncio.Event().wait()
+
+    waiting = Throttling(Throttle.in_process(), rules, sleep=never)
+    await (await waiting.admit_login("ada", ATTACKER)).failed()
+    delayed = asyncio.create_task(waiting.admit_login("ada", ATTACKER))
+    await delaying.wait()
+    assert waiting.in_progress(ATTACKER) == 1
+    delayed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delayed
+    assert waiting.in_progress(ATTACKER) == 0
+    limits = Throttling(Throttle.in_process(), rules, sleep=sleeps)
+    await fail(limits, "ada", ATTACKER, times=2)
+    assert (await refusal(limits, "ada", ATTACKER)).reason == "TOO_MANY_FAILED_LOGINS"
+    assert limits.in_progress(ATTACKER) == 0
 
 
 async def test_sign_ups_are_counted_per_address(limits: Throttling) -> None:
