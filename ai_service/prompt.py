@@ -6,6 +6,7 @@ so the provider can cache them; the user's text comes last, fenced as data.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from anthropic import transform_schema
@@ -49,9 +50,20 @@ class AnalysisOutput(BaseModel):
 OUTPUT_SCHEMA: dict[str, Any] = transform_schema(AnalysisOutput.model_json_schema())
 
 
+# Anything a reader (or the model) could take for an opening or closing fence: any case,
+# blanks or invisible format characters around the slash, a full-width or small `<`
+# (`</ DOCUMENT >`, `<\u200b/document>`, `\uff1c/document>`).
+_INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]*"
+_FENCE_LOOKALIKE = re.compile(
+    rf"([<\uff1c\ufe64])(?={_INVISIBLE}[/\uff0f]?{_INVISIBLE}{DOCUMENT_TAG})", re.IGNORECASE
+)
+
+
 def user_message(text: str) -> str:
-    """The user turn: the text fenced as data, with fence look-alikes inside defused."""
-    fenced = text.replace(f"</{DOCUMENT_TAG}", f"<\\/{DOCUMENT_TAG}").replace(
-        f"<{DOCUMENT_TAG}", f"<\\{DOCUMENT_TAG}"
-    )
+    """The user turn: the text fenced as data, with fence look-alikes inside defused.
+
+    A backslash after the `<` of each look-alike (`<\\/DOCUMENT>`) keeps the text
+    readable while no tag inside it can close the fence or open a second one.
+    """
+    fenced = _FENCE_LOOKALIKE.sub(r"\1\\", text)
     return f"<{DOCUMENT_TAG}>\n{fenced}\n</{DOCUMENT_TAG}>"
