@@ -17,7 +17,8 @@ INTERNAL with a generic message.
     └── DeadlineExceeded     DEADLINE_EXCEEDED
 
 Every non-INVALID_ARGUMENT error also carries a `google.rpc.ErrorInfo` whose `reason`
-is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193).
+is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193); an
+INVALID_ARGUMENT carries one too when it is raised with a `reason` of its own.
 
 The client side of these statuses is tandem_client.errors (`rich_status`,
 `field_violations`); `FieldViolation` is its class.
@@ -26,6 +27,7 @@ The client side of these statuses is tandem_client.errors (`rich_status`,
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
 
@@ -109,15 +111,31 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
+    def __init__(
+        self,
+        violations: Sequence[FieldViolation],
+        message: str | None = None,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations = tuple(violations)
-        super().__init__(message or _join(v.field + ": " + v.description for v in violations))
+        # Most invalid requests are told apart by their violations alone; a refusal a
+        # client may want to branch on (a text too long in tokens) names a reason too.
+        self._has_reason = reason is not None
+        super().__init__(
+            message or _join(v.field + ": " + v.description for v in violations),
+            reason=reason,
+            metadata=metadata,
+        )
 
     @classmethod
-    def field(cls, field: str, description: str) -> InvalidArgument:
-        return cls([FieldViolation(field, description)])
+    def field(
+        cls, field: str, description: str, *, reason: str | None = None, **metadata: str
+    ) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason=reason, metadata=metadata)
 
     def details(self) -> list[any_pb2.Any]:
         bad_request = error_details_pb2.BadRequest(
@@ -128,7 +146,32 @@ class InvalidArgument(ServiceError):
                 for v in self.violations
             ]
         )
-        return [_pack(bad_request)]
+        return [_pack(bad_request), *(super().details() if self._has_reason else ())]
+
+
+class Violations:
+    """Collects every problem of a request, so the caller learns them all at once."""
+
+    def __init__(self) -> None:
+        self._found: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self._found.append(FieldViolation(field, description))
+
+    def collect(self, error: InvalidArgument) -> None:
+        """Keep the violations of a check that raised, and go on checking."""
+        self._found.extend(error.violations)
+
+    def check(self) -> None:
+        if self._found:
+            raise InvalidArgument(self._found)
+
+
+def parse_id(raw: str, *, field: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument.field(field, "must be a UUID") from None
 
 
 class NotFound(ServiceError):

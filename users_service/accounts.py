@@ -16,6 +16,8 @@ from servicekit.errors import (
     NotFound,
     ResourceExhausted,
     Unauthenticated,
+    Violations,
+    parse_id,
 )
 from servicekit.idempotency import IdempotentWrites, RequestKey, key_reused
 from servicekit.liveness import Liveness
@@ -23,13 +25,11 @@ from servicekit.pagination import Page, PageTokens, keyset_page
 from servicekit.throttle import Throttle
 from users_service.domain import (
     User,
-    Violations,
     check_password,
     email_key,
     login_key,
     normalize_email,
     normalize_name,
-    parse_id,
     parse_ids,
     resolve_update_mask,
 )
