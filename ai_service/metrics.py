@@ -9,12 +9,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from ai_service.domain import AnalysisResult
+from ai_service.pricing import Prices
 from servicekit.errors import ServiceError
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, prices: Prices | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._prices = prices or Prices()
         self._analyses = Counter(
             "tandem_ai_analyses",
             "Analyses produced by a backend (not served from the cache).",
@@ -27,6 +29,20 @@ class Metrics:
             "tandem_ai_tokens",
             "Tokens the provider counted, by kind.",
             ["model", "kind"],
+            registry=self.registry,
+        )
+        # What the provider bills (AI_PRICE_*), and what it would have billed without
+        # the prompt cache: their difference is what caching saves.
+        self._cost = Counter(
+            "tandem_ai_cost_usd",
+            "USD the provider bills for the analyses produced, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._cost_uncached = Counter(
+            "tandem_ai_cost_uncached_usd",
+            "USD the same analyses would have cost without the prompt cache.",
+            ["model"],
             registry=self.registry,
         )
         self._failures = Counter(
@@ -58,6 +74,8 @@ class Metrics:
             ("cache_creation", usage.cache_creation_input_tokens),
         ):
             self._tokens.labels(result.model, kind).inc(count)
+        self._cost.labels(result.model).inc(self._prices.cost(usage))
+        self._cost_uncached.labels(result.model).inc(self._prices.cost_uncached(usage))
 
     def upstream_failed(self, model: str, error: ServiceError) -> None:
         self._failures.labels(model, error.code.name).inc()
