@@ -64,7 +64,9 @@ class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings, Throt
     # Input tokens one analysis may send (prompt and text); a text that would need
     # more, or more than the model's context window holds besides the answer, is
     # INVALID_ARGUMENT before any paid call (ai_service.budget).
-    max_input_tokens: int = Field(default=32_000, ge=1)
+    # The default lets an ASCII text of AI_MAX_TEXT_CHARS through on the byte bound
+    # alone, so only multi-byte texts that long are ever counted.
+    max_input_tokens: int = Field(default=60_000, ge=1)
     context_window_tokens: int = Field(default=200_000, ge=1)
     # USD per million tokens, and the multipliers of cache writes (5-minute TTL) and
     # reads; the cost metric and the README's figures use them (ai_service.pricing).
