@@ -53,7 +53,7 @@ class Metrics:
         )
         self._fallbacks = Counter(
             "tandem_ai_fallbacks",
-            "Analyses answered by the fallback after the primary failed.",
+            "Calls a failed model handed to the next of the chain or the offline fallback.",
             ["primary", "fallback"],
             registry=self.registry,
         )
