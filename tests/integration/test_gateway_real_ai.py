@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.fake_anthropic import COUNT_TOKENS_PATH, MESSAGES_PATH, FakeAnthropic, Reply
 from tests.support.gateway import (
     ANALYSIS_FIELDS,
     Account,
@@ -134,3 +134,18 @@ async def test_claude_stream_relays_partials_through_the_gateway(
             )
             assert_problem(limited, 429, "RESOURCE_EXHAUSTED")
             assert limited.headers["retry-after"] == "7"
+
+
+async def test_a_text_over_the_token_budget_is_a_400_naming_the_reason(
+    sqlite_url: str, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Reply.token_count(5000), path=COUNT_TOKENS_PATH)
+    async with real_chain(sqlite_url, max_input_tokens=4000) as client:
+        me = await account(client)
+        refused = await client.post(
+            "/v1/analyses", json={"text": "Long enough to be counted."}, headers=me.headers
+        )
+    body = assert_problem(refused, 400, "INVALID_ARGUMENT")
+    assert body["reason"] == "TEXT_TOO_MANY_TOKENS"
+    assert "at most 4000" in field_errors(body)["text"]
+    assert fake.requests_to(MESSAGES_PATH) == []
