@@ -1137,7 +1137,10 @@ def _invalid(request: RecordedRequest) -> str | None:
 class _Rendering:
     """A message reply as the API renders it for one request (JSON body or SSE events)."""
 
-    def __init__(self, request: RecordedRequest, reply: Reply, prompt_cache: PromptCache) -> None:
+    def __init__(
+        self, request: RecordedRequest, reply: Reply, prompt_cache: PromptCache | None = None
+    ) -> None:
+        """`prompt_cache`: the one the request reads and writes; none, no caching."""
         self.reply = reply
         body = request.body if isinstance(request.body, dict) else {}
         self.message_id = _new_id("msg_01", 22)
@@ -1154,9 +1157,12 @@ class _Rendering:
                 output_tokens = max(
                     1, math.ceil(sum(len(self._text(b)) for b in reply.content) / 4)
                 )
-            # Looked up as the response begins: a prefix becomes readable once the
-            # response of the request that wrote it has started, as in the API.
-            self.usage = replace(prompt_cache.usage(body), output_tokens=output_tokens)
+            if prompt_cache is None:
+                self.usage = Usage(estimate_input_tokens(request.body), output_tokens)
+            else:
+                # Looked up as the response begins: a prefix becomes readable once the
+                # response of the request that wrote it has started, as in the API.
+                self.usage = replace(prompt_cache.usage(body), output_tokens=output_tokens)
 
     @staticmethod
     def _text(block: TextContent | ToolUseContent) -> str:
