@@ -57,5 +57,4 @@ class InputBudget:
             "text",
             f"needs {tokens} input tokens with the prompt; at most {self.limit} are allowed",
             reason=TEXT_TOO_MANY_TOKENS,
-            limit=str(self.limit),
         )

@@ -1,11 +1,12 @@
-"""Domain errors, and how each becomes a gRPC status (and, at the gateway, an HTTP one).
+"""Domain errors, and how each becomes a gRPC status (the gateway maps it to HTTP).
 
 Handlers raise these; the call interceptor turns them into a status with a human
 message and `google.rpc` details. Anything else a handler raises is a bug and becomes
 INTERNAL with a generic message.
 
     ServiceError
-    ├── InvalidArgument      INVALID_ARGUMENT     + google.rpc.BadRequest
+    ├── InvalidArgument      INVALID_ARGUMENT     + google.rpc.BadRequest (+ ErrorInfo
+    │                                               when it has a reason of its own)
     ├── NotFound             NOT_FOUND
     ├── AlreadyExists        ALREADY_EXISTS
     ├── Aborted              ABORTED              (etag mismatch, lost race)
@@ -16,9 +17,8 @@ INTERNAL with a generic message.
     ├── Unavailable          UNAVAILABLE          + google.rpc.RetryInfo
     └── DeadlineExceeded     DEADLINE_EXCEEDED
 
-Every non-INVALID_ARGUMENT error also carries a `google.rpc.ErrorInfo` whose `reason`
-is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193); an
-INVALID_ARGUMENT carries one too when it is raised with a `reason` of its own.
+Every other error carries a `google.rpc.ErrorInfo` whose `reason`
+is a stable UPPER_SNAKE identifier that clients may branch on (AIP-193).
 
 The client side of these statuses is tandem_client.errors (`rich_status`,
 `field_violations`); `FieldViolation` is its class.
@@ -117,25 +117,17 @@ class InvalidArgument(ServiceError):
         message: str | None = None,
         *,
         reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
     ) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations = tuple(violations)
-        # Most invalid requests are told apart by their violations alone; a refusal a
-        # client may want to branch on (a text too long in tokens) names a reason too.
-        self._has_reason = reason is not None
         super().__init__(
-            message or _join(v.field + ": " + v.description for v in violations),
-            reason=reason,
-            metadata=metadata,
+            message or _join(v.field + ": " + v.description for v in violations), reason=reason
         )
 
     @classmethod
-    def field(
-        cls, field: str, description: str, *, reason: str | None = None, **metadata: str
-    ) -> InvalidArgument:
-        return cls([FieldViolation(field, description)], reason=reason, metadata=metadata)
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason=reason)
 
     def details(self) -> list[any_pb2.Any]:
         bad_request = error_details_pb2.BadRequest(
@@ -146,7 +138,10 @@ class InvalidArgument(ServiceError):
                 for v in self.violations
             ]
         )
-        return [_pack(bad_request), *(super().details() if self._has_reason else ())]
+        # A refusal clients branch on (WRONG_PASSWORD) carries its reason too.
+        if self.reason == self.default_reason:
+            return [_pack(bad_request)]
+        return [_pack(bad_request), *super().details()]
 
 
 class Violations:
