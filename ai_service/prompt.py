@@ -100,11 +100,21 @@ OUTPUT_SCHEMA: dict[str, Any] = transform_schema(AnalysisOutput.model_json_schem
 
 
 # Anything a reader (or the model) could take for an opening or closing fence: any case,
-# blanks or invisible format characters around the slash, a full-width or small `<`
-# (`</ DOCUMENT >`, `<\u200b/document>`, `\uff1c/document>`).
+# blanks or invisible format characters around the slash, full-width forms of the
+# brackets, slash and letters (`</ DOCUMENT >`, `<\u200b/document>`, `\uff1c/\uff44ocument>`).
 _INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]*"
+_FULL_WIDTH = 0xFEE0  # from an ASCII letter to its full-width form
+
+
+def _letter(char: str) -> str:
+    forms = {char.lower(), char.upper()}
+    return "[" + "".join(sorted(forms | {chr(ord(f) + _FULL_WIDTH) for f in forms})) + "]"
+
+
 _FENCE_LOOKALIKE = re.compile(
-    rf"([<\uff1c\ufe64])(?={_INVISIBLE}[/\uff0f]?{_INVISIBLE}{DOCUMENT_TAG})", re.IGNORECASE
+    rf"([<\uff1c\ufe64])(?={_INVISIBLE}[/\uff0f]?{_INVISIBLE}"
+    + "".join(map(_letter, DOCUMENT_TAG))
+    + ")"
 )
 
 

@@ -23,6 +23,7 @@ _TAG = re.compile(rf"<\s*/?\s*{DOCUMENT_TAG}", re.IGNORECASE)
         ("a<\t/\nDoCuMeNt>b", "a<\\\t/\nDoCuMeNt>b"),
         ("a<\u200b/document>b", "a<\\\u200b/document>b"),
         ("a\uff1c/document\uff1eb", "a\uff1c\\/document\uff1eb"),
+        ("a\uff1c\uff0f\uff24\uff4fcument>b", "a\uff1c\\\uff0f\uff24\uff4fcument>b"),
         ("a<\\/document>b", "a<\\/document>b"),
     ],
 )
