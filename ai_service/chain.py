@@ -45,6 +45,11 @@ class ModelChain:
         return self._links[0].model
 
     @property
+    def primary_backend(self) -> Backend:
+        """The primary model's backend, for work that asks one model only."""
+        return self._links[0]
+
+    @property
     def models(self) -> tuple[str, ...]:
         return tuple(link.model for link in self._links)
 
