@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import unicodedata
 import uuid
@@ -12,7 +11,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from ai_service.accounts import Accounts
-from ai_service.backends.base import Backend, UpstreamTrace, is_transient
+from ai_service.backends.base import UpstreamTrace
+from ai_service.budget import InputBudget
+from ai_service.chain import Answered, ModelChain
 from ai_service.domain import Analysis, AnalysisResult, PartialResult, Usage
 from ai_service.inflight import SingleFlight
 from ai_service.metrics import Metrics
@@ -21,19 +22,10 @@ from ai_service.prompt import PROMPT_VERSION
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.slots import ProviderSlots
-from ai_service.tracing import backend_span, record_usage
 from servicekit.authz import Caller
-from servicekit.errors import (
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    ServiceError,
-    empty_text,
-)
+from servicekit.errors import InvalidArgument, NotFound, Violations, empty_text, parse_id
 from servicekit.idempotency import IdempotentWrites, KeyTaken, RequestKey
 from servicekit.pagination import Page, PageTokens, keyset_page
-
-log = logging.getLogger(__name__)
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -60,23 +52,24 @@ class Analyses:
     def __init__(
         self,
         repository: AnalysesRepository,
-        backend: Backend,
+        chain: ModelChain,
         *,
         limits: Limits,
         page_tokens: PageTokens,
         slots: ProviderSlots,
         accounts: Accounts,
-        fallback: Backend | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         requests: IdempotentWrites | None = None,
         quotas: AnalysisQuotas | None = None,
+        budget: InputBudget | None = None,
     ) -> None:
         """`requests`: the request ids of analyses (kept in the repository's `keys`, for
-        24 hours unless told); `quotas`: each user's (none unless given)."""
+        24 hours unless told); `quotas`: each user's (none unless given); `budget`: the
+        input tokens a text may need (unchecked unless given)."""
         self._repository = repository
-        self._backend = backend
-        self._fallback = fallback
+        self._chain = chain
+        self._budget = budget
         self._accounts = accounts
         self._limits = limits
         self._page_tokens = page_tokens
@@ -99,7 +92,7 @@ class Analyses:
     ) -> Analysis:
         """A new stored analysis; with `request_id`, the one an earlier request with it
         stored, if that request was this one."""
-        owner, request = await self._accept(text, user_id, caller, request_id)
+        owner, request = await self._accept(text, user_id, caller, request_id, deadline)
         return await self._requests.run(
             request,
             write=lambda: self._analyze(text, owner, request, deadline=deadline, trace=trace),
@@ -118,7 +111,7 @@ class Analyses:
     ) -> AsyncIterator[PartialResult | Analysis]:
         """Partial results as the model produces them, then the stored Analysis; with
         a `request_id` seen before, only the analysis that request stored."""
-        owner, request = await self._accept(text, user_id, caller, request_id)
+        owner, request = await self._accept(text, user_id, caller, request_id, deadline)
         with self._requests.hold(request):
             made = await self._requests.previous(request) if request is not None else None
             if made is not None:
@@ -130,7 +123,7 @@ class Analyses:
             await self._requests.written()
 
     async def get(self, analysis_id: str, caller: Caller) -> Analysis:
-        parsed = _parse_uuid(analysis_id, "id")
+        parsed = parse_id(analysis_id)
         analysis = await self._repository.get(parsed)
         # Someone else's is as unknown as a made-up id.
         if analysis is None or not allowed(caller, Action.READ, analysis.user_id):
@@ -163,12 +156,12 @@ class Analyses:
         trace: UpstreamTrace,
     ) -> Analysis:
         await self._admit(owner)
-        key = cache_key(self._backend.model, text, owner)
+        key = cache_key(self._chain.primary, text, owner)
         cached = await self._cached(key)
         if cached is not None:
             return await self._store(owner, _Answer(cached, key), cached=True, request=request)
         answer, shared = await self._flights.run(
-            key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
+            key, lambda: self._produce(text, owner, deadline=deadline, trace=trace)
         )
         return await self._store(owner, answer, cached=shared, request=request)
 
@@ -182,7 +175,7 @@ class Analyses:
         trace: UpstreamTrace,
     ) -> AsyncIterator[PartialResult | Analysis]:
         await self._admit(owner)
-        key = cache_key(self._backend.model, text, owner)
+        key = cache_key(self._chain.primary, text, owner)
         cached = await self._cached(key)
         if cached is not None:
             yield await self._store_streamed(owner, _Answer(cached, key), True, request)
@@ -190,61 +183,51 @@ class Analyses:
         if self._flights.busy(key):
             # An identical AnalyzeText is in flight: wait for its answer instead.
             answer, _ = await self._flights.run(
-                key, lambda: self._produce(text, owner, key, deadline=deadline, trace=trace)
+                key, lambda: self._produce(text, owner, deadline=deadline, trace=trace)
             )
             yield await self._store_streamed(owner, answer, True, request)
             return
-        final: _Answer | None = None
+        answered: Answered | None = None
         async with self._slots.slot(owner, deadline):
-            try:
-                with backend_span(self._backend.model, "stream") as span:
-                    async for item in self._backend.stream(text, deadline=deadline, trace=trace):
-                        if isinstance(item, AnalysisResult):
-                            final = _Answer(item, key)
-                            record_usage(span, item)
-                        else:
-                            yield item
-            except ServiceError as error:
-                self._metrics.upstream_failed(self._backend.model, error)
-                if self._fallback is None or not is_transient(error) or final is not None:
-                    raise
-                final = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
-        assert final is not None, "a backend stream always ends with its result"
-        self._metrics.produced(final.result)
-        await self._spent(owner, final.result)
+            async for item in self._chain.stream(text, deadline=deadline, trace=trace):
+                if isinstance(item, Answered):
+                    answered = item
+                else:
+                    yield item
+        assert answered is not None, "a chain's stream always ends with its answer"
+        final = await self._produced(answered, text, owner)
         yield await self._store_streamed(owner, final, False, request)
 
     async def _accept(
-        self, text: str, user_id: str, caller: Caller, request_id: str
+        self, text: str, user_id: str, caller: Caller, request_id: str, deadline: float
     ) -> tuple[uuid.UUID, RequestKey | None]:
-        """The user a new analysis is for, once the caller may make it for them, and
-        the key of its request (None without a request id)."""
-        violations: list[FieldViolation] = []
-        request = None
+        """The user a new analysis is for, once the caller may make it for them and
+        the text fits, and the key of its request (None without a request id)."""
+        violations = Violations()
+        request = owner = None
         try:
             # The request as sent: the same text for the same user.
             request = self._requests.key(caller, request_id, "AnalyzeText", text, user_id)
         except InvalidArgument as exc:
-            violations.extend(exc.violations)
+            violations.collect(exc)
         if not text.strip():
-            violations.append(FieldViolation("text", empty_text(text)))
+            violations.add("text", empty_text(text))
         elif len(text) > self._limits.max_text_chars:
-            violations.append(
-                FieldViolation("text", f"must be at most {self._limits.max_text_chars} characters")
-            )
-        owner = None
+            violations.add("text", f"must be at most {self._limits.max_text_chars} characters")
         try:
             owner = _owner(user_id, caller)
         except InvalidArgument as exc:
-            violations.extend(exc.violations)
-        if violations:
-            raise InvalidArgument(violations)
+            violations.collect(exc)
+        violations.check()
         assert owner is not None
         authorize(caller, Action.ANALYZE, owner)
         if caller.is_service and not await self._accounts.is_live(owner, caller):
             raise NotFound(
                 f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
             )
+        if self._budget is not None:
+            # After the cheap checks and before anything is counted or paid for.
+            await self._budget.check(text, deadline)
         return owner, request
 
     async def _admit(self, owner: uuid.UUID) -> None:
@@ -265,48 +248,18 @@ class Analyses:
         return result
 
     async def _produce(
-        self, text: str, owner: uuid.UUID, key: str, *, deadline: float, trace: UpstreamTrace
+        self, text: str, owner: uuid.UUID, *, deadline: float, trace: UpstreamTrace
     ) -> _Answer:
         async with self._slots.slot(owner, deadline):
-            try:
-                with backend_span(self._backend.model, "analyze") as span:
-                    result = await self._backend.analyze(text, deadline=deadline, trace=trace)
-                    record_usage(span, result)
-                answer = _Answer(result, key)
-            except ServiceError as error:
-                self._metrics.upstream_failed(self._backend.model, error)
-                if self._fallback is None or not is_transient(error):
-                    raise
-                answer = await self._fall_back(text, owner, error, deadline=deadline, trace=trace)
-        self._metrics.produced(answer.result)
-        await self._spent(owner, answer.result)
-        return answer
+            answered = await self._chain.analyze(text, deadline=deadline, trace=trace)
+        return await self._produced(answered, text, owner)
 
-    async def _fall_back(
-        self,
-        text: str,
-        owner: uuid.UUID,
-        error: ServiceError,
-        *,
-        deadline: float,
-        trace: UpstreamTrace,
-    ) -> _Answer:
-        assert self._fallback is not None
-        log.warning(
-            "%s failed (%s: %s); answering with %s instead",
-            self._backend.model,
-            error.code.name,
-            error.message,
-            self._fallback.model,
-        )
-        self._metrics.fell_back(self._backend.model, self._fallback.model)
-        result = await self._fallback.analyze(text, deadline=deadline, trace=trace)
-        # Filed under the analyzer that made it, so it never answers a later request
-        # meant for the primary model.
-        return _Answer(
-            replace(result, model=f"{result.model} (fallback from {self._backend.model})"),
-            cache_key(self._fallback.model, text, owner),
-        )
+    async def _produced(self, answered: Answered, text: str, owner: uuid.UUID) -> _Answer:
+        """A new answer, counted, and filed under the model that made it: an answer of a
+        later model or the fallback never answers a request meant for the primary."""
+        self._metrics.produced(answered.result)
+        await self._spent(owner, answered.result)
+        return _Answer(answered.result, cache_key(answered.model, text, owner))
 
     async def _store(
         self, owner: uuid.UUID, answer: _Answer, *, cached: bool, request: RequestKey | None
@@ -365,14 +318,7 @@ class _Answer:
 def _owner(user_id: str, caller: Caller) -> uuid.UUID:
     """The user a request names, else the caller's own account."""
     if user_id:
-        return _parse_uuid(user_id, "user_id")
+        return parse_id(user_id, field="user_id")
     if caller.user_id is None:
         raise InvalidArgument.field("user_id", "is required: a service acts for a named user")
     return caller.user_id
-
-
-def _parse_uuid(raw: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidArgument.field(field, "must be a UUID") from None

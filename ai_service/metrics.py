@@ -8,36 +8,17 @@ AI_METRICS_ADDR when that is set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from prometheus_client import CollectorRegistry, Counter
 
-from ai_service.domain import AnalysisResult, Usage
+from ai_service.domain import AnalysisResult
+from ai_service.pricing import Prices
 from servicekit.errors import ServiceError
-
-
-@dataclass(frozen=True, slots=True)
-class Prices:
-    """Dollars per million tokens (AI_PRICE_*). Cache writes cost 1.25 times an input
-    token and cache reads 0.1 times, on top of the input tokens (which the provider
-    counts apart from them)."""
-
-    input_per_mtok: float = 3.0
-    output_per_mtok: float = 15.0
-
-    def cost(self, usage: Usage) -> float:
-        return (
-            usage.input_tokens * self.input_per_mtok
-            + usage.cache_creation_input_tokens * self.input_per_mtok * 1.25
-            + usage.cache_read_input_tokens * self.input_per_mtok * 0.1
-            + usage.output_tokens * self.output_per_mtok
-        ) / 1_000_000
 
 
 class Metrics:
     def __init__(self, prices: Prices | None = None) -> None:
-        self._prices = prices or Prices()
         self.registry = CollectorRegistry()
+        self._prices = prices or Prices()
         self._analyses = Counter(
             "tandem_ai_analyses",
             "Analyses produced by a backend (not served from the cache).",
@@ -52,9 +33,17 @@ class Metrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        # What the provider bills (AI_PRICE_*), and what it would have billed without
+        # the prompt cache: their difference is what caching saves.
         self._cost = Counter(
-            "tandem_ai_estimated_cost_dollars",
-            "What the provider's tokens cost, estimated from AI_PRICE_*.",
+            "tandem_ai_cost_usd",
+            "USD the provider bills for the analyses produced, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._cost_uncached = Counter(
+            "tandem_ai_cost_uncached_usd",
+            "USD the same analyses would have cost without the prompt cache.",
             ["model"],
             registry=self.registry,
         )
@@ -73,7 +62,7 @@ class Metrics:
         )
         self._fallbacks = Counter(
             "tandem_ai_fallbacks",
-            "Analyses answered by the fallback after the primary failed.",
+            "Calls a failed model handed to the next of the chain or the offline fallback.",
             ["primary", "fallback"],
             registry=self.registry,
         )
@@ -88,7 +77,6 @@ class Metrics:
         self._analyses.labels(result.model).inc()
         self._provider_calls.labels(result.model, "ok").inc()
         usage = result.usage
-        self._cost.labels(result.model).inc(self._prices.cost(usage))
         for kind, count in (
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),
@@ -96,6 +84,8 @@ class Metrics:
             ("cache_creation", usage.cache_creation_input_tokens),
         ):
             self._tokens.labels(result.model, kind).inc(count)
+        self._cost.labels(result.model).inc(self._prices.cost(usage))
+        self._cost_uncached.labels(result.model).inc(self._prices.cost_uncached(usage))
 
     def upstream_failed(self, model: str, error: ServiceError) -> None:
         self._failures.labels(model, error.code.name).inc()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -14,10 +14,13 @@ import anthropic
 from ai_service.accounts import Accounts
 from ai_service.analyses import Analyses, Limits
 from ai_service.backends.anthropic import AnthropicBackend
-from ai_service.backends.base import Backend
 from ai_service.backends.offline import OfflineBackend
-from ai_service.metrics import Metrics, Prices
+from ai_service.budget import InputBudget
+from ai_service.chain import ModelChain
+from ai_service.metrics import Metrics
 from ai_service.migrations import MIGRATIONS
+from ai_service.pricing import Prices
+from ai_service.prompt import OUTPUT_SCHEMA, SYSTEM_PROMPT
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
@@ -47,9 +50,7 @@ async def ai_server(
     settings: AiSettings, metrics: Metrics | None = None
 ) -> AsyncIterator[GrpcServer]:
     """A bound, not yet started, ai server; its resources close on exit."""
-    metrics = metrics or Metrics(
-        Prices(settings.price_input_per_mtok, settings.price_output_per_mtok)
-    )
+    metrics = metrics or Metrics(Prices.from_settings(settings))
     async with AsyncExitStack() as stack:
         if settings.metrics_addr:
             # First: what is made below records only while metrics are served.
@@ -68,21 +69,17 @@ async def ai_server(
         stack.push_async_callback(users.close)
         accounts = Accounts(users, ttl=settings.auth_cache_seconds)
         callers = CallerResolver(remote_verifier(jwks_source(users), settings), accounts.sessions)
-        backend, fallback = await _backends(settings, stack)
-        log.info(
-            "analyses by %s%s",
-            backend.model,
-            f", falling back to {fallback.model}" if fallback else "",
-        )
+        chain, budget = _chain(settings, stack, metrics)
+        log.info("analyses by %s", " then ".join(chain.models))
         repository = AnalysesRepository(Database(engine, what="ai"))
         throttle = Throttle.from_settings(settings)
         stack.push_async_callback(throttle.close)
         log.info("analysis quotas are counted in %s", throttle.where)
         analyses = Analyses(
             repository,
-            backend,
+            chain,
             accounts=accounts,
-            fallback=fallback,
+            budget=budget,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
             page_tokens=page_tokens_from(settings),
             quotas=AnalysisQuotas(
@@ -118,16 +115,23 @@ async def serve(settings: AiSettings) -> None:
         await serve_until_signalled(server, settings.shutdown_grace_seconds)
 
 
-async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backend, Backend | None]:
+def _chain(
+    settings: AiSettings, stack: AsyncExitStack, metrics: Metrics
+) -> tuple[ModelChain, InputBudget | None]:
+    """The models to ask, in order, and the input budget of a text (Claude only: the
+    offline analyzer counts no tokens, AI_MAX_TEXT_CHARS bounds its work)."""
     if settings.resolved_provider() == "offline":
-        return OfflineBackend(), None
-    if not os.environ.get("ANTHROPIC_API_KEY"):
+        return ModelChain([OfflineBackend()], fallback=None, metrics=metrics), None
+    key = settings.anthropic_api_key
+    if key is None:
         raise StartupError("AI_PROVIDER=anthropic needs ANTHROPIC_API_KEY to be set")
-    # One client (one connection pool) for the process; key and base URL come from
-    # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL. The SDK's aiohttp transport, which it
-    # recommends for concurrency: with hundreds of calls in flight the default httpx pool
-    # spends CPU on every request re-scanning its connections (bench/ai_bench.py).
+    # One client (one connection pool) for the process and every model. The SDK's
+    # aiohttp transport, which it recommends for concurrency: with hundreds of calls in
+    # flight the default httpx pool spends CPU on every request re-scanning its
+    # connections (bench/ai_bench.py).
     client = anthropic.AsyncAnthropic(
+        api_key=key.get_secret_value(),
+        base_url=settings.anthropic_base_url,
         timeout=settings.anthropic_timeout_seconds,
         max_retries=settings.anthropic_max_retries,
         http_client=anthropic.DefaultAioHttpClient(),
@@ -140,10 +144,22 @@ async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backen
     stack.push_async_callback(client.close)
     # httpx2 logs each request at INFO; the servicer's own line names its request ids.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    backend = AnthropicBackend(
-        client,
-        model=settings.model,
-        max_output_tokens=settings.max_output_tokens,
-        timeout_seconds=settings.anthropic_timeout_seconds,
+    models = [
+        AnthropicBackend(
+            client,
+            model=model,
+            max_output_tokens=settings.max_output_tokens,
+            timeout_seconds=settings.anthropic_timeout_seconds,
+        )
+        for model in settings.model_chain()
+    ]
+    fallback = OfflineBackend() if settings.fallback == "offline" else None
+    budget = InputBudget(
+        limit=min(
+            settings.max_input_tokens,
+            settings.context_window_tokens - settings.max_output_tokens,
+        ),
+        prompt_bytes=len(SYSTEM_PROMPT.encode()) + len(json.dumps(OUTPUT_SCHEMA).encode()),
+        count=models[0].count_tokens,
     )
-    return backend, OfflineBackend() if settings.fallback == "offline" else None
+    return ModelChain(models, fallback=fallback, metrics=metrics), budget

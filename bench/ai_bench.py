@@ -5,12 +5,20 @@
 
 Starts the fake Messages API (tests/support/fake_anthropic.py) answering every request
 after `--latency` seconds, starts `python -m ai_service` against it as a real process
-(ANTHROPIC_BASE_URL, AI_MAX_CONCURRENCY=--calls), then fires `--calls` concurrent
-AnalyzeText calls with distinct texts from this process and reports the total wall time
-against the upstream latency. TARGET: all calls finish in under 2x the upstream
-latency - the service adds waiting, not serialisation. It runs once on SQLite in a
-temporary folder (the embedded default) and once on a PostgreSQL database of its own
-(created on TEST_DATABASE_URL's server and dropped afterwards).
+(ANTHROPIC_BASE_URL, AI_MAX_CONCURRENCY=--calls) and, beside it, the baseline: a bare
+grpc.aio AnalysisService that makes the same single upstream call and nothing else
+(bench/_bare_ai.py). Then, in `--rounds` alternating rounds, it fires `--calls`
+concurrent AnalyzeText calls with distinct texts and users at each, and reports the
+wall time of each round. TARGET: the ai service's median round within 1.15x the
+baseline's - its own work (token check, session, quotas, slots, cache lookup, the
+database write) adds little to what the call itself costs. CHECK: both within 2x the
+upstream latency. It runs once on SQLite in a temporary folder (the embedded default)
+and once on a PostgreSQL database of its own (created on TEST_DATABASE_URL's server
+and dropped afterwards).
+
+The calls' own usage gives the cost per analysis, with the prompt cache (the warm-up
+call wrote it, every call of the rounds reads it) and as it would be without, at the
+default prices (ai_service.pricing); the fake counts about four characters a token.
 
 In the same run it measures the service with the offline analyzer on 2 KB texts
 (calls/s at 16 concurrent callers), the figure a deployment without a key gets.
@@ -32,9 +40,11 @@ import _fake_upstream
 import _report
 import grpc
 from _config import add_common_options, log
-from _procs import BENCH, ROOT, cancel_on_signals
+from _procs import BENCH, ROOT, cancel_on_signals, process_cpu_s
 from _report import Target, target
 
+from ai_service.domain import Usage
+from ai_service.pricing import Prices
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tests.support.harness import Child, child_env, run
 from tests.support.postgres import ThrowawayDatabases, admin_url, dsn
@@ -49,16 +59,31 @@ SAMPLE = (
 )
 # All calls within this many times the upstream latency: waiting, not serialisation.
 RATIO_TO_LATENCY_MAX = 2.0
+# The ai service's round within this many times the bare baseline's.
+RATIO_TO_BARE_MAX = 1.15
 OFFLINE_CALLERS = 16
+MODEL = "claude-bench"
 
 
 class Concurrency(TypedDict):
     calls: int
     upstream_latency_s: float
+    # Each round's wall time, in the order run; the median stands for them.
+    walls_s: list[float]
+    bare_walls_s: list[float]
     wall_s: float
+    bare_wall_s: float
     ratio_to_latency: float
+    ratio_to_bare: float
     failures: int
-    target: Target
+    bare_failures: int
+    # Median CPU milliseconds per call of the serving process.
+    cpu_ms_per_call: float
+    bare_cpu_ms_per_call: float
+    # USD per analysis of the rounds' calls, as billed and as billed without the cache.
+    cost_per_analysis_usd: float
+    uncached_cost_per_analysis_usd: float
+    targets: list[Target]
 
 
 class Offline(TypedDict):
@@ -73,6 +98,7 @@ class Offline(TypedDict):
 class Results(TypedDict):
     cores: int | None
     python: str
+    load_avg_at_start: tuple[float, float, float]
     # By store: SQLite, PostgreSQL.
     concurrency: dict[str, Concurrency]
     offline: Offline
@@ -105,8 +131,50 @@ class Service:
         return analysis_pb2.AnalyzeTextRequest(text=text, user_id=user or str(uuid.uuid4()))
 
 
+class Burst(TypedDict):
+    wall_s: float
+    # CPU the serving process used per call: unlike the wall time, barely moved by
+    # other processes on the machine.
+    cpu_ms_per_call: float
+    failures: int
+    usages: list[Usage]
+
+
+async def burst(
+    stub: analysis_pb2_grpc.AnalysisServiceAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    calls: int,
+    tag: str,
+    pid: int,
+) -> Burst:
+    """`calls` concurrent AnalyzeText with distinct texts and users, served by `pid`."""
+    cpu = process_cpu_s(pid)
+    started = time.perf_counter()
+    # One user each: a user's own calls share AI_MAX_CONCURRENCY_PER_USER slots.
+    results = await asyncio.gather(
+        *(
+            stub.AnalyzeText(
+                analysis_pb2.AnalyzeTextRequest(
+                    text=f"{tag} {i}: {SAMPLE}", user_id=str(uuid.uuid4())
+                ),
+                timeout=30,
+                metadata=metadata,
+            )
+            for i in range(calls)
+        ),
+        return_exceptions=True,
+    )
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "cpu_ms_per_call": (process_cpu_s(pid) - cpu) * 1000 / calls,
+        "failures": sum(isinstance(r, BaseException) for r in results),
+        "usages": [_usage(r) for r in results if isinstance(r, analysis_pb2.Analysis)],
+    }
+
+
 async def concurrency_phase(
-    store: str, calls: int, latency: float, database_url: str, users: str
+    store: str, calls: int, rounds: int, latency: float, database_url: str, users: str
 ) -> Concurrency:
     fake = Child(
         [sys.executable, str(BENCH / "_fake_upstream.py"), str(latency)],
@@ -122,39 +190,77 @@ async def concurrency_phase(
             "AI_ACCESS_LOG": "false",
             # Counted as always, never reached: the bench measures, it does not abuse.
             "AI_ANALYSES_PER_MINUTE": "1000000000",
-            "AI_MODEL": "claude-bench",
+            "AI_MODELS": MODEL,
         }
+        bare = Child(
+            [sys.executable, str(BENCH / "_bare_ai.py")], child_env(env), name="bare baseline"
+        )
         service = Service(env, users)
-        async with service as stub:
-            metadata = service.metadata
-            await stub.AnalyzeText(service.request("warm-up " + SAMPLE), metadata=metadata)
-            started = time.perf_counter()
-            # One user each: a user's own calls share AI_MAX_CONCURRENCY_PER_USER slots.
-            results = await asyncio.gather(
-                *(
-                    stub.AnalyzeText(
-                        service.request(f"{i}: {SAMPLE}"), timeout=30, metadata=metadata
-                    )
-                    for i in range(calls)
-                ),
-                return_exceptions=True,
+        async with service as stub, bare:
+            bare_stub = analysis_pb2_grpc.AnalysisServiceStub(
+                grpc.aio.insecure_channel(await bare.wait_serving())
             )
-            wall = time.perf_counter() - started
-    failures = sum(isinstance(r, BaseException) for r in results)
-    ratio = wall / latency
+            metadata = service.metadata
+            # Connections, the prompt cache's first write, first-call imports.
+            await stub.AnalyzeText(service.request("warm-up " + SAMPLE), metadata=metadata)
+            await bare_stub.AnalyzeText(service.request("warm-up " + SAMPLE))
+            ours: list[Burst] = []
+            theirs: list[Burst] = []
+            for n in range(rounds):
+                # Alternating which goes first, so that neither always meets the
+                # machine just after the other's burst.
+                for which in ("service", "bare") if n % 2 == 0 else ("bare", "service"):
+                    if which == "service":
+                        ours.append(await burst(stub, metadata, calls, f"r{n}", service.child.pid))
+                    else:
+                        theirs.append(await burst(bare_stub, (), calls, f"b{n}", bare.pid))
+    prices = Prices()
+    walls, bare_walls = [b["wall_s"] for b in ours], [b["wall_s"] for b in theirs]
+    failures, bare_failures = sum(b["failures"] for b in ours), sum(b["failures"] for b in theirs)
+    usages = [u for b in ours for u in b["usages"]]
+    median, bare_median = statistics.median(walls), statistics.median(bare_walls)
+    ratio, to_bare = median / latency, median / bare_median
+    served = failures == 0 and bare_failures == 0
     return {
         "calls": calls,
         "upstream_latency_s": latency,
-        "wall_s": wall,
+        "walls_s": walls,
+        "bare_walls_s": bare_walls,
+        "wall_s": median,
+        "bare_wall_s": bare_median,
         "ratio_to_latency": ratio,
+        "ratio_to_bare": to_bare,
         "failures": failures,
-        "target": target(
-            f"{calls} concurrent AnalyzeText on {store}, wall time / upstream latency",
-            ratio if not failures else None,
-            "<=",
-            RATIO_TO_LATENCY_MAX,
+        "bare_failures": bare_failures,
+        "cpu_ms_per_call": statistics.median(b["cpu_ms_per_call"] for b in ours),
+        "bare_cpu_ms_per_call": statistics.median(b["cpu_ms_per_call"] for b in theirs),
+        "cost_per_analysis_usd": statistics.fmean(map(prices.cost, usages or [Usage()])),
+        "uncached_cost_per_analysis_usd": statistics.fmean(
+            map(prices.cost_uncached, usages or [Usage()])
         ),
+        "targets": [
+            target(
+                f"{calls} concurrent AnalyzeText on {store}, median round / bare grpc.aio's",
+                to_bare if served else None,
+                "<=",
+                RATIO_TO_BARE_MAX,
+            ),
+            target(
+                f"{calls} concurrent AnalyzeText on {store}, wall time / upstream latency",
+                ratio if served else None,
+                "<=",
+                RATIO_TO_LATENCY_MAX,
+                check=True,
+            ),
+        ],
     }
+
+
+def _usage(analysis: analysis_pb2.Analysis) -> Usage:
+    u = analysis.usage
+    return Usage(
+        u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens
+    )
 
 
 async def offline_phase(seconds: float, concurrency: int, workdir: str, users: str) -> Offline:
@@ -206,7 +312,7 @@ async def run_bench(args: argparse.Namespace) -> Results:
             sqlite = f"sqlite+aiosqlite:///{workdir}/concurrency.db"
             log(f"{args.calls} concurrent calls on SQLite")
             concurrency["SQLite"] = await concurrency_phase(
-                "SQLite", args.calls, args.latency, sqlite, users
+                "SQLite", args.calls, args.rounds, args.latency, sqlite, users
             )
             if not args.no_postgres:
                 databases = ThrowawayDatabases("tandem_bench_ai_", admin_url(args.admin_url))
@@ -216,7 +322,7 @@ async def run_bench(args: argparse.Namespace) -> Results:
                     url = dsn(database.set(drivername="postgresql+asyncpg"))
                     log(f"{args.calls} concurrent calls on PostgreSQL")
                     concurrency["PostgreSQL"] = await concurrency_phase(
-                        "PostgreSQL", args.calls, args.latency, url, users
+                        "PostgreSQL", args.calls, args.rounds, args.latency, url, users
                     )
                 finally:
                     await databases.drop(database.database)
@@ -225,27 +331,44 @@ async def run_bench(args: argparse.Namespace) -> Results:
     return {
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
+        "load_avg_at_start": os.getloadavg(),
         "concurrency": concurrency,
         "offline": offline,
     }
 
 
 def render(results: Results) -> str:
-    out = ["", f"ai service, {results['cores']} cores, Python {results['python']}"]
+    load = ", ".join(f"{v:.2f}" for v in results["load_avg_at_start"])
+    out = [
+        "",
+        f"ai service, {results['cores']} cores, Python {results['python']}, "
+        f"load average at start {load}",
+    ]
     for where, phase in results["concurrency"].items():
-        out.append(
-            f"{phase['calls']} concurrent AnalyzeText on {where}, upstream "
-            f"{phase['upstream_latency_s'] * 1000:.0f} ms: all done in "
-            f"{phase['wall_s'] * 1000:.0f} ms = {phase['ratio_to_latency']:.2f}x the upstream "
-            f"latency; {phase['failures']} failures"
+        rounds = ", ".join(
+            f"{s * 1000:.0f}/{b * 1000:.0f}"
+            for s, b in zip(phase["walls_s"], phase["bare_walls_s"], strict=True)
         )
+        out += [
+            f"{phase['calls']} concurrent AnalyzeText on {where}, upstream "
+            f"{phase['upstream_latency_s'] * 1000:.0f} ms: median round "
+            f"{phase['wall_s'] * 1000:.0f} ms against the bare baseline's "
+            f"{phase['bare_wall_s'] * 1000:.0f} ms = {phase['ratio_to_bare']:.2f}x "
+            f"({phase['ratio_to_latency']:.2f}x the upstream latency); "
+            f"{phase['failures']} + {phase['bare_failures']} failures",
+            f"  rounds, service/bare ms: {rounds}",
+            f"  CPU per call (median round): {phase['cpu_ms_per_call']:.2f} ms in the service, "
+            f"{phase['bare_cpu_ms_per_call']:.2f} ms in the bare baseline",
+            f"  cost per analysis: ${phase['cost_per_analysis_usd']:.5f} with the prompt "
+            f"cache, ${phase['uncached_cost_per_analysis_usd']:.5f} without",
+        ]
     offline = results["offline"]
     out.append(
         f"offline analyzer through the service, {offline['text_bytes']} B texts, "
         f"{offline['concurrency']} callers: {offline['calls_per_s']:.0f} calls/s, "
         f"p50 {offline['p50_ms']:.1f} ms, p99 {offline['p99_ms']:.1f} ms"
     )
-    targets = [phase["target"] for phase in results["concurrency"].values()]
+    targets = [t for phase in results["concurrency"].values() for t in phase["targets"]]
     return "\n".join(out + _report.render_verdicts(targets, []))
 
 
@@ -253,6 +376,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each, alternating")
     parser.add_argument("--offline-seconds", type=float, default=5.0)
     add_common_options(parser)
     parser.add_argument(

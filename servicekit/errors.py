@@ -27,6 +27,7 @@ The client side of these statuses is tandem_client.errors (`rich_status`,
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
 
@@ -120,6 +121,31 @@ class InvalidArgument(ServiceError):
         if self.reason == self.default_reason:
             return [_pack(bad_request)]
         return [_pack(bad_request), *super().details()]
+
+
+class Violations:
+    """Collects every problem of a request, so the caller learns them all at once."""
+
+    def __init__(self) -> None:
+        self._found: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self._found.append(FieldViolation(field, description))
+
+    def collect(self, error: InvalidArgument) -> None:
+        """Keep the violations of a check that raised, and go on checking."""
+        self._found.extend(error.violations)
+
+    def check(self) -> None:
+        if self._found:
+            raise InvalidArgument(self._found)
+
+
+def parse_id(raw: str, *, field: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument.field(field, "must be a UUID") from None
 
 
 class NotFound(ServiceError):

@@ -16,6 +16,8 @@ from servicekit.errors import (
     NotFound,
     ResourceExhausted,
     Unauthenticated,
+    Violations,
+    parse_id,
 )
 from servicekit.idempotency import IdempotentWrites, RequestKey, key_reused
 from servicekit.liveness import Liveness
@@ -24,13 +26,11 @@ from servicekit.throttle import Throttle
 from users_service.domain import (
     BAD_CREDENTIALS,
     User,
-    Violations,
     check_password,
     email_key,
     login_key,
     normalize_email,
     normalize_name,
-    parse_id,
     parse_ids,
     resolve_update_mask,
 )

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 
-from servicekit.errors import FieldViolation, InvalidArgument, empty_text
+from servicekit.errors import InvalidArgument, Violations, empty_text
 
 NAME_MAX = 100
 PASSWORD_MIN = 8
@@ -42,27 +42,6 @@ class User:
         """Changes whenever the account changes (AIP-154); opaque to clients."""
         digest = hashlib.blake2b(f"{self.id}:{self.revision}".encode(), digest_size=8)
         return digest.hexdigest()
-
-
-class Violations:
-    """Collects every problem of a request, so the caller learns them all at once."""
-
-    def __init__(self) -> None:
-        self._found: list[FieldViolation] = []
-
-    def add(self, field: str, description: str) -> None:
-        self._found.append(FieldViolation(field, description))
-
-    def check(self) -> None:
-        if self._found:
-            raise InvalidArgument(self._found)
-
-
-def parse_id(raw: str, *, field: str = "id") -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidArgument.field(field, "must be a UUID") from None
 
 
 def parse_ids(raw: Sequence[str], *, field: str = "ids") -> list[uuid.UUID]:

@@ -168,11 +168,29 @@ class AnthropicBackend:
             trace.request_ids.append(message._request_id)
         return message
 
+    async def count_tokens(self, text: str, deadline: float) -> int:
+        """The input tokens the analysis request for `text` would count (free; the
+        provider's own tokenizer)."""
+        messages: list[dict[str, Any]] = [{"role": "user", "content": user_message(text)}]
+        params = self._params(messages)
+        del params["max_tokens"]
+        try:
+            async with asyncio.timeout_at(deadline):
+                counted = await self._client.messages.count_tokens(
+                    **params, timeout=self._attempt_timeout(deadline)
+                )
+        except TimeoutError:
+            raise _deadline_exceeded() from None
+        except anthropic.APIError as exc:
+            raise translate(exc, model=self._model, trace=UpstreamTrace()) from exc
+        return counted.input_tokens
+
     def _params(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "model": self._model,
             "max_tokens": self._max_output_tokens,
-            # The stable part first, marked cacheable; only the user turn varies.
+            # The stable part first, marked cacheable: the cache's prefix ends with the
+            # system prompt, which is long enough to be cached (ai_service.prompt).
             "system": [
                 {"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}
             ],

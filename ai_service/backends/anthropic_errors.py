@@ -119,7 +119,7 @@ _BY_CLASS: tuple[tuple[type[anthropic.APIStatusError], _Build], ...] = (
     (
         anthropic.NotFoundError,
         lambda _e, detail, model: FailedPrecondition(
-            f"the model {model!r} was not found ({detail}); check AI_MODEL",
+            f"the model {model!r} was not found ({detail}); check AI_MODELS",
             reason="PROVIDER_MODEL_NOT_FOUND",
         ),
     ),

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tandem_protos.users.v1 import users_pb2_grpc
+from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.servers import (
     channel_to,
     migrate_ai,
@@ -40,3 +41,12 @@ async def ai_sqlite_db(sqlite_url: str) -> str:
     """A migrated ai database on SQLite, for tests whose subject is not the database."""
     await migrate_ai(sqlite_url)
     return sqlite_url
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
+    """The fake Messages API, with the settings that point an ai service at it."""
+    with FakeAnthropic() as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        yield fake

@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fake_anthropic import FakeAnthropic, Reply, Usage
+from tests.support.fake_anthropic import (
+    COUNT_TOKENS_PATH,
+    MESSAGES_PATH,
+    FakeAnthropic,
+    Reply,
+    Usage,
+)
 from tests.support.gateway import (
     ANALYSIS_FIELDS,
     PASSWORD,
@@ -195,3 +201,18 @@ async def test_a_deleted_accounts_analyses_are_kept_for_its_return(database_url:
         back = await log_in(client, me)
         listed = await client.get("/v1/analyses", headers=back.headers)
     assert listed.json()["analyses"] == [made.json()]
+
+
+async def test_a_text_over_the_token_budget_is_a_400_naming_the_reason(
+    sqlite_url: str, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Reply.token_count(5000), path=COUNT_TOKENS_PATH)
+    async with real_chain(sqlite_url, max_input_tokens=4000) as client:
+        me = await account(client)
+        refused = await client.post(
+            "/v1/analyses", json={"text": "Long enough to be counted."}, headers=me.headers
+        )
+    body = assert_problem(refused, 400, "INVALID_ARGUMENT")
+    assert body["reason"] == "TEXT_TOO_MANY_TOKENS"
+    assert "at most 4000" in field_errors(body)["text"]
+    assert fake.requests_to(MESSAGES_PATH) == []

@@ -54,12 +54,16 @@ EXTRA_COMMANDS: Mapping[str, Mapping[str, Command[Any]]] = {"users_service": use
 
 
 def settings_variables(settings: type[BaseSettings]) -> frozenset[str]:
-    """Every environment variable `settings` reads: its prefix plus each field's name."""
+    """Every environment variable `settings` reads: its prefix plus each field's name,
+    or the field's alias (`ANTHROPIC_API_KEY`, a name kept from the SDK) instead."""
     prefix = str(settings.model_config.get("env_prefix", ""))
+    names = set()
     for name, info in settings.model_fields.items():
-        # An alias would be read instead of prefix+name; derive it when one appears.
-        assert info.alias is None and info.validation_alias is None, f"{name} has an alias"
-    return frozenset((prefix + name).upper() for name in settings.model_fields)
+        assert info.alias is None, f"{name} has an alias; derive its variable"
+        alias = info.validation_alias
+        assert alias is None or isinstance(alias, str), f"{name}: derive its variables"
+        names.add((alias or prefix + name).upper())
+    return frozenset(names)
 
 
 def default_port(settings: type[BaseSettings]) -> int:
@@ -76,8 +80,6 @@ class Component:
     module: str
     settings: type[BaseSettings]
     grpc_service: str | None = None
-    # Read by a library rather than the settings class (the Anthropic SDK).
-    library_variables: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def prefix(self) -> str:
@@ -85,7 +87,7 @@ class Component:
 
     @property
     def variables(self) -> frozenset[str]:
-        return settings_variables(self.settings) | self.library_variables | PROCESS_VARIABLES
+        return settings_variables(self.settings) | PROCESS_VARIABLES
 
     @property
     def port(self) -> int:
@@ -110,7 +112,6 @@ COMPONENTS: Mapping[str, Component] = {
             "ai_service",
             AiSettings,
             analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name,
-            frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"}),
         ),
         Component("gateway", "gateway", GatewaySettings),
     )

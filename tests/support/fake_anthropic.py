@@ -22,7 +22,15 @@ default for ``/v1/messages`` is a 500 whose message says "no scripted reply" (wi
 ``x-should-retry: false``, so the SDK fails at once); ``count_tokens`` defaults to an
 estimate of about four characters per token. Requests the real API would reject (no or
 wrong key, no ``anthropic-version``, missing fields, unknown route) get its error without
-touching the script.
+touching the script. A default may be set for one model
+(``set_default(Reply.overloaded(), model="claude-a")``), e.g. to overload one model of
+a chain; it wins over the path's default for requests naming that model.
+
+Prompt caching follows the API's rules when a reply's usage is left to the fake (see
+``PromptCache``): the prefix up to a ``cache_control`` breakpoint (tools, then system,
+then messages) is written on the first request (``cache_creation_input_tokens``) and
+read by later ones with the identical prefix (``cache_read_input_tokens``), when it is
+at least the model's minimum cacheable length, within its TTL.
 
 Every request is recorded as a ``RecordedRequest``. Its ``disconnected`` event is set when
 the client went away before the reply was fully written (the server watches the socket
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -90,6 +99,8 @@ class Usage:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     service_tier: str = "standard"
+    # Of cache_creation_input_tokens, those written with a one-hour TTL.
+    cache_creation_1h_input_tokens: int = 0
 
     def _input_part(self) -> dict[str, Any]:
         return {
@@ -97,8 +108,9 @@ class Usage:
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
             "cache_creation": {
-                "ephemeral_5m_input_tokens": self.cache_creation_input_tokens,
-                "ephemeral_1h_input_tokens": 0,
+                "ephemeral_5m_input_tokens": self.cache_creation_input_tokens
+                - self.cache_creation_1h_input_tokens,
+                "ephemeral_1h_input_tokens": self.cache_creation_1h_input_tokens,
             },
         }
 
@@ -466,6 +478,125 @@ def estimate_input_tokens(body: Any) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
+# --------------------------------------------------------------------------- prompt caching
+
+# The shortest prefix the API caches, by model class; shorter ones are neither written
+# nor read (``../shared/reference/anthropic.md``).
+MIN_CACHEABLE_TOKENS = 1024
+MIN_CACHEABLE_TOKENS_HAIKU = 2048
+_CACHE_TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+
+
+def min_cacheable_tokens(model: str) -> int:
+    return MIN_CACHEABLE_TOKENS_HAIKU if "haiku" in model.lower() else MIN_CACHEABLE_TOKENS
+
+
+@dataclass(frozen=True)
+class _Breakpoint:
+    key: str
+    tokens: int
+    ttl: str
+
+
+class PromptCache:
+    """The API's prompt cache, by its documented rules.
+
+    A request's cacheable blocks run in the order tools, system, messages. Each block
+    marked with ``cache_control`` (and, with a top-level ``cache_control``, the last
+    block) is a breakpoint: the prefix up to and including it is cacheable when it
+    holds at least the model's minimum of tokens. The prefix is keyed by the model,
+    the output format and every block up to the breakpoint, so any change before it
+    misses. A request reads the longest cached prefix of its breakpoints and writes
+    the rest up to its last eligible breakpoint; a read refreshes the entry's TTL
+    (5 minutes, or ``"ttl": "1h"``). Tokens are estimated as everywhere in the fake
+    (about four characters each); the three counts add up to the request's estimate.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._expiry.clear()
+
+    def usage(self, body: Mapping[str, Any]) -> Usage:
+        """The input counts of a request, reading and writing the cache."""
+        total = estimate_input_tokens(dict(body))
+        points = [p for p in _breakpoints(body) if p.tokens >= min_cacheable_tokens(_model(body))]
+        now = self._clock()
+        with self._lock:
+            read = 0
+            for point in points:
+                if self._expiry.get(point.key, -math.inf) > now:
+                    read = point.tokens
+                    self._expiry[point.key] = now + _CACHE_TTL_SECONDS[point.ttl]
+            written = written_1h = 0
+            for point in points:
+                if point.tokens > read:
+                    self._expiry[point.key] = now + _CACHE_TTL_SECONDS[point.ttl]
+            if points and points[-1].tokens > read:
+                written = points[-1].tokens - read
+                written_1h = written if points[-1].ttl == "1h" else 0
+        return Usage(
+            input_tokens=max(0, total - read - written),
+            output_tokens=0,
+            cache_creation_input_tokens=written,
+            cache_read_input_tokens=read,
+            cache_creation_1h_input_tokens=written_1h,
+        )
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    return model if isinstance(model, str) else DEFAULT_MODEL
+
+
+def _blocks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cacheable blocks of a request, in the API's order: tools, system, messages."""
+    blocks: list[dict[str, Any]] = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        blocks.append({"type": "text", "text": system})
+    elif isinstance(system, list):
+        blocks += [b for b in system if isinstance(b, dict)]
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            blocks.append({"type": "text", "text": content, "role": message.get("role")})
+        elif isinstance(content, list):
+            blocks += [{**b, "role": message.get("role")} for b in content if isinstance(b, dict)]
+    return blocks
+
+
+def _breakpoints(body: Mapping[str, Any]) -> list[_Breakpoint]:
+    blocks = _blocks(body)
+    automatic = body.get("cache_control")
+    found: list[_Breakpoint] = []
+    text = ""
+    for index, block in enumerate(blocks):
+        text += _text_of(block) if "text" in block or "content" in block else json.dumps(block)
+        marker = block.get("cache_control")
+        if marker is None and index == len(blocks) - 1 and isinstance(automatic, dict):
+            marker = automatic
+        if not isinstance(marker, dict):
+            continue
+        material = json.dumps(
+            [_model(body), body.get("output_config"), blocks[: index + 1]], sort_keys=True
+        )
+        found.append(
+            _Breakpoint(
+                key=hashlib.sha256(material.encode()).hexdigest(),
+                tokens=math.ceil(len(text) / 4),
+                ttl="1h" if marker.get("ttl") == "1h" else "5m",
+            )
+        )
+    return found
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -476,6 +607,8 @@ class FakeAnthropic:
     require_auth: answer 401 to a missing or wrong key, like the API; False accepts anything.
     require_version: answer 400 to requests without ``anthropic-version``, like the API.
     validate_requests: answer 400 to message requests missing model/max_tokens/messages.
+    clock: seconds, for the prompt cache's TTLs (``time.monotonic`` unless a test
+    moves time itself).
     """
 
     def __init__(
@@ -487,8 +620,10 @@ class FakeAnthropic:
         validate_requests: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api_key = api_key
+        self.prompt_cache = PromptCache(clock)
         self.require_auth = require_auth
         self.require_version = require_version
         self.validate_requests = validate_requests
@@ -498,6 +633,7 @@ class FakeAnthropic:
         self._requests: list[RecordedRequest] = []
         self._queues: dict[str, deque[Reply]] = {}
         self._defaults = _initial_defaults()
+        self._model_defaults: dict[tuple[str, str], Reply] = {}
         self._responder: Responder | None = None
         self._errors: list[BaseException] = []
         self._server: _Server | None = None
@@ -577,10 +713,18 @@ class FakeAnthropic:
         with self._lock:
             self._queues.setdefault(path, deque()).extend(replies)
 
-    def set_default(self, reply: Reply | None, path: str = MESSAGES_PATH) -> None:
-        """The reply when the queue is empty (``None`` for count_tokens: estimate)."""
+    def set_default(
+        self, reply: Reply | None, path: str = MESSAGES_PATH, *, model: str | None = None
+    ) -> None:
+        """The reply when the queue is empty (``None`` for count_tokens: estimate); with
+        ``model``, only for requests naming that model (``None`` then removes it)."""
         with self._lock:
-            self._defaults[path] = reply
+            if model is None:
+                self._defaults[path] = reply
+            elif reply is None:
+                self._model_defaults.pop((path, model), None)
+            else:
+                self._model_defaults[(path, model)] = reply
 
     def set_responder(self, responder: Responder | None) -> None:
         """Decide replies per request; used when the queue is empty, ``None`` falls through.
@@ -596,11 +740,14 @@ class FakeAnthropic:
             return len(self._queues.get(path, ()))
 
     def reset(self) -> None:
-        """Forget requests, queues, responder and defaults (as if new; the port stays)."""
+        """Forget requests, queues, responder, defaults and the prompt cache (as if new;
+        the port stays)."""
+        self.prompt_cache.clear()
         with self._lock:
             self._requests.clear()
             self._queues.clear()
             self._defaults = _initial_defaults()
+            self._model_defaults.clear()
             self._responder = None
             self._errors.clear()
 
@@ -662,7 +809,10 @@ class FakeAnthropic:
             if queue:
                 return queue.popleft()
             responder = self._responder
-            default = self._defaults.get(request.path)
+            model = request.body.get("model") if isinstance(request.body, dict) else None
+            default = self._model_defaults.get((request.path, str(model)))
+            if default is None:
+                default = self._defaults.get(request.path)
         if responder is not None:
             try:
                 reply = responder(request)
@@ -885,7 +1035,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif request.streamed:
             self._send_stream(request, reply)
         else:
-            message = _Rendering(request, reply).message()
+            message = _Rendering(request, reply, self.server.fake.prompt_cache).message()
             self._send_bytes(request, reply, 200, _dumps(message), "application/json")
 
     def _start(self, request: RecordedRequest, reply: Reply, status: int) -> None:
@@ -914,7 +1064,8 @@ class _Handler(BaseHTTPRequestHandler):
         # Chunked, as the API does: a cut connection then reads as an incomplete body.
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for position, (event, data) in enumerate(_Rendering(request, reply).events()):
+        rendering = _Rendering(request, reply, self.server.fake.prompt_cache)
+        for position, (event, data) in enumerate(rendering.events()):
             if position:
                 self._pause(reply.chunk_delay)
             if event == "drop":
@@ -986,7 +1137,10 @@ def _invalid(request: RecordedRequest) -> str | None:
 class _Rendering:
     """A message reply as the API renders it for one request (JSON body or SSE events)."""
 
-    def __init__(self, request: RecordedRequest, reply: Reply) -> None:
+    def __init__(
+        self, request: RecordedRequest, reply: Reply, prompt_cache: PromptCache | None = None
+    ) -> None:
+        """`prompt_cache`: the one the request reads and writes; none, no caching."""
         self.reply = reply
         body = request.body if isinstance(request.body, dict) else {}
         self.message_id = _new_id("msg_01", 22)
@@ -1003,7 +1157,12 @@ class _Rendering:
                 output_tokens = max(
                     1, math.ceil(sum(len(self._text(b)) for b in reply.content) / 4)
                 )
-            self.usage = Usage(estimate_input_tokens(request.body), output_tokens)
+            if prompt_cache is None:
+                self.usage = Usage(estimate_input_tokens(request.body), output_tokens)
+            else:
+                # Looked up as the response begins: a prefix becomes readable once the
+                # response of the request that wrote it has started, as in the API.
+                self.usage = replace(prompt_cache.usage(body), output_tokens=output_tokens)
 
     @staticmethod
     def _text(block: TextContent | ToolUseContent) -> str:

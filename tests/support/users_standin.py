@@ -69,7 +69,9 @@ class UsersStandIn:
         _subject(context)
         for user_id in request.ids:
             if user_id in self.gone:
-                raise NotFound(f"no user {user_id}", reason="USER_NOT_FOUND")
+                raise NotFound(
+                    f"no user {user_id}", reason="USER_NOT_FOUND", metadata={"id": user_id}
+                )
         users = [
             users_pb2.User(id=str(uuid.UUID(i)), name="Someone", view=users_pb2.USER_VIEW_PUBLIC)
             for i in request.ids

@@ -6,14 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from servicekit.errors import FieldViolation, InvalidArgument
+from servicekit.errors import FieldViolation, InvalidArgument, Violations, parse_id
 from users_service import domain
 
 
-def run_check(
-    function: Callable[[str, str, domain.Violations], str], raw: str
-) -> tuple[str, list[str]]:
-    violations = domain.Violations()
+def run_check(function: Callable[[str, str, Violations], str], raw: str) -> tuple[str, list[str]]:
+    violations = Violations()
     value = function(raw, "f", violations)
     try:
         violations.check()
@@ -79,20 +77,20 @@ def test_password_rules(raw: str, problems: list[str]) -> None:
 
 
 def test_violations_collect_every_field() -> None:
-    violations = domain.Violations()
+    violations = Violations()
     violations.add("a", "bad")
     violations.add("b", "worse")
     with pytest.raises(InvalidArgument) as caught:
         violations.check()
     assert caught.value.violations == (FieldViolation("a", "bad"), FieldViolation("b", "worse"))
-    domain.Violations().check()  # nothing collected: no error
+    Violations().check()  # nothing collected: no error
 
 
 def test_parse_id() -> None:
     value = uuid.uuid4()
-    assert domain.parse_id(str(value)) == value
+    assert parse_id(str(value)) == value
     with pytest.raises(InvalidArgument) as caught:
-        domain.parse_id("nope", field="user.id")
+        parse_id("nope", field="user.id")
     assert caught.value.violations == (FieldViolation("user.id", "must be a UUID"),)
 
 
