@@ -128,7 +128,7 @@ class Analyses:
             await self._requests.written()
 
     async def get(self, analysis_id: str, caller: Caller) -> Analysis:
-        parsed = _parse_uuid(analysis_id, "id")
+        parsed = parse_uuid(analysis_id, "id")
         analysis = await self._repository.get(parsed)
         # Someone else's is as unknown as a made-up id.
         if analysis is None or not allowed(caller, Action.READ, analysis.user_id):
@@ -138,7 +138,7 @@ class Analyses:
         return analysis
 
     async def list(self, user_id: str, caller: Caller, *, size: int, token: str) -> Page[Analysis]:
-        owner = _owner(user_id, caller)
+        owner = owner_of(user_id, caller)
         authorize(caller, Action.READ, owner)
         return await keyset_page(
             self._page_tokens,
@@ -222,26 +222,10 @@ class Analyses:
             request = self._requests.key(caller, request_id, "AnalyzeText", text, user_id)
         except InvalidArgument as exc:
             violations.extend(exc.violations)
-        if not text.strip():
-            violations.append(FieldViolation("text", "must not be empty or only whitespace"))
-        elif len(text) > self._limits.max_text_chars:
-            violations.append(
-                FieldViolation("text", f"must be at most {self._limits.max_text_chars} characters")
-            )
-        owner = None
-        try:
-            owner = _owner(user_id, caller)
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-        if violations:
-            raise InvalidArgument(violations)
-        assert owner is not None
-        authorize(caller, Action.ANALYZE, owner)
-        if caller.is_service and not await self._accounts.is_live(owner, caller):
-            raise NotFound(
-                f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
-            )
-        return owner, request
+        problem = text_problem(text, self._limits.max_text_chars)
+        if problem is not None:
+            violations.append(FieldViolation("text", problem))
+        return await analysing_for(user_id, caller, self._accounts, violations), request
 
     async def _admit(self, owner: uuid.UUID) -> None:
         if self._quotas is not None:
@@ -357,16 +341,46 @@ class _Answer:
     cache_key: str
 
 
-def _owner(user_id: str, caller: Caller) -> uuid.UUID:
+async def analysing_for(
+    user_id: str, caller: Caller, accounts: Accounts, violations: list[FieldViolation]
+) -> uuid.UUID:
+    """The user new analyses are for, once the request is valid (`violations`: what is
+    wrong with its other fields) and the caller may analyse for that user."""
+    owner = None
+    try:
+        owner = owner_of(user_id, caller)
+    except InvalidArgument as exc:
+        violations.extend(exc.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    assert owner is not None
+    authorize(caller, Action.ANALYZE, owner)
+    if caller.is_service and not await accounts.is_live(owner, caller):
+        raise NotFound(
+            f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
+        )
+    return owner
+
+
+def text_problem(text: str, max_chars: int) -> str | None:
+    """What is wrong with a text to analyse, if anything."""
+    if not text.strip():
+        return "must not be empty or only whitespace"
+    if len(text) > max_chars:
+        return f"must be at most {max_chars} characters"
+    return None
+
+
+def owner_of(user_id: str, caller: Caller) -> uuid.UUID:
     """The user a request names, else the caller's own account."""
     if user_id:
-        return _parse_uuid(user_id, "user_id")
+        return parse_uuid(user_id, "user_id")
     if caller.user_id is None:
         raise InvalidArgument.field("user_id", "is required: a service acts for a named user")
     return caller.user_id
 
 
-def _parse_uuid(raw: str, field: str) -> uuid.UUID:
+def parse_uuid(raw: str, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:

@@ -10,14 +10,21 @@ from datetime import timedelta
 from functools import partial
 
 import anthropic
+from google.longrunning import operations_pb2_grpc
 
 from ai_service.accounts import Accounts
 from ai_service.analyses import Analyses, Limits
 from ai_service.backends.anthropic import AnthropicBackend
 from ai_service.backends.base import Backend
 from ai_service.backends.offline import OfflineBackend
+from ai_service.batches import BatchRunner, BatchWorker, OfflineBatches
+from ai_service.claude_batches import ClaudeBatches
 from ai_service.metrics import Metrics
 from ai_service.migrations import MIGRATIONS
+from ai_service.operations import Operations
+from ai_service.operations_repository import OperationsRepository
+from ai_service.operations_servicer import SERVICE_NAME as OPERATIONS_SERVICE_NAME
+from ai_service.operations_servicer import OperationsServicer
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.servicer import AnalysisServicer
@@ -28,7 +35,7 @@ from servicekit.database import Database, create_engine
 from servicekit.errors import StartupError
 from servicekit.idempotency import IdempotentWrites
 from servicekit.migrations import check_at_head
-from servicekit.pagination import page_tokens_from
+from servicekit.pagination import PageTokens, page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from servicekit.throttle import Throttle
 from servicekit.tls import check_client_files
@@ -66,7 +73,10 @@ async def ai_server(
             backend.model,
             f", falling back to {fallback.model}" if fallback else "",
         )
-        repository = AnalysesRepository(Database(engine, what="ai"))
+        # One Database for both repositories: on SQLite its writers take turns.
+        database = Database(engine, what="ai")
+        repository = AnalysesRepository(database)
+        page_tokens = page_tokens_from(settings)
         throttle = Throttle.from_settings(settings)
         stack.push_async_callback(throttle.close)
         log.info("analysis quotas are counted in %s", throttle.where)
@@ -76,7 +86,7 @@ async def ai_server(
             accounts=accounts,
             fallback=fallback,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
-            page_tokens=page_tokens_from(settings),
+            page_tokens=page_tokens,
             quotas=AnalysisQuotas(
                 throttle,
                 per_minute=settings.analyses_per_minute,
@@ -91,15 +101,36 @@ async def ai_server(
                 repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
             ),
         )
+        operations_servicer = OperationsServicer(
+            await _operations(
+                settings,
+                database=database,
+                analyses=repository,
+                backend=backend,
+                accounts=accounts,
+                page_tokens=page_tokens,
+                stack=stack,
+            ),
+            callers,
+        )
         if settings.metrics_addr:
             metrics.serve(settings.metrics_addr)
         servicer = AnalysisServicer(
-            analyses, callers, default_deadline_seconds=settings.default_deadline_seconds
+            analyses,
+            callers,
+            default_deadline_seconds=settings.default_deadline_seconds,
+            batch_analyze=operations_servicer.batch_analyze,
         )
         register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, servicer)
+        register_operations = partial(
+            operations_pb2_grpc.add_OperationsServicer_to_server, operations_servicer
+        )
         yield build_server(
             settings.addr,
-            [Service(SERVICE_NAME, register)],
+            [
+                Service(SERVICE_NAME, register),
+                Service(OPERATIONS_SERVICE_NAME, register_operations),
+            ],
             tls=settings.server_tls(),
             reflection=callers.caller if settings.reflection else None,
             access_log=settings.access_log,
@@ -110,6 +141,49 @@ async def ai_server(
 async def serve(settings: AiSettings) -> None:
     async with ai_server(settings) as server:
         await serve_until_signalled(server, settings.shutdown_grace_seconds)
+
+
+async def _operations(
+    settings: AiSettings,
+    *,
+    database: Database,
+    analyses: AnalysesRepository,
+    backend: Backend,
+    accounts: Accounts,
+    page_tokens: PageTokens,
+    stack: AsyncExitStack,
+) -> Operations:
+    """BatchAnalyzeTexts' operations, and this replica's runner of them (started)."""
+    repository = OperationsRepository(database)
+    worker: BatchWorker
+    if isinstance(backend, AnthropicBackend):
+        worker = ClaudeBatches(
+            backend,
+            poll_seconds=settings.batch_poll_seconds,
+            poll_max_seconds=settings.batch_poll_max_seconds,
+        )
+    else:
+        worker = OfflineBatches(backend)
+    runner = BatchRunner(
+        repository,
+        worker,
+        lease_seconds=settings.batch_lease_seconds,
+        scan_seconds=settings.batch_scan_seconds,
+    )
+    await runner.start()
+    stack.push_async_callback(runner.stop)
+    return Operations(
+        repository,
+        analyses,
+        runner,
+        accounts=accounts,
+        max_texts=settings.batch_max_texts,
+        max_text_chars=settings.max_text_chars,
+        page_tokens=page_tokens,
+        requests=IdempotentWrites(
+            repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        ),
+    )
 
 
 async def _backends(settings: AiSettings, stack: AsyncExitStack) -> tuple[Backend, Backend | None]:

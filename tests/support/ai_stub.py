@@ -229,6 +229,14 @@ class AnalysisStub(analysis_pb2_grpc.AnalysisServiceServicer):
             analyses=page, next_page_token=str(start + size) if more else ""
         )
 
+    async def BatchAnalyzeTexts(  # noqa: N802
+        self, request: analysis_pb2.BatchAnalyzeTextsRequest, context: Any
+    ) -> Any:
+        # Batches are tested against the real ai server (tests/integration/test_ai_batches.py,
+        # test_gateway_batches.py): long-running state is not worth a second copy here.
+        await self._enter("BatchAnalyzeTexts", request, context)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the stand-in has no batches")
+
 
 def _for(request: analysis_pb2.AnalyzeTextRequest, caller: str) -> analysis_pb2.AnalyzeTextRequest:
     """The request with its user: the one it names, else the caller (as the ai service)."""
