@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tandem_protos.users.v1 import users_pb2_grpc
+from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.servers import (
     channel_to,
     migrate_ai,
@@ -40,3 +41,12 @@ async def ai_sqlite_db(sqlite_url: str) -> str:
     """A migrated ai database on SQLite, for tests whose subject is not the database."""
     await migrate_ai(sqlite_url)
     return sqlite_url
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
+    """The fake Messages API, where the ai servers of the test send their SDK calls."""
+    with FakeAnthropic() as fake:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        yield fake

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,14 +32,6 @@ GOOD = {
     "confidence": 0.82,
 }
 Stub = Any
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        yield fake
 
 
 @asynccontextmanager
