@@ -240,14 +240,16 @@ class BatchRunner:
             with contextlib.suppress(Exception):
                 await self._repository.release(operation_id, self.owner)
 
-    def take(self, operation_id: uuid.UUID) -> None:
-        """Works on the operation here, if no other replica does."""
+    def take(self, operation_id: uuid.UUID) -> asyncio.Task[None] | None:
+        """Works on the operation here, if no other replica does: the task that does
+        (None when one here does already)."""
         if operation_id in self._jobs or self.stopping.is_set():
-            return
+            return None
         self._jobs[operation_id] = None
         task = asyncio.create_task(self._run(operation_id), name=f"batch-{operation_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def poke(self, operation_id: uuid.UUID, *, cancel: bool = False) -> None:
         """Tells the operation's job here, if any, to look again (it was cancelled)."""

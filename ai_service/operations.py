@@ -94,19 +94,7 @@ class Operations:
         owner = await analysing_for(user_id, caller, self._accounts, violations)
 
         async def start() -> OperationView:
-            now = self._clock()
-            operation = Operation(
-                id=uuid.uuid4(),
-                user_id=owner,
-                model=self._runner.worker.model,
-                total=len(texts),
-                provider_batch_ids=(),
-                cancel_requested=False,
-                done=False,
-                create_time=now,
-                update_time=now,
-                end_time=None,
-            )
+            operation = Operation.new(owner, self._runner.worker.model, len(texts), self._clock())
             await self._repository.create(
                 operation, texts, key=self._requests.record(request, operation.id)
             )

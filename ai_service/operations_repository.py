@@ -63,6 +63,22 @@ class Operation:
     def pending(self) -> int:
         return self.total - self.succeeded - self.failed
 
+    @classmethod
+    def new(cls, user_id: uuid.UUID, model: str, total: int, now: datetime) -> Operation:
+        """A new operation of `total` texts, nothing done yet."""
+        return cls(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            model=model,
+            total=total,
+            provider_batch_ids=(),
+            cancel_requested=False,
+            done=False,
+            create_time=now,
+            update_time=now,
+            end_time=None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
