@@ -23,7 +23,14 @@ from gateway.paths import TOKEN_URL
 from gateway.problems import ProblemError, unauthorized
 from gateway.readers import GONE, SessionReader, UserReader
 from gateway.settings import GatewaySettings
-from gateway.upstreams import AiStub, Upstream, UpstreamError, Upstreams, UsersStub
+from gateway.upstreams import (
+    AiStub,
+    OperationsStub,
+    Upstream,
+    UpstreamError,
+    Upstreams,
+    UsersStub,
+)
 from servicekit.callers import live_owner
 from servicekit.liveness import Liveness, Lookup
 from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier
@@ -69,9 +76,14 @@ async def get_ai(request: Request) -> Upstream[AiStub]:
     return runtime_of(request).upstreams.ai
 
 
+async def get_operations(request: Request) -> Upstream[OperationsStub]:
+    return runtime_of(request).upstreams.operations
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 UsersUpstream = Annotated[Upstream[UsersStub], Depends(get_users)]
 AiUpstream = Annotated[Upstream[AiStub], Depends(get_ai)]
+OperationsUpstream = Annotated[Upstream[OperationsStub], Depends(get_operations)]
 
 SESSION_ENDED = "the session of this access token has ended; log in again"
 
