@@ -156,7 +156,9 @@ async def _operations(
     """BatchAnalyzeTexts' operations, and this replica's runner of them (started)."""
     repository = OperationsRepository(database)
     worker: BatchWorker
-    if isinstance(backend, AnthropicBackend):
+    if settings.resolved_provider() == "anthropic":
+        # Batch requests are built and parsed by the Claude backend itself.
+        assert isinstance(backend, AnthropicBackend), "Claude batches need AnthropicBackend"
         worker = ClaudeBatches(
             backend,
             poll_seconds=settings.batch_poll_seconds,
