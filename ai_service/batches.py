@@ -27,7 +27,13 @@ import grpc
 from ai_service.analyses import cache_key
 from ai_service.backends.base import Backend, UpstreamTrace
 from ai_service.domain import Analysis, AnalysisResult
-from ai_service.operations_repository import Item, ItemError, Operation, OperationsRepository
+from ai_service.operations_repository import (
+    Item,
+    ItemError,
+    Operation,
+    OperationsRepository,
+    Outcome,
+)
 from servicekit.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ SCAN_LIMIT = 100
 CANCELLED_REASON = "OPERATION_CANCELLED"
 # A text's offline analysis is bounded by this many seconds (it takes milliseconds).
 OFFLINE_ITEM_SECONDS = 60.0
+# Offline results are stored this many at a time (one commit each, not one per text).
+OFFLINE_CHUNK = 25
 
 
 class LeaseLost(Exception):
@@ -124,22 +132,27 @@ class Job:
             await self.checkpoint()
         self.poked.clear()
 
-    async def succeed(self, item: Item, result: AnalysisResult) -> None:
-        """Stores the item's analysis (once: not when it was stored already)."""
-        assert item.text is not None, "a pending item keeps its text"
-        analysis = Analysis(
-            id=uuid.uuid4(),
-            user_id=self.operation.user_id,
-            result=result,
-            create_time=self._runner.now(),
-        )
-        key = cache_key(self.operation.model, item.text, self.operation.user_id)
-        await self._repository.succeed(self.id, item.position, analysis, key)
+    async def finish(self, done: Sequence[tuple[Item, AnalysisResult | ItemError]]) -> None:
+        """Stores what became of these items, in one transaction: each analysis (once:
+        not when the item was finished already) or error."""
+        if not done:
+            return
+        now = self._runner.now()
+        owner, model = self.operation.user_id, self.operation.model
+        outcomes = []
+        for item, result in done:
+            if isinstance(result, ItemError):
+                outcomes.append(Outcome(item.position, result))
+                continue
+            assert item.text is not None, "a pending item keeps its text"
+            analysis = Analysis(id=uuid.uuid4(), user_id=owner, result=result, create_time=now)
+            outcomes.append(Outcome(item.position, analysis, cache_key(model, item.text, owner)))
+        await self._repository.finish(self.id, outcomes, now)
         await self._progressed()
 
     async def fail(self, positions: Sequence[int], error: ItemError) -> None:
         if positions:
-            await self._repository.fail(self.id, positions, error)
+            await self._repository.fail(self.id, positions, error, self._runner.now())
             await self._progressed()
 
     async def submitted(self, batch_id: str, positions: Sequence[int]) -> None:
@@ -147,7 +160,6 @@ class Job:
         self._runner.notify(self.id)
 
     async def _progressed(self) -> None:
-        await self._repository.touch(self.id, self._runner.now())
         self._runner.notify(self.id)
         await self.checkpoint()
 
@@ -175,20 +187,25 @@ class OfflineBatches:
 
     async def run(self, job: Job) -> None:
         pending = await job.pending()
+        done: list[tuple[Item, AnalysisResult | ItemError]] = []
         for index, item in enumerate(pending):
             if job.cancelled:
+                await job.finish(done)
                 await job.fail([i.position for i in pending[index:]], cancelled_error())
                 return
-            assert item.text is not None
-            deadline = asyncio.get_running_loop().time() + OFFLINE_ITEM_SECONDS
-            try:
-                result = await self._backend.analyze(
-                    item.text, deadline=deadline, trace=UpstreamTrace()
-                )
-            except ServiceError as error:
-                await job.fail([item.position], item_error(error))
-                continue
-            await job.succeed(item, result)
+            done.append((item, await self._analyze(item)))
+            if len(done) >= OFFLINE_CHUNK:
+                await job.finish(done)
+                done = []
+        await job.finish(done)
+
+    async def _analyze(self, item: Item) -> AnalysisResult | ItemError:
+        assert item.text is not None
+        deadline = asyncio.get_running_loop().time() + OFFLINE_ITEM_SECONDS
+        try:
+            return await self._backend.analyze(item.text, deadline=deadline, trace=UpstreamTrace())
+        except ServiceError as error:
+            return item_error(error)
 
 
 class BatchRunner:
@@ -269,6 +286,10 @@ class BatchRunner:
         event = self._changes.setdefault(operation_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), max(0.0, seconds))
+        if not event.is_set() and self._changes.get(operation_id) is event:
+            # Not kept for operations that never change here (another replica runs
+            # them); a waiter that still holds it looks again after its own timeout.
+            del self._changes[operation_id]
 
     async def renew(self, operation_id: uuid.UUID) -> bool:
         now = self._clock()

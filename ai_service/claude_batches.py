@@ -25,6 +25,7 @@ from ai_service.backends.anthropic import AnthropicBackend
 from ai_service.backends.anthropic_errors import translate
 from ai_service.backends.base import UpstreamTrace, is_transient
 from ai_service.batches import Job, cancelled_error, item_error
+from ai_service.domain import AnalysisResult
 from ai_service.operations_repository import Item, ItemError
 from servicekit.errors import ServiceError
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # The Message Batches API's limits per batch (Anthropic's batch processing guide).
 MAX_REQUESTS = 100_000
 MAX_BYTES = 256 * 1000 * 1000
+# Results are stored this many at a time (one commit each) as they stream in.
+STORE_EVERY = 100
 # Room for the `{"requests": [...]}` around the requests, and their commas.
 _ENVELOPE_BYTES = 64
 
@@ -180,14 +183,20 @@ class ClaudeBatches:
             await job.fail([i.position for i in items], item_error(error))
 
     async def _collect(self, job: Job, batch_id: str, items: list[Item]) -> None:
+        """Streams the ended batch's results, storing them STORE_EVERY at a time."""
         by_position = {i.position: i for i in items}
+        done: list[tuple[Item, AnalysisResult | ItemError]] = []
         results = await self._client.messages.batches.results(batch_id)
         async for entry in results:
             position = position_of(entry.custom_id)
             item = by_position.pop(position, None) if position is not None else None
             if item is None:
                 continue  # finished before a restart, or not ours
-            await self._store(job, item, entry)
+            done.append((item, self._outcome(entry)))
+            if len(done) >= STORE_EVERY:
+                await job.finish(done)
+                done = []
+        await job.finish(done)
         # A request the results leave out would otherwise stay pending for ever.
         await job.fail(
             list(by_position),
@@ -198,37 +207,28 @@ class ClaudeBatches:
             ),
         )
 
-    async def _store(self, job: Job, item: Item, entry: MessageBatchIndividualResponse) -> None:
+    def _outcome(self, entry: MessageBatchIndividualResponse) -> AnalysisResult | ItemError:
         result = entry.result
         if result.type == "succeeded":
             try:
-                analysis = self._backend.batch_result(result.message)
+                return self._backend.batch_result(result.message)
             except ServiceError as error:
-                await job.fail([item.position], item_error(error))
-                return
-            await job.succeed(item, analysis)
-        elif result.type == "errored":
+                return item_error(error)
+        if result.type == "errored":
             detail = result.error.error
             code = _ERRORED_CODES.get(detail.type, grpc.StatusCode.UNAVAILABLE)
-            await job.fail(
-                [item.position],
-                ItemError(
-                    code.value[0],
-                    f"PROVIDER_{detail.type.upper()}",
-                    f"the provider failed on this text ({detail.type}: {detail.message})",
-                ),
+            return ItemError(
+                code.value[0],
+                f"PROVIDER_{detail.type.upper()}",
+                f"the provider failed on this text ({detail.type}: {detail.message})",
             )
-        elif result.type == "canceled":
-            await job.fail([item.position], cancelled_error())
-        else:
-            await job.fail(
-                [item.position],
-                ItemError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-                    "PROVIDER_BATCH_EXPIRED",
-                    "the provider batch expired (24 hours) before this text was analysed",
-                ),
-            )
+        if result.type == "canceled":
+            return cancelled_error()
+        return ItemError(
+            grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+            "PROVIDER_BATCH_EXPIRED",
+            "the provider batch expired (24 hours) before this text was analysed",
+        )
 
     def _translate(self, exc: anthropic.APIError) -> ServiceError:
         return translate(exc, model=self._backend.model, trace=UpstreamTrace())

@@ -81,6 +81,15 @@ class Operation:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one item: its analysis (filed under `cache_key`), or its error."""
+
+    position: int
+    result: Analysis | ItemError
+    cache_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     """One text of an operation: its analysis's id, or its error, or neither yet."""
 
@@ -228,44 +237,43 @@ class OperationsRepository:
 
         await self._database.write(work)
 
-    async def succeed(
-        self, operation_id: uuid.UUID, position: int, analysis: Analysis, cache_key: str
-    ) -> bool:
-        """Stores `analysis` as the item's, unless the item is finished already (then
-        nothing is stored and the answer is False)."""
+    async def finish(
+        self, operation_id: uuid.UUID, outcomes: Sequence[Outcome], now: datetime
+    ) -> int:
+        """Finishes each item with its analysis (stored with it) or its error, in one
+        transaction; an item finished already is left as it is. How many were not."""
 
-        def work(connection: Connection) -> bool:
-            if not _finish(connection, operation_id, position, analysis_id=analysis.id):
-                return False
-            connection.execute(insert(analyses), [analysis_row(analysis, cache_key)])
-            return True
+        def work(connection: Connection) -> int:
+            finished = 0
+            for outcome in outcomes:
+                if isinstance(outcome.result, Analysis):
+                    stored = _finish(
+                        connection, operation_id, outcome.position, analysis_id=outcome.result.id
+                    )
+                    if stored:
+                        row = analysis_row(outcome.result, outcome.cache_key)
+                        connection.execute(insert(analyses), [row])
+                else:
+                    stored = _fail(connection, operation_id, [outcome.position], outcome.result)
+                finished += stored
+            if finished:
+                _touch(connection, operation_id, now)
+            return finished
 
         return await self._database.write(work)
 
     async def fail(
-        self, operation_id: uuid.UUID, positions: Sequence[int], error: ItemError
+        self, operation_id: uuid.UUID, positions: Sequence[int], error: ItemError, now: datetime
     ) -> int:
         """Finishes the still pending items at `positions` with `error`; how many."""
-        statement = (
-            update(items)
-            .where(
-                items.c.operation_id == operation_id, items.c.position.in_(positions), _pending()
-            )
-            .values(
-                text=None,
-                error_code=error.code,
-                error_reason=error.reason,
-                error_message=error.message,
-            )
-        )
-        result = await self._database.write(lambda c: c.execute(statement))
-        return int(result.rowcount)
 
-    async def touch(self, operation_id: uuid.UUID, now: datetime) -> None:
-        statement = (
-            update(operations).where(operations.c.id == operation_id).values(update_time=now)
-        )
-        await self._database.write(lambda c: c.execute(statement))
+        def work(connection: Connection) -> int:
+            finished = _fail(connection, operation_id, positions, error)
+            if finished:
+                _touch(connection, operation_id, now)
+            return finished
+
+        return await self._database.write(work)
 
     async def end(self, operation_id: uuid.UUID, now: datetime) -> None:
         """Marks the operation done (its items are all finished) and frees its lease."""
@@ -279,6 +287,12 @@ class OperationsRepository:
         await self._database.write(lambda c: c.execute(statement))
 
 
+def _touch(connection: Connection, operation_id: uuid.UUID, now: datetime) -> None:
+    connection.execute(
+        update(operations).where(operations.c.id == operation_id).values(update_time=now)
+    )
+
+
 def _pending() -> Any:
     return and_(items.c.analysis_id.is_(None), items.c.error_code.is_(None))
 
@@ -289,13 +303,29 @@ def _lease_free(now: datetime) -> Any:
 
 def _finish(
     connection: Connection, operation_id: uuid.UUID, position: int, *, analysis_id: uuid.UUID
-) -> bool:
+) -> int:
     result = connection.execute(
         update(items)
         .where(items.c.operation_id == operation_id, items.c.position == position, _pending())
         .values(text=None, analysis_id=analysis_id)
     )
-    return bool(result.rowcount == 1)
+    return int(result.rowcount)
+
+
+def _fail(
+    connection: Connection, operation_id: uuid.UUID, positions: Sequence[int], error: ItemError
+) -> int:
+    result = connection.execute(
+        update(items)
+        .where(items.c.operation_id == operation_id, items.c.position.in_(positions), _pending())
+        .values(
+            text=None,
+            error_code=error.code,
+            error_reason=error.reason,
+            error_message=error.message,
+        )
+    )
+    return int(result.rowcount)
 
 
 def _with_counts() -> Any:

@@ -48,12 +48,12 @@ class Gated:
         self.runs += 1
         pending = await job.pending()
         self.seen = [i.position for i in pending]
-        await job.succeed(pending[0], RESULT)
+        await job.finish([(pending[0], RESULT)])
         self.started.set()
         while not self.go.is_set():
             await job.sleep(0.005)
         for item in await job.pending():
-            await job.succeed(item, RESULT)
+            await job.finish([(item, RESULT)])
 
 
 # The repository each replica's runner works with: its own view of the database.
