@@ -163,3 +163,33 @@ async def test_cancel_cancels_the_provider_batch_and_keeps_what_it_finished(
     metadata = unpacked(done.metadata, analysis_pb2.BatchAnalyzeTextsMetadata)
     assert metadata.cancel_requested
     assert (metadata.failed_count, metadata.pending_count) == (2, 0)
+
+
+async def test_a_transient_failure_to_create_the_batch_is_tried_again(
+    ai_db: str, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Reply.overloaded(should_retry=False), path=BATCHES_PATH)
+    async with claude(ai_db) as stubs:
+        name = await start(stubs, ["One."])
+        created = await fake.wait_for_requests_async(2, timeout=10, path=BATCHES_PATH)
+        assert [r.method for r in created] == ["POST", "POST"]
+        assert await created[1].wait_completed(10)
+        (batch_id,) = fake.batches.ids
+        fake.enqueue(Reply.json_output(GOOD))
+        fake.batches.end(batch_id)
+        done = await finished(stubs, name)
+    results = unpacked(done.response, analysis_pb2.BatchAnalyzeTextsResponse).results
+    assert results[0].analysis.summary == GOOD["summary"]
+
+
+async def test_a_batch_the_provider_refuses_fails_each_text_with_its_reason(
+    ai_db: str, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Reply.error(400, "invalid_request_error", "no"), path=BATCHES_PATH)
+    async with claude(ai_db) as stubs:
+        done = await finished(stubs, await start(stubs, ["One.", "Two."]))
+    results = unpacked(done.response, analysis_pb2.BatchAnalyzeTextsResponse).results
+    assert [(r.error.code, reason_of(r.error)) for r in results] == [
+        (grpc.StatusCode.FAILED_PRECONDITION.value[0], "PROVIDER_REJECTED")
+    ] * 2
+    assert fake.batches.ids == []

@@ -661,6 +661,13 @@ class FakeAnthropic:
             self._requests.append(request)
             self._arrived.notify_all()
 
+    def _dequeue(self, request: RecordedRequest) -> Reply | None:
+        """The next reply enqueued for the request's path, if any (batch routes: a
+        scripted failure before the batch logic answers)."""
+        with self._lock:
+            queue = self._queues.get(request.path)
+            return queue.popleft() if queue else None
+
     def _choose(self, request: RecordedRequest) -> Reply | None:
         with self._lock:
             queue = self._queues.get(request.path)
@@ -816,7 +823,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake._record(request)
         try:
             reply = self._rejection(request) or (
-                fake.batches.reply(request) if is_batch_path(path) else fake._choose(request)
+                fake._dequeue(request) or fake.batches.reply(request)
+                if is_batch_path(path)
+                else fake._choose(request)
             )
             request.reply = reply
             if reply is None:

@@ -16,7 +16,9 @@ script batch items as they script messages), with ``service_tier: "batch"`` in i
 usage; an error reply makes it ``errored``. ``end(..., expire=...)`` expires the named
 requests instead. A cancelled batch is ``canceling`` until its next retrieve, then
 ``ended``, its unanswered requests ``canceled``. Results come in reverse request
-order, so that a client must match them by ``custom_id``.
+order, so that a client must match them by ``custom_id``. A reply enqueued for a
+batch route (``fake.enqueue(Reply.overloaded(), path=BATCHES_PATH)``) is served before
+the batch logic: a scripted failure.
 
 fake_anthropic imports this module, so this one imports its names where it uses them.
 """
