@@ -138,7 +138,7 @@ class Analyses:
         return analysis
 
     async def list(self, user_id: str, caller: Caller, *, size: int, token: str) -> Page[Analysis]:
-        owner = owner_of(user_id, caller)
+        owner = _owner(user_id, caller)
         authorize(caller, Action.READ, owner)
         return await keyset_page(
             self._page_tokens,
@@ -348,7 +348,7 @@ async def analysing_for(
     wrong with its other fields) and the caller may analyse for that user."""
     owner = None
     try:
-        owner = owner_of(user_id, caller)
+        owner = _owner(user_id, caller)
     except InvalidArgument as exc:
         violations.extend(exc.violations)
     if violations:
@@ -371,7 +371,7 @@ def text_problem(text: str, max_chars: int) -> str | None:
     return None
 
 
-def owner_of(user_id: str, caller: Caller) -> uuid.UUID:
+def _owner(user_id: str, caller: Caller) -> uuid.UUID:
     """The user a request names, else the caller's own account."""
     if user_id:
         return parse_uuid(user_id, "user_id")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ai_service.accounts import Accounts
-from ai_service.analyses import analysing_for, owner_of, parse_uuid, text_problem
+from ai_service.analyses import analysing_for, parse_uuid, text_problem
 from ai_service.batches import CANCELLED_REASON, BatchRunner
 from ai_service.domain import Analysis
 from ai_service.operations_repository import ItemError, Operation, OperationsRepository
@@ -190,7 +190,9 @@ class Operations:
 
 def _filtered_owner(filter: str, caller: Caller) -> uuid.UUID:
     if not filter.strip():
-        return owner_of("", caller)
+        if caller.user_id is None:
+            raise InvalidArgument.field("filter", 'is required of a service: user_id="<uuid>"')
+        return caller.user_id
     match = _USER_FILTER.match(filter)
     if match is None:
         raise InvalidArgument.field("filter", 'must be empty or user_id="<uuid>"')

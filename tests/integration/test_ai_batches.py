@@ -149,6 +149,11 @@ async def test_list_is_the_users_own_newest_first_with_pages(stubs: Stubs) -> No
         stubs.operations.ListOperations(operations_pb2.ListOperationsRequest(filter="done=true"))
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A service names the user it lists for.
+    unnamed = await rpc_error(
+        stubs.operations.ListOperations(operations_pb2.ListOperationsRequest())
+    )
+    assert violations(unnamed) == {"filter": 'is required of a service: user_id="<uuid>"'}
 
 
 async def test_another_users_operation_is_not_found_and_unknown_names_too(
