@@ -26,7 +26,7 @@ import grpc
 
 from ai_service.analyses import cache_key
 from ai_service.backends.base import Backend, UpstreamTrace
-from ai_service.domain import Analysis, AnalysisResult
+from ai_service.domain import Analysis, AnalysisResult, Usage
 from ai_service.operations_repository import (
     Item,
     ItemError,
@@ -34,6 +34,7 @@ from ai_service.operations_repository import (
     OperationsRepository,
     Outcome,
 )
+from ai_service.quotas import AnalysisQuotas
 from servicekit.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,10 @@ class Job:
             analysis = Analysis(id=uuid.uuid4(), user_id=owner, result=result, create_time=now)
             outcomes.append(Outcome(item.position, analysis, cache_key(model, item.text, owner)))
         await self._repository.finish(self.id, outcomes, now)
+        if self._runner.quotas is not None:
+            # The user's daily tokens: a batch's count as its results come in.
+            usages = [r.usage for _, r in done if isinstance(r, AnalysisResult)]
+            await self._runner.quotas.spent(owner, sum(usages, Usage()))
         await self._progressed()
 
     async def fail(self, positions: Sequence[int], error: ItemError) -> None:
@@ -219,8 +224,11 @@ class BatchRunner:
         lease_seconds: float,
         scan_seconds: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quotas: AnalysisQuotas | None = None,
     ) -> None:
+        """`quotas`: each user's, where the provider tokens of results are counted."""
         self._repository = repository
+        self.quotas = quotas
         self.worker = worker
         self.lease_seconds = lease_seconds
         self._scan_seconds = scan_seconds

@@ -16,6 +16,7 @@ from ai_service.batches import CANCELLED_REASON, BatchRunner
 from ai_service.domain import Analysis
 from ai_service.operations_repository import ItemError, Operation, OperationsRepository
 from ai_service.policy import Action, allowed, authorize
+from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from servicekit.authz import Caller
 from servicekit.errors import FieldViolation, InvalidArgument, NotFound
@@ -56,6 +57,7 @@ class Operations:
         runner: BatchRunner,
         *,
         accounts: Accounts,
+        quotas: AnalysisQuotas | None = None,
         max_texts: int,
         max_text_chars: int,
         page_tokens: PageTokens,
@@ -66,6 +68,7 @@ class Operations:
         self._analyses = analyses
         self._runner = runner
         self._accounts = accounts
+        self._quotas = quotas
         self._max_texts = max_texts
         self._max_text_chars = max_text_chars
         self._page_tokens = page_tokens
@@ -94,6 +97,9 @@ class Operations:
         owner = await analysing_for(user_id, caller, self._accounts, violations)
 
         async def start() -> OperationView:
+            if self._quotas is not None:
+                # One request a minute, however many texts; their tokens count later.
+                await self._quotas.admit(owner)
             operation = Operation.new(owner, self._runner.worker.model, len(texts), self._clock())
             await self._repository.create(
                 operation, texts, key=self._requests.record(request, operation.id)

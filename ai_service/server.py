@@ -80,6 +80,11 @@ async def ai_server(
         throttle = Throttle.from_settings(settings)
         stack.push_async_callback(throttle.close)
         log.info("analysis quotas are counted in %s", throttle.where)
+        quotas = AnalysisQuotas(
+            throttle,
+            per_minute=settings.analyses_per_minute,
+            tokens_per_day=settings.provider_tokens_per_day,
+        )
         analyses = Analyses(
             repository,
             backend,
@@ -87,11 +92,7 @@ async def ai_server(
             fallback=fallback,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
             page_tokens=page_tokens,
-            quotas=AnalysisQuotas(
-                throttle,
-                per_minute=settings.analyses_per_minute,
-                tokens_per_day=settings.provider_tokens_per_day,
-            ),
+            quotas=quotas,
             slots=ProviderSlots(
                 settings.max_concurrency,
                 min(settings.max_concurrency_per_user, settings.max_concurrency),
@@ -108,6 +109,7 @@ async def ai_server(
                 analyses=repository,
                 backend=backend,
                 accounts=accounts,
+                quotas=quotas,
                 page_tokens=page_tokens,
                 stack=stack,
             ),
@@ -150,6 +152,7 @@ async def _operations(
     analyses: AnalysesRepository,
     backend: Backend,
     accounts: Accounts,
+    quotas: AnalysisQuotas,
     page_tokens: PageTokens,
     stack: AsyncExitStack,
 ) -> Operations:
@@ -171,6 +174,7 @@ async def _operations(
         worker,
         lease_seconds=settings.batch_lease_seconds,
         scan_seconds=settings.batch_scan_seconds,
+        quotas=quotas,
     )
     await runner.start()
     stack.push_async_callback(runner.stop)
@@ -179,6 +183,7 @@ async def _operations(
         analyses,
         runner,
         accounts=accounts,
+        quotas=quotas,
         max_texts=settings.batch_max_texts,
         max_text_chars=settings.max_text_chars,
         page_tokens=page_tokens,

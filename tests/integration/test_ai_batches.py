@@ -219,3 +219,21 @@ async def test_wait_answers_a_running_operation_when_its_timeout_is_up(stubs: St
     )
     assert after.WhichOneof("result") == "response"
     assert response_of(after) == response_of(done)
+
+
+async def test_a_batch_is_one_request_of_the_users_analyses_a_minute(ai_db: str) -> None:
+    settings = ai_settings(ai_db, analyses_per_minute=2)
+    async with running_ai(settings) as address, channel_to(address) as channel:
+        ai = analysis_pb2_grpc.AnalysisServiceStub(channel)
+        user = str(uuid.uuid4())
+        await ai.BatchAnalyzeTexts(
+            analysis_pb2.BatchAnalyzeTextsRequest(texts=[POSITIVE, NEGATIVE, NEUTRAL], user_id=user)
+        )
+        await ai.AnalyzeText(analysis_pb2.AnalyzeTextRequest(text=POSITIVE, user_id=user))
+        refused = await rpc_error(
+            ai.BatchAnalyzeTexts(
+                analysis_pb2.BatchAnalyzeTextsRequest(texts=[NEUTRAL], user_id=user)
+            )
+        )
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(refused) == "TOO_MANY_ANALYSES"

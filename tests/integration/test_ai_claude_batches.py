@@ -18,6 +18,7 @@ from ai_service.prompt import OUTPUT_SCHEMA, SYSTEM_PROMPT
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tests.support.fake_anthropic import FakeAnthropic, Reply, Usage
 from tests.support.fake_batches import BATCHES_PATH
+from tests.support.rpc import reason, rpc_error
 from tests.support.servers import ai_settings, channel_to, running_ai
 
 MODEL = "claude-test-model"
@@ -193,3 +194,29 @@ async def test_a_batch_the_provider_refuses_fails_each_text_with_its_reason(
         (grpc.StatusCode.FAILED_PRECONDITION.value[0], "PROVIDER_REJECTED")
     ] * 2
     assert fake.batches.ids == []
+
+
+async def test_a_batchs_tokens_count_against_the_daily_quota(
+    ai_db: str, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(*[Reply.json_output(GOOD, usage=Usage(input_tokens=300, output_tokens=40))] * 3)
+    settings = ai_settings(ai_db, **FAST, analyses_per_minute=2, provider_tokens_per_day=500)
+    async with running_ai(settings) as address, channel_to(address) as channel:
+        stubs = Stubs(
+            analysis_pb2_grpc.AnalysisServiceStub(channel),
+            operations_pb2_grpc.OperationsStub(channel),
+        )
+        user = str(uuid.uuid4())
+        started = await stubs.ai.BatchAnalyzeTexts(
+            analysis_pb2.BatchAnalyzeTextsRequest(texts=["A.", "B.", "C."], user_id=user)
+        )
+        batch_id = await first_poll(fake)
+        fake.batches.end(batch_id)
+        await finished(stubs, started.name)
+        # The three results' 1,020 tokens are more than the day's 500: the next
+        # analysis is refused.
+        refused = await rpc_error(
+            stubs.ai.AnalyzeText(analysis_pb2.AnalyzeTextRequest(text="D.", user_id=user))
+        )
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(refused) == "TOKEN_QUOTA_EXHAUSTED"
