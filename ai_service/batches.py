@@ -27,6 +27,7 @@ import grpc
 from ai_service.analyses import cache_key
 from ai_service.backends.base import Backend, UpstreamTrace
 from ai_service.domain import Analysis, AnalysisResult, Usage
+from ai_service.metrics import Metrics
 from ai_service.operations_repository import (
     Item,
     ItemError,
@@ -149,10 +150,12 @@ class Job:
             analysis = Analysis(id=uuid.uuid4(), user_id=owner, result=result, create_time=now)
             outcomes.append(Outcome(item.position, analysis, cache_key(model, item.text, owner)))
         await self._repository.finish(self.id, outcomes, now)
+        produced = [r for _, r in done if isinstance(r, AnalysisResult)]
+        for result in produced:
+            self._runner.metrics.produced(result)
         if self._runner.quotas is not None:
             # The user's daily tokens: a batch's count as its results come in.
-            usages = [r.usage for _, r in done if isinstance(r, AnalysisResult)]
-            await self._runner.quotas.spent(owner, sum(usages, Usage()))
+            await self._runner.quotas.spent(owner, sum((r.usage for r in produced), Usage()))
         await self._progressed()
 
     async def fail(self, positions: Sequence[int], error: ItemError) -> None:
@@ -225,10 +228,13 @@ class BatchRunner:
         scan_seconds: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         quotas: AnalysisQuotas | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """`quotas`: each user's, where the provider tokens of results are counted."""
+        """`quotas`: each user's, where the provider tokens of results are counted;
+        `metrics`: where the analyses and tokens of results are counted."""
         self._repository = repository
         self.quotas = quotas
+        self.metrics = metrics or Metrics()
         self.worker = worker
         self.lease_seconds = lease_seconds
         self._scan_seconds = scan_seconds

@@ -110,6 +110,7 @@ async def ai_server(
                 backend=backend,
                 accounts=accounts,
                 quotas=quotas,
+                metrics=metrics,
                 page_tokens=page_tokens,
                 stack=stack,
             ),
@@ -153,6 +154,7 @@ async def _operations(
     backend: Backend,
     accounts: Accounts,
     quotas: AnalysisQuotas,
+    metrics: Metrics,
     page_tokens: PageTokens,
     stack: AsyncExitStack,
 ) -> Operations:
@@ -175,6 +177,7 @@ async def _operations(
         lease_seconds=settings.batch_lease_seconds,
         scan_seconds=settings.batch_scan_seconds,
         quotas=quotas,
+        metrics=metrics,
     )
     await runner.start()
     stack.push_async_callback(runner.stop)

@@ -14,6 +14,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
+from ai_service.metrics import Metrics
 from ai_service.prompt import OUTPUT_SCHEMA, SYSTEM_PROMPT
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tests.support.fake_anthropic import FakeAnthropic, Reply, Usage
@@ -44,9 +45,9 @@ class Stubs:
 
 
 @asynccontextmanager
-async def claude(database_url: str) -> AsyncIterator[Stubs]:
+async def claude(database_url: str, metrics: Metrics | None = None) -> AsyncIterator[Stubs]:
     settings = ai_settings(database_url, **FAST)
-    async with running_ai(settings) as address, channel_to(address) as channel:
+    async with running_ai(settings, metrics) as address, channel_to(address) as channel:
         yield Stubs(
             analysis_pb2_grpc.AnalysisServiceStub(channel),
             operations_pb2_grpc.OperationsStub(channel),
@@ -101,7 +102,8 @@ async def test_texts_go_as_one_provider_batch_and_come_back_in_order_with_item_e
         Reply.text("no JSON here"),
     )
     texts = [f"Text number {i}." for i in range(5)]
-    async with claude(ai_db) as stubs:
+    metrics = Metrics()
+    async with claude(ai_db, metrics) as stubs:
         name = await start(stubs, texts)
         batch_id = await first_poll(fake)
         running = await stubs.operations.GetOperation(operations_pb2.GetOperationRequest(name=name))
@@ -134,6 +136,9 @@ async def test_texts_go_as_one_provider_batch_and_come_back_in_order_with_item_e
             (grpc.StatusCode.UNAVAILABLE.value[0], "MODEL_OUTPUT_INVALID"),
             (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "PROVIDER_BATCH_EXPIRED"),
         ]
+    # Counted as the interactive analyses are: one analysis, its tokens.
+    assert metrics.value("tandem_ai_analyses", model=MODEL) == 1
+    assert metrics.value("tandem_ai_tokens", model=MODEL, kind="input") == 300
     # One batch, its requests the interactive call's, each text in its own fence.
     assert len(fake.batches.ids) == 1
     assert fake.batches.custom_ids(batch_id) == ["t0", "t1", "t2", "t3", "t4"]
