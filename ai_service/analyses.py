@@ -23,7 +23,7 @@ from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.slots import ProviderSlots
 from servicekit.authz import Caller
-from servicekit.errors import InvalidArgument, NotFound, Violations, empty_text, parse_id
+from servicekit.errors import InvalidArgument, NotFound, Violations, empty_text
 from servicekit.idempotency import IdempotentWrites, KeyTaken, RequestKey
 from servicekit.pagination import Page, PageTokens, keyset_page
 
@@ -123,7 +123,7 @@ class Analyses:
             await self._requests.written()
 
     async def get(self, analysis_id: str, caller: Caller) -> Analysis:
-        parsed = parse_id(analysis_id)
+        parsed = parse_uuid(analysis_id, "id")
         analysis = await self._repository.get(parsed)
         # Someone else's is as unknown as a made-up id.
         if analysis is None or not allowed(caller, Action.READ, analysis.user_id):
@@ -315,10 +315,46 @@ class _Answer:
     cache_key: str
 
 
+async def analysing_for(
+    user_id: str, caller: Caller, accounts: Accounts, violations: Violations
+) -> uuid.UUID:
+    """The user new analyses are for, once the request is valid (`violations`: what is
+    wrong with its other fields) and the caller may analyse for that user."""
+    owner = None
+    try:
+        owner = _owner(user_id, caller)
+    except InvalidArgument as exc:
+        violations.collect(exc)
+    violations.check()
+    assert owner is not None
+    authorize(caller, Action.ANALYZE, owner)
+    if caller.is_service and not await accounts.is_live(owner, caller):
+        raise NotFound(
+            f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
+        )
+    return owner
+
+
+def text_problem(text: str, max_chars: int) -> str | None:
+    """What is wrong with a text to analyse, if anything."""
+    if not text.strip():
+        return empty_text(text)
+    if len(text) > max_chars:
+        return f"must be at most {max_chars} characters"
+    return None
+
+
 def _owner(user_id: str, caller: Caller) -> uuid.UUID:
     """The user a request names, else the caller's own account."""
     if user_id:
-        return parse_id(user_id, field="user_id")
+        return parse_uuid(user_id, "user_id")
     if caller.user_id is None:
         raise InvalidArgument.field("user_id", "is required: a service acts for a named user")
     return caller.user_id
+
+
+def parse_uuid(raw: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument.field(field, "must be a UUID") from None

@@ -24,6 +24,8 @@ class Usage:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    # The provider's tier: "batch" (Message Batches, half price), "standard"; "" offline.
+    service_tier: str = ""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -31,6 +33,7 @@ class Usage:
             self.output_tokens + other.output_tokens,
             self.cache_read_input_tokens + other.cache_read_input_tokens,
             self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.service_tier or other.service_tier,
         )
 
 

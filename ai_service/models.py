@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -58,9 +59,60 @@ class AnalysisRow(Base):
     cache_key: Mapped[str | None] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cached: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # The provider's tier: "batch" (half price), "standard"; "" offline or unknown.
+    service_tier: Mapped[str] = mapped_column(String(16), server_default="")
 
     __table_args__ = (
         # A user's analyses, newest first, by keyset.
         Index("ix_analyses_user_id_create_time_id", "user_id", "create_time", "id"),
         Index("ix_analyses_cache_key_create_time", "cache_key", "create_time"),
     )
+
+
+# The request ids of BatchAnalyzeTexts, beside the operations they started.
+operation_keys = idempotency_keys_table(metadata, "operation_keys")
+
+
+class OperationRow(Base):
+    """A BatchAnalyzeTexts operation; its progress is in its items."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    model: Mapped[str] = mapped_column(String(128))
+    total: Mapped[int] = mapped_column(Integer)
+    # The provider's Message Batch ids, in the order they were created.
+    provider_batch_ids: Mapped[list[str]] = mapped_column(JSON)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean)
+    done: Mapped[bool] = mapped_column(Boolean)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The replica working on it, until when: one replica polls a batch at a time, and
+    # another takes over once a dead one's lease has run out.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_operations_user_id_create_time_id", "user_id", "create_time", "id"),
+        Index("ix_operations_done", "done"),
+    )
+
+
+class OperationItemRow(Base):
+    """One text of an operation: pending (text kept), then an analysis or an error."""
+
+    __tablename__ = "operation_items"
+
+    operation_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Kept only until the item is finished: then NULL.
+    text: Mapped[str | None] = mapped_column(Text)
+    # The provider batch it went into; NULL before it was sent (and offline).
+    provider_batch_id: Mapped[str | None] = mapped_column(String(128))
+    analysis_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # A google.rpc.Code, its ErrorInfo reason and message, when it failed.
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)

@@ -9,12 +9,18 @@ account, a service account's acts by its scopes for the user it names in `user_i
 
     method                                       action, for the user
     AnalyzeText, StreamAnalyzeText              ANALYZE  `user_id`, else the caller
+    BatchAnalyzeTexts                            ANALYZE  `user_id`, else the caller
     ListAnalyses                                 READ     `user_id`, else the caller
     GetAnalysis                                  READ     the analysis's owner
+    Operations.ListOperations                    READ     `filter`'s user_id, else the caller
+    Operations.GetOperation, WaitOperation       READ     the operation's owner
+    Operations.CancelOperation                   ANALYZE  the operation's owner
 
 A `GetAnalysis` the caller may not read is NOT_FOUND, like an unknown id: whether
-someone else's analysis exists is not the caller's to learn. A `user_id` that names
-another user is PERMISSION_DENIED (it depends only on the ids in the request).
+someone else's analysis exists is not the caller's to learn; so is an operation the
+caller may not read (Get, Wait, Cancel). A `user_id` that names another user is
+PERMISSION_DENIED (it depends only on the ids in the request), and so is cancelling an
+operation the caller may read but not analyse for (an admin's, a reader service's).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ analysis made with a request id is stored in the same transaction as its key
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -33,6 +34,7 @@ _COLUMNS = tuple(c for c in analyses.c if c.name != "cache_key")
 # the statement and its cache key on every call.
 _INSERT = insert(analyses)
 _GET = select(*_COLUMNS).where(analyses.c.id == bindparam("id"))
+_GET_MANY = select(*_COLUMNS).where(analyses.c.id.in_(bindparam("ids", expanding=True)))
 _FIND_RESULTS = select(*_COLUMNS, analyses.c.cache_key).where(
     analyses.c.cache_key.in_(bindparam("keys", expanding=True)),
     analyses.c.create_time >= bindparam("since"),
@@ -69,28 +71,18 @@ class AnalysesRepository:
         `cache_key` files a produced result for reuse; a copy served from the cache
         has none, so the cache's lifetime counts from when the result was made.
         """
-        result = analysis.result
-        row = {
-            "id": analysis.id,
-            "user_id": analysis.user_id,
-            "summary": result.summary,
-            "sentiment": result.sentiment.value,
-            "key_points": list(result.key_points),
-            "confidence": result.confidence,
-            "model": result.model,
-            "input_tokens": result.usage.input_tokens,
-            "output_tokens": result.usage.output_tokens,
-            "cache_read_input_tokens": result.usage.cache_read_input_tokens,
-            "cache_creation_input_tokens": result.usage.cache_creation_input_tokens,
-            "cache_key": cache_key,
-            "create_time": analysis.create_time,
-            "cached": analysis.cached,
-        }
-        await self._inserts.submit(_Insert(row, key))
+        await self._inserts.submit(_Insert(analysis_row(analysis, cache_key), key))
 
     async def get(self, analysis_id: uuid.UUID) -> Analysis | None:
         row = await self._database.read(lambda c: c.execute(_GET, {"id": analysis_id}).first())
         return _analysis(row) if row is not None else None
+
+    async def get_many(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Analysis]:
+        """The stored analyses among `ids`, by id."""
+        if not ids:
+            return {}
+        rows = await self._database.read(lambda c: c.execute(_GET_MANY, {"ids": list(ids)}).all())
+        return {row.id: _analysis(row) for row in rows}
 
     async def list_for_user(
         self, user_id: uuid.UUID, *, before: tuple[datetime, uuid.UUID] | None, limit: int
@@ -163,6 +155,28 @@ class AnalysesRepository:
         return [_result_since(newest.get(lookup.cache_key), lookup.since) for lookup in lookups]
 
 
+def analysis_row(analysis: Analysis, cache_key: str | None) -> dict[str, Any]:
+    """The `analyses` row of `analysis`; `cache_key` files a produced result for reuse."""
+    result = analysis.result
+    return {
+        "id": analysis.id,
+        "user_id": analysis.user_id,
+        "summary": result.summary,
+        "sentiment": result.sentiment.value,
+        "key_points": list(result.key_points),
+        "confidence": result.confidence,
+        "model": result.model,
+        "input_tokens": result.usage.input_tokens,
+        "output_tokens": result.usage.output_tokens,
+        "cache_read_input_tokens": result.usage.cache_read_input_tokens,
+        "cache_creation_input_tokens": result.usage.cache_creation_input_tokens,
+        "service_tier": result.usage.service_tier,
+        "cache_key": cache_key,
+        "create_time": analysis.create_time,
+        "cached": analysis.cached,
+    }
+
+
 def _result_since(row: Row[*tuple[Any, ...]] | None, since: datetime) -> AnalysisResult | None:
     if row is None or utc(row.create_time) < since:
         return None
@@ -184,6 +198,7 @@ def _analysis(row: Row[*tuple[Any, ...]]) -> Analysis:
                 output_tokens=row.output_tokens,
                 cache_read_input_tokens=row.cache_read_input_tokens,
                 cache_creation_input_tokens=row.cache_creation_input_tokens,
+                service_tier=row.service_tier,
             ),
         ),
         create_time=utc(row.create_time),

@@ -10,15 +10,23 @@ from datetime import timedelta
 from functools import partial
 
 import anthropic
+from google.longrunning import operations_pb2_grpc
 
 from ai_service.accounts import Accounts
 from ai_service.analyses import Analyses, Limits
 from ai_service.backends.anthropic import AnthropicBackend
+from ai_service.backends.base import Backend
 from ai_service.backends.offline import OfflineBackend
+from ai_service.batches import BatchRunner, BatchWorker, OfflineBatches
 from ai_service.budget import InputBudget
 from ai_service.chain import ModelChain
+from ai_service.claude_batches import ClaudeBatches
 from ai_service.metrics import Metrics
 from ai_service.migrations import MIGRATIONS
+from ai_service.operations import Operations
+from ai_service.operations_repository import OperationsRepository
+from ai_service.operations_servicer import SERVICE_NAME as OPERATIONS_SERVICE_NAME
+from ai_service.operations_servicer import OperationsServicer
 from ai_service.pricing import Prices
 from ai_service.prompt import OUTPUT_SCHEMA, SYSTEM_PROMPT
 from ai_service.quotas import AnalysisQuotas
@@ -33,7 +41,7 @@ from servicekit.idempotency import IdempotentWrites
 from servicekit.metrics import serve as serve_metrics
 from servicekit.migrations import check_at_head
 from servicekit.observers import UpstreamObserver
-from servicekit.pagination import page_tokens_from
+from servicekit.pagination import PageTokens, page_tokens_from
 from servicekit.server import GrpcServer, Service, build_server, serve_until_signalled
 from servicekit.throttle import Throttle
 from servicekit.tls import check_client_files
@@ -71,22 +79,26 @@ async def ai_server(
         callers = CallerResolver(remote_verifier(jwks_source(users), settings), accounts.sessions)
         chain, budget = _chain(settings, stack, metrics)
         log.info("analyses by %s", " then ".join(chain.models))
-        repository = AnalysesRepository(Database(engine, what="ai"))
+        # One Database for both repositories: on SQLite its writers take turns.
+        database = Database(engine, what="ai")
+        repository = AnalysesRepository(database)
+        page_tokens = page_tokens_from(settings)
         throttle = Throttle.from_settings(settings)
         stack.push_async_callback(throttle.close)
         log.info("analysis quotas are counted in %s", throttle.where)
+        quotas = AnalysisQuotas(
+            throttle,
+            per_minute=settings.analyses_per_minute,
+            tokens_per_day=settings.provider_tokens_per_day,
+        )
         analyses = Analyses(
             repository,
             chain,
             accounts=accounts,
             budget=budget,
             limits=Limits(settings.max_text_chars, settings.cache_ttl_seconds),
-            page_tokens=page_tokens_from(settings),
-            quotas=AnalysisQuotas(
-                throttle,
-                per_minute=settings.analyses_per_minute,
-                tokens_per_day=settings.provider_tokens_per_day,
-            ),
+            page_tokens=page_tokens,
+            quotas=quotas,
             slots=ProviderSlots(
                 settings.max_concurrency,
                 min(settings.max_concurrency_per_user, settings.max_concurrency),
@@ -96,13 +108,36 @@ async def ai_server(
                 repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
             ),
         )
+        operations_servicer = OperationsServicer(
+            await _operations(
+                settings,
+                database=database,
+                analyses=repository,
+                backend=chain.primary_backend,
+                accounts=accounts,
+                quotas=quotas,
+                metrics=metrics,
+                page_tokens=page_tokens,
+                stack=stack,
+            ),
+            callers,
+        )
         servicer = AnalysisServicer(
-            analyses, callers, default_deadline_seconds=settings.default_deadline_seconds
+            analyses,
+            callers,
+            default_deadline_seconds=settings.default_deadline_seconds,
+            batch_analyze=operations_servicer.batch_analyze,
         )
         register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, servicer)
+        register_operations = partial(
+            operations_pb2_grpc.add_OperationsServicer_to_server, operations_servicer
+        )
         yield build_server(
             settings.addr,
-            [Service(SERVICE_NAME, register)],
+            [
+                Service(SERVICE_NAME, register),
+                Service(OPERATIONS_SERVICE_NAME, register_operations),
+            ],
             tls=settings.server_tls(),
             reflection=callers.caller if settings.reflection else None,
             access_log=settings.access_log,
@@ -113,6 +148,56 @@ async def ai_server(
 async def serve(settings: AiSettings) -> None:
     async with ai_server(settings) as server:
         await serve_until_signalled(server, settings.shutdown_grace_seconds)
+
+
+async def _operations(
+    settings: AiSettings,
+    *,
+    database: Database,
+    analyses: AnalysesRepository,
+    backend: Backend,
+    accounts: Accounts,
+    quotas: AnalysisQuotas,
+    metrics: Metrics,
+    page_tokens: PageTokens,
+    stack: AsyncExitStack,
+) -> Operations:
+    """BatchAnalyzeTexts' operations, and this replica's runner of them (started)."""
+    repository = OperationsRepository(database)
+    worker: BatchWorker
+    if settings.resolved_provider() == "anthropic":
+        # Batch requests are built and parsed by the Claude backend itself.
+        assert isinstance(backend, AnthropicBackend), "Claude batches need AnthropicBackend"
+        worker = ClaudeBatches(
+            backend,
+            poll_seconds=settings.batch_poll_seconds,
+            poll_max_seconds=settings.batch_poll_max_seconds,
+        )
+    else:
+        worker = OfflineBatches(backend)
+    runner = BatchRunner(
+        repository,
+        worker,
+        lease_seconds=settings.batch_lease_seconds,
+        scan_seconds=settings.batch_scan_seconds,
+        quotas=quotas,
+        metrics=metrics,
+    )
+    await runner.start()
+    stack.push_async_callback(runner.stop)
+    return Operations(
+        repository,
+        analyses,
+        runner,
+        accounts=accounts,
+        quotas=quotas,
+        max_texts=settings.batch_max_texts,
+        max_text_chars=settings.max_text_chars,
+        page_tokens=page_tokens,
+        requests=IdempotentWrites(
+            repository.keys, ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        ),
+    )
 
 
 def _chain(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ai_service.analyses import Analyses
@@ -26,13 +26,23 @@ SENTIMENT_TO_PROTO = {
 }
 
 
+# BatchAnalyzeTexts' handler (ai_service.operations_servicer): it answers an Operation.
+BatchAnalyze = Callable[[analysis_pb2.BatchAnalyzeTextsRequest, Any], Awaitable[Any]]
+
+
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     def __init__(
-        self, analyses: Analyses, callers: CallerResolver, *, default_deadline_seconds: float
+        self,
+        analyses: Analyses,
+        callers: CallerResolver,
+        *,
+        default_deadline_seconds: float,
+        batch_analyze: BatchAnalyze,
     ) -> None:
         self._analyses = analyses
         self._callers = callers
         self._default_deadline = default_deadline_seconds
+        self._batch_analyze = batch_analyze
 
     async def AnalyzeText(  # noqa: N802
         self, request: analysis_pb2.AnalyzeTextRequest, context: Any
@@ -91,6 +101,11 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             analyses=[to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
 
+    async def BatchAnalyzeTexts(  # noqa: N802
+        self, request: analysis_pb2.BatchAnalyzeTextsRequest, context: Any
+    ) -> Any:
+        return await self._batch_analyze(request, context)
+
     def _deadline(self, context: Any) -> float:
         """The loop time by which the call must be answered."""
         remaining: float | None = context.time_remaining()
@@ -121,6 +136,7 @@ def to_proto(analysis: Analysis) -> analysis_pb2.Analysis:
             output_tokens=usage.output_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens,
             cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            service_tier=usage.service_tier,
         ),
         cached=analysis.cached,
     )

@@ -94,6 +94,18 @@ class AiSettings(ServiceSettings, TokenCheckSettings, UpstreamTlsSettings, Throt
     # answered from the stored analysis; 0 turns the result cache off.
     cache_ttl_seconds: float = Field(default=3600.0, ge=0)
 
+    # BatchAnalyzeTexts (ai_service.batches): at most this many texts per request.
+    batch_max_texts: int = Field(default=1000, ge=1, le=100_000)
+    # A provider batch is first polled this long after it was sent, then at twice the
+    # previous interval, up to the maximum.
+    batch_poll_seconds: float = Field(default=10.0, gt=0)
+    batch_poll_max_seconds: float = Field(default=300.0, gt=0)
+    # A replica works on an operation while it holds its lease, renewed every third of
+    # this; a dead replica's operations are taken over once their lease has run out.
+    batch_lease_seconds: float = Field(default=60.0, gt=0)
+    # How often each replica looks for operations that no live lease holds.
+    batch_scan_seconds: float = Field(default=30.0, gt=0)
+
     @model_validator(mode="after")
     def _one_model_setting(self) -> AiSettings:
         if self.models and self.model is not None and self.models[:1] != (self.model,):

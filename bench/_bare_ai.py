@@ -74,6 +74,9 @@ class BareAnalysis(analysis_pb2_grpc.AnalysisServiceServicer):
     async def ListAnalyses(self, request: Any, context: Any) -> Any:  # noqa: N802
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the baseline")
 
+    async def BatchAnalyzeTexts(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the baseline")
+
 
 async def main() -> None:
     client = anthropic.AsyncAnthropic(max_retries=0, http_client=anthropic.DefaultAioHttpClient())

@@ -32,7 +32,7 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.problems import install_problem_handlers, use_problem_media_type
 from gateway.readers import SessionReader, UserReader
 from gateway.refusals import Refusals
-from gateway.routes import analyses, auth, health, operation_id, users
+from gateway.routes import analyses, auth, health, operation_id, operations, users
 from gateway.schemas import PartialAnalysis
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
@@ -141,7 +141,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         telemetry=_NO_TELEMETRY,
     )
     install_problem_handlers(app)
-    for module in (users, auth, analyses, health):
+    for module in (users, auth, analyses, operations, health):
         for route in module.router.routes:
             # The token check is a plain dependency (cheaper than FastAPI's security
             # classes), so the OpenAPI document learns here which routes need a token.

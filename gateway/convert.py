@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 from starlette.responses import Response
 
 from tandem_protos.ai.v1 import analysis_pb2
@@ -97,3 +99,65 @@ def json_response(
         headers=headers,
         media_type="application/json",
     )
+
+
+_STATUS_NAMES: Mapping[int, str] = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def operation(message: Any) -> dict[str, Any]:
+    """A google.longrunning.Operation of BatchAnalyzeTexts as gateway.schemas.Operation."""
+    metadata = analysis_pb2.BatchAnalyzeTextsMetadata()
+    if not message.metadata.Unpack(metadata):
+        raise UpstreamContractError(f"operation {message.name} has no batch metadata")
+    content: dict[str, Any] = {
+        "name": message.name,
+        "id": message.name.removeprefix("operations/"),
+        "done": message.done,
+        "metadata": {
+            "total_count": metadata.total_count,
+            "succeeded_count": metadata.succeeded_count,
+            "failed_count": metadata.failed_count,
+            "pending_count": metadata.pending_count,
+            "provider_batch_ids": list(metadata.provider_batch_ids),
+            "model": metadata.model,
+            "user_id": metadata.user_id,
+            "cancel_requested": metadata.cancel_requested,
+            "created_at": metadata.create_time.ToJsonString(),
+            "updated_at": metadata.update_time.ToJsonString(),
+            "ended_at": metadata.end_time.ToJsonString() if metadata.HasField("end_time") else None,
+        },
+        "response": None,
+        "error": None,
+    }
+    response = analysis_pb2.BatchAnalyzeTextsResponse()
+    outcome = message.WhichOneof("result")
+    if outcome == "response" and message.response.Unpack(response):
+        content["response"] = {"results": [_batch_result(r) for r in response.results]}
+    elif outcome == "error":
+        # A cancelled batch: what it finished first is in the status's details.
+        results = []
+        if message.error.details and message.error.details[0].Unpack(response):
+            results = [_batch_result(r) for r in response.results]
+        content["error"] = {
+            "code": message.error.code,
+            "status": _STATUS_NAMES.get(message.error.code, "UNKNOWN"),
+            "message": message.error.message,
+            "results": results,
+        }
+    return content
+
+
+def _batch_result(result: analysis_pb2.BatchAnalyzeTextsResult) -> dict[str, Any]:
+    if result.WhichOneof("result") == "analysis":
+        return {"analysis": analysis(result.analysis), "error": None}
+    info = error_details_pb2.ErrorInfo()
+    reason = info.reason if result.error.details and result.error.details[0].Unpack(info) else ""
+    return {
+        "analysis": None,
+        "error": {
+            "code": result.error.code,
+            "status": _STATUS_NAMES.get(result.error.code, "UNKNOWN"),
+            "reason": reason,
+            "message": result.error.message,
+        },
+    }

@@ -25,7 +25,7 @@ from gateway.readers import GONE, SessionReader, UserReader
 from gateway.refusals import Refusals
 from gateway.settings import GatewaySettings
 from gateway.upstream_errors import UpstreamError
-from gateway.upstreams import AiStub, Upstream, Upstreams, UsersStub
+from gateway.upstreams import AiStub, OperationsStub, Upstream, Upstreams, UsersStub
 from servicekit.callers import live_owner
 from servicekit.liveness import Liveness, Lookup
 from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier
@@ -73,9 +73,14 @@ async def get_ai(request: Request) -> Upstream[AiStub]:
     return runtime_of(request).upstreams.ai
 
 
+async def get_operations(request: Request) -> Upstream[OperationsStub]:
+    return runtime_of(request).upstreams.operations
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 UsersUpstream = Annotated[Upstream[UsersStub], Depends(get_users)]
 AiUpstream = Annotated[Upstream[AiStub], Depends(get_ai)]
+OperationsUpstream = Annotated[Upstream[OperationsStub], Depends(get_operations)]
 
 SESSION_ENDED = "the session of this access token has ended; log in again"
 

@@ -238,3 +238,79 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"]
     upstreams: dict[str, str] = Field(description="each upstream's grpc.health.v1 status")
+
+
+# Batches (gateway.routes.operations)
+
+
+class BatchAnalysisCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[Text] = Field(
+        min_length=1,
+        description="the texts to analyse, each as `text` of POST /v1/analyses (the ai "
+        "service sets the limits: 1,000 texts by default)",
+    )
+
+
+class ItemError(BaseModel):
+    """Why one text of a batch has no analysis."""
+
+    code: int = Field(description="the google.rpc.Code")
+    status: str = Field(description="its name, e.g. UNAVAILABLE")
+    reason: str = Field(description="a stable reason, e.g. PROVIDER_BATCH_EXPIRED")
+    message: str
+
+
+class BatchResult(BaseModel):
+    """One text of a batch: its analysis, or why there is none."""
+
+    analysis: Analysis | None = None
+    error: ItemError | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchResult] = Field(description="one per text, in the request's order")
+
+
+class BatchMetadata(BaseModel):
+    total_count: int
+    succeeded_count: int
+    failed_count: int
+    pending_count: int
+    provider_batch_ids: list[str] = Field(
+        description="the provider's Message Batch ids; empty for the offline analyzer"
+    )
+    model: str
+    user_id: uuid.UUID
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+class OperationError(BaseModel):
+    code: int
+    status: str
+    message: str
+    results: list[BatchResult] = Field(
+        description="a cancelled batch: what became of each text (finished or CANCELLED)"
+    )
+
+
+class Operation(BaseModel):
+    """A long-running operation (AIP-151): a batch of analyses."""
+
+    name: str = Field(description="operations/{id}")
+    id: uuid.UUID
+    done: bool
+    metadata: BatchMetadata
+    response: BatchResponse | None = Field(default=None, description="once done, unless cancelled")
+    error: OperationError | None = Field(default=None, description="once cancelled")
+
+
+class OperationPage(BaseModel):
+    operations: list[Operation]
+    next_page_token: str = Field(
+        description="pass as page_token for the next page; empty on the last"
+    )

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
+from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.problems import ProblemError
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 USERS_SERVICE = services.USERS_SERVICE
 AUTH_SERVICE = services.AUTH_SERVICE
 AI_SERVICE = services.AI_SERVICE
+OPERATIONS_SERVICE = services.OPERATIONS_SERVICE
 
 # How often (at most) calls look for rotated TLS files (tandem_client.Connection).
 TLS_CHECK_SECONDS = 30.0
@@ -41,10 +43,13 @@ if TYPE_CHECKING:
     UsersStub = users_pb2_grpc.UsersServiceAsyncStub
     UsersAuthStub = auth_pb2_grpc.AuthServiceAsyncStub
     AiStub = analysis_pb2_grpc.AnalysisServiceAsyncStub
+    # googleapis-common-protos ships no stub types.
+    OperationsStub = Any
 else:
     UsersStub = users_pb2_grpc.UsersServiceStub
     UsersAuthStub = auth_pb2_grpc.AuthServiceStub
     AiStub = analysis_pb2_grpc.AnalysisServiceStub
+    OperationsStub = operations_pb2_grpc.OperationsStub
 
 _AUTHORIZATION = "authorization"
 
@@ -175,7 +180,7 @@ class Upstreams:
             settings.ai_target,
             tls=tls,
             deadline=settings.ai_deadline_seconds,
-            services=(AI_SERVICE,),
+            services=(AI_SERVICE, OPERATIONS_SERVICE),
             tls_check_seconds=TLS_CHECK_SECONDS,
             observer=UpstreamObserver("ai", settings.ai_target),
         )
@@ -183,6 +188,8 @@ class Upstreams:
         # The users service's identity provider, on the same connection.
         self.auth = Upstream("users", AUTH_SERVICE, users, auth_pb2_grpc.AuthServiceStub)
         self.ai = Upstream("ai", AI_SERVICE, ai, analysis_pb2_grpc.AnalysisServiceStub)
+        # The ai service's long-running operations, on the same connection.
+        self.operations = Upstream("ai", OPERATIONS_SERVICE, ai, operations_pb2_grpc.OperationsStub)
         # The token of calls that act for no user, on both connections.
         self.service_account = ServiceAccount(
             settings.client_id, settings.service_secret(), fetch=self._issue_service_token

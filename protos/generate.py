@@ -27,8 +27,16 @@ OUTPUT = PROTO_ROOT.parent / "client" / PACKAGE
 HEADER = '"""Generated from protos/ by protos/generate.py: do not edit."""\n'
 
 
+# Google's protos, vendored for their imports only: their code is googleapis-common-protos'.
+VENDORED = "google"
+
+
 def proto_files() -> list[str]:
-    return sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    return sorted(
+        str(p.relative_to(PROTO_ROOT))
+        for p in PROTO_ROOT.rglob("*.proto")
+        if p.relative_to(PROTO_ROOT).parts[0] != VENDORED
+    )
 
 
 def _plugin(name: str) -> str:

@@ -111,6 +111,27 @@ class AnthropicBackend:
             yield await self._accept_or_repair(messages, message, deadline, trace)
             return
 
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The process's one client, which Message Batches (ai_service.batches) share."""
+        return self._client
+
+    def batch_params(self, text: str) -> dict[str, Any]:
+        """The Messages request for `text`, as one Message Batch item's `params`."""
+        return self._params([{"role": "user", "content": user_message(text)}])
+
+    def batch_result(self, message: Message) -> AnalysisResult:
+        """The validated analysis in a batch item's answer. A batch has no second turn,
+        so output that fails validation is not repaired: it is that item's error."""
+        text = _checked_text(message, self._max_output_tokens)
+        try:
+            return _result(text, message, self._model)
+        except ValidationError as invalid:
+            raise Unavailable(
+                f"the model's output failed validation ({_brief(invalid)})",
+                reason="MODEL_OUTPUT_INVALID",
+            ) from None
+
     async def _accept_or_repair(
         self,
         messages: list[dict[str, Any]],
@@ -240,6 +261,7 @@ def _usage(message: Message) -> Usage:
         output_tokens=usage.output_tokens,
         cache_read_input_tokens=usage.cache_read_input_tokens or 0,
         cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+        service_tier=usage.service_tier or "",
     )
 
 

@@ -20,13 +20,16 @@ from tandem_protos.users.v1 import auth_pb2, users_pb2
 USERS_SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 AI_SERVICE = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name
-SERVICES: tuple[str, ...] = (USERS_SERVICE, AUTH_SERVICE, AI_SERVICE)
+# The ai service's long-running operations (BatchAnalyzeTexts), on the same target.
+OPERATIONS_SERVICE = "google.longrunning.Operations"
+SERVICES: tuple[str, ...] = (USERS_SERVICE, AUTH_SERVICE, AI_SERVICE, OPERATIONS_SERVICE)
 
 # Methods marked `idempotency_level = NO_SIDE_EFFECTS` in the protos: safe to send twice.
 IDEMPOTENT_METHODS: Mapping[str, Sequence[str]] = {
     USERS_SERVICE: ("GetUser", "BatchGetUsers", "ListUsers"),
     AUTH_SERVICE: ("GetJsonWebKeySet", "BatchGetSessions"),
     AI_SERVICE: ("GetAnalysis", "ListAnalyses"),
+    OPERATIONS_SERVICE: ("GetOperation", "ListOperations", "WaitOperation"),
 }
 RETRY_POLICY: Mapping[str, Any] = {
     "maxAttempts": 3,

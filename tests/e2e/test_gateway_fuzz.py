@@ -53,6 +53,8 @@ KNOWN_ID_OPERATIONS = {
     "PATCH /v1/users/{id}",
     "PUT /v1/users/{id}/password",
     "GET /v1/analyses/{id}",
+    "GET /v1/operations/{id}",
+    "POST /v1/operations/{id}:cancel",
 }
 
 
@@ -72,7 +74,7 @@ async def stack(sqlite_url: str) -> AsyncIterator[Stack]:
 
 
 async def test_the_schema_lists_every_route() -> None:
-    assert len(OPERATIONS) == 17
+    assert len(OPERATIONS) == 21
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -88,6 +90,11 @@ async def test_fuzz(stack: Stack, operation: str) -> None:
     target = api[path][method]
     made = await stack.client.post("/v1/analyses", json={"text": "x"}, headers=account.headers)
     known_id = account.id if path.startswith("/v1/users") else made.json()["id"]
+    if path.startswith("/v1/operations"):
+        batch = await stack.client.post(
+            "/v1/analyses:batchAnalyze", json={"texts": ["x"]}, headers=account.headers
+        )
+        known_id = batch.json()["id"]
     counts = await asyncio.to_thread(_fuzz, target, operation, account.token, EXAMPLES, known_id)
     if raw["paths"][path][method.lower()].get("security"):
         # Without a token, too: every such request must be a 401 problem (unless the

@@ -21,7 +21,7 @@ SERVICES = {
 # What each process hosts besides health and reflection.
 HOSTED = {
     "users_service": {"users.v1.UsersService", "users.v1.AuthService"},
-    "ai_service": {"ai.v1.AnalysisService"},
+    "ai_service": {"ai.v1.AnalysisService", "google.longrunning.Operations"},
 }
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
 
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tandem_protos.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
@@ -65,6 +67,9 @@ class World:
     admin: auth_pb2.IssueTokenResponse
     # An analysis of `owner`'s.
     analysis_id: str
+    # google.longrunning.Operations on the ai server, and an operation of `owner`'s.
+    operations: Any = None
+    operation_name: str = ""
 
     async def account(self, name: str) -> auth_pb2.IssueTokenResponse:
         email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
@@ -86,6 +91,11 @@ class World:
             metadata=(("authorization", user_bearer(self.owner)),),
         )
         self.analysis_id = made.id
+        started = await self.ai.BatchAnalyzeTexts(
+            analysis_pb2.BatchAnalyzeTextsRequest(texts=["Fine weather."]),
+            metadata=(("authorization", user_bearer(self.owner)),),
+        )
+        self.operation_name = started.name
 
 
 def user_bearer(tokens: auth_pb2.IssueTokenResponse) -> str:
@@ -119,6 +129,7 @@ async def world(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> AsyncIte
                 users=users_pb2_grpc.UsersServiceStub(users_channel),
                 auth=auth_pb2_grpc.AuthServiceStub(users_channel),
                 ai=analysis_pb2_grpc.AnalysisServiceStub(ai_channel),
+                operations=operations_pb2_grpc.OperationsStub(ai_channel),
                 database_url=sqlite_url,
                 owner=auth_pb2.IssueTokenResponse(),
                 other=auth_pb2.IssueTokenResponse(),
@@ -178,6 +189,13 @@ def ai_call(method: str, build: Callable[[World], Any]) -> Call:
         if method == "StreamAnalyzeText":
             return [c async for c in world.ai.StreamAnalyzeText(build(world), metadata=metadata)]
         return await getattr(world.ai, method)(build(world), metadata=metadata)
+
+    return call
+
+
+def operations_call(method: str, build: Callable[[World], Any]) -> Call:
+    async def call(world: World, metadata: tuple[tuple[str, str], ...]) -> Any:
+        return await getattr(world.operations, method)(build(world), metadata=metadata)
 
     return call
 
@@ -279,6 +297,42 @@ CALLS: dict[str, tuple[Call, str]] = {
         ai_call("ListAnalyses", lambda w: analysis_pb2.ListAnalysesRequest(user_id=_owner_id(w))),
         "analyses.read",
     ),
+    "BatchAnalyzeTexts": (
+        ai_call(
+            "BatchAnalyzeTexts",
+            lambda w: analysis_pb2.BatchAnalyzeTextsRequest(texts=["Nice."], user_id=_owner_id(w)),
+        ),
+        "analyses.write",
+    ),
+    "GetOperation": (
+        operations_call(
+            "GetOperation", lambda w: operations_pb2.GetOperationRequest(name=w.operation_name)
+        ),
+        "analyses.read",
+    ),
+    "WaitOperation": (
+        operations_call(
+            "WaitOperation",
+            lambda w: operations_pb2.WaitOperationRequest(
+                name=w.operation_name, timeout=duration_pb2.Duration(nanos=10_000_000)
+            ),
+        ),
+        "analyses.read",
+    ),
+    "ListOperations": (
+        operations_call(
+            "ListOperations",
+            lambda w: operations_pb2.ListOperationsRequest(filter=f'user_id="{_owner_id(w)}"'),
+        ),
+        "analyses.read",
+    ),
+    "CancelOperation": (
+        operations_call(
+            "CancelOperation",
+            lambda w: operations_pb2.CancelOperationRequest(name=w.operation_name),
+        ),
+        "analyses.write",
+    ),
 }
 
 UNAUTH = {
@@ -314,6 +368,13 @@ EXPECTED: dict[str, tuple[Outcome, Outcome, Outcome, Outcome, Outcome]] = {
     # Another's analysis is as unknown as a made-up id.
     "GetAnalysis": (OK, HIDDEN, OK, HIDDEN, OK),
     "ListAnalyses": (OK, NOT_ANALYSIS_OWNER, OK, SCOPE, OK),
+    "BatchAnalyzeTexts": (OK, NOT_ANALYSIS_OWNER, NOT_ANALYSIS_OWNER, SCOPE, OK),
+    # Another's operation is as unknown as a made-up id.
+    "GetOperation": (OK, HIDDEN, OK, HIDDEN, OK),
+    "WaitOperation": (OK, HIDDEN, OK, HIDDEN, OK),
+    "ListOperations": (OK, NOT_ANALYSIS_OWNER, OK, SCOPE, OK),
+    # An admin reads any operation, but cancels only for themself.
+    "CancelOperation": (OK, HIDDEN, NOT_ANALYSIS_OWNER, HIDDEN, OK),
 }
 CALLERS = ("owner", "other", "admin", "service", "scoped")
 
@@ -336,14 +397,15 @@ def outcome_of(error: grpc.aio.AioRpcError | None) -> Outcome:
 
 
 def test_the_tables_cover_every_method_of_both_services() -> None:
-    methods = {
-        m.name
-        for d in (users_pb2.DESCRIPTOR, auth_pb2.DESCRIPTOR, analysis_pb2.DESCRIPTOR)
-        for s in d.services_by_name.values()
-        for m in s.methods
-    }
-    # GetJsonWebKeySet needs no token: tested below.
-    assert methods - {"GetJsonWebKeySet"} == set(EXPECTED) == set(CALLS)
+    descriptors = (
+        users_pb2.DESCRIPTOR,
+        auth_pb2.DESCRIPTOR,
+        analysis_pb2.DESCRIPTOR,
+        operations_pb2.DESCRIPTOR,
+    )
+    methods = {m.name for d in descriptors for s in d.services_by_name.values() for m in s.methods}
+    # GetJsonWebKeySet needs no token: tested below. DeleteOperation is not served.
+    assert methods - {"GetJsonWebKeySet", "DeleteOperation"} == set(EXPECTED) == set(CALLS)
 
 
 @pytest.mark.parametrize("method", list(EXPECTED))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any, cast
 
 import httpx
@@ -127,14 +126,6 @@ async def test_a_malformed_key_is_400(sqlite_url: str, key: bytes) -> None:
         assert_problem(response, 400, "INVALID_ARGUMENT")
         assert set(field_errors(response.json())) == {"idempotency-key"}
     assert await count_of(sqlite_url, USERS) == 0
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        yield fake
 
 
 async def test_a_key_still_in_flight_is_409(sqlite_url: str, fake: FakeAnthropic) -> None:

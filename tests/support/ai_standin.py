@@ -11,6 +11,8 @@ port 0, keeping analyses in memory. Tests steer it through hooks:
   deadline or cancellation ends them): a slow upstream, without sleeping.
 - `stream_partials`: the partial chunks StreamAnalyzeText sends before the analysis;
   `hold_stream()` makes it wait after them, `fail_stream(error)` fail after them.
+- `BatchAnalyzeTexts` answers a finished operation at once, which the stand-in
+  `google.longrunning.Operations` (Get, List, Cancel) then serves to its owner.
 - events a test can await: `stream_started`, `stream_cancelled`, `analyze_started`,
   `analyze_cancelled` (AnalyzeText's, whose analysis is then not kept); `calls` records
   (method, request, request id) of every call.
@@ -32,6 +34,8 @@ from functools import partial
 from typing import Any
 
 import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2
 
 from servicekit import errors
@@ -41,6 +45,7 @@ from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
 from tests.support.tokens import subject_of
 
 SERVICE_NAME = "ai.v1.AnalysisService"
+OPERATIONS_SERVICE = "google.longrunning.Operations"
 TEXT_LIMIT = 50_000
 
 log = logging.getLogger("ai_standin")
@@ -76,6 +81,8 @@ def default_partials() -> list[analysis_pb2.PartialAnalysis]:
 @dataclass
 class AnalysisStandIn(analysis_pb2_grpc.AnalysisServiceServicer):
     analyses: dict[str, analysis_pb2.Analysis] = field(default_factory=dict)
+    # Finished batches by name, with their owners.
+    operations: dict[str, tuple[str, Any]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     stream_partials: list[analysis_pb2.PartialAnalysis] = field(default_factory=default_partials)
     # What the next analyses say (SENTIMENT_UNSPECIFIED plays a broken upstream).
@@ -229,6 +236,61 @@ class AnalysisStandIn(analysis_pb2_grpc.AnalysisServiceServicer):
             analyses=page, next_page_token=str(start + size) if more else ""
         )
 
+    async def BatchAnalyzeTexts(  # noqa: N802
+        self, request: analysis_pb2.BatchAnalyzeTextsRequest, context: Any
+    ) -> Any:
+        # Done at once: batches' life is tested against the real ai server
+        # (tests/integration/test_ai_batches.py, test_gateway_batches.py).
+        caller = await self._enter("BatchAnalyzeTexts", request, context)
+        owner = request.user_id or caller
+        if not request.texts:
+            raise errors.InvalidArgument.field("texts", "must hold at least one text")
+        made = [
+            self._analyse(analysis_pb2.AnalyzeTextRequest(text=t, user_id=owner))
+            for t in request.texts
+        ]
+        metadata = analysis_pb2.BatchAnalyzeTextsMetadata(
+            total_count=len(made), succeeded_count=len(made), model="stub", user_id=owner
+        )
+        for stamp in (metadata.create_time, metadata.update_time, metadata.end_time):
+            stamp.FromDatetime(datetime.now(UTC))
+        operation = operations_pb2.Operation(name=f"operations/{uuid.uuid4()}", done=True)
+        operation.metadata.Pack(metadata)
+        operation.response.Pack(
+            analysis_pb2.BatchAnalyzeTextsResponse(
+                results=[analysis_pb2.BatchAnalyzeTextsResult(analysis=a) for a in made]
+            )
+        )
+        self.operations[operation.name] = (owner, operation)
+        return operation
+
+
+# Its base class has no type stubs; it answers UNIMPLEMENTED to the rest (Wait, Delete).
+@dataclass
+class OperationsStandIn(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
+    """google.longrunning.Operations over the AnalysisStandIn's finished batches."""
+
+    analyses: AnalysisStandIn
+
+    async def GetOperation(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._find(request.name, "GetOperation", request, context)
+
+    async def CancelOperation(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._find(request.name, "CancelOperation", request, context)
+        return empty_pb2.Empty()
+
+    async def ListOperations(self, request: Any, context: Any) -> Any:  # noqa: N802
+        caller = await self.analyses._enter("ListOperations", request, context)
+        mine = [o for owner, o in reversed(self.analyses.operations.values()) if owner == caller]
+        return operations_pb2.ListOperationsResponse(operations=mine[: request.page_size or 50])
+
+    async def _find(self, name: str, method: str, request: Any, context: Any) -> Any:
+        caller = await self.analyses._enter(method, request, context)
+        owner, operation = self.analyses.operations.get(name, (None, None))
+        if operation is None or owner != caller:
+            raise errors.NotFound(f"no operation {name}", reason="OPERATION_NOT_FOUND")
+        return operation
+
 
 def _for(request: analysis_pb2.AnalyzeTextRequest, caller: str) -> analysis_pb2.AnalyzeTextRequest:
     """The request with its user: the one it names, else the caller (as the ai service)."""
@@ -255,9 +317,15 @@ class RunningStandIn:
         await self.server.health.set(SERVICE_NAME, status)
 
 
-def _service(standin: AnalysisStandIn) -> Service:
+def _services(standin: AnalysisStandIn) -> list[Service]:
     register = partial(analysis_pb2_grpc.add_AnalysisServiceServicer_to_server, standin)
-    return Service(SERVICE_NAME, register)
+    register_operations = partial(
+        operations_pb2_grpc.add_OperationsServicer_to_server, OperationsStandIn(standin)
+    )
+    return [
+        Service(SERVICE_NAME, register),
+        Service(OPERATIONS_SERVICE, register_operations),
+    ]
 
 
 @asynccontextmanager
@@ -266,7 +334,7 @@ async def running_ai_standin(
 ) -> AsyncIterator[RunningStandIn]:
     """A started stand-in server; yields it with its address."""
     standin = standin or AnalysisStandIn()
-    server = build_server(addr, [_service(standin)], access_log=False)
+    server = build_server(addr, _services(standin), access_log=False)
     await server.start()
     try:
         yield RunningStandIn(standin, server)
@@ -276,7 +344,7 @@ async def running_ai_standin(
 
 
 async def main(addr: str) -> None:
-    server = build_server(addr, [_service(AnalysisStandIn())], access_log=False)
+    server = build_server(addr, _services(AnalysisStandIn()), access_log=False)
     await serve_until_signalled(server, grace=1)
 
 

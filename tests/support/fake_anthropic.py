@@ -65,6 +65,8 @@ from typing import Any, Literal, TypedDict, cast
 
 from typing_extensions import Unpack
 
+from tests.support.fake_batches import FakeBatches, is_batch_path
+
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 DEFAULT_API_KEY = "test-key"
@@ -641,6 +643,8 @@ class FakeAnthropic:
         self._stopping = threading.Event()
         self._wake_read = self._wake_write = -1
         self._connections: dict[socket.socket, threading.Thread] = {}
+        # The Message Batches endpoints (tests.support.fake_batches).
+        self.batches = FakeBatches(self)
 
     # -- lifecycle
 
@@ -750,6 +754,7 @@ class FakeAnthropic:
             self._model_defaults.clear()
             self._responder = None
             self._errors.clear()
+            self.batches = FakeBatches(self)
 
     # -- inspection
 
@@ -802,6 +807,13 @@ class FakeAnthropic:
         with self._arrived:
             self._requests.append(request)
             self._arrived.notify_all()
+
+    def _dequeue(self, request: RecordedRequest) -> Reply | None:
+        """The next reply enqueued for the request's path, if any (batch routes: a
+        scripted failure before the batch logic answers)."""
+        with self._lock:
+            queue = self._queues.get(request.path)
+            return queue.popleft() if queue else None
 
     def _choose(self, request: RecordedRequest) -> Reply | None:
         with self._lock:
@@ -960,7 +972,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
         fake._record(request)
         try:
-            reply = self._rejection(request) or fake._choose(request)
+            reply = self._rejection(request) or (
+                fake._dequeue(request) or fake.batches.reply(request)
+                if is_batch_path(path)
+                else fake._choose(request)
+            )
             request.reply = reply
             if reply is None:
                 reply = Reply.token_count(estimate_input_tokens(request.body))
@@ -996,7 +1012,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _rejection(self, request: RecordedRequest) -> Reply | None:
         """The API's own answer to a request that never reaches the model, if any."""
         fake = self.server.fake
-        if request.method != "POST" or request.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
+        batch = is_batch_path(request.path)
+        if not batch and (
+            request.method != "POST" or request.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH)
+        ):
             return Reply.error(404, "not_found_error", "Not Found")
         if fake.require_auth:
             key = request.api_key
@@ -1008,7 +1027,7 @@ class _Handler(BaseHTTPRequestHandler):
             return Reply.error(
                 400, "invalid_request_error", "anthropic-version: header is required"
             )
-        if fake.validate_requests:
+        if fake.validate_requests and not batch:
             problem = _invalid(request)
             if problem:
                 return Reply.error(400, "invalid_request_error", problem)
@@ -1132,6 +1151,11 @@ def _invalid(request: RecordedRequest) -> str | None:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             return "max_tokens: Input should be a valid integer greater than or equal to 1"
     return None
+
+
+def render_message(request: RecordedRequest, reply: Reply) -> dict[str, Any]:
+    """The JSON body of a non-streamed message ``reply`` to ``request``."""
+    return _Rendering(request, reply).message()
 
 
 class _Rendering:

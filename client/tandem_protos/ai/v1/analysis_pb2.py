@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61i/v1/analysis.proto\x12\x05\x61i.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x03 \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x04 \x01(\x03\"\xf2\x01\n\x08\x41nalysis\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12#\n\tsentiment\x18\x04 \x01(\x0e\x32\x10.ai.v1.Sentiment\x12\x12\n\nkey_points\x18\x05 \x03(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x1b\n\x05usage\x18\x08 \x01(\x0b\x32\x0c.ai.v1.Usage\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x12\x41nalyzeTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"[\n\x0fPartialAnalysis\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12#\n\tsentiment\x18\x02 \x01(\x0e\x32\x10.ai.v1.Sentiment\x12\x12\n\nkey_points\x18\x03 \x03(\t\"s\n\x18\x41nalyzeTextResponseChunk\x12)\n\x07partial\x18\x01 \x01(\x0b\x32\x16.ai.v1.PartialAnalysisH\x00\x12#\n\x08\x61nalysis\x18\x02 \x01(\x0b\x32\x0f.ai.v1.AnalysisH\x00\x42\x07\n\x05\x63hunk\" \n\x12GetAnalysisRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\x13ListAnalysesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x14ListAnalysesResponse\x12!\n\x08\x61nalyses\x18\x01 \x03(\x0b\x32\x0f.ai.v1.Analysis\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x82\x01\n\tSentiment\x12\x19\n\x15SENTIMENT_UNSPECIFIED\x10\x00\x12\x16\n\x12SENTIMENT_POSITIVE\x10\x01\x12\x16\n\x12SENTIMENT_NEGATIVE\x10\x02\x12\x15\n\x11SENTIMENT_NEUTRAL\x10\x03\x12\x13\n\x0fSENTIMENT_MIXED\x10\x04\x32\xad\x02\n\x0f\x41nalysisService\x12\x39\n\x0b\x41nalyzeText\x12\x19.ai.v1.AnalyzeTextRequest\x1a\x0f.ai.v1.Analysis\x12Q\n\x11StreamAnalyzeText\x12\x19.ai.v1.AnalyzeTextRequest\x1a\x1f.ai.v1.AnalyzeTextResponseChunk0\x01\x12>\n\x0bGetAnalysis\x12\x19.ai.v1.GetAnalysisRequest\x1a\x0f.ai.v1.Analysis\"\x03\x90\x02\x01\x12L\n\x0cListAnalyses\x12\x1a.ai.v1.ListAnalysesRequest\x1a\x1b.ai.v1.ListAnalysesResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61i/v1/analysis.proto\x12\x05\x61i.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x90\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x03 \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x04 \x01(\x03\x12\x14\n\x0cservice_tier\x18\x05 \x01(\t\"\xf2\x01\n\x08\x41nalysis\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12#\n\tsentiment\x18\x04 \x01(\x0e\x32\x10.ai.v1.Sentiment\x12\x12\n\nkey_points\x18\x05 \x03(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x1b\n\x05usage\x18\x08 \x01(\x0b\x32\x0c.ai.v1.Usage\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x12\x41nalyzeTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"[\n\x0fPartialAnalysis\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12#\n\tsentiment\x18\x02 \x01(\x0e\x32\x10.ai.v1.Sentiment\x12\x12\n\nkey_points\x18\x03 \x03(\t\"s\n\x18\x41nalyzeTextResponseChunk\x12)\n\x07partial\x18\x01 \x01(\x0b\x32\x16.ai.v1.PartialAnalysisH\x00\x12#\n\x08\x61nalysis\x18\x02 \x01(\x0b\x32\x0f.ai.v1.AnalysisH\x00\x42\x07\n\x05\x63hunk\" \n\x12GetAnalysisRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\x13ListAnalysesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x14ListAnalysesResponse\x12!\n\x08\x61nalyses\x18\x01 \x03(\x0b\x32\x0f.ai.v1.Analysis\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x18\x42\x61tchAnalyzeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xdc\x02\n\x19\x42\x61tchAnalyzeTextsMetadata\x12\x13\n\x0btotal_count\x18\x01 \x01(\x05\x12\x17\n\x0fsucceeded_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_count\x18\x03 \x01(\x05\x12\x15\n\rpending_count\x18\x04 \x01(\x05\x12\x1a\n\x12provider_batch_ids\x18\x05 \x03(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x0b \x01(\x08\"L\n\x19\x42\x61tchAnalyzeTextsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.ai.v1.BatchAnalyzeTextsResult\"m\n\x17\x42\x61tchAnalyzeTextsResult\x12#\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32\x0f.ai.v1.AnalysisH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result*\x82\x01\n\tSentiment\x12\x19\n\x15SENTIMENT_UNSPECIFIED\x10\x00\x12\x16\n\x12SENTIMENT_POSITIVE\x10\x01\x12\x16\n\x12SENTIMENT_NEGATIVE\x10\x02\x12\x15\n\x11SENTIMENT_NEUTRAL\x10\x03\x12\x13\n\x0fSENTIMENT_MIXED\x10\x04\x32\xbe\x03\n\x0f\x41nalysisService\x12\x39\n\x0b\x41nalyzeText\x12\x19.ai.v1.AnalyzeTextRequest\x1a\x0f.ai.v1.Analysis\x12Q\n\x11StreamAnalyzeText\x12\x19.ai.v1.AnalyzeTextRequest\x1a\x1f.ai.v1.AnalyzeTextResponseChunk0\x01\x12>\n\x0bGetAnalysis\x12\x19.ai.v1.GetAnalysisRequest\x1a\x0f.ai.v1.Analysis\"\x03\x90\x02\x01\x12L\n\x0cListAnalyses\x12\x1a.ai.v1.ListAnalysesRequest\x1a\x1b.ai.v1.ListAnalysesResponse\"\x03\x90\x02\x01\x12\x8e\x01\n\x11\x42\x61tchAnalyzeTexts\x12\x1f.ai.v1.BatchAnalyzeTextsRequest\x1a\x1d.google.longrunning.Operation\"9\xca\x41\x36\n\x19\x42\x61tchAnalyzeTextsResponse\x12\x19\x42\x61tchAnalyzeTextsMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,24 +38,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYSISSERVICE'].methods_by_name['GetAnalysis']._serialized_options = b'\220\002\001'
   _globals['_ANALYSISSERVICE'].methods_by_name['ListAnalyses']._loaded_options = None
   _globals['_ANALYSISSERVICE'].methods_by_name['ListAnalyses']._serialized_options = b'\220\002\001'
-  _globals['_SENTIMENT']._serialized_start=914
-  _globals['_SENTIMENT']._serialized_end=1044
-  _globals['_USAGE']._serialized_start=64
-  _globals['_USAGE']._serialized_end=186
-  _globals['_ANALYSIS']._serialized_start=189
-  _globals['_ANALYSIS']._serialized_end=431
-  _globals['_ANALYZETEXTREQUEST']._serialized_start=433
-  _globals['_ANALYZETEXTREQUEST']._serialized_end=504
-  _globals['_PARTIALANALYSIS']._serialized_start=506
-  _globals['_PARTIALANALYSIS']._serialized_end=597
-  _globals['_ANALYZETEXTRESPONSECHUNK']._serialized_start=599
-  _globals['_ANALYZETEXTRESPONSECHUNK']._serialized_end=714
-  _globals['_GETANALYSISREQUEST']._serialized_start=716
-  _globals['_GETANALYSISREQUEST']._serialized_end=748
-  _globals['_LISTANALYSESREQUEST']._serialized_start=750
-  _globals['_LISTANALYSESREQUEST']._serialized_end=827
-  _globals['_LISTANALYSESRESPONSE']._serialized_start=829
-  _globals['_LISTANALYSESRESPONSE']._serialized_end=911
-  _globals['_ANALYSISSERVICE']._serialized_start=1047
-  _globals['_ANALYSISSERVICE']._serialized_end=1348
+  _globals['_ANALYSISSERVICE'].methods_by_name['BatchAnalyzeTexts']._loaded_options = None
+  _globals['_ANALYSISSERVICE'].methods_by_name['BatchAnalyzeTexts']._serialized_options = b'\312A6\n\031BatchAnalyzeTextsResponse\022\031BatchAnalyzeTextsMetadata'
+  _globals['_SENTIMENT']._serialized_start=1619
+  _globals['_SENTIMENT']._serialized_end=1749
+  _globals['_USAGE']._serialized_start=127
+  _globals['_USAGE']._serialized_end=271
+  _globals['_ANALYSIS']._serialized_start=274
+  _globals['_ANALYSIS']._serialized_end=516
+  _globals['_ANALYZETEXTREQUEST']._serialized_start=518
+  _globals['_ANALYZETEXTREQUEST']._serialized_end=589
+  _globals['_PARTIALANALYSIS']._serialized_start=591
+  _globals['_PARTIALANALYSIS']._serialized_end=682
+  _globals['_ANALYZETEXTRESPONSECHUNK']._serialized_start=684
+  _globals['_ANALYZETEXTRESPONSECHUNK']._serialized_end=799
+  _globals['_GETANALYSISREQUEST']._serialized_start=801
+  _globals['_GETANALYSISREQUEST']._serialized_end=833
+  _globals['_LISTANALYSESREQUEST']._serialized_start=835
+  _globals['_LISTANALYSESREQUEST']._serialized_end=912
+  _globals['_LISTANALYSESRESPONSE']._serialized_start=914
+  _globals['_LISTANALYSESRESPONSE']._serialized_end=996
+  _globals['_BATCHANALYZETEXTSREQUEST']._serialized_start=998
+  _globals['_BATCHANALYZETEXTSREQUEST']._serialized_end=1076
+  _globals['_BATCHANALYZETEXTSMETADATA']._serialized_start=1079
+  _globals['_BATCHANALYZETEXTSMETADATA']._serialized_end=1427
+  _globals['_BATCHANALYZETEXTSRESPONSE']._serialized_start=1429
+  _globals['_BATCHANALYZETEXTSRESPONSE']._serialized_end=1505
+  _globals['_BATCHANALYZETEXTSRESULT']._serialized_start=1507
+  _globals['_BATCHANALYZETEXTSRESULT']._serialized_end=1616
+  _globals['_ANALYSISSERVICE']._serialized_start=1752
+  _globals['_ANALYSISSERVICE']._serialized_end=2198
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -56,10 +57,16 @@ class Usage(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_CREATION_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     output_tokens: _builtins.int
     cache_read_input_tokens: _builtins.int
     cache_creation_input_tokens: _builtins.int
+    service_tier: _builtins.str
+    """The provider's tier of the call: `batch` for an analysis of a Message Batch
+    (billed at half the standard price), `standard` for an interactive one; empty for
+    the offline analyzer and for analyses stored before the tier was recorded.
+    """
     def __init__(
         self,
         *,
@@ -67,10 +74,11 @@ class Usage(_message.Message):
         output_tokens: _builtins.int = ...,
         cache_read_input_tokens: _builtins.int = ...,
         cache_creation_input_tokens: _builtins.int = ...,
+        service_tier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "service_tier", b"service_tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,3 +307,168 @@ class ListAnalysesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAnalysesResponse: _TypeAlias = ListAnalysesResponse  # noqa: Y015
+
+@_typing.final
+class BatchAnalyzeTextsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The UUID of the user the analyses belong to. Empty: the caller's own account (a
+    user's token); a service account must name one.
+    """
+    request_id: _builtins.str
+    """Optional. A UUID identifying this request (AIP-155): a retry with it answers the
+    operation the first request started. Two requests with one id are the same
+    request when their `texts` and `user_id` are.
+    """
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts to analyse, each as AnalyzeTextRequest's `text`: at least one, at most
+        the service's limit (1,000 by default).
+        """
+
+    def __init__(
+        self,
+        *,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "texts", b"texts", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAnalyzeTextsRequest: _TypeAlias = BatchAnalyzeTextsRequest  # noqa: Y015
+
+@_typing.final
+class BatchAnalyzeTextsMetadata(_message.Message):
+    """The progress of a BatchAnalyzeTexts operation (its `metadata`). Counts are of
+    texts; `pending_count` falls as results are stored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_COUNT_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_COUNT_FIELD_NUMBER: _builtins.int
+    FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    PENDING_COUNT_FIELD_NUMBER: _builtins.int
+    PROVIDER_BATCH_IDS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    total_count: _builtins.int
+    succeeded_count: _builtins.int
+    failed_count: _builtins.int
+    pending_count: _builtins.int
+    model: _builtins.str
+    """The model or analyzer the texts go to."""
+    user_id: _builtins.str
+    """The UUID of the user the analyses belong to."""
+    cancel_requested: _builtins.bool
+    """CancelOperation was called; the operation ends as soon as the provider stops."""
+    @_builtins.property
+    def provider_batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The provider's Message Batch ids (`msgbatch_...`); empty for the offline analyzer."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the operation last changed (progress, cancellation, end)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the operation ended; unset while it runs."""
+
+    def __init__(
+        self,
+        *,
+        total_count: _builtins.int = ...,
+        succeeded_count: _builtins.int = ...,
+        failed_count: _builtins.int = ...,
+        pending_count: _builtins.int = ...,
+        provider_batch_ids: _abc.Iterable[_builtins.str] | None = ...,
+        model: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        cancel_requested: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "failed_count", b"failed_count", "model", b"model", "pending_count", b"pending_count", "provider_batch_ids", b"provider_batch_ids", "succeeded_count", b"succeeded_count", "total_count", b"total_count", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAnalyzeTextsMetadata: _TypeAlias = BatchAnalyzeTextsMetadata  # noqa: Y015
+
+@_typing.final
+class BatchAnalyzeTextsResponse(_message.Message):
+    """The result of a BatchAnalyzeTexts operation (its `response`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchAnalyzeTextsResult]:
+        """One per input text, in the order of the request's `texts`."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchAnalyzeTextsResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAnalyzeTextsResponse: _TypeAlias = BatchAnalyzeTextsResponse  # noqa: Y015
+
+@_typing.final
+class BatchAnalyzeTextsResult(_message.Message):
+    """What became of one text of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def analysis(self) -> Global___Analysis:
+        """The stored analysis (also read by GetAnalysis and ListAnalyses); its
+        `usage.service_tier` is `batch` when it came from a provider batch.
+        """
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why there is none: e.g. INVALID_ARGUMENT when the model declined the text,
+        UNAVAILABLE when the provider failed on it, DEADLINE_EXCEEDED when the provider
+        batch expired, CANCELLED when the operation was cancelled first. An ErrorInfo
+        in `details` carries a stable `reason`.
+        """
+
+    def __init__(
+        self,
+        *,
+        analysis: Global___Analysis | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "error", b"error", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["analysis", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchAnalyzeTextsResult: _TypeAlias = BatchAnalyzeTextsResult  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from tandem_protos.ai.v1 import analysis_pb2 as ai_dot_v1_dot_analysis__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -68,6 +69,11 @@ class AnalysisServiceStub:
                 request_serializer=ai_dot_v1_dot_analysis__pb2.ListAnalysesRequest.SerializeToString,
                 response_deserializer=ai_dot_v1_dot_analysis__pb2.ListAnalysesResponse.FromString,
                 _registered_method=True)
+        self.BatchAnalyzeTexts = channel.unary_unary(
+                '/ai.v1.AnalysisService/BatchAnalyzeTexts',
+                request_serializer=ai_dot_v1_dot_analysis__pb2.BatchAnalyzeTextsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class AnalysisServiceServicer:
@@ -129,6 +135,25 @@ class AnalysisServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchAnalyzeTexts(self, request, context):
+        """Analyses many texts in the background (AIP-231 naming): a long-running operation
+        (AIP-151) named `operations/{uuid}`, read, awaited and cancelled through the
+        `google.longrunning.Operations` service of the same server. With Claude the texts
+        go to the provider as one Message Batch (at half the price, within 24 hours); with
+        the offline analyzer they are analysed one after the other in the background.
+
+        Each text is checked as AnalyzeText checks it; a bad one refuses the whole request
+        with INVALID_ARGUMENT naming `texts[i]`. Up to the service's limit of texts
+        (`AI_BATCH_MAX_TEXTS`, 1,000 by default). `request_id` makes a retry answer the
+        first request's operation. The operation's `metadata` is a
+        BatchAnalyzeTextsMetadata; once `done`, its `response` is a
+        BatchAnalyzeTextsResponse, or, when it was cancelled, its `error` is CANCELLED
+        with the BatchAnalyzeTextsResponse of what was finished in its `details`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalysisServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +176,11 @@ def add_AnalysisServiceServicer_to_server(servicer, server):
                     servicer.ListAnalyses,
                     request_deserializer=ai_dot_v1_dot_analysis__pb2.ListAnalysesRequest.FromString,
                     response_serializer=ai_dot_v1_dot_analysis__pb2.ListAnalysesResponse.SerializeToString,
+            ),
+            'BatchAnalyzeTexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchAnalyzeTexts,
+                    request_deserializer=ai_dot_v1_dot_analysis__pb2.BatchAnalyzeTextsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +305,33 @@ class AnalysisService:
             '/ai.v1.AnalysisService/ListAnalyses',
             ai_dot_v1_dot_analysis__pb2.ListAnalysesRequest.SerializeToString,
             ai_dot_v1_dot_analysis__pb2.ListAnalysesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchAnalyzeTexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ai.v1.AnalysisService/BatchAnalyzeTexts',
+            ai_dot_v1_dot_analysis__pb2.BatchAnalyzeTextsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

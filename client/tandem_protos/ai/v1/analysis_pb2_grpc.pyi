@@ -5,6 +5,7 @@ isort:skip_file
 
 from tandem_protos.ai.v1 import analysis_pb2 as _analysis_pb2
 from collections import abc as _abc
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -72,6 +73,21 @@ class AnalysisServiceStub:
     """
     ListAnalyses: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.ListAnalysesRequest, _analysis_pb2.ListAnalysesResponse]
     """Lists a user's analyses, newest first (AIP-158 pagination)."""
+    BatchAnalyzeTexts: _grpc.UnaryUnaryMultiCallable[_analysis_pb2.BatchAnalyzeTextsRequest, _operations_pb2.Operation]
+    """Analyses many texts in the background (AIP-231 naming): a long-running operation
+    (AIP-151) named `operations/{uuid}`, read, awaited and cancelled through the
+    `google.longrunning.Operations` service of the same server. With Claude the texts
+    go to the provider as one Message Batch (at half the price, within 24 hours); with
+    the offline analyzer they are analysed one after the other in the background.
+
+    Each text is checked as AnalyzeText checks it; a bad one refuses the whole request
+    with INVALID_ARGUMENT naming `texts[i]`. Up to the service's limit of texts
+    (`AI_BATCH_MAX_TEXTS`, 1,000 by default). `request_id` makes a retry answer the
+    first request's operation. The operation's `metadata` is a
+    BatchAnalyzeTextsMetadata; once `done`, its `response` is a
+    BatchAnalyzeTextsResponse, or, when it was cancelled, its `error` is CANCELLED
+    with the BatchAnalyzeTextsResponse of what was finished in its `details`.
+    """
 
 @_typing.type_check_only
 class AnalysisServiceAsyncStub(AnalysisServiceStub):
@@ -117,6 +133,21 @@ class AnalysisServiceAsyncStub(AnalysisServiceStub):
     """
     ListAnalyses: _aio.UnaryUnaryMultiCallable[_analysis_pb2.ListAnalysesRequest, _analysis_pb2.ListAnalysesResponse]  # type: ignore[assignment]
     """Lists a user's analyses, newest first (AIP-158 pagination)."""
+    BatchAnalyzeTexts: _aio.UnaryUnaryMultiCallable[_analysis_pb2.BatchAnalyzeTextsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Analyses many texts in the background (AIP-231 naming): a long-running operation
+    (AIP-151) named `operations/{uuid}`, read, awaited and cancelled through the
+    `google.longrunning.Operations` service of the same server. With Claude the texts
+    go to the provider as one Message Batch (at half the price, within 24 hours); with
+    the offline analyzer they are analysed one after the other in the background.
+
+    Each text is checked as AnalyzeText checks it; a bad one refuses the whole request
+    with INVALID_ARGUMENT naming `texts[i]`. Up to the service's limit of texts
+    (`AI_BATCH_MAX_TEXTS`, 1,000 by default). `request_id` makes a retry answer the
+    first request's operation. The operation's `metadata` is a
+    BatchAnalyzeTextsMetadata; once `done`, its `response` is a
+    BatchAnalyzeTextsResponse, or, when it was cancelled, its `error` is CANCELLED
+    with the BatchAnalyzeTextsResponse of what was finished in its `details`.
+    """
 
 class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns a text into a structured analysis: summary, sentiment, key points and a
@@ -183,5 +214,26 @@ class AnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analysis_pb2.ListAnalysesResponse, _abc.Awaitable[_analysis_pb2.ListAnalysesResponse]]:
         """Lists a user's analyses, newest first (AIP-158 pagination)."""
+
+    @_abc_1.abstractmethod
+    def BatchAnalyzeTexts(
+        self,
+        request: _analysis_pb2.BatchAnalyzeTextsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Analyses many texts in the background (AIP-231 naming): a long-running operation
+        (AIP-151) named `operations/{uuid}`, read, awaited and cancelled through the
+        `google.longrunning.Operations` service of the same server. With Claude the texts
+        go to the provider as one Message Batch (at half the price, within 24 hours); with
+        the offline analyzer they are analysed one after the other in the background.
+
+        Each text is checked as AnalyzeText checks it; a bad one refuses the whole request
+        with INVALID_ARGUMENT naming `texts[i]`. Up to the service's limit of texts
+        (`AI_BATCH_MAX_TEXTS`, 1,000 by default). `request_id` makes a retry answer the
+        first request's operation. The operation's `metadata` is a
+        BatchAnalyzeTextsMetadata; once `done`, its `response` is a
+        BatchAnalyzeTextsResponse, or, when it was cancelled, its `error` is CANCELLED
+        with the BatchAnalyzeTextsResponse of what was finished in its `details`.
+        """
 
 def add_AnalysisServiceServicer_to_server(servicer: AnalysisServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
