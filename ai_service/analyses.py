@@ -204,27 +204,16 @@ class Analyses:
         """The user a new analysis is for, once the caller may make it for them and
         the text fits, and the key of its request (None without a request id)."""
         violations = Violations()
-        request = owner = None
+        request = None
         try:
             # The request as sent: the same text for the same user.
             request = self._requests.key(caller, request_id, "AnalyzeText", text, user_id)
         except InvalidArgument as exc:
             violations.collect(exc)
-        if not text.strip():
-            violations.add("text", empty_text(text))
-        elif len(text) > self._limits.max_text_chars:
-            violations.add("text", f"must be at most {self._limits.max_text_chars} characters")
-        try:
-            owner = _owner(user_id, caller)
-        except InvalidArgument as exc:
-            violations.collect(exc)
-        violations.check()
-        assert owner is not None
-        authorize(caller, Action.ANALYZE, owner)
-        if caller.is_service and not await self._accounts.is_live(owner, caller):
-            raise NotFound(
-                f"no user {owner}", reason="USER_NOT_FOUND", metadata={"user_id": str(owner)}
-            )
+        problem = text_problem(text, self._limits.max_text_chars)
+        if problem is not None:
+            violations.add("text", problem)
+        owner = await analysing_for(user_id, caller, self._accounts, violations)
         if self._budget is not None:
             # After the cheap checks and before anything is counted or paid for.
             await self._budget.check(text, deadline)
