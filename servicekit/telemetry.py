@@ -117,9 +117,6 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
     if not wanted():
         return None
     # Imported here: a process that exports nothing never loads the SDK or the exporter.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
@@ -127,8 +124,10 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over this.
     from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415
 
+    from servicekit.otlp_export import SpanExporter  # noqa: PLC0415
+
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     trace.set_tracer_provider(provider)
     # One provider per process, as OpenTelemetry has it.
     _install(provider.get_tracer("tandem"), parent_based=isinstance(provider.sampler, ParentBased))
