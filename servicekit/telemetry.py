@@ -68,6 +68,8 @@ from sqlalchemy import event
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from servicekit.light_spans import Maker
+
 log = logging.getLogger("servicekit.telemetry")
 
 _tracer: trace.Tracer | None = None
@@ -78,6 +80,9 @@ _parent_based = True
 # already asked about, so that a root is sampled by one decision, not two.
 # What `_root_sampled` compares a new trace id with, when it can (`_bound_of`).
 _root_bound: int | None = None
+# What makes the spans of sampled traces, where the sampler lets it (light_spans); None:
+# the SDK's tracer does.
+_maker: Maker | None = None
 TRACE_ID_LIMIT = (1 << 64) - 1
 _next_trace_id: ContextVar[int | None] = ContextVar("tandem_next_trace_id", default=None)
 _propagator = TraceContextTextMapPropagator()
@@ -147,13 +152,18 @@ def use_tracer(tracer: trace.Tracer | None) -> None:
 
 
 def _install(tracer: trace.Tracer | None, *, parent_based: bool) -> None:
-    global _tracer, _parent_based, _root_bound  # noqa: PLW0603
+    global _tracer, _parent_based, _root_bound, _maker  # noqa: PLW0603
     _tracer = tracer
     _parent_based = parent_based
     _root_bound = _bound_of(getattr(tracer, "sampler", None))
+    _maker = None
     ids = getattr(tracer, "id_generator", None)
     if ids is not None and not isinstance(ids, _PresetTraceIds):
-        tracer.id_generator = _PresetTraceIds(ids)  # type: ignore[union-attr]
+        tracer.id_generator = ids = _PresetTraceIds(ids)  # type: ignore[union-attr]
+    if _root_bound is not None and _keeps_sampled_children(tracer.sampler):  # type: ignore[union-attr]
+        from servicekit.light_spans import Maker  # noqa: PLC0415 - loaded with the SDK
+
+        _maker = Maker(tracer, ids.generate_span_id)  # type: ignore[union-attr]
 
 
 def _bound_of(sampler: object) -> int | None:
@@ -171,6 +181,17 @@ def _bound_of(sampler: object) -> int | None:
     if root is sampling.ALWAYS_OFF:
         return 0
     return None
+
+
+def _keeps_sampled_children(sampler: Any) -> bool:
+    """Whether the (parent-based) sampler samples every span under a sampled one, as
+    the default does: then `_maker`'s spans need not ask it."""
+    from opentelemetry.sdk.trace import sampling  # noqa: PLC0415 - loaded with the SDK
+
+    return (
+        getattr(sampler, "_local_parent_sampled", None) is sampling.ALWAYS_ON
+        and getattr(sampler, "_remote_parent_sampled", None) is sampling.ALWAYS_ON
+    )
 
 
 class _PresetTraceIds:
@@ -281,17 +302,47 @@ def _server_span(
     tracestate: str | None,
     attributes: Mapping[str, Any],
 ) -> ActiveSpan:
-    assert _tracer is not None
     remote = _extract(traceparent, tracestate)
+    trace_id = None
     if _parent_based:
-        passed = _passed_on(remote, traceparent, tracestate) if remote else _unsampled_root(name)
+        if remote is not None:
+            passed = _passed_on(remote, traceparent, tracestate)
+        else:
+            decided = _new_trace(name)
+            passed, trace_id = (decided, None) if isinstance(decided, Passed) else (None, decided)
         if passed is not None:
             return _unsampled_span(passed)
-    parent = _ROOT if remote is None else trace.set_span_in_context(NonRecordingSpan(remote))
-    span = _tracer.start_span(name, parent, SpanKind.SERVER, attributes)
-    if remote is None:
-        _next_trace_id.set(None)
-    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span, parent)), None)
+    span = _start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id)
+    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span, _ROOT)), None)
+
+
+def _start(
+    name: str,
+    parent: SpanContext | None,
+    kind: SpanKind,
+    attributes: Mapping[str, Any] | None,
+    links: Sequence[Link] = (),
+    *,
+    trace_id: int | None = None,
+) -> Span:
+    """A span under `parent`, of a sampled trace (`parent`'s, or for a root, `trace_id`,
+    which the sampler has already kept); None for either: the SDK asks the sampler."""
+    assert _tracer is not None
+    if _maker is not None:
+        if parent is not None and parent.trace_flags.sampled:
+            return _maker.start(
+                name, parent.trace_id, parent, kind=kind, attributes=attributes, links=links
+            )
+        if parent is None and trace_id is not None:
+            return _maker.start(name, trace_id, None, kind=kind, attributes=attributes, links=links)
+    if parent is None:
+        token = _next_trace_id.set(trace_id)
+        try:
+            return _tracer.start_span(name, _ROOT, kind, attributes, links)
+        finally:
+            _next_trace_id.reset(token)
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    return _tracer.start_span(name, context, kind, attributes, links)
 
 
 def _unsampled_span(passed: Passed) -> ActiveSpan:
@@ -313,15 +364,15 @@ def _passed_on(remote: SpanContext, traceparent: Any, tracestate: str | None) ->
     )
 
 
-def _unsampled_root(name: str) -> Passed | None:
-    """A new trace, if the sampler drops it (else None, and the trace id it was asked
-    about is the one `_tracer` gives the root span it makes next)."""
+def _new_trace(name: str) -> Passed | int:
+    """A new trace: to pass on if the sampler drops it, else the id of the trace it
+    keeps (its root span's: the sampler is asked once). Random trace ids, so the
+    unsampled one's flags say so (W3C's random-trace-id flag), as the SDK's would."""
     trace_id = getrandbits(128) or 1
-    if not _root_sampled(trace_id, name):
-        trace_hex, span_hex = f"{trace_id:032x}", f"{getrandbits(64) or 1:016x}"
-        return Passed(trace_hex, span_hex, 0, f"00-{trace_hex}-{span_hex}-00", None)
-    _next_trace_id.set(trace_id)
-    return None
+    if _root_sampled(trace_id, name):
+        return trace_id
+    trace_hex, span_hex = f"{trace_id:032x}", f"{getrandbits(64) or 1:016x}"
+    return Passed(trace_hex, span_hex, 2, f"00-{trace_hex}-{span_hex}-02", None)
 
 
 def _root_sampled(trace_id: int, name: str) -> bool:
@@ -457,10 +508,11 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
         _inject(metadata, _format(current), current.trace_state.to_header() or None)
         return None
     service, _, name = method.lstrip("/").partition("/")
-    span = _tracer.start_span(
+    span = _start(
         method.lstrip("/"),
-        kind=SpanKind.CLIENT,
-        attributes={
+        current if current.is_valid else None,
+        SpanKind.CLIENT,
+        {
             "rpc.system": "grpc",
             "rpc.service": service,
             "rpc.method": name,
@@ -510,36 +562,46 @@ def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]
     # unsampled trace: the batch's own calls are of the batch's trace.
     passed_token = _passed.set(None)
     try:
-        with _tracer.start_as_current_span(
-            name,
-            trace.set_span_in_context(NonRecordingSpan(parent)),
-            kind=SpanKind.INTERNAL,
-            links=span_links,
-            attributes={"tandem.batch.size": len(links)},
-            record_exception=False,
-        ):
+        made = _start(
+            name, parent, SpanKind.INTERNAL, {"tandem.batch.size": len(links)}, span_links
+        )
+        with _current(made):
             yield
     finally:
         _passed.reset(passed_token)
 
 
 @contextmanager
+def _current(made: Span) -> Iterator[Span]:
+    """`made` current inside the block, and ended after it. An exception sets its
+    status to its type, not its message: that may quote what a client sent."""
+    token = otel_context.attach(trace.set_span_in_context(made))
+    try:
+        yield made
+    except BaseException as exc:
+        if made.is_recording():
+            made.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        otel_context.detach(token)
+        made.end()
+
+
+@contextmanager
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
     """An internal span, current inside the block; None when tracing is off or the
     trace is unsampled."""
-    if (
-        _tracer is None
-        or _passed.get() is not None
-        or _unsampled(trace.get_current_span().get_span_context())
-    ):
+    if _tracer is None or _passed.get() is not None:
         yield None
         return
-    # Exceptions set the span's status, but are not recorded: their messages may quote
-    # what a client sent.
-    with _tracer.start_as_current_span(
-        name, attributes=attributes, record_exception=False
-    ) as current:
-        yield current
+    parent = trace.get_current_span().get_span_context()
+    if _unsampled(parent):
+        yield None
+        return
+    with _current(
+        _start(name, parent if parent.is_valid else None, SpanKind.INTERNAL, attributes)
+    ) as made:
+        yield made
 
 
 def instrument_engine(engine: AsyncEngine) -> None:
@@ -570,10 +632,11 @@ def _statement_began(
     if _tracer is None or _passed.get() is not None or not trace.get_current_span().is_recording():
         return
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-    context._tandem_span = _tracer.start_span(
+    context._tandem_span = _start(
         f"{operation} {attributes['db.namespace']}".rstrip(),
-        kind=SpanKind.CLIENT,
-        attributes={**attributes, "db.operation.name": operation, "db.query.text": statement},
+        trace.get_current_span().get_span_context(),
+        SpanKind.CLIENT,
+        {**attributes, "db.operation.name": operation, "db.query.text": statement},
     )
 
 

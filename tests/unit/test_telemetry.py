@@ -156,7 +156,8 @@ def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags() 
         trace_id, span_id = ids
         metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
         assert telemetry.grpc_client_span(METHOD, "users:50051", metadata) is None
-        assert traceparent(metadata) == f"00-{trace_id}-{span_id}-00"
+        # Flags: not sampled, and a random trace id (W3C's flag 02, as the SDK sets it).
+        assert traceparent(metadata) == f"00-{trace_id}-{span_id}-02"
         server = telemetry.grpc_server_span(METHOD, tuple(metadata))
         assert server is not None
         assert telemetry.current_ids() == (trace_id, span_id)
@@ -243,3 +244,20 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
     (metadata,) = sent
     assert traceparent(metadata).startswith(f"00-{'f' * 32}-")
     assert traceparent(metadata).endswith("-01")
+
+
+def test_a_span_that_an_exception_ends_says_its_type_not_its_message() -> None:
+    with recorded_spans() as spans:
+        http = telemetry.http_server_span("GET", [], {})
+        assert http is not None
+        with pytest.raises(ValueError, match="a client's secret"), telemetry.span("internal"):
+            raise ValueError("a client's secret")
+        telemetry.end_http_server_span(http, None, 500)
+        internal = spans.named("internal")
+        request = spans.named("GET")
+    assert internal.status.status_code is StatusCode.ERROR
+    assert internal.status.description == "ValueError"
+    assert not internal.events
+    assert internal.parent is not None and internal.parent.span_id == request.context.span_id
+    assert request.status.status_code is StatusCode.ERROR
+    assert request.attributes == {"http.response.status_code": 500}
