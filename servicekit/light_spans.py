@@ -4,8 +4,8 @@ The SDK's `Tracer.start_span` asks the sampler again for every span, validates a
 copies each attribute into a locked bounded mapping, and builds the finished span anew
 at its end: about 30 µs a span, here 5 to 7 spans a request. Ours carry only what
 the code that makes them sets (a handful of str and int attributes it controls), and
-reach the SDK's span processors, so its batching and export, as the same `ReadableSpan`
-the SDK would hand them.
+reach the SDK's span processors, so its batching and export, as a `ReadableSpan`, as the
+SDK's own do.
 
 Used only while the sampler is one whose decisions this can take for it
 (servicekit.telemetry: parent-based, with the default always-on for sampled parents):
@@ -25,22 +25,9 @@ from opentelemetry.util import types
 _UNSET = Status(StatusCode.UNSET)
 
 
-class LightSpan(Span):
-    """A recording span of a sampled trace, handed to `processor` when it ends."""
-
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end_time",
-        "_events",
-        "_kind",
-        "_links",
-        "_maker",
-        "_name",
-        "_parent",
-        "_start_time",
-        "_status",
-    )
+class LightSpan(Span, ReadableSpan):
+    """A recording span of a sampled trace, handed to the processor as it is when it
+    ends (as the SDK's own span class, it is its readable form too)."""
 
     def __init__(
         self,
@@ -53,45 +40,47 @@ class LightSpan(Span):
         attributes: Mapping[str, Any] | None,
         links: Sequence[Link],
     ) -> None:
+        ReadableSpan.__init__(
+            self,
+            name,
+            context,
+            parent,
+            maker.resource,
+            dict(attributes) if attributes else {},
+            [],
+            tuple(links),
+            kind,
+            None,
+            _UNSET,
+            time_ns(),
+            None,
+            maker.scope,
+        )
         self._maker = maker
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._kind = kind
-        self._attributes: dict[str, Any] = dict(attributes) if attributes else {}
-        self._links = tuple(links)
-        self._events: list[Event] = []
-        self._status = _UNSET
-        self._start_time = time_ns()
-        self._end_time: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return self._context  # type: ignore[return-value] # always given
 
     def is_recording(self) -> bool:
         return self._end_time is None
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if self._end_time is None:
-            self._attributes[key] = value
+            self._attributes = {**(self._attributes or {}), key: value}
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         if self._end_time is None:
-            self._attributes.update(attributes)
+            self._attributes = {**(self._attributes or {}), **attributes}
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if self._end_time is None:
-            self._events.append(Event(name, attributes, timestamp))
+            self._events.append(Event(name, attributes, timestamp))  # type: ignore[attr-defined]
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._end_time is None and context.is_valid:
-            self._links += (Link(context, attributes),)
+            self._links = (*self._links, Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:
@@ -121,23 +110,7 @@ class LightSpan(Span):
         if self._end_time is not None:
             return
         self._end_time = end_time or time_ns()
-        maker = self._maker
-        maker.processor.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=maker.resource,
-                attributes=self._attributes,
-                events=tuple(self._events),
-                links=self._links,
-                kind=self._kind,
-                status=self._status,
-                start_time=self._start_time,
-                end_time=self._end_time,
-                instrumentation_scope=maker.scope,
-            )
-        )
+        self._maker.processor.on_end(self)
 
 
 class Maker:
