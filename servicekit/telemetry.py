@@ -11,10 +11,13 @@ Off, `enabled()` is false and every helper below returns at once: no span, no co
 change, no propagation header; the cost is one test of a module global per call.
 
 Sampling: most traces are not sampled (OTEL_TRACES_SAMPLER_ARG=0.1 keeps one in ten), and
-those must cost next to nothing. The sampler decides at a trace's root; with a
-parent-based sampler (the default) every span below an unsampled one is dropped, so the
-helpers below make no span there at all: the request's context stays current (its trace
-and span ids are still in the log lines) and travels on to the next process as it came.
+those must cost next to nothing. The sampler decides once, at a trace's root (for the
+SDK's parent-based samplers by comparing the new trace id with the ratio's bound, as the
+SDK would); with a parent-based sampler (the default) every span below an unsampled one
+is dropped, so the helpers below make no span there at all, and no OpenTelemetry
+context of the request's own: its ids and its `traceparent`, formatted once, ride in one
+context variable (`Passed`), which the log lines read and the next call sends on as it
+came. A sampled root gets the trace id the sampler was asked about.
 
 The spans Tandem makes itself (the README's "Operating Tandem" says why not through the
 maintained grpc, ASGI and SQLAlchemy instrumentations: on the hot path they cost an
@@ -43,6 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from functools import partial
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -64,12 +68,23 @@ from sqlalchemy import event
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from servicekit.light_spans import Maker
+
 log = logging.getLogger("servicekit.telemetry")
 
 _tracer: trace.Tracer | None = None
 # Whether spans below an unsampled span are dropped (a parent-based sampler): then none
 # is made there.
 _parent_based = True
+# The trace id the next root span gets (`_PresetTraceIds`): the one the sampler was
+# already asked about, so that a root is sampled by one decision, not two.
+# What `_root_sampled` compares a new trace id with, when it can (`_bound_of`).
+_root_bound: int | None = None
+# What makes the spans of sampled traces, where the sampler lets it (light_spans); None:
+# the SDK's tracer does.
+_maker: Maker | None = None
+TRACE_ID_LIMIT = (1 << 64) - 1
+_next_trace_id: ContextVar[int | None] = ContextVar("tandem_next_trace_id", default=None)
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset(_propagator.fields)  # traceparent, tracestate
 
@@ -104,13 +119,9 @@ def wanted(environ: Mapping[str, str] = os.environ) -> bool:
 def configure_tracing(service_name: str) -> Callable[[], None] | None:
     """Install the SDK and its OTLP exporter if `wanted()`; the function that flushes
     and stops it at exit, else None (and tracing stays off)."""
-    global _tracer  # noqa: PLW0603 - one provider per process, as OpenTelemetry has it
     if not wanted():
         return None
     # Imported here: a process that exports nothing never loads the SDK or the exporter.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
@@ -118,17 +129,17 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over this.
     from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415
 
-    global _parent_based  # noqa: PLW0603
+    from servicekit.otlp_export import SpanExporter  # noqa: PLC0415
+
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     trace.set_tracer_provider(provider)
-    _parent_based = isinstance(provider.sampler, ParentBased)
-    _tracer = provider.get_tracer("tandem")
+    # One provider per process, as OpenTelemetry has it.
+    _install(provider.get_tracer("tandem"), parent_based=isinstance(provider.sampler, ParentBased))
     log.info("traces: exported over OTLP (sampler %s)", provider.sampler.get_description())
 
     def shutdown() -> None:
-        global _tracer  # noqa: PLW0603
-        _tracer = None
+        _install(None, parent_based=True)
         provider.shutdown()
 
     return shutdown
@@ -137,9 +148,67 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
 def use_tracer(tracer: trace.Tracer | None) -> None:
     """Make spans with `tracer` (None: tracing off), whose sampler is parent-based: for
     tests with an in-memory SDK."""
-    global _tracer, _parent_based  # noqa: PLW0603
+    _install(tracer, parent_based=True)
+
+
+def _install(tracer: trace.Tracer | None, *, parent_based: bool) -> None:
+    global _tracer, _parent_based, _root_bound, _maker  # noqa: PLW0603
     _tracer = tracer
-    _parent_based = True
+    _parent_based = parent_based
+    _root_bound = _bound_of(getattr(tracer, "sampler", None))
+    _maker = None
+    ids = getattr(tracer, "id_generator", None)
+    if ids is not None and not isinstance(ids, _PresetTraceIds):
+        tracer.id_generator = ids = _PresetTraceIds(ids)  # type: ignore[union-attr]
+    if _root_bound is not None and _keeps_sampled_children(tracer.sampler):  # type: ignore[union-attr]
+        from servicekit.light_spans import Maker  # noqa: PLC0415 - loaded with the SDK
+
+        _maker = Maker(tracer, ids.generate_span_id)  # type: ignore[union-attr]
+
+
+def _bound_of(sampler: object) -> int | None:
+    """For a parent-based sampler with an always-on, always-off or ratio root: the
+    bound under which a new trace id (its low 64 bits) is sampled. None for others."""
+    if sampler is None:
+        return None
+    from opentelemetry.sdk.trace import sampling  # noqa: PLC0415 - loaded with the SDK
+
+    root = getattr(sampler, "_root", None) if isinstance(sampler, sampling.ParentBased) else None
+    if isinstance(root, sampling.TraceIdRatioBased):
+        return root.bound
+    if root is sampling.ALWAYS_ON:
+        return TRACE_ID_LIMIT + 1
+    if root is sampling.ALWAYS_OFF:
+        return 0
+    return None
+
+
+def _keeps_sampled_children(sampler: Any) -> bool:
+    """Whether the (parent-based) sampler samples every span under a sampled one, as
+    the default does: then `_maker`'s spans need not ask it."""
+    from opentelemetry.sdk.trace import sampling  # noqa: PLC0415 - loaded with the SDK
+
+    return (
+        getattr(sampler, "_local_parent_sampled", None) is sampling.ALWAYS_ON
+        and getattr(sampler, "_remote_parent_sampled", None) is sampling.ALWAYS_ON
+    )
+
+
+class _PresetTraceIds:
+    """The SDK's id generator, except for a root whose trace id `_root_span` chose."""
+
+    def __init__(self, ids: Any) -> None:
+        self._ids = ids
+
+    def generate_trace_id(self) -> int:
+        preset = _next_trace_id.get()
+        return preset if preset is not None else int(self._ids.generate_trace_id())
+
+    def generate_span_id(self) -> int:
+        return int(self._ids.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        return bool(getattr(self._ids, "is_trace_id_random", lambda: True)())
 
 
 def _unsampled(span_context: SpanContext) -> bool:
@@ -156,58 +225,173 @@ def current_ids() -> tuple[str, str] | None:
     """The current trace and span ids (hex), for log lines; None outside any trace."""
     if _tracer is None:
         return None
-    span_context = _dropped.get() or trace.get_current_span().get_span_context()
+    passed = _passed.get()
+    if passed is not None:
+        return passed.trace_id, passed.span_id
+    span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return None
     return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
 
 
 def current_link() -> SpanContext | None:
-    """The current span's context, to link a shared piece of work back to it."""
-    if _tracer is None:
+    """The current span's context, to link a shared piece of work back to it; None
+    outside a trace, and in an unsampled one (no span of it is ever recorded)."""
+    if _tracer is None or _passed.get() is not None:
         return None
-    span_context = _dropped.get() or trace.get_current_span().get_span_context()
+    span_context = trace.get_current_span().get_span_context()
     return span_context if span_context.is_valid else None
 
 
-class ActiveSpan:
-    """A span made current until `end`; `end` restores the context it replaced.
+class Passed:
+    """The context of a request whose trace is not sampled, under a parent-based sampler.
 
-    For a request whose trace the sampler dropped, its span context is also set in
-    `_dropped`: what the helpers below check first, one context-variable read, where
-    OpenTelemetry's context API takes several calls.
+    No span is made for it, here or below: it is passed on to the next process as it
+    came (or as this process began it), its `traceparent` formatted once. It lives in a
+    context variable that the helpers below check first (one read): OpenTelemetry's
+    context API takes several calls and objects per request.
     """
 
-    __slots__ = ("_dropped_token", "_token", "span")
+    __slots__ = ("flags", "span_id", "trace_id", "traceparent", "tracestate")
 
-    def __init__(self, span: Span, parent: otel_context.Context, dropped: bool) -> None:
+    def __init__(
+        self, trace_id: str, span_id: str, flags: int, traceparent: str, tracestate: str | None
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.flags = flags
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+
+
+_passed: ContextVar[Passed | None] = ContextVar("tandem_unsampled_trace", default=None)
+_ROOT = otel_context.Context()
+# OpenTelemetry's current context while a request of an unsampled trace runs: for code
+# that makes spans through the API itself (the ai service's anthropic SDK), which so
+# makes none either (the sampler is parent-based). One span context for all such
+# requests: their own ids are in `Passed`, and nothing of theirs is ever exported.
+_UNSAMPLED = trace.set_span_in_context(
+    NonRecordingSpan(SpanContext(1, 1, is_remote=True, trace_flags=TraceFlags(0))), _ROOT
+)
+
+
+class ActiveSpan:
+    """A request's span (None: its trace is unsampled, `Passed`), current until `end`,
+    which restores the context it replaced."""
+
+    __slots__ = ("_passed_token", "_token", "span")
+
+    def __init__(self, span: Span | None, token: object | None, passed_token: Any) -> None:
         self.span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self._dropped_token = _dropped.set(span.get_span_context()) if dropped else None
+        self._token = token
+        self._passed_token = passed_token
 
     def end(self) -> None:
-        if self._dropped_token is not None:
+        if self._passed_token is not None:
             with suppress(ValueError):  # ended in another context (a finalised generator)
-                _dropped.reset(self._dropped_token)
-        otel_context.detach(self._token)
-        self.span.end()
-
-
-# The span context of the unsampled trace the current request belongs to, if it does.
-_dropped: ContextVar[SpanContext | None] = ContextVar("tandem_dropped_trace", default=None)
-_ROOT = otel_context.Context()
+                _passed.reset(self._passed_token)
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+        if self.span is not None:
+            self.span.end()
 
 
 def _server_span(
-    name: str, remote: SpanContext | None, attributes: Mapping[str, Any]
+    name: str,
+    traceparent: str | None,
+    tracestate: str | None,
+    attributes: Mapping[str, Any],
 ) -> ActiveSpan:
+    remote = _extract(traceparent, tracestate)
+    trace_id = None
+    if _parent_based:
+        if remote is not None:
+            passed = _passed_on(remote, traceparent, tracestate)
+        else:
+            decided = _new_trace(name)
+            passed, trace_id = (decided, None) if isinstance(decided, Passed) else (None, decided)
+        if passed is not None:
+            return _unsampled_span(passed)
+    span = _start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id)
+    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span, _ROOT)), None)
+
+
+def _start(
+    name: str,
+    parent: SpanContext | None,
+    kind: SpanKind,
+    attributes: Mapping[str, Any] | None,
+    links: Sequence[Link] = (),
+    *,
+    trace_id: int | None = None,
+) -> Span:
+    """A span under `parent`, of a sampled trace (`parent`'s, or for a root, `trace_id`,
+    which the sampler has already kept); None for either: the SDK asks the sampler."""
     assert _tracer is not None
-    if remote is not None and _unsampled(remote):
-        # The caller's unsampled trace goes on as it came: no span of ours.
-        return ActiveSpan(NonRecordingSpan(remote), _ROOT, True)
-    parent = _ROOT if remote is None else trace.set_span_in_context(NonRecordingSpan(remote))
-    span = _tracer.start_span(name, parent, SpanKind.SERVER, attributes)
-    return ActiveSpan(span, parent, _unsampled(span.get_span_context()))
+    if _maker is not None:
+        if parent is not None and parent.trace_flags.sampled:
+            return _maker.start(
+                name, parent.trace_id, parent, kind=kind, attributes=attributes, links=links
+            )
+        if parent is None and trace_id is not None:
+            return _maker.start(name, trace_id, None, kind=kind, attributes=attributes, links=links)
+    if parent is None:
+        token = _next_trace_id.set(trace_id)
+        try:
+            return _tracer.start_span(name, _ROOT, kind, attributes, links)
+        finally:
+            _next_trace_id.reset(token)
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    return _tracer.start_span(name, context, kind, attributes, links)
+
+
+def _unsampled_span(passed: Passed) -> ActiveSpan:
+    return ActiveSpan(None, otel_context.attach(_UNSAMPLED), _passed.set(passed))
+
+
+def _passed_on(remote: SpanContext, traceparent: Any, tracestate: str | None) -> Passed | None:
+    """A caller's unsampled trace, to pass on as it came; None for a sampled one."""
+    if remote.trace_flags.sampled:
+        return None
+    if tracestate is not None:  # rare: the propagator's normalised form goes on
+        tracestate = remote.trace_state.to_header() or None
+    return Passed(
+        f"{remote.trace_id:032x}",
+        f"{remote.span_id:016x}",
+        int(remote.trace_flags),
+        traceparent if _TRACEPARENT.match(traceparent) else _format(remote),
+        tracestate,
+    )
+
+
+def _new_trace(name: str) -> Passed | int:
+    """A new trace: to pass on if the sampler drops it, else the id of the trace it
+    keeps (its root span's: the sampler is asked once). Random trace ids, so the
+    unsampled one's flags say so (W3C's random-trace-id flag), as the SDK's would."""
+    trace_id = getrandbits(128) or 1
+    if _root_sampled(trace_id, name):
+        return trace_id
+    trace_hex, span_hex = f"{trace_id:032x}", f"{getrandbits(64) or 1:016x}"
+    return Passed(trace_hex, span_hex, 2, f"00-{trace_hex}-{span_hex}-02", None)
+
+
+def _root_sampled(trace_id: int, name: str) -> bool:
+    """The sampler's decision on a new trace (the SDK's parent-based samplers are cut
+    short: a ratio's is one comparison, where asking the sampler costs 2 µs)."""
+    if _root_bound is not None:
+        return trace_id & TRACE_ID_LIMIT < _root_bound
+    sampler = getattr(_tracer, "sampler", None)
+    if sampler is None:
+        return True
+    decision = sampler.should_sample(_ROOT, trace_id, name, SpanKind.SERVER)
+    return bool(decision.decision.is_sampled())
+
+
+def _format(span_context: SpanContext) -> str:
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}"
+    )
 
 
 def _extract(traceparent: str | None, tracestate: str | None) -> SpanContext | None:
@@ -244,12 +428,12 @@ def http_server_span(
             traceparent = value.decode("latin-1")
         elif key == b"tracestate":
             tracestate = value.decode("latin-1")
-    return _server_span(method, _extract(traceparent, tracestate), attributes)
+    return _server_span(method, traceparent, tracestate, attributes)
 
 
 def end_http_server_span(active: ActiveSpan, route: str | None, status: int) -> None:
     span = active.span
-    if span.is_recording():
+    if span is not None and span.is_recording():
         if route is not None:
             span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
             span.set_attribute("http.route", route)
@@ -271,17 +455,38 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
             traceparent = value
         elif key == "tracestate":
             tracestate = value
+    if traceparent is not None and _parent_based and tracestate is None:
+        # The common case, cut short: a caller's unsampled trace goes on as it came.
+        passed = _unsampled_header(traceparent)
+        if passed is not None:
+            return _unsampled_span(passed)
     service, _, name = method.lstrip("/").partition("/")
     return _server_span(
         method.lstrip("/"),
-        _extract(traceparent, tracestate),
+        traceparent,
+        tracestate,
         {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
 
 
+def _unsampled_header(traceparent: str) -> Passed | None:
+    """The unsampled trace a well-formed version-00 `traceparent` carries, if it does."""
+    match = _TRACEPARENT.match(traceparent)
+    if match is None or match[3][1] in _SAMPLED_DIGITS or match[1] == _NO_TRACE:
+        return None
+    if match[2] == _NO_SPAN:
+        return None
+    return Passed(match[1], match[2], int(match[3], 16), traceparent, None)
+
+
+# The last hex digit of the flags of a sampled trace (bit 0 set), and the invalid ids.
+_SAMPLED_DIGITS = frozenset("13579bdf")
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+
+
 def end_grpc_server_span(active: ActiveSpan, code: grpc.StatusCode) -> None:
     span = active.span
-    if span.is_recording():
+    if span is not None and span.is_recording():
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code in _SERVER_ERRORS:
             span.set_status(Status(StatusCode.ERROR, code.name))
@@ -294,38 +499,39 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     trace, whose context is added as it is."""
     if _tracer is None:
         return None
-    current = _dropped.get() or trace.get_current_span().get_span_context()
+    passed = _passed.get()
+    if passed is not None:
+        _inject(metadata, passed.traceparent, passed.tracestate)
+        return None
+    current = trace.get_current_span().get_span_context()
     if _unsampled(current):
-        _inject(metadata, current)
+        _inject(metadata, _format(current), current.trace_state.to_header() or None)
         return None
     service, _, name = method.lstrip("/").partition("/")
-    span = _tracer.start_span(
+    span = _start(
         method.lstrip("/"),
-        kind=SpanKind.CLIENT,
-        attributes={
+        current if current.is_valid else None,
+        SpanKind.CLIENT,
+        {
             "rpc.system": "grpc",
             "rpc.service": service,
             "rpc.method": name,
             "server.address": target,
         },
     )
-    if span.get_span_context().is_valid:
-        _inject(metadata, span.get_span_context())
+    span_context = span.get_span_context()
+    if span_context.is_valid:
+        _inject(metadata, _format(span_context), span_context.trace_state.to_header() or None)
     return span
 
 
-def _inject(metadata: list[tuple[str, str]], span_context: SpanContext) -> None:
+def _inject(metadata: list[tuple[str, str]], traceparent: str, tracestate: str | None) -> None:
     # No header may be sent twice: ours replaces any the caller passed on.
-    metadata[:] = [pair for pair in metadata if pair[0] not in TRACE_HEADERS]
-    metadata.append(
-        (
-            "traceparent",
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-            f"{span_context.trace_flags:02x}",
-        )
-    )
-    if span_context.trace_state:
-        metadata.append(("tracestate", span_context.trace_state.to_header()))
+    if any(pair[0] in TRACE_HEADERS for pair in metadata):
+        metadata[:] = [pair for pair in metadata if pair[0] not in TRACE_HEADERS]
+    metadata.append(("traceparent", traceparent))
+    if tracestate:
+        metadata.append(("tracestate", tracestate))
 
 
 def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
@@ -345,43 +551,57 @@ def traced(links: Sequence[SpanContext | None]) -> bool:
 @contextmanager
 def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]:
     """A span around one batch, linked to the span of each request it serves (those
-    made while tracing was on). Its parent is the first of those requests."""
+    of sampled traces). Its parent is the first of those requests."""
     if not traced(links):
         yield
         return
     assert _tracer is not None
     span_links = [Link(link) for link in links if link is not None]
-    parent = (
-        trace.set_span_in_context(NonRecordingSpan(span_links[0].context)) if span_links else None
-    )
-    with _tracer.start_as_current_span(
-        name,
-        parent,
-        kind=SpanKind.INTERNAL,
-        links=span_links,
-        attributes={"tandem.batch.size": len(links)},
-        record_exception=False,
-    ):
-        yield
+    parent = next(link.context for link in span_links if not _unsampled(link.context))
+    # The batch runs in the context of the request that started it, which may be of an
+    # unsampled trace: the batch's own calls are of the batch's trace.
+    passed_token = _passed.set(None)
+    try:
+        made = _start(
+            name, parent, SpanKind.INTERNAL, {"tandem.batch.size": len(links)}, span_links
+        )
+        with _current(made):
+            yield
+    finally:
+        _passed.reset(passed_token)
+
+
+@contextmanager
+def _current(made: Span) -> Iterator[Span]:
+    """`made` current inside the block, and ended after it. An exception sets its
+    status to its type, not its message: that may quote what a client sent."""
+    token = otel_context.attach(trace.set_span_in_context(made))
+    try:
+        yield made
+    except BaseException as exc:
+        if made.is_recording():
+            made.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        otel_context.detach(token)
+        made.end()
 
 
 @contextmanager
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
     """An internal span, current inside the block; None when tracing is off or the
     trace is unsampled."""
-    if (
-        _tracer is None
-        or _dropped.get() is not None
-        or _unsampled(trace.get_current_span().get_span_context())
-    ):
+    if _tracer is None or _passed.get() is not None:
         yield None
         return
-    # Exceptions set the span's status, but are not recorded: their messages may quote
-    # what a client sent.
-    with _tracer.start_as_current_span(
-        name, attributes=attributes, record_exception=False
-    ) as current:
-        yield current
+    parent = trace.get_current_span().get_span_context()
+    if _unsampled(parent):
+        yield None
+        return
+    with _current(
+        _start(name, parent if parent.is_valid else None, SpanKind.INTERNAL, attributes)
+    ) as made:
+        yield made
 
 
 def instrument_engine(engine: AsyncEngine) -> None:
@@ -409,13 +629,14 @@ def _statement_began(
     context: Any,
     _executemany: bool,
 ) -> None:
-    if _tracer is None or _dropped.get() is not None or not trace.get_current_span().is_recording():
+    if _tracer is None or _passed.get() is not None or not trace.get_current_span().is_recording():
         return
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-    context._tandem_span = _tracer.start_span(
+    context._tandem_span = _start(
         f"{operation} {attributes['db.namespace']}".rstrip(),
-        kind=SpanKind.CLIENT,
-        attributes={**attributes, "db.operation.name": operation, "db.query.text": statement},
+        trace.get_current_span().get_span_context(),
+        SpanKind.CLIENT,
+        {**attributes, "db.operation.name": operation, "db.query.text": statement},
     )
 
 

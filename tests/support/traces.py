@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 
 from servicekit import telemetry
 
@@ -28,10 +28,10 @@ class Spans:
 
 
 @contextmanager
-def recorded_spans() -> Iterator[Spans]:
-    """Tracing on (parent-based, always on at the root) into memory, for the block."""
+def recorded_spans(root: Sampler = ALWAYS_ON) -> Iterator[Spans]:
+    """Tracing on (parent-based, `root` deciding new traces) into memory, for the block."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider = TracerProvider(sampler=ParentBased(root))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     spans = Spans(exporter, provider)
     telemetry.use_tracer(spans.tracer)

@@ -9,11 +9,13 @@ import logging
 import grpc
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
 
 from servicekit import telemetry
 from servicekit.batching import Batcher
 from servicekit.observers import UpstreamObserver
+from servicekit.telemetry import TRACE_ID_LIMIT
 from tests.support.traces import recorded_spans
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -56,7 +58,7 @@ def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
         http = telemetry.http_server_span(
             "GET", [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())], {}
         )
-        assert http is not None
+        assert http is not None and http.span is not None
         assert telemetry.current_ids() == (TRACE, f"{http.span.get_span_context().span_id:016x}")
         metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
         client = telemetry.grpc_client_span(METHOD, "users:50051", metadata)
@@ -143,3 +145,119 @@ def test_an_upstream_outage_is_one_warning_when_it_begins_and_one_when_it_ends(
     )
     assert messages[1].startswith("the users service at users:50051 is back after ")
     assert messages[1].endswith("(3 calls failed meanwhile)")
+
+
+def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags() -> None:
+    with recorded_spans(ALWAYS_OFF) as spans:
+        http = telemetry.http_server_span("GET", [], {})
+        assert http is not None and http.span is None
+        ids = telemetry.current_ids()
+        assert ids is not None
+        trace_id, span_id = ids
+        metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
+        assert telemetry.grpc_client_span(METHOD, "users:50051", metadata) is None
+        # Flags: not sampled, and a random trace id (W3C's flag 02, as the SDK sets it).
+        assert traceparent(metadata) == f"00-{trace_id}-{span_id}-02"
+        server = telemetry.grpc_server_span(METHOD, tuple(metadata))
+        assert server is not None
+        assert telemetry.current_ids() == (trace_id, span_id)
+        # What makes spans through OpenTelemetry's API itself (the anthropic SDK) makes
+        # none in an unsampled trace either.
+        with spans.tracer.start_as_current_span("the sdk's") as made:
+            assert not made.is_recording()
+        telemetry.end_grpc_server_span(server, grpc.StatusCode.OK)
+        assert telemetry.current_ids() == (trace_id, span_id)
+        telemetry.end_http_server_span(http, "/v1/users/{id}", 200)
+        assert telemetry.current_ids() is None
+        assert spans.finished == ()
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came() -> None:
+    given = f"00-{TRACE}-{PARENT}-02"  # a flag other than sampled, kept
+    with recorded_spans() as spans:
+        http = telemetry.http_server_span("GET", [(b"traceparent", given.encode())], {})
+        assert http is not None
+        metadata: list[tuple[str, str]] = []
+        telemetry.grpc_client_span(METHOD, "users:50051", metadata)
+        assert metadata == [("traceparent", given)]
+        server = telemetry.grpc_server_span(METHOD, tuple(metadata))
+        assert server is not None and server.span is None
+        onward: list[tuple[str, str]] = []
+        telemetry.grpc_client_span(METHOD, "ai:50052", onward)
+        assert onward == [("traceparent", given)]
+        telemetry.end_grpc_server_span(server, grpc.StatusCode.OK)
+        telemetry.end_http_server_span(http, None, 200)
+        assert spans.finished == ()
+
+
+def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id() -> None:
+    ratio = TraceIdRatioBased(0.5)
+    sampled = unsampled = 0
+    with recorded_spans(ratio) as spans:
+        for _ in range(200):
+            http = telemetry.http_server_span("GET", [], {})
+            assert http is not None
+            ids = telemetry.current_ids()
+            assert ids is not None
+            trace_id = int(ids[0], 16)
+            # The trace id the sampler was asked about is the trace's: sampled exactly
+            # when the ratio's rule says so.
+            assert (http.span is not None) is (trace_id & TRACE_ID_LIMIT < ratio.bound)
+            sampled += http.span is not None
+            unsampled += http.span is None
+            telemetry.end_http_server_span(http, None, 200)
+        assert len(spans.finished) == sampled
+    assert sampled and unsampled
+
+
+async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_trace() -> None:
+    sent: list[list[tuple[str, str]]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        metadata: list[tuple[str, str]] = []
+        client = telemetry.grpc_client_span(METHOD, "users:50051", metadata)
+        assert client is not None
+        telemetry.end_grpc_client_span(client, grpc.StatusCode.OK)
+        sent.append(metadata)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(run, name="tests.batch")
+    with recorded_spans() as spans:
+
+        async def request(flags: str) -> int:
+            given = f"00-{TRACE if flags == '00' else 'f' * 32}-{PARENT}-{flags}"
+            http = telemetry.http_server_span("GET", [(b"traceparent", given.encode())], {})
+            assert http is not None
+            try:
+                return await batcher.submit(1)
+            finally:
+                telemetry.end_http_server_span(http, None, 200)
+
+        await asyncio.gather(request("00"), request("01"))
+        sampled = spans.named("GET")
+        batch = spans.named("tests.batch")
+    # Linked to the sampled request only, and its child: not dropped with the first.
+    assert [link.context.span_id for link in batch.links] == [sampled.context.span_id]
+    assert batch.parent is not None and batch.parent.span_id == sampled.context.span_id
+    assert batch.attributes is not None and batch.attributes["tandem.batch.size"] == 2
+    (metadata,) = sent
+    assert traceparent(metadata).startswith(f"00-{'f' * 32}-")
+    assert traceparent(metadata).endswith("-01")
+
+
+def test_a_span_that_an_exception_ends_says_its_type_not_its_message() -> None:
+    with recorded_spans() as spans:
+        http = telemetry.http_server_span("GET", [], {})
+        assert http is not None
+        with pytest.raises(ValueError, match="a client's secret"), telemetry.span("internal"):
+            raise ValueError("a client's secret")
+        telemetry.end_http_server_span(http, None, 500)
+        internal = spans.named("internal")
+        request = spans.named("GET")
+    assert internal.status.status_code is StatusCode.ERROR
+    assert internal.status.description == "ValueError"
+    assert not internal.events
+    assert internal.parent is not None and internal.parent.span_id == request.context.span_id
+    assert request.status.status_code is StatusCode.ERROR
+    assert request.attributes == {"http.response.status_code": 500}

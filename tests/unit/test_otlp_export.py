@@ -1,0 +1,123 @@
+"""servicekit.otlp_export writes what the OTLP exporter's own encoder makes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+from opentelemetry.util.types import AttributeValue
+
+from servicekit import otlp_export
+from tests.support.otlp import otlp_receiver
+
+REMOTE = SpanContext(
+    0x0AF7651916CD43DD8448EB211C80319C,
+    0xB7AD6B7169203331,
+    is_remote=True,
+    trace_flags=TraceFlags(1),
+    trace_state=TraceState([("vendor", "x1"), ("other", "y")]),
+)
+
+
+def finished_spans() -> tuple[ReadableSpan, ...]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "tandem-test", "replica": 3}),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tandem")
+    other = provider.get_tracer("anthropic", "1.2.3", schema_url="https://example.test/s")
+    remote_parent = set_span_in_context(NonRecordingSpan(REMOTE))
+    values: dict[str, AttributeValue] = {
+        "text": "SELECT 1",
+        "empty": "",
+        "unicode": "café ✓",
+        "yes": True,
+        "no": False,
+        "zero": 0,
+        "big": 2**62,
+        "negative": -5,
+        "ratio": 0.25,
+        "strings": ("a", "b"),
+        "ints": [1, -2, 300],
+        "floats": [1.5],
+        "bools": [True, False],
+    }
+    for round_ in range(2):  # twice: the second from the remembered attributes
+        server = tracer.start_span("GET /v1/users/{id}", remote_parent, SpanKind.SERVER, values)
+        child = tracer.start_span(
+            "users.v1.UsersService/GetUser",
+            set_span_in_context(server),
+            SpanKind.CLIENT,
+            {"rpc.system": "grpc", "rpc.grpc.status_code": 5},
+        )
+        child.set_status(Status(StatusCode.ERROR, "NOT_FOUND"))
+        child.add_event("retry", {"attempt": round_})
+        child.end()
+        batch = tracer.start_span(
+            "gateway.coalesced_reads",
+            set_span_in_context(server),
+            links=[
+                Link(server.get_span_context()),
+                Link(REMOTE, {"why": "fan-in"}),
+            ],
+            attributes={"tandem.batch.size": 2},
+        )
+        batch.set_status(Status(StatusCode.OK))
+        batch.end()
+        server.end()
+        with other.start_as_current_span("chat", kind=SpanKind.PRODUCER):
+            pass
+    root = tracer.start_span("root", kind=SpanKind.CONSUMER)
+    root.end()
+    provider.shutdown()
+    return exporter.get_finished_spans()
+
+
+def test_the_bytes_decode_to_what_the_exporters_encoder_makes() -> None:
+    spans = finished_spans()
+    ours = ExportTraceServiceRequest.FromString(otlp_export.encode(spans))
+    assert ours == encode_spans(spans)
+    assert len(ours.resource_spans[0].scope_spans) == 2
+    assert sum(len(s.spans) for s in ours.resource_spans[0].scope_spans) == len(spans)
+
+
+def test_no_spans_is_an_empty_request() -> None:
+    assert otlp_export.encode(()) == b""
+    assert ExportTraceServiceRequest.FromString(b"") == encode_spans(())
+
+
+async def test_the_exporter_sends_them_to_the_otel_variables_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spans = finished_spans()
+    async with otlp_receiver() as (receiver, endpoint):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        exporter = otlp_export.SpanExporter()
+        try:
+            result = await asyncio.to_thread(exporter.export, spans)
+        finally:
+            exporter.shutdown()
+        assert result is SpanExportResult.SUCCESS
+        await receiver.wait_until(lambda received: len(received) == len(spans))
+    by_name = {span.name: span for span in receiver.spans}
+    remote = (f"{REMOTE.trace_id:032x}", f"{REMOTE.span_id:016x}")
+    assert by_name["gateway.coalesced_reads"].links[1] == remote
+    assert {span.service for span in receiver.spans} == {"tandem-test"}
