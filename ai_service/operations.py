@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from ai_service.accounts import Accounts
 from ai_service.analyses import analysing_for, parse_uuid, text_problem
 from ai_service.batches import CANCELLED_REASON, BatchRunner
+from ai_service.budget import InputBudget
 from ai_service.domain import Analysis
 from ai_service.operations_repository import ItemError, Operation, OperationsRepository
 from ai_service.policy import Action, allowed, authorize
@@ -30,6 +31,8 @@ _USER_FILTER = re.compile(r'^\s*user_id\s*=\s*"?([0-9a-fA-F-]{32,36})"?\s*$')
 DEFAULT_WAIT_SECONDS = 60.0
 # How often a wait looks at an operation another replica works on.
 WAIT_POLL_SECONDS = 1.0
+# How long counting a batch text's tokens may take when the call has no deadline.
+_COUNT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class Operations:
         *,
         accounts: Accounts,
         quotas: AnalysisQuotas | None = None,
+        budget: InputBudget | None = None,
         max_texts: int,
         max_text_chars: int,
         page_tokens: PageTokens,
@@ -69,6 +73,7 @@ class Operations:
         self._runner = runner
         self._accounts = accounts
         self._quotas = quotas
+        self._budget = budget
         self._max_texts = max_texts
         self._max_text_chars = max_text_chars
         self._page_tokens = page_tokens
@@ -76,7 +81,13 @@ class Operations:
         self._clock = clock
 
     async def batch_analyze(
-        self, texts: Sequence[str], user_id: str, caller: Caller, *, request_id: str = ""
+        self,
+        texts: Sequence[str],
+        user_id: str,
+        caller: Caller,
+        *,
+        request_id: str = "",
+        deadline: float | None = None,
     ) -> OperationView:
         """A new operation analysing `texts` in the background; with `request_id`, the
         one an earlier request with it started, if that request was this one."""
@@ -94,6 +105,9 @@ class Operations:
             problem = text_problem(text, self._max_text_chars)
             if problem is not None:
                 violations.add(f"texts[{index}]", problem)
+            elif self._budget is not None:
+                # As AnalyzeText: what cannot fit is refused now, not sent and billed.
+                await self._fits(index, text, violations, deadline)
         owner = await analysing_for(user_id, caller, self._accounts, violations)
 
         async def start() -> OperationView:
@@ -108,6 +122,18 @@ class Operations:
             return OperationView(operation)
 
         return await self._requests.run(request, write=start, replay=self._replay)
+
+    async def _fits(
+        self, index: int, text: str, violations: Violations, deadline: float | None
+    ) -> None:
+        assert self._budget is not None
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + _COUNT_SECONDS
+        try:
+            await self._budget.check(text, deadline)
+        except InvalidArgument as exc:
+            for violation in exc.violations:
+                violations.add(f"texts[{index}]", violation.description)
 
     async def get(self, name: str, caller: Caller) -> OperationView:
         return await self._view(await self._readable(name, caller))

@@ -6,6 +6,7 @@ are kept, as analyses are): UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from google.longrunning import operations_pb2, operations_pb2_grpc
@@ -72,8 +73,15 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
             request.user_id,
             await self._callers.caller(context),
             request_id=request.request_id,
+            deadline=_deadline(context),
         )
         return operation_to_proto(view)
+
+
+def _deadline(context: Any) -> float | None:
+    """The loop time by which the call must be answered, if the caller set one."""
+    remaining: float | None = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
 def operation_to_proto(view: OperationView) -> Any:

@@ -17,9 +17,9 @@ from google.rpc import error_details_pb2
 from ai_service.metrics import Metrics
 from ai_service.prompt import OUTPUT_SCHEMA, SYSTEM_PROMPT
 from tandem_protos.ai.v1 import analysis_pb2, analysis_pb2_grpc
-from tests.support.fake_anthropic import FakeAnthropic, Reply, Usage
+from tests.support.fake_anthropic import COUNT_TOKENS_PATH, FakeAnthropic, Reply, Usage
 from tests.support.fake_batches import BATCHES_PATH
-from tests.support.rpc import reason, rpc_error
+from tests.support.rpc import reason, rpc_error, violations
 from tests.support.servers import ai_settings, channel_to, running_ai
 
 MODEL = "claude-test-model"
@@ -225,3 +225,24 @@ async def test_a_batchs_tokens_count_against_the_daily_quota(
         )
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert reason(refused) == "TOKEN_QUOTA_EXHAUSTED"
+
+
+async def test_a_text_over_the_token_budget_refuses_the_batch_before_any_paid_call(
+    ai_db: str, fake: FakeAnthropic
+) -> None:
+    settings = ai_settings(ai_db, **FAST, max_input_tokens=12_000, max_text_chars=250_000)
+    async with running_ai(settings) as address, channel_to(address) as channel:
+        ai = analysis_pb2_grpc.AnalysisServiceStub(channel)
+        # The second is near the limit (counted, then refused), the third far past it.
+        texts = ["Short and sweet.", "word " * 8000, "x" * 200_000]
+        refused = await rpc_error(
+            ai.BatchAnalyzeTexts(
+                analysis_pb2.BatchAnalyzeTextsRequest(texts=texts, user_id=str(uuid.uuid4()))
+            )
+        )
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(refused)
+    assert set(found) == {"texts[1]", "texts[2]"}
+    assert "at most 12000" in found["texts[1]"]
+    assert len(fake.requests_to(COUNT_TOKENS_PATH)) == 1
+    assert fake.batches.ids == []
