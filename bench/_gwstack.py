@@ -163,6 +163,8 @@ class Stack:
         self.gateway_env = dict(gateway_env)
         self.users: Child | None = None
         self.gateway: Child | None = None
+        # The first gateway's lines, once restart_path replaced it: the main rounds'.
+        self._first_gateway_lines: list[str] | None = None
         self.monolith: Child | None = None
         self.monolith_workers: list[int] = []
         self._account: dict[str, str] = {}
@@ -187,6 +189,8 @@ class Stack:
         for child in (self.gateway, self.users):
             if child is not None:
                 await child.stop(STOP_WITHIN_S)
+        if self._first_gateway_lines is None and self.gateway is not None:
+            self._first_gateway_lines = list(self.gateway.lines)
         await self._start_path(env)
 
     async def _start_path(self, extra: Mapping[str, str] | None = None) -> None:
@@ -304,9 +308,11 @@ class Stack:
             await child.stop(STOP_WITHIN_S)
 
     def coalescing(self) -> Coalescing | None:
-        """How well the gateway's account reads coalesced (once it has stopped)."""
+        """How well the first gateway's account reads coalesced (once it has stopped):
+        the main rounds' gateway, not one restart_path started later."""
         assert self.gateway is not None
-        for line in reversed(self.gateway.lines):
+        lines = self._first_gateway_lines
+        for line in reversed(self.gateway.lines if lines is None else lines):
             if found := parse_account_reads(line):
                 return {"reads": found[0], "calls": found[1]}
         return None
