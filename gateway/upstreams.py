@@ -2,12 +2,13 @@
 
 A `tandem_client.Connection` per target does the gRPC side: one long-lived channel
 (opened in the app's lifespan, shared by every request) balancing over every address
-the target resolves to and retrying the idempotent methods on UNAVAILABLE; TLS, and a
-new channel when the client certificate files rotate; the request id and bearer token
-every call carries; deadlines; failures raised as `tandem_client.RpcError`. The users
-target's connection carries UsersService and AuthService, the ai target's
-AnalysisService. What is left here: the gateway's service account, each failure raised
-as the problem it becomes (gateway.upstream_errors), and the health checks of /readyz.
+the target resolves to and retrying the idempotent methods on UNAVAILABLE and
+CANCELLED; TLS, and a new channel when the client certificate files rotate; the
+request id and bearer token every call carries; deadlines; failures raised as
+`tandem_client.RpcError`. The users target's connection carries UsersService and
+AuthService, the ai target's AnalysisService. What is left here: the gateway's service
+account, each failure raised as the problem it becomes (gateway.upstream_errors), and
+the health checks of /readyz.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ configuration that follows.
 
 A channel made with `channel_options(...)` balances calls over every address its
 target resolves to (`round_robin`: several replicas share the load, a dead one is
-skipped) and retries the idempotent methods on UNAVAILABLE; calls that change state are
-never retried by the channel. Calls do not wait for a connection (no `wait_for_ready`):
-an unreachable service fails fast with UNAVAILABLE, a silent one at its deadline.
+skipped) and retries the idempotent methods on UNAVAILABLE and CANCELLED; calls that
+change state are never retried by the channel. Calls do not wait for a connection (no
+`wait_for_ready`): an unreachable service fails fast with UNAVAILABLE, a silent one at
+its deadline.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ RETRY_POLICY: Mapping[str, Any] = {
     "initialBackoff": "0.05s",
     "maxBackoff": "0.5s",
     "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    # CANCELLED too: a server that stops cancels the calls it received but had not yet
+    # handed to a handler (grpc/grpc#41785), so a read sent as a replica drains can
+    # come back CANCELLED though it never ran. Only a status the server sent is retried;
+    # a call the caller cancelled is over.
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
 }
 
 

@@ -26,6 +26,7 @@ from servicekit.server import Service, build_server
 from tandem_client import (
     AUTH_SERVICE,
     USERS_SERVICE,
+    Cancelled,
     ClientTls,
     Connection,
     DeadlineExceeded,
@@ -291,6 +292,33 @@ async def test_idempotent_reads_are_retried_on_unavailable_and_writes_are_not() 
         with pytest.raises(Unavailable) as caught:
             await conn.call(conn.users.CreateUser, users_pb2.CreateUserRequest())
         assert caught.value.message == "starting up"
+        assert attempts["CreateUser"] == 1
+
+
+async def test_a_read_cancelled_by_the_server_is_retried_and_a_write_is_not() -> None:
+    """A stopping server cancels the calls it had not yet begun (grpc/grpc#41785): for a
+    read that never ran, another attempt (on another replica) is safe."""
+    attempts = {"GetUser": 0, "CreateUser": 0}
+
+    def cancelled_once(method: str) -> Behavior:
+        async def behavior(request: Any, context: Any) -> users_pb2.User:
+            attempts[method] += 1
+            if attempts[method] == 1:
+                await context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+            return a_user()
+
+        return behavior
+
+    handler = service(
+        USERS_SERVICE, GetUser=cancelled_once("GetUser"), CreateUser=cancelled_once("CreateUser")
+    )
+    async with bare_server(handler) as address, Connection(address) as conn:
+        user = await conn.call(conn.users.GetUser, users_pb2.GetUserRequest(id="u1"))
+        assert user == a_user()
+        assert attempts["GetUser"] == 2
+
+        with pytest.raises(Cancelled):
+            await conn.call(conn.users.CreateUser, users_pb2.CreateUserRequest())
         assert attempts["CreateUser"] == 1
 
 
