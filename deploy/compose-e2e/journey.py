@@ -117,6 +117,23 @@ async def wait_ready(client: httpx.AsyncClient) -> None:
     raise JourneyFailed(f"the gateway is not ready after {READY_TIMEOUT_S:.0f} s: {last}")
 
 
+async def wait_ai_answers(client: httpx.AsyncClient, user: User) -> None:
+    """The ai service verifies tokens with keys it fetches from the users service on its
+    first call; a container's first name lookup can outlast that fetch, and the service
+    then answers 503 with Retry-After for a few seconds (its keys are refetched at most
+    every AI_JWKS_MIN_REFETCH_SECONDS). /readyz does not cover that hop: wait for it here,
+    as a client honouring Retry-After would."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        listed = await client.get("/v1/analyses", headers=bearer(user.token))
+        if listed.status_code != 503 or time.monotonic() >= deadline:
+            expect(listed, 200)
+            return
+        delay = min(float(listed.headers.get("retry-after", "1")), 5.0)
+        ok(f"the ai service is not ready for tokens yet: {listed.json().get('reason')}")
+        await asyncio.sleep(delay)
+
+
 @dataclass(frozen=True)
 class Event:
     name: str
@@ -173,6 +190,7 @@ async def rest_journey(client: httpx.AsyncClient) -> tuple[User, list[str]]:
     check(refused.status_code == 401, refused.text)
     ok("/v1/users/me: the signed-up user with the token, 401 without")
 
+    await wait_ai_answers(client, user)
     plain = expect(
         await client.post(
             "/v1/analyses",
