@@ -31,8 +31,6 @@ _USER_FILTER = re.compile(r'^\s*user_id\s*=\s*"?([0-9a-fA-F-]{32,36})"?\s*$')
 DEFAULT_WAIT_SECONDS = 60.0
 # How often a wait looks at an operation another replica works on.
 WAIT_POLL_SECONDS = 1.0
-# How long counting a batch text's tokens may take when the call has no deadline.
-_COUNT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +84,8 @@ class Operations:
         user_id: str,
         caller: Caller,
         *,
+        deadline: float,
         request_id: str = "",
-        deadline: float | None = None,
     ) -> OperationView:
         """A new operation analysing `texts` in the background; with `request_id`, the
         one an earlier request with it started, if that request was this one."""
@@ -123,12 +121,8 @@ class Operations:
 
         return await self._requests.run(request, write=start, replay=self._replay)
 
-    async def _fits(
-        self, index: int, text: str, violations: Violations, deadline: float | None
-    ) -> None:
+    async def _fits(self, index: int, text: str, violations: Violations, deadline: float) -> None:
         assert self._budget is not None
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + _COUNT_SECONDS
         try:
             await self._budget.check(text, deadline)
         except InvalidArgument as exc:

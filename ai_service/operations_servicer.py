@@ -6,7 +6,6 @@ are kept, as analyses are): UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from google.longrunning import operations_pb2, operations_pb2_grpc
@@ -16,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from ai_service.domain import Analysis
 from ai_service.operations import Operations, OperationView
 from ai_service.operations_repository import ItemError
-from ai_service.servicer import to_proto
+from ai_service.servicer import call_deadline, to_proto
 from servicekit.callers import CallerResolver
 from servicekit.errors import ERROR_DOMAIN
 from tandem_protos.ai.v1 import analysis_pb2
@@ -26,9 +25,12 @@ SERVICE_NAME = "google.longrunning.Operations"
 
 # googleapis-common-protos ships no type stubs for its gRPC servicer.
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
-    def __init__(self, operations: Operations, callers: CallerResolver) -> None:
+    def __init__(
+        self, operations: Operations, callers: CallerResolver, *, default_deadline_seconds: float
+    ) -> None:
         self._operations = operations
         self._callers = callers
+        self._default_deadline = default_deadline_seconds
 
     async def GetOperation(self, request: Any, context: Any) -> Any:  # noqa: N802
         caller = await self._callers.caller(context)
@@ -73,15 +75,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
             request.user_id,
             await self._callers.caller(context),
             request_id=request.request_id,
-            deadline=_deadline(context),
+            deadline=call_deadline(context, self._default_deadline),
         )
         return operation_to_proto(view)
-
-
-def _deadline(context: Any) -> float | None:
-    """The loop time by which the call must be answered, if the caller set one."""
-    remaining: float | None = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
 def operation_to_proto(view: OperationView) -> Any:

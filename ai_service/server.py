@@ -122,6 +122,7 @@ async def ai_server(
                 stack=stack,
             ),
             callers,
+            default_deadline_seconds=settings.default_deadline_seconds,
         )
         servicer = AnalysisServicer(
             analyses,

@@ -107,11 +107,16 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         return await self._batch_analyze(request, context)
 
     def _deadline(self, context: Any) -> float:
-        """The loop time by which the call must be answered."""
-        remaining: float | None = context.time_remaining()
-        if remaining is None:
-            remaining = self._default_deadline
-        return asyncio.get_running_loop().time() + float(remaining)
+        return call_deadline(context, self._default_deadline)
+
+
+def call_deadline(context: Any, default_seconds: float) -> float:
+    """The loop time by which the call must be answered (`default_seconds` from now for
+    a call that came without a deadline)."""
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        remaining = default_seconds
+    return asyncio.get_running_loop().time() + float(remaining)
 
 
 def _report(trace: UpstreamTrace, context: Any) -> None:
