@@ -17,4 +17,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_class=AiSettings,
         serve=serve,
         migrations=MIGRATIONS,
+        # The anthropic SDK's span of each provider call joins the analysis' trace.
+        api_spans=True,
     )

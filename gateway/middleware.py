@@ -34,6 +34,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -119,8 +120,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given_id, content_length, forwarded_proto = _request_headers(scope)
-        request_id = accept_request_id(given_id)
+        given = _request_headers(scope)
+        content_length, forwarded_proto = given.content_length, given.forwarded_proto
+        request_id = accept_request_id(given.request_id)
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         token = request_id_var.set(request_id)
         added: tuple[tuple[bytes, bytes], ...] = (
@@ -133,9 +135,7 @@ class RequestContextMiddleware:
         ):
             added += self._hsts
         started = time.perf_counter()
-        span = telemetry.http_server_span(
-            scope["method"], scope["headers"], {"http.request.method": scope["method"]}
-        )
+        span = telemetry.http_server_span(scope["method"], given.traceparent, given.tracestate)
         status = 0
         response_headers: Sequence[tuple[bytes, bytes]] = ()
 
@@ -218,11 +218,20 @@ class RequestContextMiddleware:
         return None
 
 
-def _request_headers(scope: Scope) -> tuple[str | None, int | None, bytes | None]:
-    """The request's X-Request-ID, Content-Length and X-Forwarded-Proto, where given."""
+class _Headers(NamedTuple):
+    """What the middleware reads of a request's headers, in one pass over them."""
+
+    request_id: str | None
+    content_length: int | None
+    forwarded_proto: bytes | None
+    traceparent: bytes | None
+    tracestate: bytes | None
+
+
+def _request_headers(scope: Scope) -> _Headers:
     given_id: str | None = None
     content_length: int | None = None
-    forwarded_proto: bytes | None = None
+    forwarded_proto = traceparent = tracestate = None
     for key, value in scope["headers"]:
         if key == b"x-request-id":
             given_id = value.decode("latin-1")
@@ -230,7 +239,11 @@ def _request_headers(scope: Scope) -> tuple[str | None, int | None, bytes | None
             content_length = int(value) if value.isdigit() else None
         elif key == b"x-forwarded-proto":
             forwarded_proto = value
-    return given_id, content_length, forwarded_proto
+        elif key == b"traceparent":
+            traceparent = value
+        elif key == b"tracestate":
+            tracestate = value
+    return _Headers(given_id, content_length, forwarded_proto, traceparent, tracestate)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

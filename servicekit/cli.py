@@ -51,7 +51,10 @@ def run_service(
     serve: Callable[[S], Coroutine[Any, Any, None]],
     migrations: MigrationHistory,
     commands: Mapping[str, Command[S]] | None = None,
+    api_spans: bool = False,
 ) -> int:
+    """`api_spans`: the service makes spans through OpenTelemetry's API itself
+    (servicekit.telemetry.configure_tracing)."""
     extra = dict(commands or {})
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     subcommands = parser.add_subparsers(dest="command")
@@ -81,7 +84,9 @@ def run_service(
             positional = [args.pop(argument.lower()) for argument in command.arguments]
             return _run(command.run(settings, *positional, **args))
         production.check(settings.production_problems())
-        stop_tracing = telemetry.configure_tracing(f"tandem-{prog.removesuffix('_service')}")
+        stop_tracing = telemetry.configure_tracing(
+            f"tandem-{prog.removesuffix('_service')}", api_spans=api_spans
+        )
         try:
             _run(serve(settings))
         finally:

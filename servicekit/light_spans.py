@@ -23,6 +23,8 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.util import types
 
 _UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 
 
 class LightSpan(Span, ReadableSpan):
@@ -40,22 +42,21 @@ class LightSpan(Span, ReadableSpan):
         attributes: Mapping[str, Any] | None,
         links: Sequence[Link],
     ) -> None:
-        ReadableSpan.__init__(
-            self,
-            name,
-            context,
-            parent,
-            maker.resource,
-            dict(attributes) if attributes else {},
-            [],
-            tuple(links),
-            kind,
-            None,
-            _UNSET,
-            time_ns(),
-            None,
-            maker.scope,
-        )
+        # ReadableSpan's fields, set here as its __init__ would (it costs a call with
+        # thirteen arguments, on every span).
+        self._name = name
+        self._context = context
+        self._kind = kind
+        self._instrumentation_info = None
+        self._instrumentation_scope = maker.scope
+        self._parent = parent
+        self._start_time = time_ns()
+        self._end_time: int | None = None
+        self._attributes = dict(attributes) if attributes else {}
+        self._events: Sequence[Event] = ()
+        self._links = tuple(links)
+        self._resource = maker.resource
+        self._status = _UNSET
         self._maker = maker
 
     def get_span_context(self) -> SpanContext:
@@ -64,19 +65,20 @@ class LightSpan(Span, ReadableSpan):
     def is_recording(self) -> bool:
         return self._end_time is None
 
+    # Its attributes are a dict of its own (made in __init__): changed in place.
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if self._end_time is None:
-            self._attributes = {**(self._attributes or {}), key: value}
+            self._attributes[key] = value  # type: ignore[index]
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         if self._end_time is None:
-            self._attributes = {**(self._attributes or {}), **attributes}
+            self._attributes.update(attributes)  # type: ignore[union-attr]
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if self._end_time is None:
-            self._events.append(Event(name, attributes, timestamp))  # type: ignore[attr-defined]
+            self._events = (*self._events, Event(name, attributes, timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._end_time is None and context.is_valid:
@@ -135,11 +137,10 @@ class Maker:
         """A span of the sampled trace `trace_id`, under `parent` (None: its root, of a
         random trace id)."""
         if parent is None:
-            flags = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
-            state = None
+            flags, state = _SAMPLED_RANDOM, None
         else:
-            flags = TraceFlags(TraceFlags.SAMPLED | parent.trace_flags & TraceFlags.RANDOM_TRACE_ID)
-            state = parent.trace_state
+            random = parent.trace_flags & TraceFlags.RANDOM_TRACE_ID
+            flags, state = (_SAMPLED_RANDOM if random else _SAMPLED), parent.trace_state
         context = SpanContext(
             trace_id, self._span_id(), is_remote=False, trace_flags=flags, trace_state=state
         )

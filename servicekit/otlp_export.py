@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -55,6 +55,7 @@ _IS_REMOTE = 0x200
 # Encoded attributes remembered at most (then forgotten all at once).
 _CACHE_LIMIT = 4096
 _attributes: dict[tuple[int, str, type, Any], bytes] = {}
+_names: dict[tuple[str, SpanKind], bytes] = {}
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_double = struct.Struct("<d").pack
@@ -101,37 +102,60 @@ def _scope(scope: Any) -> bytes:
 def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     assert context is not None
-    out = bytearray(b"\x0a\x10")  # 1: trace_id, 16 bytes
+    parent = span.parent
+    # 1: trace_id, 2: span_id, 4: parent_span_id (fixed sizes: tag and length constant)
+    out = bytearray(b"\x0a\x10")
     out += context.trace_id.to_bytes(16, "big")
-    out += b"\x12\x08"  # 2: span_id, 8 bytes
+    out += b"\x12\x08"
     out += context.span_id.to_bytes(8, "big")
     if context.trace_state:
         out += _field(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode())
-    parent = span.parent
     if parent is not None:
-        out += b"\x22\x08"  # 4: parent_span_id
+        out += b"\x22\x08"
         out += parent.span_id.to_bytes(8, "big")
-    out += _field(5, span.name.encode())
-    out += b"\x30"  # 6: kind, SpanKind's value + 1
-    out += _varint(span.kind.value + 1)
-    if span.start_time:
-        out += b"\x39" + _pack_fixed64(span.start_time)  # 7
-    if span.end_time:
-        out += b"\x41" + _pack_fixed64(span.end_time)  # 8
+    out += _name_and_kind(span.name, span.kind)
+    start, end = span.start_time, span.end_time
+    if start:
+        out += b"\x39"  # 7: start, fixed64
+        out += _pack_fixed64(start)
+    if end:
+        out += b"\x41"  # 8: end, fixed64
+        out += _pack_fixed64(end)
     out += _kvs(9, span.attributes)
     if span.dropped_attributes:
         out += b"\x50" + _varint(span.dropped_attributes)  # 10
-    out += _events(span)
-    out += _links(span)
-    status = span.status
+    if span.events or span.dropped_events:
+        out += _events(span)
+    if span.links or span.dropped_links:
+        out += _links(span)
+    out += _status(span.status)
+    # 16: flags, whether the parent is remote
+    out += _REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS
+    return bytes(out)
+
+
+def _name_and_kind(name: str, kind: SpanKind) -> bytes:
+    """Fields 5 (name) and 6 (kind: SpanKind's value + 1), remembered: a process names
+    its spans from a few dozen templates."""
+    encoded = _names.get((name, kind))
+    if encoded is None:
+        encoded = _field(5, name.encode()) + b"\x30" + _varint(kind.value + 1)
+        if len(_names) >= _CACHE_LIMIT:
+            _names.clear()
+        _names[name, kind] = encoded
+    return encoded
+
+
+def _status(status: Status) -> bytes:
+    """Field 15, the status (present even when unset, as the exporter's encoder has it)."""
+    if status.status_code is StatusCode.UNSET and not status.description:
+        return b"\x7a\x00"
     body = bytearray()
     if status.description:
         body += _field(2, status.description.encode())
     if status.status_code.value:
         body += b"\x18" + _varint(status.status_code.value)
-    out += _field(15, body)
-    out += b"\x85\x01" + _pack_fixed32(_flags(parent))  # 16: flags
-    return bytes(out)
+    return _field(15, body)
 
 
 def _events(span: ReadableSpan) -> bytes:
@@ -166,6 +190,10 @@ def _links(span: ReadableSpan) -> bytes:
     if span.dropped_links:
         out += b"\x70" + _varint(span.dropped_links)  # 14
     return bytes(out)
+
+
+_LOCAL_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
+_REMOTE_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def _flags(context: SpanContext | None) -> int:

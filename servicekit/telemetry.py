@@ -43,7 +43,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
 from random import getrandbits
@@ -83,6 +83,12 @@ _root_bound: int | None = None
 # What makes the spans of sampled traces, where the sampler lets it (light_spans); None:
 # the SDK's tracer does.
 _maker: Maker | None = None
+# Whether code in this process makes spans through OpenTelemetry's API itself (the ai
+# service's anthropic SDK): then each request's span, or its unsampled trace, is made
+# current in OpenTelemetry's context too, and a span current there is seen here. Elsewhere
+# Tandem's own context variable (`_current`) is all: OpenTelemetry's context API costs
+# several calls and objects per request.
+_mirror = True
 TRACE_ID_LIMIT = (1 << 64) - 1
 _next_trace_id: ContextVar[int | None] = ContextVar("tandem_next_trace_id", default=None)
 _propagator = TraceContextTextMapPropagator()
@@ -116,9 +122,10 @@ def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     )
 
 
-def configure_tracing(service_name: str) -> Callable[[], None] | None:
+def configure_tracing(service_name: str, *, api_spans: bool = False) -> Callable[[], None] | None:
     """Install the SDK and its OTLP exporter if `wanted()`; the function that flushes
-    and stops it at exit, else None (and tracing stays off)."""
+    and stops it at exit, else None (and tracing stays off). `api_spans`: code in this
+    process makes spans through OpenTelemetry's API itself (see `_mirror`)."""
     if not wanted():
         return None
     # Imported here: a process that exports nothing never loads the SDK or the exporter.
@@ -135,7 +142,11 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
     provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     trace.set_tracer_provider(provider)
     # One provider per process, as OpenTelemetry has it.
-    _install(provider.get_tracer("tandem"), parent_based=isinstance(provider.sampler, ParentBased))
+    _install(
+        provider.get_tracer("tandem"),
+        parent_based=isinstance(provider.sampler, ParentBased),
+        mirror=api_spans,
+    )
     log.info("traces: exported over OTLP (sampler %s)", provider.sampler.get_description())
 
     def shutdown() -> None:
@@ -145,16 +156,17 @@ def configure_tracing(service_name: str) -> Callable[[], None] | None:
     return shutdown
 
 
-def use_tracer(tracer: trace.Tracer | None) -> None:
+def use_tracer(tracer: trace.Tracer | None, *, mirror: bool = True) -> None:
     """Make spans with `tracer` (None: tracing off), whose sampler is parent-based: for
-    tests with an in-memory SDK."""
-    _install(tracer, parent_based=True)
+    tests with an in-memory SDK (`mirror`: see `_mirror`)."""
+    _install(tracer, parent_based=True, mirror=mirror)
 
 
-def _install(tracer: trace.Tracer | None, *, parent_based: bool) -> None:
-    global _tracer, _parent_based, _root_bound, _maker  # noqa: PLW0603
+def _install(tracer: trace.Tracer | None, *, parent_based: bool, mirror: bool = True) -> None:
+    global _tracer, _parent_based, _root_bound, _maker, _mirror  # noqa: PLW0603
     _tracer = tracer
     _parent_based = parent_based
+    _mirror = mirror
     _root_bound = _bound_of(getattr(tracer, "sampler", None))
     _maker = None
     ids = getattr(tracer, "id_generator", None)
@@ -225,10 +237,10 @@ def current_ids() -> tuple[str, str] | None:
     """The current trace and span ids (hex), for log lines; None outside any trace."""
     if _tracer is None:
         return None
-    passed = _passed.get()
-    if passed is not None:
-        return passed.trace_id, passed.span_id
-    span_context = trace.get_current_span().get_span_context()
+    current = _current.get()
+    if isinstance(current, Passed):
+        return current.trace_id, current.span_id
+    span_context = _context_of(current)
     if not span_context.is_valid:
         return None
     return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
@@ -237,34 +249,66 @@ def current_ids() -> tuple[str, str] | None:
 def current_link() -> SpanContext | None:
     """The current span's context, to link a shared piece of work back to it; None
     outside a trace, and in an unsampled one (no span of it is ever recorded)."""
-    if _tracer is None or _passed.get() is not None:
+    if _tracer is None:
         return None
-    span_context = trace.get_current_span().get_span_context()
+    current = _current.get()
+    if isinstance(current, Passed):
+        return None
+    span_context = _context_of(current)
     return span_context if span_context.is_valid else None
+
+
+def _context_of(current: Span | None) -> SpanContext:
+    """The context of `current` (the current span of ours), or with none, of the span
+    current in OpenTelemetry's context where that is looked at (`_mirror`)."""
+    if current is not None:
+        return current.get_span_context()
+    if _mirror:
+        return trace.get_current_span().get_span_context()
+    return trace.INVALID_SPAN_CONTEXT
 
 
 class Passed:
     """The context of a request whose trace is not sampled, under a parent-based sampler.
 
     No span is made for it, here or below: it is passed on to the next process as it
-    came (or as this process began it), its `traceparent` formatted once. It lives in a
-    context variable that the helpers below check first (one read): OpenTelemetry's
-    context API takes several calls and objects per request.
+    came (a well-formed version-00 `traceparent`), or as this process began it: then its
+    `traceparent` is formatted only when something asks for it (a call onwards, a log
+    line), which most requests of a coalesced read never do.
     """
 
-    __slots__ = ("flags", "span_id", "trace_id", "traceparent", "tracestate")
+    __slots__ = ("_trace_id", "_traceparent", "tracestate")
 
-    def __init__(
-        self, trace_id: str, span_id: str, flags: int, traceparent: str, tracestate: str | None
-    ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.flags = flags
-        self.traceparent = traceparent
+    def __init__(self, traceparent: str | None, tracestate: str | None, trace_id: int = 0) -> None:
+        self._traceparent = traceparent
         self.tracestate = tracestate
+        self._trace_id = trace_id
+
+    @classmethod
+    def begun(cls, trace_id: int) -> Passed:
+        """A new trace's, of a random trace id (W3C's flag 02, as the SDK sets it)."""
+        return cls(None, None, trace_id)
+
+    @property
+    def traceparent(self) -> str:
+        if self._traceparent is None:
+            span_id = getrandbits(64) or 1
+            self._traceparent = f"00-{self._trace_id:032x}-{span_id:016x}-02"
+        return self._traceparent
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
+
+    @property
+    def span_id(self) -> str:
+        return self.traceparent[36:52]
 
 
-_passed: ContextVar[Passed | None] = ContextVar("tandem_unsampled_trace", default=None)
+# The trace of the request running in this context, for the helpers below: a span of
+# ours (sampled), a `Passed` (unsampled), or None (outside any trace, or where
+# `_mirror`, see OpenTelemetry's context).
+_current: ContextVar[Span | Passed | None] = ContextVar("tandem_trace", default=None)
 _ROOT = otel_context.Context()
 # OpenTelemetry's current context while a request of an unsampled trace runs: for code
 # that makes spans through the API itself (the ai service's anthropic SDK), which so
@@ -279,19 +323,24 @@ class ActiveSpan:
     """A request's span (None: its trace is unsampled, `Passed`), current until `end`,
     which restores the context it replaced."""
 
-    __slots__ = ("_passed_token", "_token", "span")
+    __slots__ = ("_otel_token", "_token", "span")
 
-    def __init__(self, span: Span | None, token: object | None, passed_token: Any) -> None:
+    def __init__(self, span: Span | None, passed: Passed | None = None) -> None:
         self.span = span
-        self._token = token
-        self._passed_token = passed_token
+        self._token = _current.set(span if span is not None else passed)
+        self._otel_token = None
+        if _mirror:
+            context = _UNSAMPLED if span is None else trace.set_span_in_context(span, _ROOT)
+            self._otel_token = otel_context.attach(context)
 
     def end(self) -> None:
-        if self._passed_token is not None:
-            with suppress(ValueError):  # ended in another context (a finalised generator)
-                _passed.reset(self._passed_token)
-        if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
+        # Not contextlib.suppress: that is two calls more, on every request.
+        try:  # noqa: SIM105
+            _current.reset(self._token)
+        except ValueError:  # ended in another context (a finalised generator)
+            pass
+        if self._otel_token is not None:
+            otel_context.detach(self._otel_token)
         if self.span is not None:
             self.span.end()
 
@@ -311,9 +360,8 @@ def _server_span(
             decided = _new_trace(name)
             passed, trace_id = (decided, None) if isinstance(decided, Passed) else (None, decided)
         if passed is not None:
-            return _unsampled_span(passed)
-    span = _start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id)
-    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span, _ROOT)), None)
+            return ActiveSpan(None, passed)
+    return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id))
 
 
 def _start(
@@ -345,23 +393,13 @@ def _start(
     return _tracer.start_span(name, context, kind, attributes, links)
 
 
-def _unsampled_span(passed: Passed) -> ActiveSpan:
-    return ActiveSpan(None, otel_context.attach(_UNSAMPLED), _passed.set(passed))
-
-
 def _passed_on(remote: SpanContext, traceparent: Any, tracestate: str | None) -> Passed | None:
     """A caller's unsampled trace, to pass on as it came; None for a sampled one."""
     if remote.trace_flags.sampled:
         return None
     if tracestate is not None:  # rare: the propagator's normalised form goes on
         tracestate = remote.trace_state.to_header() or None
-    return Passed(
-        f"{remote.trace_id:032x}",
-        f"{remote.span_id:016x}",
-        int(remote.trace_flags),
-        traceparent if _TRACEPARENT.match(traceparent) else _format(remote),
-        tracestate,
-    )
+    return Passed(traceparent if _TRACEPARENT.match(traceparent) else _format(remote), tracestate)
 
 
 def _new_trace(name: str) -> Passed | int:
@@ -371,8 +409,7 @@ def _new_trace(name: str) -> Passed | int:
     trace_id = getrandbits(128) or 1
     if _root_sampled(trace_id, name):
         return trace_id
-    trace_hex, span_hex = f"{trace_id:032x}", f"{getrandbits(64) or 1:016x}"
-    return Passed(trace_hex, span_hex, 2, f"00-{trace_hex}-{span_hex}-02", None)
+    return Passed.begun(trace_id)
 
 
 def _root_sampled(trace_id: int, name: str) -> bool:
@@ -416,19 +453,28 @@ def _extract(traceparent: str | None, tracestate: str | None) -> SpanContext | N
 
 
 def http_server_span(
-    method: str, headers: Sequence[tuple[bytes, bytes]], attributes: Mapping[str, Any]
+    method: str, traceparent: bytes | None = None, tracestate: bytes | None = None
 ) -> ActiveSpan | None:
     """The span of an HTTP request (current until ended), continuing the client's
-    `traceparent`; None when tracing is off."""
+    `traceparent` (with its `tracestate`, the headers as they came); None when tracing
+    is off."""
     if _tracer is None:
         return None
-    traceparent = tracestate = None
-    for key, value in headers:
-        if key == b"traceparent":
-            traceparent = value.decode("latin-1")
-        elif key == b"tracestate":
-            tracestate = value.decode("latin-1")
-    return _server_span(method, traceparent, tracestate, attributes)
+    if traceparent is None:
+        if _parent_based and _root_bound is not None:
+            # Most requests: a new trace, which a ratio drops; in as few steps as may be.
+            trace_id = getrandbits(128) or 1
+            if trace_id & TRACE_ID_LIMIT >= _root_bound:
+                return ActiveSpan(None, Passed.begun(trace_id))
+            attributes = {"http.request.method": method}
+            return ActiveSpan(_start(method, None, SpanKind.SERVER, attributes, trace_id=trace_id))
+        return _server_span(method, None, None, {"http.request.method": method})
+    return _server_span(
+        method,
+        traceparent.decode("latin-1"),
+        None if tracestate is None else tracestate.decode("latin-1"),
+        {"http.request.method": method},
+    )
 
 
 def end_http_server_span(active: ActiveSpan, route: str | None, status: int) -> None:
@@ -459,7 +505,7 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
         # The common case, cut short: a caller's unsampled trace goes on as it came.
         passed = _unsampled_header(traceparent)
         if passed is not None:
-            return _unsampled_span(passed)
+            return ActiveSpan(None, passed)
     service, _, name = method.lstrip("/").partition("/")
     return _server_span(
         method.lstrip("/"),
@@ -476,7 +522,7 @@ def _unsampled_header(traceparent: str) -> Passed | None:
         return None
     if match[2] == _NO_SPAN:
         return None
-    return Passed(match[1], match[2], int(match[3], 16), traceparent, None)
+    return Passed(traceparent, None)
 
 
 # The last hex digit of the flags of a sampled trace (bit 0 set), and the invalid ids.
@@ -499,11 +545,11 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     trace, whose context is added as it is."""
     if _tracer is None:
         return None
-    passed = _passed.get()
-    if passed is not None:
-        _inject(metadata, passed.traceparent, passed.tracestate)
+    active = _current.get()
+    if isinstance(active, Passed):
+        _inject(metadata, active.traceparent, active.tracestate)
         return None
-    current = trace.get_current_span().get_span_context()
+    current = _context_of(active)
     if _unsampled(current):
         _inject(metadata, _format(current), current.trace_state.to_header() or None)
         return None
@@ -559,23 +605,17 @@ def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]
     span_links = [Link(link) for link in links if link is not None]
     parent = next(link.context for link in span_links if not _unsampled(link.context))
     # The batch runs in the context of the request that started it, which may be of an
-    # unsampled trace: the batch's own calls are of the batch's trace.
-    passed_token = _passed.set(None)
-    try:
-        made = _start(
-            name, parent, SpanKind.INTERNAL, {"tandem.batch.size": len(links)}, span_links
-        )
-        with _current(made):
-            yield
-    finally:
-        _passed.reset(passed_token)
+    # unsampled trace: the batch's own calls are of the batch's trace (`_made_current`).
+    made = _start(name, parent, SpanKind.INTERNAL, {"tandem.batch.size": len(links)}, span_links)
+    with _made_current(made):
+        yield
 
 
 @contextmanager
-def _current(made: Span) -> Iterator[Span]:
+def _made_current(made: Span) -> Iterator[Span]:
     """`made` current inside the block, and ended after it. An exception sets its
     status to its type, not its message: that may quote what a client sent."""
-    token = otel_context.attach(trace.set_span_in_context(made))
+    active = ActiveSpan(made)
     try:
         yield made
     except BaseException as exc:
@@ -583,22 +623,22 @@ def _current(made: Span) -> Iterator[Span]:
             made.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         raise
     finally:
-        otel_context.detach(token)
-        made.end()
+        active.end()
 
 
 @contextmanager
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
     """An internal span, current inside the block; None when tracing is off or the
     trace is unsampled."""
-    if _tracer is None or _passed.get() is not None:
+    active = _current.get() if _tracer is not None else None
+    if _tracer is None or isinstance(active, Passed):
         yield None
         return
-    parent = trace.get_current_span().get_span_context()
+    parent = _context_of(active)
     if _unsampled(parent):
         yield None
         return
-    with _current(
+    with _made_current(
         _start(name, parent if parent.is_valid else None, SpanKind.INTERNAL, attributes)
     ) as made:
         yield made
@@ -629,12 +669,19 @@ def _statement_began(
     context: Any,
     _executemany: bool,
 ) -> None:
-    if _tracer is None or _passed.get() is not None or not trace.get_current_span().is_recording():
+    if _tracer is None:
+        return
+    active = _current.get()
+    if isinstance(active, Passed):
+        return
+    if active is None and _mirror:
+        active = trace.get_current_span()
+    if active is None or not active.is_recording():
         return
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
     context._tandem_span = _start(
         f"{operation} {attributes['db.namespace']}".rstrip(),
-        trace.get_current_span().get_span_context(),
+        active.get_span_context(),
         SpanKind.CLIENT,
         {**attributes, "db.operation.name": operation, "db.query.text": statement},
     )

@@ -46,7 +46,7 @@ def test_traces_are_exported_only_when_the_otel_variables_say_where(
 
 def test_off_nothing_is_made_and_nothing_is_sent() -> None:
     metadata = [("x-request-id", "r1")]
-    assert telemetry.http_server_span("GET", [(b"traceparent", b"00-x")], {}) is None
+    assert telemetry.http_server_span("GET", b"00-x") is None
     assert telemetry.grpc_client_span(METHOD, "users:50051", metadata) is None
     assert telemetry.grpc_server_span(METHOD, ()) is None
     assert metadata == [("x-request-id", "r1")]
@@ -55,9 +55,7 @@ def test_off_nothing_is_made_and_nothing_is_sent() -> None:
 
 def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
     with recorded_spans() as spans:
-        http = telemetry.http_server_span(
-            "GET", [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())], {}
-        )
+        http = telemetry.http_server_span("GET", f"00-{TRACE}-{PARENT}-01".encode())
         assert http is not None and http.span is not None
         assert telemetry.current_ids() == (TRACE, f"{http.span.get_span_context().span_id:016x}")
         metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
@@ -90,9 +88,7 @@ def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
 
 def test_an_unsampled_trace_makes_no_span_but_goes_on_with_its_ids() -> None:
     with recorded_spans() as spans:
-        http = telemetry.http_server_span(
-            "GET", [(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode())], {}
-        )
+        http = telemetry.http_server_span("GET", f"00-{TRACE}-{PARENT}-00".encode())
         assert http is not None
         assert telemetry.current_ids() == (TRACE, PARENT)
         metadata: list[tuple[str, str]] = []
@@ -149,7 +145,7 @@ def test_an_upstream_outage_is_one_warning_when_it_begins_and_one_when_it_ends(
 
 def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags() -> None:
     with recorded_spans(ALWAYS_OFF) as spans:
-        http = telemetry.http_server_span("GET", [], {})
+        http = telemetry.http_server_span("GET")
         assert http is not None and http.span is None
         ids = telemetry.current_ids()
         assert ids is not None
@@ -176,7 +172,7 @@ def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags() 
 def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came() -> None:
     given = f"00-{TRACE}-{PARENT}-02"  # a flag other than sampled, kept
     with recorded_spans() as spans:
-        http = telemetry.http_server_span("GET", [(b"traceparent", given.encode())], {})
+        http = telemetry.http_server_span("GET", given.encode())
         assert http is not None
         metadata: list[tuple[str, str]] = []
         telemetry.grpc_client_span(METHOD, "users:50051", metadata)
@@ -196,7 +192,7 @@ def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id() -> None:
     sampled = unsampled = 0
     with recorded_spans(ratio) as spans:
         for _ in range(200):
-            http = telemetry.http_server_span("GET", [], {})
+            http = telemetry.http_server_span("GET")
             assert http is not None
             ids = telemetry.current_ids()
             assert ids is not None
@@ -227,7 +223,7 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
 
         async def request(flags: str) -> int:
             given = f"00-{TRACE if flags == '00' else 'f' * 32}-{PARENT}-{flags}"
-            http = telemetry.http_server_span("GET", [(b"traceparent", given.encode())], {})
+            http = telemetry.http_server_span("GET", given.encode())
             assert http is not None
             try:
                 return await batcher.submit(1)
@@ -248,7 +244,7 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
 
 def test_a_span_that_an_exception_ends_says_its_type_not_its_message() -> None:
     with recorded_spans() as spans:
-        http = telemetry.http_server_span("GET", [], {})
+        http = telemetry.http_server_span("GET")
         assert http is not None
         with pytest.raises(ValueError, match="a client's secret"), telemetry.span("internal"):
             raise ValueError("a client's secret")
@@ -260,4 +256,4 @@ def test_a_span_that_an_exception_ends_says_its_type_not_its_message() -> None:
     assert not internal.events
     assert internal.parent is not None and internal.parent.span_id == request.context.span_id
     assert request.status.status_code is StatusCode.ERROR
-    assert request.attributes == {"http.response.status_code": 500}
+    assert request.attributes == {"http.request.method": "GET", "http.response.status_code": 500}
