@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.acceptor import FREE_REFUSALS, REFUSAL_DELAY_SECONDS
+from gateway.acceptor_child import FREE_REFUSALS, REFUSAL_DELAY_SECONDS
 from gateway.problems import MAX_LISTED_ERRORS
 from servicekit.logs import log_handler
 from tests.support.gateway import (
