@@ -10,7 +10,7 @@ connection, with the gateway's full garbage collections (50-120 ms) on top; refu
 clients still waited 0.9 s at p99, hundreds of connections queued in the kernel meanwhile.
 
 So the listening socket is a small child process's (gateway.acceptor_child, standard
-library only: it starts in about 10 ms and holds about 10 MiB), which shares no GIL and
+library only: it starts in about 15 ms and holds about 11 MiB), which shares no GIL and
 no heap with the gateway. It accepts at once, and
 
 - below `max_connections` (the gateway's connections, counting those on their way to
