@@ -122,8 +122,8 @@ class AcceptorProcess:
             self._listener.close()
             self._child_end.close()
             os.close(self._counter_file)
-        self._control.send(self._refusal)
         try:
+            self._control.send(self._refusal)
             first = await asyncio.wait_for(self._loop.sock_recv(self._control, 64), START_SECONDS)
         except (TimeoutError, OSError) as exc:
             await self.stop()

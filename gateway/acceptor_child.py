@@ -86,9 +86,12 @@ class Acceptor:
         # Passed to the gateway, and those still to pass (the control socket was full).
         self._handed = 0
         self._outbox: list[socket.socket] = []
-        # Connections past the cap, waiting for their request head: their deadline and
-        # peer address.
-        self._held: dict[socket.socket, tuple[float, str]] = {}
+        self._writing = False  # waiting for room on the control socket
+        # Connections past the cap, waiting for their request head: their peer address;
+        # and when each must have sent it, in that order (those no longer held are
+        # skipped as they come up): no scan of all of them, thousands in a flood.
+        self._held: dict[socket.socket, str] = {}
+        self._deadlines: collections.deque[tuple[float, socket.socket]] = collections.deque()
         # Refusals held back, in the order (and so the time) they are due.
         self._late: collections.deque[tuple[float, socket.socket]] = collections.deque()
         # Refusals per peer address in the current second, from when.
@@ -116,9 +119,12 @@ class Acceptor:
                         self._send()
                 elif isinstance(sock, socket.socket) and sock in self._held:
                     self._look(sock)
+            if self._outbox and not self._writing:  # the last send failed otherwise
+                self._send()
             now = time.monotonic()
-            for sock, (deadline, _) in list(self._held.items()):
-                if deadline <= now:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                sock = self._deadlines.popleft()[1]
+                if sock in self._held:
                     self._drop(sock)
             while self._late and self._late[0][0] <= now:
                 self._refuse(self._late.popleft()[1])
@@ -136,8 +142,8 @@ class Acceptor:
                 self._hand_over(connection)
             else:
                 connection.setblocking(False)
-                address = str(peer[0]) if isinstance(peer, tuple) else ""
-                self._held[connection] = (time.monotonic() + self._header_timeout, address)
+                self._held[connection] = str(peer[0]) if isinstance(peer, tuple) else ""
+                self._deadlines.append((time.monotonic() + self._header_timeout, connection))
                 self._selector.register(connection, selectors.EVENT_READ)
                 self._look(connection)  # the request often came with the connection
         self._send()
@@ -165,7 +171,7 @@ class Acceptor:
             return
         with contextlib.suppress(OSError):
             connection.recv(len(seen))  # read, so that closing does not reset it
-        address = self._held[connection][1]
+        address = self._held[connection]
         self._unhold(connection)
         if self._count_refusal(address) > FREE_REFUSALS:
             self._late.append((time.monotonic() + REFUSAL_DELAY_SECONDS, connection))
@@ -207,14 +213,21 @@ class Acceptor:
             try:
                 socket.send_fds(self._control, [HANDED], [c.fileno() for c in batch])
             except BlockingIOError:  # the gateway is behind: once it reads
-                self._selector.modify(self._control, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                self._want_write(True)
                 return
-            except OSError:  # the gateway has gone; the control socket's end says so
+            except OSError:  # gone (its end comes next), or too many descriptors in flight
+                self._want_write(False)  # again on the next round
                 return
             for connection in batch:
                 connection.close()
             del self._outbox[: len(batch)]
-        self._selector.modify(self._control, selectors.EVENT_READ)
+        self._want_write(False)
+
+    def _want_write(self, writing: bool) -> None:
+        if writing != self._writing:
+            self._writing = writing
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+            self._selector.modify(self._control, events)
 
     def _gateway_there(self) -> bool:
         """Read the control socket: False once the gateway has closed it."""
