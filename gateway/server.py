@@ -234,7 +234,7 @@ class GatewayServer(uvicorn.Server):
 
     @property
     def acceptor_pid(self) -> int | None:
-        """The accepting process's (gateway.acceptor), while it runs."""
+        """The accepting process's id (gateway.acceptor), once started."""
         return None if self._acceptor is None else self._acceptor.pid
 
     @contextlib.contextmanager
