@@ -165,17 +165,24 @@ class AcceptorProcess:
             if not message:
                 self._gone()
                 return
-            if flags & socket.MSG_CTRUNC:
-                log.error("connections passed by the accepting process were lost")
             kind = message[:1]
             if kind == HANDED:
                 for fd in fds:
                     self._adopt(socket.socket(*self._kind, fileno=fd))
+                self._lost(message[1] - len(fds) if len(message) > 1 else 0, flags)
                 continue
             for fd in fds:
                 os.close(fd)
             if kind == LOG:
                 log.warning("%s", message[1:].decode(errors="replace"))
+
+    def _lost(self, count: int, flags: int) -> None:
+        """Count `count` connections passed but not received as closed: without a
+        descriptor to spare, the kernel closes what does not fit."""
+        if count > 0 or flags & socket.MSG_CTRUNC:
+            log.error("%d connections were lost on their way here: out of descriptors?", count)
+        for _ in range(count):
+            self.connection_closed()
 
     def _gone(self) -> None:
         self._loop.remove_reader(self._control.fileno())

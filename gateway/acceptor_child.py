@@ -10,7 +10,8 @@ place of its Date and request id. The process answers `READY` once it accepts, a
 
 - below `MAX_CONNECTIONS` (those it handed to the gateway and the gateway has not yet
   closed, handed-but-unread ones included) passes each connection's descriptor to the
-  gateway (`HANDED`, SCM_RIGHTS, several per message when several are ready) and closes
+  gateway (`HANDED` and how many, SCM_RIGHTS, several per message when several are
+  ready; a gateway out of descriptors gets fewer, and counts the others closed) and closes
   its own copy;
 - at or past it, holds the connection until its request head has come (at most
   HEADER_TIMEOUT seconds, else closes it), then answers the refusal itself and closes
@@ -52,8 +53,11 @@ READY = b"R"
 HANDED = b"H"
 LOG = b"L"
 # Accepted in a row, at most, before the process looks at the connections it holds; also
-# the most descriptors in one message (Linux takes 253).
+# the most descriptors in one message (Linux takes 253; the count is one byte).
 BATCH = 64
+# After accepting failed (out of descriptors, say), the listener rests this long: a
+# listener still readable would be retried at once, again and again.
+REST_SECONDS = 0.1
 _MAX_HEAD = 64 * 1024
 _PR_SET_PDEATHSIG = 1
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -87,6 +91,7 @@ class Acceptor:
         self._handed = 0
         self._outbox: list[socket.socket] = []
         self._writing = False  # waiting for room on the control socket
+        self._resting_until = 0.0  # the listener's rest, if it rests
         # Connections past the cap, waiting for their request head: their peer address;
         # and when each must have sent it, in that order (those no longer held are
         # skipped as they come up): no scan of all of them, thousands in a flood.
@@ -105,10 +110,7 @@ class Acceptor:
         """Accept until the gateway closes the control socket."""
         self._control.send(READY)
         while True:
-            timeout = 0.25
-            if self._late:
-                timeout = max(0.0, min(timeout, self._late[0][0] - time.monotonic()))
-            for key, events in self._selector.select(timeout=timeout):
+            for key, events in self._selector.select(timeout=self._timeout()):
                 sock = key.fileobj
                 if sock is self._listener:
                     self._accept()
@@ -121,13 +123,27 @@ class Acceptor:
                     self._look(sock)
             if self._outbox and not self._writing:  # the last send failed otherwise
                 self._send()
-            now = time.monotonic()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                sock = self._deadlines.popleft()[1]
-                if sock in self._held:
-                    self._drop(sock)
-            while self._late and self._late[0][0] <= now:
-                self._refuse(self._late.popleft()[1])
+            self._timed(time.monotonic())
+
+    def _timeout(self) -> float:
+        """How long to wait for events: until the next late refusal or the listener's
+        rest's end, at most 0.25 s (the head deadlines' granularity)."""
+        due = [self._late[0][0]] if self._late else []
+        if self._resting_until:
+            due.append(self._resting_until)
+        return max(0.0, min([0.25, *(when - time.monotonic() for when in due)]))
+
+    def _timed(self, now: float) -> None:
+        """What is due by `now`: heads that did not come, late refusals, the listener."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            sock = self._deadlines.popleft()[1]
+            if sock in self._held:
+                self._drop(sock)
+        while self._late and self._late[0][0] <= now:
+            self._refuse(self._late.popleft()[1])
+        if self._resting_until and self._resting_until <= now:
+            self._resting_until = 0.0
+            self._selector.register(self._listener, selectors.EVENT_READ)
 
     def _accept(self) -> None:
         for _ in range(BATCH):
@@ -135,8 +151,10 @@ class Acceptor:
                 connection, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # out of descriptors, say: the next select tries again
-                self.warn(f"accepting a connection failed: {exc}")
+            except OSError as exc:  # out of descriptors, say
+                self.warn(f"accepting a connection failed: {exc}; again in {REST_SECONDS:g} s")
+                self._resting_until = time.monotonic() + REST_SECONDS
+                self._selector.unregister(self._listener)
                 break
             if self._handed - self._closed[0] < self._max_connections:
                 self._hand_over(connection)
@@ -211,7 +229,8 @@ class Acceptor:
         while self._outbox:
             batch = self._outbox[:BATCH]
             try:
-                socket.send_fds(self._control, [HANDED], [c.fileno() for c in batch])
+                fds = [c.fileno() for c in batch]
+                socket.send_fds(self._control, [HANDED + bytes([len(fds)])], fds)
             except BlockingIOError:  # the gateway is behind: once it reads
                 self._want_write(True)
                 return

@@ -1,10 +1,15 @@
 """gateway.acceptor_child's accepting, on real sockets but without a gateway (this test
 reads the control socket): which connections are passed on, which refused, and how the
-cap counts those passed and not yet closed."""
+cap counts those passed and not yet closed; and gateway.acceptor's side of the count."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import errno
+import logging
+import os
+import resource
 import socket
 import threading
 import time
@@ -12,12 +17,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+from gateway.acceptor import AcceptorProcess
 from gateway.acceptor_child import (
     DATE_MARK,
     HANDED,
+    LOG,
     READY,
     REQUEST_ID_MARK,
+    REST_SECONDS,
     Acceptor,
     http_date,
     request_id,
@@ -41,7 +50,7 @@ class Accepting:
         connections: list[socket.socket] = []
         while len(connections) < count:
             message, fds, _, _ = socket.recv_fds(self.control, 64, 64)
-            assert message == HANDED
+            assert message == HANDED + bytes([len(fds)])
             connections += (socket.socket(fileno=fd) for fd in fds)
         assert len(connections) == count
         return connections
@@ -52,9 +61,21 @@ class Accepting:
         return client
 
 
+class FailingOnce(socket.socket):
+    """A listening socket whose first accept fails as when out of descriptors."""
+
+    failed = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
 @contextmanager
-def accepting(max_connections: int) -> Iterator[Accepting]:
-    listener = socket.create_server(("127.0.0.1", 0))
+def accepting(max_connections: int, listener: socket.socket | None = None) -> Iterator[Accepting]:
+    listener = listener or socket.create_server(("127.0.0.1", 0))
     address = listener.getsockname()
     control, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     control.settimeout(5)
@@ -113,6 +134,22 @@ def test_passed_connections_count_against_the_cap_until_the_gateway_closes_them(
             sock.close()
 
 
+def test_when_accepting_fails_the_listener_rests_and_the_gateway_is_told() -> None:
+    listener = FailingOnce(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    with accepting(max_connections=1, listener=listener) as acceptor:
+        started = time.monotonic()
+        with acceptor.request("/v1/users/me"):
+            assert acceptor.control.recv(256) == (
+                LOG + b"accepting a connection failed: [Errno 24] Too many open files; "
+                b"again in %g s" % REST_SECONDS
+            )
+            (passed,) = acceptor.passed(1)  # accepted once the rest is over
+            assert time.monotonic() - started >= REST_SECONDS
+            passed.close()
+
+
 def test_a_refusal_carries_the_current_date_and_a_new_request_id() -> None:
     with accepting(max_connections=0) as acceptor:
         answers = []
@@ -138,3 +175,63 @@ def test_the_date_and_request_id_are_written_as_the_gateway_writes_them() -> Non
     assert len(made) == len(REQUEST_ID_MARK) == len(str(uuid.uuid4()))
     assert str(uuid.UUID(made.decode())).encode() == made
     assert len(DATE_MARK) == len(http_date(time.time()))
+
+
+class Signal(logging.Handler):
+    """Sets `event` on a record at `level` or above."""
+
+    def __init__(self, event: asyncio.Event, level: int) -> None:
+        super().__init__(level)
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.event.set()
+
+
+async def test_connections_lost_for_want_of_descriptors_count_as_closed() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    adopted = asyncio.Event()
+
+    def adopt(connection: socket.socket) -> None:
+        connection.close()  # and still open for the count
+        adopted.set()
+
+    acceptor = AcceptorProcess(
+        listener,
+        loop,
+        adopt,
+        max_connections=1,
+        header_timeout=5,
+        uncapped=frozenset(),
+        refusal=REFUSAL,
+        on_gone=lambda: None,
+    )
+    await acceptor.start()
+    lost = asyncio.Event()
+    logger = logging.getLogger("gateway.acceptor")
+    signal = Signal(lost, logging.ERROR)
+    logger.addHandler(signal)
+    first, second = socket.socket(), socket.socket()  # before descriptors run out
+    first.setblocking(False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    try:
+        # No descriptor to spare here: the kernel closes the connection on its way.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            await loop.sock_connect(first, address)
+            await asyncio.wait_for(lost.wait(), 5)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert not adopted.is_set()
+        # Counted as closed: the next one fits under the cap of one.
+        second.connect(address)
+        await asyncio.wait_for(adopted.wait(), 5)
+    finally:
+        logger.removeHandler(signal)
+        first.close()
+        second.close()
+        await acceptor.stop()
