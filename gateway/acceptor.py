@@ -33,7 +33,7 @@ What it costs per new connection below the cap: its descriptor's passing, about 
 the child and 3 us on the loop (0.2 and 0.7 us a connection when 64 go in one message);
 kept-alive connections pay nothing. In `make bench-abuse`'s flood the child used 0.03
 cores and 14 MiB, holding 2,000 connections past the cap, and refused probes waited
-23-31 ms at p99 (two runs; the machine's two cores 1.5-1.85 busy).
+8-23 ms at p99 (two runs; the slower had the machine's two cores 1.85 busy).
 
 The child is the gateway's to stop (`stop`: it stops accepting and closes the port once
 the control socket closes) and dies with it: the control socket's end, and on Linux the
