@@ -36,7 +36,8 @@ def main() -> int:
     finally:
         if stop_tracing is not None:
             stop_tracing()  # exports the spans still buffered
-    return 0 if server.started else 1
+    # Stopped because its accepting process went away: a supervisor should restart it.
+    return 0 if server.started and not server.acceptor_failed else 1
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -127,8 +128,12 @@ class EdgeProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
+        """`on_lost` is called once the connection is closed (gateway.acceptor counts)."""
         super().__init__(config, server_state, app_state, _loop)
+        self._on_lost = on_lost
         limits = config.edge_limits if isinstance(config, EdgeConfig) else EdgeLimits()
         self._limits = limits
         self._max_head = limits.max_header_bytes
@@ -154,6 +159,8 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         if running is not None and not running[1].response_complete:
             self._cancel(running, CLIENT_GONE)
+        if self._on_lost is not None:
+            self._on_lost()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, but refusals are problems; a refusal from a callback arrives as
@@ -282,9 +289,14 @@ class EdgeProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def refusal(problem: ProblemError, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A whole HTTP/1.1 response carrying `problem`, closing the connection."""
-    request_id = str(uuid.uuid4())
+def refusal(
+    problem: ProblemError,
+    default_headers: list[tuple[bytes, bytes]],
+    request_id: str | None = None,
+) -> bytes:
+    """A whole HTTP/1.1 response carrying `problem`, closing the connection; a new
+    request id unless given."""
+    request_id = request_id or str(uuid.uuid4())
     body = problem_bytes(problem, request_id)
     headers = [
         *default_headers,

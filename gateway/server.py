@@ -1,11 +1,12 @@
 """Serving the app with uvicorn (uvloop, httptools), in `python -m gateway` and in tests.
 
 The HTTP protocol is gateway.edge's (uvicorn's httptools one with limits and read
-timeouts); the listening socket is gateway.acceptor's, which accepts on a thread of its
-own and refuses connections past the cap there; `GatewayServer` checks the edge's
-deadlines on each of uvicorn's ticks, and
-at shutdown gives requests the grace, then has the edge end what still runs, which the
-middleware answers 503 (uvicorn's own timeout would answer a plain-text 500).
+timeouts); the listening socket is gateway.acceptor's, a process of its own that accepts,
+passes the connections below the cap to the loop and refuses those past it itself;
+`GatewayServer` checks the edge's deadlines on each of uvicorn's ticks, and at shutdown
+stops that process (the port closes), gives requests the grace, then has the edge end
+what still runs, which the middleware answers 503 (uvicorn's own timeout would answer a
+plain-text 500).
 """
 
 from __future__ import annotations
@@ -22,8 +23,19 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
-from gateway.acceptor import Acceptor
-from gateway.edge import SHUTDOWN, EdgeConfig, EdgeLimits, EdgeProtocol, end_requests, expire_late
+from gateway.acceptor import AcceptorError, AcceptorProcess
+from gateway.acceptor_child import DATE_MARK, REQUEST_ID_MARK
+from gateway.edge import (
+    SHUTDOWN,
+    TOO_MANY_CONNECTIONS,
+    UNCAPPED_PATHS,
+    EdgeConfig,
+    EdgeLimits,
+    EdgeProtocol,
+    end_requests,
+    expire_late,
+    refusal,
+)
 from gateway.health_port import HealthPort, Heartbeat
 from gateway.settings import GatewaySettings
 from servicekit.server import SERVING
@@ -76,7 +88,9 @@ class GatewayServer(uvicorn.Server):
         self.ready = asyncio.Event()
         self._shutdown_timers: list[asyncio.TimerHandle] = []
         self._health: tuple[HealthPort, Heartbeat] | None = None
-        self._acceptor: Acceptor | None = None
+        self._acceptor: AcceptorProcess | None = None
+        # The accepting process went away on its own: the server stopped for that.
+        self.acceptor_failed = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         config = self.config
@@ -100,18 +114,12 @@ class GatewayServer(uvicorn.Server):
         self.ready.set()
 
     async def _start_accepting(self, config: EdgeConfig) -> tuple[str, int]:
-        """uvicorn's startup, but the listening socket is gateway.acceptor's; where it
-        listens."""
+        """uvicorn's startup, but the listening socket is gateway.acceptor's process's;
+        where it listens."""
         await self.lifespan.startup()
         if self.lifespan.should_exit:
             sys.exit(STARTUP_FAILURE)
         loop = asyncio.get_running_loop()
-        protocol = functools.partial(
-            EdgeProtocol,
-            config=config,
-            server_state=self.server_state,
-            app_state=self.lifespan.state,
-        )
         host = config.host or "0.0.0.0"  # noqa: S104 - uvicorn's default too
         try:
             listener = socket.create_server(
@@ -123,6 +131,7 @@ class GatewayServer(uvicorn.Server):
             log.error("cannot listen on %s:%d: %s", host, config.port, exc)
             await self.lifespan.shutdown()
             sys.exit(STARTUP_FAILURE)
+        name: tuple[str, int] = listener.getsockname()[:2]
         adopting: set[asyncio.Task[None]] = set()
 
         async def serve(connection: socket.socket) -> None:
@@ -130,6 +139,7 @@ class GatewayServer(uvicorn.Server):
                 await loop.connect_accepted_socket(protocol, connection)
             except OSError as exc:
                 connection.close()
+                acceptor.connection_closed()
                 log.debug("a connection was gone before it was served: %s", exc)
 
         def adopt(connection: socket.socket) -> None:
@@ -137,20 +147,37 @@ class GatewayServer(uvicorn.Server):
             adopting.add(task)  # held until done: the loop keeps only weak references
             task.add_done_callback(adopting.discard)
 
-        self._acceptor = Acceptor(
+        acceptor = AcceptorProcess(
             listener,
             loop,
             adopt,
-            open_connections=lambda: len(self.server_state.connections),
             max_connections=config.edge_limits.max_connections,
             header_timeout=config.edge_limits.header_timeout,
-            default_headers=lambda: self.server_state.default_headers,
+            uncapped=UNCAPPED_PATHS,
+            refusal=_refusal_template(config),
+            on_gone=self._acceptor_gone,
         )
+        protocol = functools.partial(
+            EdgeProtocol,
+            config=config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+            on_lost=acceptor.connection_closed,
+        )
+        try:
+            await acceptor.start()
+        except AcceptorError as exc:
+            log.error("%s", exc)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        self._acceptor = acceptor
         self.servers = []
-        self._acceptor.start()
         self.started = True
-        name: tuple[str, int] = listener.getsockname()[:2]
         return name
+
+    def _acceptor_gone(self) -> None:
+        self.acceptor_failed = True
+        self.should_exit = True
 
     def _start_health(self) -> None:
         config = self.config
@@ -176,7 +203,7 @@ class GatewayServer(uvicorn.Server):
         grace = self.config.shutdown_grace
         log.info("shutting down: requests in flight have %gs to finish", grace)
         if self._acceptor is not None:  # no new connections
-            self._acceptor.close()
+            await self._acceptor.stop()
         loop = asyncio.get_running_loop()
         self._shutdown_timers.append(loop.call_later(grace, self._end_requests, grace))
         try:
@@ -205,6 +232,11 @@ class GatewayServer(uvicorn.Server):
         log.error("requests still running %gs after they were ended; exiting", _ANSWER_SECONDS)
         self.force_exit = True
 
+    @property
+    def acceptor_pid(self) -> int | None:
+        """The accepting process's id (gateway.acceptor), once started."""
+        return None if self._acceptor is None else self._acceptor.pid
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
@@ -212,3 +244,11 @@ class GatewayServer(uvicorn.Server):
             # uvicorn re-raises the SIGTERM/SIGINT that stopped it once it is done, which
             # kills the process with that signal; the shutdown was clean, so exit 0.
             self._captured_signals.clear()
+
+
+def _refusal_template(config: EdgeConfig) -> bytes:
+    """The edge's refusal past the connection cap, with the marks where the accepting
+    process writes its Date (as uvicorn's default headers carry it) and request id."""
+    date = [(b"date", DATE_MARK)] if config.date_header else []
+    headers = [*date, *config.encoded_headers]
+    return refusal(TOO_MANY_CONNECTIONS, headers, request_id=REQUEST_ID_MARK.decode())

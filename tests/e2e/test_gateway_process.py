@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT
 from tests.support.ai_standin import running_ai_standin
 from tests.support.gateway import PASSWORD, assert_problem, closed_port
 from tests.support.processes import ServiceProcess, create_gateway_account, run_command
+from tests.support.rawhttp import address_of
 
 
 def gateway_env(users_target: str, ai_target: str, **extra: str) -> dict[str, str]:
@@ -97,3 +102,49 @@ async def test_an_invalid_setting_stops_start_up_with_one_line() -> None:
         "or equal to 30; GATEWAY_USERS_DEADLINE_SECONDS is invalid: Input should be a valid "
         "number, unable to parse string as a number"
     ]
+
+
+async def test_a_killed_gateway_leaves_no_process_on_its_port() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    async with ServiceProcess(
+        ["-m", "gateway"], gateway_env(target, target), cwd=str(ROOT)
+    ) as gateway:
+        address = address_of(f"http://{await gateway.wait_serving()}")
+        (acceptor,) = children_of(gateway.pid)  # the accepting process (gateway.acceptor)
+        acceptor_ended = ended(acceptor)
+        socket.create_connection(address, timeout=5).close()
+        gateway.send_signal(signal.SIGKILL)
+        assert await gateway.wait() == -signal.SIGKILL
+    # The kernel kills the accepting process with it; nothing listens on the port.
+    await asyncio.wait_for(acceptor_ended.wait(), 10)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5).close()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def ended(pid: int) -> asyncio.Event:
+    """Set once process `pid` (not a child of this one) has ended."""
+    pidfd = os.pidfd_open(pid)  # readable once it ends
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def end() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        done.set()
+
+    loop.add_reader(pidfd, end)
+    return done

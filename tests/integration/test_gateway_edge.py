@@ -5,12 +5,16 @@ log lines a client cannot break. Raw sockets where no proper client would go."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import io
 import json
 import logging
+import os
+import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.acceptor import FREE_REFUSALS, REFUSAL_DELAY_SECONDS
+from gateway.acceptor_child import FREE_REFUSALS, REFUSAL_DELAY_SECONDS
+from gateway.app import create_app
 from gateway.problems import MAX_LISTED_ERRORS
+from gateway.server import GatewayServer, uvicorn_config
 from servicekit.logs import log_handler
 from tests.support.gateway import (
     PASSWORD,
@@ -27,6 +33,7 @@ from tests.support.gateway import (
     closed_port,
     gateway_settings,
     running_gateway,
+    running_gateway_server,
 )
 from tests.support.rawhttp import RawResponse, address_of, raw_connection, request_head
 
@@ -342,9 +349,17 @@ async def test_past_the_cap_a_request_is_refused_without_the_event_loop() -> Non
         assert time.monotonic() - started < 2
         head, _, body = b"".join(seen).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 ")
-        assert b"retry-after: 1" in head.lower()
-        assert b"connection: close" in head.lower()
-        assert json.loads(body)["reason"] == "TOO_MANY_CONNECTIONS"
+        headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        assert headers[b"retry-after"] == b"1"
+        assert headers[b"connection"] == b"close"
+        assert headers[b"content-type"] == b"application/problem+json"
+        problem = json.loads(body)
+        assert problem["reason"] == "TOO_MANY_CONNECTIONS"
+        # The accepting process writes the Date and a request id of its own.
+        date = email.utils.parsedate_to_datetime(headers[b"date"].decode())
+        assert abs(date.timestamp() - time.time()) < 5
+        assert problem["request_id"] == headers[b"x-request-id"].decode()
+        assert uuid.UUID(problem["request_id"]).version == 4
 
 
 async def test_refusals_to_a_reconnecting_flood_are_slowed_for_its_address_only() -> None:
@@ -372,3 +387,59 @@ async def test_refusals_to_a_reconnecting_flood_are_slowed_for_its_address_only(
         # while another address is refused at once.
         assert await refused("127.0.0.2") < REFUSAL_DELAY_SECONDS / 2
         assert await late >= REFUSAL_DELAY_SECONDS * 0.9
+
+
+async def test_connections_come_from_the_accepting_process_and_shutdown_closes_the_port() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    async with running_gateway_server(gateway_settings(target, target)) as server:
+        url = f"http://{server.address}"
+        port = address_of(url)[1]
+        child = server.acceptor_pid
+        assert child is not None
+        # The listening socket is the child's alone.
+        assert listening_sockets(port) <= socket_inodes(child)
+        assert not listening_sockets(port) & socket_inodes(os.getpid())
+        async with httpx.AsyncClient(base_url=url) as client:
+            answers = await asyncio.gather(*(client.get("/v1/nothing") for _ in range(50)))
+        assert [a.status_code for a in answers] == [404] * 50
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address_of(url), timeout=5).close()
+    with pytest.raises(ProcessLookupError):  # exited, and reaped
+        os.pidfd_open(child)
+
+
+async def test_the_gateway_stops_if_its_accepting_process_goes_away() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    settings = gateway_settings(target, target)
+    server = GatewayServer(uvicorn_config(create_app(settings), settings))
+    serving = asyncio.create_task(server.serve())
+    await asyncio.wait_for(server.ready.wait(), 10)
+    assert server.acceptor_pid is not None
+    os.kill(server.acceptor_pid, signal.SIGKILL)
+    await asyncio.wait_for(serving, 10)
+    assert server.acceptor_failed
+
+
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on `port` (IPv4)."""
+    found = set()
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` holds."""
+    found = set()
+    for fd in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(fd.path)
+        except FileNotFoundError:  # closed meanwhile (the listing's own, say)
+            continue
+        if link.startswith("socket:["):
+            found.add(link[8:-1])
+    return found
