@@ -7,22 +7,20 @@ sent; a request no route matched is `unmatched`, and a method outside HTTP's own
 
 from __future__ import annotations
 
-from typing import Any
-
-from prometheus_client import Counter, Histogram
 from starlette.types import Scope
 
 from servicekit import metrics
+from servicekit.hot_metrics import CounterCell, HistogramCell, HotCounter, HotHistogram
 from servicekit.metrics import LATENCY_BUCKETS, REGISTRY
 
-HTTP_REQUESTS = Counter(
+HTTP_REQUESTS = HotCounter(
     "tandem_http_requests",
     "HTTP requests the gateway answered, by route template, method and status "
     "(499: the client left before the answer).",
     ["route", "method", "status"],
     registry=REGISTRY,
 )
-HTTP_DURATION = Histogram(
+HTTP_DURATION = HotHistogram(
     "tandem_http_request_duration_seconds",
     "How long the gateway took over requests, by route template and method (a stream: "
     "until its last event).",
@@ -46,20 +44,19 @@ class HttpMetrics:
     """Records each request, while the process serves metrics; label children kept."""
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str, int], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
+        # Per route, method and status: its count, and its route and method's durations.
+        self._cells: dict[tuple[str, str, int], tuple[CounterCell, HistogramCell]] = {}
 
     def ended(self, route: str | None, method: str, status: int, seconds: float) -> None:
         if not metrics.recording():
             return
-        route = route or UNMATCHED
-        method = method if method in _METHODS else "OTHER"
-        key = (route, method, status)
-        counter = self._counts.get(key)
-        if counter is None:
-            counter = self._counts[key] = HTTP_REQUESTS.labels(route, method, str(status))
-        counter.inc()
-        duration = self._durations.get(key[:2])
-        if duration is None:
-            duration = self._durations[key[:2]] = HTTP_DURATION.labels(route, method)
-        duration.observe(seconds)
+        key = (route or UNMATCHED, method if method in _METHODS else "OTHER", status)
+        cells = self._cells.get(key)
+        if cells is None:
+            route, method = key[:2]
+            cells = self._cells[key] = (
+                HTTP_REQUESTS.labels(route, method, str(status)),
+                HTTP_DURATION.labels(route, method),
+            )
+        cells[0].inc()
+        cells[1].observe(seconds)

@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from servicekit.errors import StartupError
+from servicekit.hot_metrics import CounterCell, HistogramCell, HotCounter, HotHistogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -68,33 +69,33 @@ STREAM_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 # Items per batch: MAX_BATCH reads per coalesced call (32), up to 256 rows per insert.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-RPC_SERVER_CALLS = Counter(
+RPC_SERVER_CALLS = HotCounter(
     "tandem_rpc_server_calls",
     "gRPC calls this server handled, by method and status.",
     ["service", "method", "code"],
     registry=REGISTRY,
 )
-RPC_SERVER_DURATION = Histogram(
+RPC_SERVER_DURATION = HotHistogram(
     "tandem_rpc_server_duration_seconds",
     "How long this server took over unary calls, by method.",
     ["service", "method"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-RPC_CLIENT_CALLS = Counter(
+RPC_CLIENT_CALLS = HotCounter(
     "tandem_rpc_client_calls",
     "gRPC calls this process made to an upstream, by method and status.",
     ["upstream", "service", "method", "code"],
     registry=REGISTRY,
 )
-RPC_CLIENT_DURATION = Histogram(
+RPC_CLIENT_DURATION = HotHistogram(
     "tandem_rpc_client_duration_seconds",
     "How long unary calls to an upstream took, as this process saw them.",
     ["upstream", "service", "method"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-STREAM_DURATION = Histogram(
+STREAM_DURATION = HotHistogram(
     "tandem_stream_duration_seconds",
     "How long whole server-streaming calls lasted, by side and method.",
     ["side", "service", "method"],
@@ -166,8 +167,8 @@ class CallMetrics:
         self,
         method: str,
         *,
-        calls: Counter,
-        duration: Histogram,
+        calls: HotCounter,
+        duration: HotHistogram,
         side: str,
         upstream: str | None = None,
     ) -> None:
@@ -175,9 +176,9 @@ class CallMetrics:
         prefix = () if upstream is None else (upstream,)
         self._labels = (*prefix, service, name)
         self._calls = calls
-        self._codes: dict[grpc.StatusCode, Any] = {}
-        self._duration = duration.labels(*self._labels)
-        self._stream = STREAM_DURATION.labels(side, service, name)
+        self._codes: dict[grpc.StatusCode, CounterCell] = {}
+        self._duration: HistogramCell = duration.labels(*self._labels)
+        self._stream: HistogramCell = STREAM_DURATION.labels(side, service, name)
 
     @classmethod
     def server(cls, method: str) -> CallMetrics:
