@@ -76,7 +76,8 @@ async def ai_server(
         )
         stack.push_async_callback(users.close)
         accounts = Accounts(users, ttl=settings.auth_cache_seconds)
-        callers = CallerResolver(remote_verifier(jwks_source(users), settings), accounts.sessions)
+        verifier = remote_verifier(jwks_source(users), settings)
+        callers = CallerResolver(verifier, accounts.sessions)
         chain, budget = _chain(settings, stack, metrics)
         log.info("analyses by %s", " then ".join(chain.models))
         # One Database for both repositories: on SQLite its writers take turns.
@@ -134,7 +135,7 @@ async def ai_server(
         register_operations = partial(
             operations_pb2_grpc.add_OperationsServicer_to_server, operations_servicer
         )
-        yield build_server(
+        server = build_server(
             settings.addr,
             [
                 Service(SERVICE_NAME, register),
@@ -145,6 +146,10 @@ async def ai_server(
             access_log=settings.access_log,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
+        # Every call needs the users service's keys: fetch them before the first asks,
+        # without holding the start up (the users service may come up later).
+        server.while_serving(verifier.keys.warm)
+        yield server
 
 
 async def serve(settings: AiSettings) -> None:

@@ -10,6 +10,7 @@ on every request, and these run on every request. For the same reason every one 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,9 +102,13 @@ async def verified_claims(runtime: Runtime, token: str) -> AccessClaims:
         return await runtime.tokens.verify(token)
     except TokenRejected as exc:
         raise unauthorized(exc.message, reason=exc.reason) from None
-    except KeysUnavailable:
+    except KeysUnavailable as exc:
+        # Retry-After: when the key set may fetch again (whole seconds, rounded up).
         raise ProblemError(
-            503, "the users service's signing keys are unavailable; retry shortly"
+            503,
+            "the users service's signing keys are unavailable; retry shortly",
+            reason="SIGNING_KEYS_UNAVAILABLE",
+            headers={"Retry-After": str(math.ceil(exc.retry_after))},
         ) from None
 
 

@@ -62,10 +62,12 @@ class CallerResolver:
             claims = await self._verifier.verify(token)
         except TokenRejected as exc:
             raise Unauthenticated(exc.message, reason=exc.reason) from None
-        except KeysUnavailable:
+        except KeysUnavailable as exc:
+            # The retry delay is when the key set may fetch again: sooner is refused.
             raise Unavailable(
                 "the keys that verify access tokens are unavailable; retry shortly",
                 reason="SIGNING_KEYS_UNAVAILABLE",
+                retry_after=exc.retry_after,
             ) from None
         caller = self._callers.get(token)
         if caller is None:

@@ -18,7 +18,14 @@ import asyncio
 import logging
 import re
 import signal
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +80,8 @@ class GrpcServer:
     service_names: tuple[str, ...]
     tls: ServerTls | None = None
     _started: bool = field(default=False)
+    _background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -87,15 +96,33 @@ class GrpcServer:
             return f"TLS with {self.tls.cert_file}"
         return f"mTLS with {self.tls.cert_file}, client certificates from {self.tls.client_ca_file}"
 
+    def while_serving(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `work` in the background once the server serves, cancelled at `stop`:
+        for what the server must neither wait for nor fail on, such as warming a cache."""
+        self._background.append(work)
+
     async def start(self) -> None:
         await self.server.start()
         self._started = True
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for work in self._background:
+            task = asyncio.create_task(work())
+            task.add_done_callback(_log_failure)
+            self._tasks.append(task)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         await self.server.stop(grace)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background work of the server failed", exc_info=task.exception())
 
 
 # Checks a call's credentials (raising a ServiceError to refuse it), as

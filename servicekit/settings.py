@@ -236,7 +236,8 @@ class TokenCheckSettings(BaseSettings):
     # A token whose `exp - iat` is longer than this is refused, whatever its signature.
     token_max_lifetime_seconds: int = Field(default=3600, ge=30, le=24 * 3600)
     # How long the fetched keys are used before fetching them again; a token naming
-    # an unknown key fetches them at once, but at most once per jwks_min_refetch_seconds.
+    # an unknown key fetches them at once, but at most once per jwks_min_refetch_seconds
+    # (before the first success, sooner: a back-off from 0.25 s, servicekit.tokens.KeySet).
     jwks_max_age_seconds: float = Field(default=300.0, gt=0)
     jwks_min_refetch_seconds: float = Field(default=10.0, ge=0)
     # How long a token's session counts as live without asking the users service again.

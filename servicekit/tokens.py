@@ -4,7 +4,10 @@ The users service signs access tokens (`users.v1.AuthService`) and publishes the
 keys as a JSON Web Key Set; anything that accepts a token verifies it here, holding no
 secret. `KeySet` caches the JWKS and fetches it again when a token names a key it does
 not know, at most once per `min_refetch_seconds`, so a flood of garbage `kid`s cannot
-hammer the users service. `TokenVerifier.verify` checks, in this order:
+hammer the users service. Until its first fetch succeeds it retries sooner (a back-off
+from `first_retry_seconds`, doubling up to `min_refetch_seconds`), and `KeySet.warm`
+fetches it before any token asks, so a cold start does not refuse calls for long.
+`TokenVerifier.verify` checks, in this order:
 
 - the header: `alg` must be EdDSA (never `none`, never an HMAC keyed with a public key);
 - the key: `kid` must name a published key (UNKNOWN_SIGNING_KEY otherwise);
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +61,14 @@ class TokenRejected(Exception):
 
 
 class KeysUnavailable(Exception):
-    """No key set could be fetched yet: a fault of the key source, not of the token."""
+    """No key set could be fetched yet: a fault of the key source, not of the token.
+
+    `retry_after`: seconds until the key set may fetch again.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,13 @@ class KeySet:
     (a failed refresh keeps the old keys), and again when a token names an unknown
     `kid` - but never more than once per `min_refetch_seconds`, and concurrent
     lookups share one fetch.
+
+    Until a fetch has succeeded once, a failed one is retried sooner: after
+    `first_retry_seconds`, then twice as long each time, up to `min_refetch_seconds`
+    (or `first_retry_seconds`, if that is longer).
+    A cold start (the source's first call losing to a name lookup, or the source
+    starting later) then refuses calls for a moment, not `min_refetch_seconds`; an
+    outage after that is still asked about at most once per `min_refetch_seconds`.
     """
 
     def __init__(
@@ -117,15 +135,24 @@ class KeySet:
         *,
         max_age_seconds: float = 300.0,
         min_refetch_seconds: float = 10.0,
+        first_retry_seconds: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._source = source
         self._max_age = max_age_seconds
         self._min_refetch = min_refetch_seconds
         self._clock = clock
+        self._sleep = sleep
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
-        self._attempted_at: float | None = None
+        # The earliest time the next fetch may start, and the back-off of the next
+        # failure while no fetch has succeeded yet.
+        self._next_fetch_at = -math.inf
+        self._retry_delay = first_retry_seconds
+        # Not below the first delay: with min_refetch_seconds 0, warm() must not spin.
+        self._max_retry_delay = max(first_retry_seconds, min_refetch_seconds)
+        self._failure: Exception | None = None
         self._fetching: asyncio.Task[None] | None = None
         self.fetches = 0
 
@@ -140,21 +167,48 @@ class KeySet:
             return key
         if self._may_fetch(kid):
             await self._fetch()
-        elif self._fetched_at is None:
-            raise KeysUnavailable("the token signing keys are unavailable; retry shortly")
+        if self._fetched_at is None:
+            raise self._unavailable()
         key = self._keys.get(kid)
         if key is None:
             raise TokenRejected(UNKNOWN_SIGNING_KEY, "the access token's signing key is unknown")
         return key
 
+    async def warm(self) -> None:
+        """Fetch the keys before any token asks for them: until a fetch succeeds, as
+        soon as each failure's back-off allows (sharing fetches that tokens started).
+
+        For a process's start, run in the background: it returns only once the keys
+        are in, however late the source comes up, and may be cancelled.
+        """
+        while self._fetched_at is None:
+            wait = self._next_fetch_at - self._clock()
+            if wait > 0 and self._fetching is None:
+                await self._sleep(wait)
+                continue
+            await self._fetch()
+            if self._fetched_at is None:
+                log.warning(
+                    "the token signing keys are unavailable; fetching them again in %.2fs: %s",
+                    self._next_fetch_at - self._clock(),
+                    self._failure,
+                )
+        log.info("fetched %d token signing keys", len(self._keys))
+
     def _may_fetch(self, kid: str) -> bool:
-        if self._fetching is not None or self._attempted_at is None:
+        if self._fetching is not None:
             return True
         now = self._clock()
-        if now - self._attempted_at < self._min_refetch:
+        if now < self._next_fetch_at:
             return False
         stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
         return stale or kid not in self._keys
+
+    def _unavailable(self) -> KeysUnavailable:
+        retry_after = max(0.0, self._next_fetch_at - self._clock())
+        return KeysUnavailable(
+            f"the token signing keys are unavailable: {self._failure}", retry_after=retry_after
+        )
 
     async def _fetch(self) -> None:
         if self._fetching is None:
@@ -163,13 +217,19 @@ class KeySet:
         await asyncio.shield(self._fetching)
 
     async def _refresh(self) -> None:
-        self._attempted_at = self._clock()
+        """One fetch; it never raises, so that it needs no waiter: what failed is kept
+        for the waiters (and those that come later) to raise."""
+        self._next_fetch_at = self._clock() + self._min_refetch
         self.fetches += 1
         try:
             jwks = await self._source()
-        except Exception as exc:
+        # Whatever the source raises, the keys could not be fetched.
+        except Exception as exc:  # noqa: BLE001
+            self._failure = exc
             if self._fetched_at is None:
-                raise KeysUnavailable(f"the token signing keys are unavailable: {exc}") from exc
+                self._next_fetch_at = self._clock() + self._retry_delay
+                self._retry_delay = min(2 * self._retry_delay, self._max_retry_delay)
+                return
             log.warning("keeping the cached token signing keys: fetching them failed: %s", exc)
             self._fetched_at = self._clock()
             return

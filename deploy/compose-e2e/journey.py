@@ -118,11 +118,11 @@ async def wait_ready(client: httpx.AsyncClient) -> None:
 
 
 async def wait_ai_answers(client: httpx.AsyncClient, user: User) -> None:
-    """The ai service verifies tokens with keys it fetches from the users service on its
-    first call; a container's first name lookup can outlast that fetch, and the service
-    then answers 503 with Retry-After for a few seconds (its keys are refetched at most
-    every AI_JWKS_MIN_REFETCH_SECONDS). /readyz does not cover that hop: wait for it here,
-    as a client honouring Retry-After would."""
+    """The ai service verifies tokens with keys it fetches from the users service as soon
+    as it serves; a container's first name lookup can outlast that fetch, and until a
+    retry (0.25 s later, then doubling) succeeds the service answers 503 with Retry-After.
+    /readyz does not cover that hop: a guard, as a client honouring Retry-After would
+    wait (since the fetch at start it should no longer be needed)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         listed = await client.get("/v1/analyses", headers=bearer(user.token))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from tests.support.gateway import (
     unique_email,
 )
 from tests.support.servers import migrate_users, running_users, users_settings
+from tests.support.tokens import user_bearer
 
 # Deadlines in these tests are short; a response must come within deadline + MARGIN.
 DEADLINE = 0.5
@@ -54,6 +56,20 @@ async def test_users_down_is_503_problem_quickly() -> None:
             data={"grant_type": "password", "username": "a@example.com", "password": PASSWORD},
         )
         assert_problem(login, 503, "UNAVAILABLE")
+
+
+async def test_no_signing_keys_is_503_with_the_time_of_the_next_fetch() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    async with (
+        running_gateway(gateway_settings(target, target)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        headers = {"Authorization": user_bearer(str(uuid.uuid4()))}
+        response = await client.get("/v1/users/me", headers=headers, timeout=10)
+    problem = assert_problem(response, 503, "UNAVAILABLE")
+    assert problem["reason"] == "SIGNING_KEYS_UNAVAILABLE"
+    # The back-off of a key set never fetched (0.25 s first), in whole seconds.
+    assert response.headers["retry-after"] == "1"
 
 
 async def test_ai_down_is_503_while_users_work(users_db: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -154,3 +155,31 @@ async def test_access_log_has_method_status_duration_and_request_id(
 async def test_a_taken_port_is_a_clear_bind_error(server: GrpcServer) -> None:
     with pytest.raises(BindError, match=f"cannot listen on {server.address}"):
         build_server(server.address, [probe.service()])
+
+
+async def test_background_work_runs_while_serving_and_is_cancelled_at_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = build_server("127.0.0.1:0", [probe.service()])
+    began, ended = asyncio.Event(), asyncio.Event()
+
+    async def forever() -> None:
+        began.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    async def failing() -> None:
+        raise RuntimeError("boom")
+
+    server.while_serving(forever)
+    server.while_serving(failing)
+    await asyncio.sleep(0)
+    assert not began.is_set()  # not before the server serves
+    await server.start()
+    await began.wait()
+    await server.stop(0)
+    assert ended.is_set()
+    failures = [r for r in caplog.records if r.message == "background work of the server failed"]
+    assert [str(r.exc_info[1]) for r in failures if r.exc_info] == ["boom"]

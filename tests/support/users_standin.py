@@ -10,6 +10,7 @@ answers are tested with the real pair (tests/integration/test_ai_authorization.p
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,11 +41,14 @@ class UsersStandIn:
     gone: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
+    # Set once the keys were asked for.
+    keys_asked: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def GetJsonWebKeySet(  # noqa: N802
         self, request: auth_pb2.GetJsonWebKeySetRequest, context: Any
     ) -> auth_pb2.JsonWebKeySet:
         self.calls.append("GetJsonWebKeySet")
+        self.keys_asked.set()
         return auth_pb2.JsonWebKeySet(keys=[auth_pb2.JsonWebKey(**k) for k in _KEYS.jwks()["keys"]])
 
     async def BatchGetSessions(  # noqa: N802
@@ -91,9 +95,10 @@ class UsersStandIn:
 
 @asynccontextmanager
 async def running_users_standin(
-    standin: UsersStandIn | None = None,
+    standin: UsersStandIn | None = None, *, addr: str = "127.0.0.1:0"
 ) -> AsyncIterator[tuple[UsersStandIn, str]]:
-    """A started stand-in on a real port; yields it and its address."""
+    """A started stand-in on a real port (any free one unless `addr` names it); yields
+    it and its address."""
     standin = standin or UsersStandIn()
     services = [
         Service(
@@ -105,7 +110,7 @@ async def running_users_standin(
             partial(users_pb2_grpc.add_UsersServiceServicer_to_server, cast(Any, standin)),
         ),
     ]
-    server = build_server("127.0.0.1:0", services, access_log=False)
+    server = build_server(addr, services, access_log=False)
     await server.start()
     try:
         yield standin, server.address

@@ -31,19 +31,39 @@ class Clock:
 
 
 class Source:
-    """A JWKS endpoint that counts its fetches and can be changed or broken."""
+    """A JWKS endpoint that counts its fetches and can be changed or broken; `failures`
+    fails that many fetches more, a fetch waits for `gate` when one is set, and `asked`
+    is set by the first."""
 
     def __init__(self, jwks: Mapping[str, Any]) -> None:
         self.jwks = jwks
         self.fetches = 0
         self.fail = False
+        self.failures = 0
+        self.gate: asyncio.Event | None = None
+        self.asked = asyncio.Event()
 
     async def __call__(self) -> Mapping[str, Any]:
         self.fetches += 1
-        await asyncio.sleep(0)
-        if self.fail:
+        self.asked.set()
+        await (self.gate.wait() if self.gate is not None else asyncio.sleep(0))
+        if self.fail or self.failures > 0:
+            self.failures = max(0, self.failures - 1)
             raise ConnectionError("users is down")
         return self.jwks
+
+
+class Sleep:
+    """Sleeps by moving `clock` on at once, and remembers for how long."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.slept: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.now += seconds
+        await asyncio.sleep(0)
 
 
 def issuer_of(key: Ed25519PrivateKey, *also: Ed25519PrivateKey, ttl: int = 900) -> AccessTokens:
@@ -299,6 +319,8 @@ async def test_a_remembered_token_still_expires(key: Ed25519PrivateKey) -> None:
 
 
 async def test_keys_that_cannot_be_fetched(key: Ed25519PrivateKey) -> None:
+    # Unchanged by the back-off of a set never fetched (below): the first retry is
+    # sooner than min_refetch_seconds, but still not at once.
     tokens = issuer_of(key)
     source = Source(tokens.keys.jwks())
     source.fail = True
@@ -318,3 +340,80 @@ async def test_keys_that_cannot_be_fetched(key: Ed25519PrivateKey) -> None:
     clock.now += 61
     await keys.get(tokens.keys.signing_kid)
     assert source.fetches == 3
+
+
+async def test_a_set_never_fetched_retries_sooner_doubling_up_to_the_interval(
+    key: Ed25519PrivateKey,
+) -> None:
+    tokens = issuer_of(key)
+    kid = tokens.keys.signing_kid
+    source = Source(tokens.keys.jwks())
+    source.fail = True
+    clock = Clock(0)
+    keys = KeySet(source, min_refetch_seconds=10, first_retry_seconds=0.25, clock=clock)
+    delays = []
+    for _ in range(8):
+        with pytest.raises(KeysUnavailable) as caught:
+            await keys.get(kid)
+        # Retry-After says when the next fetch may start; before that, none does.
+        delays.append(caught.value.retry_after)
+        fetches = source.fetches
+        clock.now += caught.value.retry_after / 2
+        with pytest.raises(KeysUnavailable) as early:
+            await keys.get(kid)
+        assert early.value.retry_after == caught.value.retry_after / 2
+        assert source.fetches == fetches
+        clock.now += caught.value.retry_after / 2
+    assert delays == [0.25, 0.5, 1, 2, 4, 8, 10, 10]
+    assert source.fetches == 8
+    source.fail = False
+    await keys.get(kid)
+    # Once fetched, an outage is asked about once per min_refetch_seconds again.
+    source.fail = True
+    for step, fetches in [(5, 9), (5, 10), (5, 10), (5, 11)]:
+        clock.now += step
+        with pytest.raises(TokenRejected):
+            await keys.get("unknown-kid")
+        assert source.fetches == fetches
+
+
+async def test_concurrent_lookups_share_one_failing_fetch(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    source.fail, source.gate = True, asyncio.Event()
+    keys = KeySet(source, first_retry_seconds=0.25, clock=Clock(0))
+    lookups = [asyncio.ensure_future(keys.get(tokens.keys.signing_kid)) for _ in range(50)]
+    await source.asked.wait()
+    source.gate.set()
+    results = await asyncio.gather(*lookups, return_exceptions=True)
+    assert all(isinstance(r, KeysUnavailable) and r.retry_after == 0.25 for r in results)
+    assert source.fetches == 1
+
+
+async def test_warming_fetches_until_the_source_answers(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    source.failures = 3
+    clock = Clock(0)
+    sleep = Sleep(clock)
+    keys = KeySet(source, min_refetch_seconds=10, clock=clock, sleep=sleep)
+    await keys.warm()
+    assert sleep.slept == [0.25, 0.5, 1]
+    assert source.fetches == 4
+    # The first token finds the keys in; warming again fetches nothing.
+    await keys.get(tokens.keys.signing_kid)
+    await keys.warm()
+    assert source.fetches == 4
+
+
+async def test_warming_shares_the_fetch_a_token_started(key: Ed25519PrivateKey) -> None:
+    tokens = issuer_of(key)
+    source = Source(tokens.keys.jwks())
+    source.gate = asyncio.Event()
+    keys = KeySet(source, clock=Clock(0))
+    lookup = asyncio.ensure_future(keys.get(tokens.keys.signing_kid))
+    await source.asked.wait()
+    warming = asyncio.ensure_future(keys.warm())
+    source.gate.set()
+    await asyncio.gather(lookup, warming)
+    assert source.fetches == 1
