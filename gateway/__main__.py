@@ -9,7 +9,7 @@ from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings
 from servicekit import production, telemetry
 from servicekit.errors import StartupError
-from servicekit.heap import freeze_startup_objects
+from servicekit.heap import settle_heap
 from servicekit.logs import configure_logging
 from servicekit.settings import SettingsError, load_settings
 from servicekit.tls import check_client_files
@@ -31,7 +31,7 @@ def main() -> int:
     stop_tracing = telemetry.configure_tracing("tandem-gateway")
     try:
         server = GatewayServer(uvicorn_config(create_app(settings), settings))
-        freeze_startup_objects()
+        settle_heap()
         server.run()
     finally:
         if stop_tracing is not None:

@@ -36,7 +36,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from servicekit.errors import StartupError
 from servicekit.health import HealthServicer
-from servicekit.heap import freeze_startup_objects
+from servicekit.heap import settle_heap
 from servicekit.interceptor import CallInterceptor
 from servicekit.logs import message_of
 from servicekit.tls import ServerTls, server_credentials
@@ -217,7 +217,7 @@ async def serve_until_signalled(server: GrpcServer, grace: float) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
-        freeze_startup_objects()
+        settle_heap()
         log.info(SERVING, ", ".join(server.service_names), server.address)
         # A line of its own: tests and tools parse the one above.
         log.info("transport: %s", server.transport)
