@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -56,7 +57,13 @@ class HistogramCell:
         self.sum += amount
 
 
-class _Family(Collector):
+Cell = TypeVar("Cell", CounterCell, HistogramCell)
+
+
+class _Family(Collector, Generic[Cell]):
+    """A family's name, help and label names, and its cells by label values (registered
+    with `registry` once made)."""
+
     def __init__(
         self,
         name: str,
@@ -67,14 +74,22 @@ class _Family(Collector):
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
+        self._cells: dict[tuple[str, ...], Cell] = {}
         registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self._labelnames):
-            raise ValueError(f"{self._name} has labels {self._labelnames}, given {values}")
+    def labels(self, *values: str) -> Cell:
+        cell = self._cells.get(values)
+        if cell is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} has labels {self._labelnames}, given {values}")
+            cell = self._cells[values] = self._new_cell()
+        return cell
+
+    def _new_cell(self) -> Cell:
+        raise NotImplementedError
 
 
-class HotCounter(_Family):
+class HotCounter(_Family[CounterCell]):
     """A counter family (exposed as `<name>_total` and `<name>_created`)."""
 
     def __init__(
@@ -85,15 +100,10 @@ class HotCounter(_Family):
         *,
         registry: CollectorRegistry,
     ) -> None:
-        self._cells: dict[tuple[str, ...], CounterCell] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> CounterCell:
-        cell = self._cells.get(values)
-        if cell is None:
-            self._check(values)
-            cell = self._cells[values] = CounterCell()
-        return cell
+    def _new_cell(self) -> CounterCell:
+        return CounterCell()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -102,7 +112,7 @@ class HotCounter(_Family):
         yield family
 
 
-class HotHistogram(_Family):
+class HotHistogram(_Family[HistogramCell]):
     """A histogram family with fixed `buckets` (upper bounds; +Inf is added)."""
 
     def __init__(
@@ -117,15 +127,10 @@ class HotHistogram(_Family):
         self._bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
         bounds = (*self._bounds, float("inf"))
         self._le = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
-        self._cells: dict[tuple[str, ...], HistogramCell] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramCell:
-        cell = self._cells.get(values)
-        if cell is None:
-            self._check(values)
-            cell = self._cells[values] = HistogramCell(self._bounds)
-        return cell
+    def _new_cell(self) -> HistogramCell:
+        return HistogramCell(self._bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
