@@ -460,18 +460,9 @@ def http_server_span(
     is off."""
     if _tracer is None:
         return None
-    if traceparent is None:
-        if _parent_based and _root_bound is not None:
-            # Most requests: a new trace, which a ratio drops; in as few steps as may be.
-            trace_id = getrandbits(128) or 1
-            if trace_id & TRACE_ID_LIMIT >= _root_bound:
-                return ActiveSpan(None, Passed.begun(trace_id))
-            attributes = {"http.request.method": method}
-            return ActiveSpan(_start(method, None, SpanKind.SERVER, attributes, trace_id=trace_id))
-        return _server_span(method, None, None, {"http.request.method": method})
     return _server_span(
         method,
-        traceparent.decode("latin-1"),
+        None if traceparent is None else traceparent.decode("latin-1"),
         None if tracestate is None else tracestate.decode("latin-1"),
         {"http.request.method": method},
     )
