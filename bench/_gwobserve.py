@@ -172,17 +172,11 @@ def summarise(
     }
     off = medians["off"]
     rps = {v: _report.ratio(m["requests_per_s"], off["requests_per_s"]) for v, m in medians.items()}
-    added = {
-        v: None
-        if m["serving_us"] is None or off["serving_us"] is None
-        else m["serving_us"] - off["serving_us"]
-        for v, m in medians.items()
-    }
+    added = {v: _minus(m["serving_us"], off["serving_us"]) for v, m in medians.items()}
     by_process = {
         v: {
-            name: None if us is None or off["by_process_us"].get(name) is None else us - off_us
+            name: _minus(us, off["by_process_us"].get(name))
             for name, us in m["by_process_us"].items()
-            for off_us in [off["by_process_us"].get(name) or 0.0]
         }
         for v, m in medians.items()
     }
@@ -210,6 +204,10 @@ def summarise(
             target("non-2xx responses and socket errors (observability)", errors, "<=", 0),
         ],
     }
+
+
+def _minus(us: float | None, off_us: float | None) -> float | None:
+    return None if us is None or off_us is None else us - off_us
 
 
 def render(observed: Observability | None) -> list[str]:
