@@ -37,7 +37,7 @@ router = resource_router()
     ),
     responses={
         202: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(400, *_AUTHED, 409, 413, 422, 429),
+        **problem_responses(400, *_AUTHED, 409, 413, 415, 422, 429),
     },
 )
 async def batch_analyze(
