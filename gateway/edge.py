@@ -110,9 +110,9 @@ class EdgeConfig(uvicorn.Config):
 class _Refused(Exception):
     """Raised in a parser callback: stops the parser, answered with `problem`."""
 
-    def __init__(self, status: int, detail: str, problem: ProblemError | None = None) -> None:
-        super().__init__(detail)
-        self.problem = problem or ProblemError(status, detail)
+    def __init__(self, problem: ProblemError) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
 
 
 # Where a connection is in its current request (EdgeProtocol._phase).
@@ -215,12 +215,14 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._head_bytes > max_head or len(self.url) > max_head:
             raise self._too_large()
         if len(self.headers) > self._limits.max_headers:
-            raise _Refused(431, f"the request has more than {self._limits.max_headers} headers")
+            raise _Refused(
+                ProblemError(431, f"the request has more than {self._limits.max_headers} headers")
+            )
         self._phase = _AFTER_HEAD
         # Cleared by expire() once passed, if the body came in time.
         self.deadline = self.loop.time() + self._limits.body_timeout
         if self._over_capacity and self.url.split(b"?", 1)[0] not in _UNCAPPED_URLS:
-            raise _Refused(503, TOO_MANY_CONNECTIONS.detail, TOO_MANY_CONNECTIONS)
+            raise _Refused(TOO_MANY_CONNECTIONS)
         HttpToolsProtocol.on_headers_complete(self)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -260,8 +262,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _too_large(self) -> _Refused:
         if len(self.url) > self._max_head:
-            return _Refused(414, f"the URL exceeds {self._max_head} bytes")
-        return _Refused(431, self._too_large_detail())
+            return _Refused(ProblemError(414, f"the URL exceeds {self._max_head} bytes"))
+        return _Refused(ProblemError(431, self._too_large_detail()))
 
     def _too_large_detail(self) -> str:
         return f"the request's headers exceed {self._max_head} bytes"

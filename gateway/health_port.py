@@ -77,10 +77,7 @@ class HealthPort:
         self._socket.bind((host, port))
         self._socket.listen(128)
         self._socket.setblocking(False)
-        bound_host, bound_port = self._socket.getsockname()[:2]
-        self.address = (
-            f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-        )
+        self.address = host_port(self._socket.getsockname())
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._socket, selectors.EVENT_READ)
         # Connections accepted and not yet answered: what each sent so far, its deadline.
@@ -167,6 +164,12 @@ class HealthPort:
         if lag > self._stale_after:
             return _response(503, {**body, "status": "event loop stalled"})
         return _response(200, body)
+
+
+def host_port(name: tuple[str, int]) -> str:
+    """A bound socket's name as `host:port` (`[host]:port` for IPv6)."""
+    host, port = name[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _REASONS = {200: b"OK", 404: b"Not Found", 503: b"Service Unavailable"}

@@ -36,7 +36,7 @@ from gateway.edge import (
     expire_late,
     refusal,
 )
-from gateway.health_port import HealthPort, Heartbeat
+from gateway.health_port import HealthPort, Heartbeat, host_port
 from gateway.settings import GatewaySettings
 from servicekit.server import SERVING
 
@@ -107,8 +107,7 @@ class GatewayServer(uvicorn.Server):
             if not self.started:
                 return
             name = self.servers[0].sockets[0].getsockname()
-        host, port = name[:2]
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = host_port(name)
         log.info(SERVING, "gateway", self.address)
         self._start_health()
         self.ready.set()

@@ -14,6 +14,7 @@ from gateway.idempotency import IdempotencyKey, call_keyed, request_id_for
 from gateway.problems import problem_responses
 from gateway.routes import resource_router
 from gateway.schemas import BatchAnalysisCreate, Operation, OperationPage
+from gateway.upstreams import OperationsStub, Upstream
 from tandem_protos.ai.v1 import analysis_pb2
 
 _AUTHED = (401, 503, 504)
@@ -37,7 +38,7 @@ router = resource_router()
     ),
     responses={
         202: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(400, *_AUTHED, 409, 413, 422, 429),
+        **problem_responses(400, *_AUTHED, 409, 413, 415, 422, 429),
     },
 )
 async def batch_analyze(
@@ -67,12 +68,7 @@ async def batch_analyze(
 )
 async def get_operation(id: uuid.UUID, caller: CurrentUser, ops: OperationsUpstream) -> Response:
     # The ai service decides: another user's operation is NOT_FOUND there.
-    found = await ops.call(
-        ops.stub.GetOperation,
-        operations_pb2.GetOperationRequest(name=f"operations/{id}"),
-        authorization=caller.authorization,
-    )
-    return convert.json_response(convert.operation(found))
+    return await _operation_as_it_is(ops, f"operations/{id}", caller.authorization)
 
 
 @router.get(
@@ -118,9 +114,15 @@ async def cancel_operation(id: uuid.UUID, caller: CurrentUser, ops: OperationsUp
         operations_pb2.CancelOperationRequest(name=name),
         authorization=caller.authorization,
     )
+    return await _operation_as_it_is(ops, name, caller.authorization)
+
+
+async def _operation_as_it_is(
+    ops: Upstream[OperationsStub], name: str, authorization: str
+) -> Response:
     found = await ops.call(
         ops.stub.GetOperation,
         operations_pb2.GetOperationRequest(name=name),
-        authorization=caller.authorization,
+        authorization=authorization,
     )
     return convert.json_response(convert.operation(found))

@@ -31,6 +31,7 @@ from gateway.acceptor_child import (
     http_date,
     request_id,
 )
+from tests.support.rawhttp import read_all
 
 REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ndate: %s\r\nx-request-id: %s\r\n\r\n{'id':'%s'}" % (
     DATE_MARK,
@@ -100,13 +101,6 @@ def accepting(max_connections: int, listener: socket.socket | None = None) -> It
         assert not thread.is_alive()
         listener.close()
         child_end.close()
-
-
-def read_all(client: socket.socket) -> bytes:
-    chunks = []
-    while chunk := client.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_passed_connections_count_against_the_cap_until_the_gateway_closes_them() -> None:

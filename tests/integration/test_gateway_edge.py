@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,7 +34,14 @@ from tests.support.gateway import (
     running_gateway,
     running_gateway_server,
 )
-from tests.support.rawhttp import RawResponse, address_of, raw_connection, request_head
+from tests.support.rawhttp import (
+    RawResponse,
+    address_of,
+    answered_while_blocked,
+    exchange,
+    raw_connection,
+    request_head,
+)
 
 # Short, so the timeout tests are quick; the deadlines are checked every 0.1 s.
 TIMEOUT = 0.3
@@ -329,25 +335,12 @@ async def test_past_the_cap_a_request_is_refused_without_the_event_loop() -> Non
         for conn in (first, second):  # both served by the loop: the cap is reached
             conn.writer.write(request_head("GET", "/healthz"))
             assert (await conn.response()).status == 200
-        answered = threading.Event()
-        seen: list[bytes] = []
-
-        def refused_client() -> None:
-            try:
-                with socket.create_connection(address_of(url), timeout=5) as sock:
-                    sock.sendall(request_head("GET", "/v1/users/me"))
-                    while chunk := sock.recv(65536):
-                        seen.append(chunk)
-            finally:
-                answered.set()
-
-        threading.Thread(target=refused_client).start()
         # The loop is blocked until the client has its answer: gateway.acceptor's
-        # thread answers it, or it would wait out these 10 s.
-        started = time.monotonic()
-        assert answered.wait(10)
-        assert time.monotonic() - started < 2
-        head, _, body = b"".join(seen).partition(b"\r\n\r\n")
+        # process answers it.
+        received = answered_while_blocked(
+            lambda: exchange(url, request_head("GET", "/v1/users/me"))
+        )
+        head, _, body = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 ")
         headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
         assert headers[b"retry-after"] == b"1"

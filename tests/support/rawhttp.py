@@ -11,10 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,3 +76,40 @@ async def raw_connection(url: str) -> AsyncIterator[RawConnection]:
 def request_head(method: str, target: str, *headers: tuple[str, str]) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", "Host: gateway", *(f"{k}: {v}" for k, v in headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def read_all(connection: socket.socket) -> bytes:
+    """What a blocking socket receives until the server closes it."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def exchange(url: str, request: bytes) -> bytes:
+    """`request` on a fresh connection with a blocking socket (any thread), and all that
+    comes back until the server closes it."""
+    with socket.create_connection(address_of(url), timeout=5) as connection:
+        connection.sendall(request)
+        return read_all(connection)
+
+
+def answered_while_blocked(call: Callable[[], T]) -> T:
+    """What `call` returns, run on another thread while this one is blocked: from a test's
+    event loop, an answer that the gateway in this loop could not have given. It must come
+    within 2 s (a server waiting for the loop would make it wait out 10)."""
+    answered = threading.Event()
+    result: list[T] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        finally:
+            answered.set()
+
+    threading.Thread(target=run).start()
+    started = time.monotonic()
+    assert answered.wait(10)
+    assert time.monotonic() - started < 2
+    [value] = result
+    return value
