@@ -51,6 +51,8 @@ REQUEST_ID_MARK = b"request-id-request-id-request-id-xxx"
 # First byte of the messages to the gateway.
 READY = b"R"
 HANDED = b"H"
+# The memory shared with the gateway: two counters of 8 bytes (see Acceptor).
+COUNTS_BYTES = 16
 LOG = b"L"
 # Accepted in a row, at most, before the process looks at the connections it holds; also
 # the most descriptors in one message (Linux takes 253; the count is one byte).
@@ -69,19 +71,20 @@ class Acceptor:
         self,
         listener: socket.socket,
         control: socket.socket,
-        closed: memoryview,
+        counts: memoryview,
         *,
         max_connections: int,
         header_timeout: float,
         uncapped: frozenset[bytes],
         refusal: bytes,
     ) -> None:
-        """`closed[0]` is the count of handed connections the gateway has closed."""
+        """`counts[0]` is the count of handed connections the gateway has closed;
+        `counts[1]`, of the connections refused here, is this process's to keep."""
         self._listener = listener
         self._listener.setblocking(False)
         self._control = control
         self._control.setblocking(False)
-        self._closed = closed
+        self._counts = counts
         self._max_connections = max_connections
         self._header_timeout = header_timeout
         self._uncapped = uncapped
@@ -156,7 +159,7 @@ class Acceptor:
                 self._resting_until = time.monotonic() + REST_SECONDS
                 self._selector.unregister(self._listener)
                 break
-            if self._handed - self._closed[0] < self._max_connections:
+            if self._handed - self._counts[0] < self._max_connections:
                 self._hand_over(connection)
             else:
                 connection.setblocking(False)
@@ -213,6 +216,7 @@ class Acceptor:
         with contextlib.suppress(OSError):
             connection.send(answer)
         connection.close()
+        self._counts[1] += 1
 
     def _date_now(self) -> bytes:
         second = int(time.time())
@@ -312,13 +316,13 @@ def main(argv: list[str]) -> int:
     refusal = control.recv(_MAX_HEAD)
     if not refusal:
         return 1
-    with mmap.mmap(counter_fd, 8) as shared:
+    with mmap.mmap(counter_fd, COUNTS_BYTES) as shared:
         os.close(counter_fd)
-        closed = memoryview(shared).cast("Q")
+        counts = memoryview(shared).cast("Q")
         acceptor = Acceptor(
             socket.socket(fileno=listener_fd),
             control,
-            closed,
+            counts,
             max_connections=max_connections,
             header_timeout=header_timeout,
             uncapped=frozenset(path.encode() for path in paths.split(",") if path),
@@ -327,7 +331,7 @@ def main(argv: list[str]) -> int:
         try:
             acceptor.run()
         finally:
-            closed.release()
+            counts.release()
     return 0
 
 

@@ -46,6 +46,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.server import ServerState
 
 from gateway.problems import PROBLEM_MEDIA_TYPE, ProblemError, problem_bytes
+from servicekit import metrics
 
 log = logging.getLogger("gateway.edge")
 
@@ -281,7 +282,9 @@ class EdgeProtocol(HttpToolsProtocol):
     def _refuse_with(self, problem: ProblemError) -> None:
         if self.transport.is_closing():
             return
-        if problem is not TOO_MANY_CONNECTIONS:  # a flood's refusals are not logged each
+        if problem is TOO_MANY_CONNECTIONS:  # a flood's refusals are counted, not logged
+            metrics.refused(problem.reason or "")
+        else:
             log.info("refused a request at the edge: %d %s", problem.status, problem.detail)
         running = self._running
         if running is None or running[1].response_complete:

@@ -38,6 +38,7 @@ from gateway.edge import (
 )
 from gateway.health_port import HealthPort, Heartbeat, host_port
 from gateway.settings import GatewaySettings
+from servicekit import metrics
 from servicekit.server import SERVING
 
 log = logging.getLogger("gateway.server")
@@ -91,6 +92,8 @@ class GatewayServer(uvicorn.Server):
         self._acceptor: AcceptorProcess | None = None
         # The accepting process went away on its own: the server stopped for that.
         self.acceptor_failed = False
+        # The accepting process's refusals already in the metrics.
+        self._refusals_counted = 0
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         config = self.config
@@ -191,7 +194,17 @@ class GatewayServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         expire_late(self.server_state.connections, asyncio.get_running_loop().time())
+        self._count_refusals()
         return await super().on_tick(counter)
+
+    def _count_refusals(self) -> None:
+        """Add the accepting process's refusals since the last tick to the metrics."""
+        if self._acceptor is None:
+            return
+        refused = self._acceptor.refused
+        if refused > self._refusals_counted:
+            metrics.refused(TOO_MANY_CONNECTIONS.reason or "", refused - self._refusals_counted)
+            self._refusals_counted = refused
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn's own timeout is unset, so it waits for every request; at the grace's

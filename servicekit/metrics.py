@@ -140,10 +140,11 @@ def recording() -> bool:
     return _recording
 
 
-def refused(reason: str) -> None:
-    """A request was refused for load or a rate limit (`reason`: its ErrorInfo reason)."""
+def refused(reason: str, count: int = 1) -> None:
+    """`count` requests were refused for load or a rate limit (`reason`: their ErrorInfo
+    reason)."""
     if _recording:
-        REFUSED.labels(reason).inc()
+        REFUSED.labels(reason).inc(count)
 
 
 def gauge_of(gauge: Gauge, read: Callable[[], float], *labels: str) -> None:

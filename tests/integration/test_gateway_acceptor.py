@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.acceptor import AcceptorProcess
 from gateway.acceptor_child import (
+    COUNTS_BYTES,
     DATE_MARK,
     HANDED,
     LOG,
@@ -44,7 +45,9 @@ REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ndate: %s\r\nx-request-id: %s\r\n
 class Accepting:
     address: tuple[str, int]
     control: socket.socket  # the gateway's end
-    closed: memoryview  # what the gateway publishes: passed connections it closed
+    # What the gateway publishes, passed connections it closed ([0]), and what the child
+    # does, connections it refused ([1]).
+    closed: memoryview
 
     def passed(self, count: int) -> list[socket.socket]:
         """The next `count` connections passed on."""
@@ -80,7 +83,7 @@ def accepting(max_connections: int, listener: socket.socket | None = None) -> It
     address = listener.getsockname()
     control, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     control.settimeout(5)
-    closed = memoryview(bytearray(8)).cast("Q")
+    closed = memoryview(bytearray(COUNTS_BYTES)).cast("Q")
     acceptor = Acceptor(
         listener,
         child_end,
@@ -111,6 +114,7 @@ def test_passed_connections_count_against_the_cap_until_the_gateway_closes_them(
         with acceptor.request("/v1/users/me") as third:
             answer = read_all(third)
         assert answer.startswith(b"HTTP/1.1 503 ")
+        assert acceptor.closed[1] == 1  # counted for the gateway's metrics
         # A health check past the cap is passed on, its request unread.
         with acceptor.request("/healthz?x=1"):
             (checked,) = acceptor.passed(1)

@@ -26,6 +26,7 @@ from gateway.app import create_app
 from gateway.problems import MAX_LISTED_ERRORS
 from gateway.server import GatewayServer, uvicorn_config
 from servicekit.logs import log_handler
+from servicekit.metrics import REGISTRY
 from tests.support.gateway import (
     PASSWORD,
     assert_problem,
@@ -353,6 +354,28 @@ async def test_past_the_cap_a_request_is_refused_without_the_event_loop() -> Non
         assert abs(date.timestamp() - time.time()) < 5
         assert problem["request_id"] == headers[b"x-request-id"].decode()
         assert uuid.UUID(problem["request_id"]).version == 4
+
+
+async def test_the_accepting_process_refusals_are_counted_in_the_metrics() -> None:
+    target = f"127.0.0.1:{closed_port()}"
+    settings = gateway_settings(target, target, max_connections=1, metrics_addr="127.0.0.1:0")
+    labels = {"reason": "TOO_MANY_CONNECTIONS"}
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("tandem_refused_total", labels) or 0.0
+
+    async with running_gateway(settings) as url, raw_connection(url) as held:
+        held.writer.write(request_head("GET", "/healthz"))
+        assert (await held.response()).status == 200
+        before = counted()
+        for _ in range(3):
+            answer = await asyncio.to_thread(exchange, url, request_head("GET", "/v1/users/me"))
+            assert answer.startswith(b"HTTP/1.1 503 ")
+        # The gateway adds the child's count on its next tick (every 0.1 s).
+        async with asyncio.timeout(5):
+            while counted() < before + 3:  # noqa: ASYNC110 - it comes on a tick: no event
+                await asyncio.sleep(0.05)
+        assert counted() == before + 3
 
 
 async def test_refusals_to_a_reconnecting_flood_are_slowed_for_its_address_only() -> None:
