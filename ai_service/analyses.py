@@ -23,7 +23,7 @@ from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from ai_service.slots import ProviderSlots
 from servicekit.authz import Caller
-from servicekit.errors import InvalidArgument, NotFound, Violations, empty_text
+from servicekit.errors import InvalidArgument, NotFound, Violations, empty_text, parse_id
 from servicekit.idempotency import IdempotentWrites, KeyTaken, RequestKey
 from servicekit.pagination import Page, PageTokens, keyset_page
 
@@ -123,7 +123,7 @@ class Analyses:
             await self._requests.written()
 
     async def get(self, analysis_id: str, caller: Caller) -> Analysis:
-        parsed = parse_uuid(analysis_id, "id")
+        parsed = parse_id(analysis_id)
         analysis = await self._repository.get(parsed)
         # Someone else's is as unknown as a made-up id.
         if analysis is None or not allowed(caller, Action.READ, analysis.user_id):
@@ -336,14 +336,7 @@ def text_problem(text: str, max_chars: int) -> str | None:
 def _owner(user_id: str, caller: Caller) -> uuid.UUID:
     """The user a request names, else the caller's own account."""
     if user_id:
-        return parse_uuid(user_id, "user_id")
+        return parse_id(user_id, field="user_id")
     if caller.user_id is None:
         raise InvalidArgument.field("user_id", "is required: a service acts for a named user")
     return caller.user_id
-
-
-def parse_uuid(raw: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidArgument.field(field, "must be a UUID") from None

@@ -106,20 +106,19 @@ class ClaudeBatches:
     async def run(self, job: Job) -> None:
         await self._submit(job)
         delay = self._poll
-        while True:
-            pending = await job.pending()
-            if not pending:
-                return
+        # Read once a round: while this replica holds the lease, only it finishes items.
+        pending = await job.pending()
+        while pending:
             batch_ids = list(dict.fromkeys(i.provider_batch_id for i in pending))
             for batch_id in batch_ids:
                 assert batch_id is not None, "every pending item was submitted"
                 await self._look_at(
                     job, batch_id, [i for i in pending if i.provider_batch_id == batch_id]
                 )
-            if not await job.pending():
-                return
-            await job.sleep(delay)
-            delay = min(delay * 2, self._poll_max)
+            pending = await job.pending()
+            if pending:
+                await job.sleep(delay)
+                delay = min(delay * 2, self._poll_max)
 
     async def _submit(self, job: Job) -> None:
         """Sends the items no batch holds yet; with the operation cancelled, fails them."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ai_service.accounts import Accounts
-from ai_service.analyses import analysing_for, parse_uuid, text_problem
+from ai_service.analyses import analysing_for, text_problem
 from ai_service.batches import CANCELLED_REASON, BatchRunner
 from ai_service.budget import InputBudget
 from ai_service.domain import Analysis
@@ -20,7 +20,7 @@ from ai_service.policy import Action, allowed, authorize
 from ai_service.quotas import AnalysisQuotas
 from ai_service.repository import AnalysesRepository
 from servicekit.authz import Caller
-from servicekit.errors import InvalidArgument, NotFound, Violations
+from servicekit.errors import InvalidArgument, NotFound, Violations, parse_id
 from servicekit.idempotency import IdempotentWrites
 from servicekit.pagination import Page, PageTokens, keyset_page
 
@@ -181,7 +181,7 @@ class Operations:
         """The named operation, if the caller may do one of `actions` with it."""
         if not name.startswith(NAME_PREFIX):
             raise InvalidArgument.field("name", "must be operations/{uuid}")
-        operation_id = parse_uuid(name.removeprefix(NAME_PREFIX), "name")
+        operation_id = parse_id(name.removeprefix(NAME_PREFIX), field="name")
         operation = await self._repository.get(operation_id)
         # Someone else's is as unknown as a made-up id.
         if operation is None or not any(allowed(caller, a, operation.user_id) for a in actions):
@@ -222,7 +222,7 @@ def _filtered_owner(filter: str, caller: Caller) -> uuid.UUID:
     match = _USER_FILTER.match(filter)
     if match is None:
         raise InvalidArgument.field("filter", 'must be empty or user_id="<uuid>"')
-    return parse_uuid(match.group(1), "filter")
+    return parse_id(match.group(1), field="filter")
 
 
 def _missing(position: int) -> ItemError:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ai_service.domain import Analysis
 from ai_service.models import OperationItemRow, OperationRow, operation_keys
-from ai_service.repository import analyses, analysis_row
+from ai_service.repository import analyses, analysis_row, newest_first
 from servicekit.database import Database, utc
 from servicekit.idempotency import KeyRecord, KeyTaken
 from servicekit.idempotency_records import KeyRecords
@@ -148,16 +148,9 @@ class OperationsRepository:
         self, user_id: uuid.UUID, *, before: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[Operation]:
         """Up to `limit` of a user's operations, newest first, older than `before`."""
-        statement = (
-            _with_counts()
-            .where(operations.c.user_id == user_id)
-            .order_by(operations.c.create_time.desc(), operations.c.id.desc())
-            .limit(limit)
+        statement = newest_first(
+            _with_counts().where(operations.c.user_id == user_id), operations, before, limit
         )
-        if before is not None:
-            statement = statement.where(
-                tuple_(operations.c.create_time, operations.c.id) < tuple_(*before)
-            )
         rows = await self._database.read(lambda c: c.execute(statement).all())
         return [_operation(row) for row in rows]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, insert, select, tuple_
+from sqlalchemy import Row, Select, Table, bindparam, insert, select, tuple_
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -26,6 +26,7 @@ from servicekit.database import Database, utc
 from servicekit.errors import Unavailable
 from servicekit.idempotency import KeyRecord, KeyTaken
 from servicekit.idempotency_records import KeyRecords
+from servicekit.pagination import TimeKey
 
 analyses = cast(Table, AnalysisRow.__table__)
 _COLUMNS = tuple(c for c in analyses.c if c.name != "cache_key")
@@ -88,16 +89,9 @@ class AnalysesRepository:
         self, user_id: uuid.UUID, *, before: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[Analysis]:
         """Up to `limit` of a user's analyses, newest first, older than `before`."""
-        statement = (
-            select(*_COLUMNS)
-            .where(analyses.c.user_id == user_id)
-            .order_by(analyses.c.create_time.desc(), analyses.c.id.desc())
-            .limit(limit)
+        statement = newest_first(
+            select(*_COLUMNS).where(analyses.c.user_id == user_id), analyses, before, limit
         )
-        if before is not None:
-            statement = statement.where(
-                tuple_(analyses.c.create_time, analyses.c.id) < tuple_(*before)
-            )
         rows = await self._database.read(lambda c: c.execute(statement).all())
         return [_analysis(row) for row in rows]
 
@@ -153,6 +147,17 @@ class AnalysesRepository:
             if best is None or row.create_time > best.create_time:
                 newest[row.cache_key] = row
         return [_result_since(newest.get(lookup.cache_key), lookup.since) for lookup in lookups]
+
+
+def newest_first(
+    statement: Select[Any], table: Table, before: TimeKey | None, limit: int
+) -> Select[Any]:
+    """Up to `limit` of `statement`'s rows, newest first by (create_time, id), older than
+    `before`: a page of servicekit.pagination.keyset_page."""
+    statement = statement.order_by(table.c.create_time.desc(), table.c.id.desc()).limit(limit)
+    if before is not None:
+        statement = statement.where(tuple_(table.c.create_time, table.c.id) < tuple_(*before))
+    return statement
 
 
 def analysis_row(analysis: Analysis, cache_key: str | None) -> dict[str, Any]:
