@@ -44,19 +44,18 @@ def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncE
             connect_args={"timeout": settings.db_pool_timeout_seconds},
         )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
-        telemetry.instrument_engine(engine)
-        return engine
-    engine = create_async_engine(
-        url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        connect_args={
-            "timeout": settings.db_connect_timeout_seconds,
-            "server_settings": {"application_name": application_name},
-        },
-    )
+    else:
+        engine = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            pool_pre_ping=settings.db_pool_pre_ping,
+            connect_args={
+                "timeout": settings.db_connect_timeout_seconds,
+                "server_settings": {"application_name": application_name},
+            },
+        )
     telemetry.instrument_engine(engine)
     return engine
 
