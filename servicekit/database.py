@@ -6,11 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -43,19 +44,18 @@ def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncE
             connect_args={"timeout": settings.db_pool_timeout_seconds},
         )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
-        telemetry.instrument_engine(engine)
-        return engine
-    engine = create_async_engine(
-        url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        connect_args={
-            "timeout": settings.db_connect_timeout_seconds,
-            "server_settings": {"application_name": application_name},
-        },
-    )
+    else:
+        engine = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            pool_pre_ping=settings.db_pool_pre_ping,
+            connect_args={
+                "timeout": settings.db_connect_timeout_seconds,
+                "server_settings": {"application_name": application_name},
+            },
+        )
     telemetry.instrument_engine(engine)
     return engine
 
@@ -114,7 +114,7 @@ class Database:
         without a ping before every checkout.
         """
         try:
-            result: T = await greenlet_spawn(_run, self._reader, work, self._waited)
+            result: T = await greenlet_spawn(_run, self._reader.connect, work, self._waited)
         except Exception as exc:
             # Connecting can fail with the driver's own OSError, unwrapped.
             if not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
@@ -124,7 +124,7 @@ class Database:
             self._outage.ended()
             return result
         try:
-            result = await greenlet_spawn(_run, self._reader, work, self._waited)
+            result = await greenlet_spawn(_run, self._reader.connect, work, self._waited)
         except Exception as exc:
             self._raise_if_unavailable(exc)
             raise
@@ -139,12 +139,12 @@ class Database:
         try:
             if self._write_turn is None:
                 result: T = await greenlet_spawn(
-                    _run_in_transaction, self.engine.sync_engine, work, self._waited
+                    _run, self.engine.sync_engine.begin, work, self._waited
                 )
             else:
                 async with self._write_turn:
                     result = await greenlet_spawn(
-                        _run_in_transaction, self.engine.sync_engine, work, self._waited
+                        _run, self.engine.sync_engine.begin, work, self._waited
                     )
         except Exception as exc:
             self._raise_if_unavailable(exc)
@@ -178,20 +178,14 @@ def outage_cause(exc: BaseException) -> str:
 
 
 def _run(
-    engine: Engine, work: Callable[[Connection], T], waited: Callable[[float], None] | None
+    open_connection: Callable[[], AbstractContextManager[Connection]],
+    work: Callable[[Connection], T],
+    waited: Callable[[float], None] | None,
 ) -> T:
+    """`work` on a connection from `open_connection` (a checkout, or a transaction
+    that commits when `work` returns), recording the wait for it when `waited`."""
     started = time.perf_counter()
-    with engine.connect() as connection:
-        if waited is not None:
-            waited(time.perf_counter() - started)
-        return work(connection)
-
-
-def _run_in_transaction(
-    engine: Engine, work: Callable[[Connection], T], waited: Callable[[float], None] | None
-) -> T:
-    started = time.perf_counter()
-    with engine.begin() as connection:
+    with open_connection() as connection:
         if waited is not None:
             waited(time.perf_counter() - started)
         return work(connection)

@@ -132,8 +132,7 @@ class CallInterceptor(_ServerInterceptor):
         recorded = metrics.CallMetrics.server(method) if metrics.recording() else None
 
         async def wrapped(request: Any, context: Context) -> Any:
-            request_id, token, started = self._begin(context)
-            span = telemetry.grpc_server_span(method, context.invocation_metadata())
+            request_id, token, started, span = self._begin(method, context)
             code = grpc.StatusCode.OK
             admitted = limit is None or self.in_flight < limit
             if admitted:
@@ -159,8 +158,7 @@ class CallInterceptor(_ServerInterceptor):
         recorded = metrics.CallMetrics.server(method) if metrics.recording() else None
 
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            request_id, token, started = self._begin(context)
-            span = telemetry.grpc_server_span(method, context.invocation_metadata())
+            request_id, token, started, span = self._begin(method, context)
             code = grpc.StatusCode.OK
             admitted = limit is None or self.in_flight < limit
             if admitted:
@@ -183,11 +181,16 @@ class CallInterceptor(_ServerInterceptor):
         return wrapped
 
     @staticmethod
-    def _begin(context: Context) -> tuple[str, Any, float]:
-        request_id = request_id_from(context.invocation_metadata())  # type: ignore[arg-type]
+    def _begin(
+        method: str, context: Context
+    ) -> tuple[str, Any, float, telemetry.ActiveSpan | None]:
+        # Read once: grpc.aio builds the metadata tuple anew on every call of it.
+        metadata = context.invocation_metadata()
+        request_id = request_id_from(metadata)  # type: ignore[arg-type]
         token = request_id_var.set(request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-        return request_id, token, time.perf_counter()
+        started = time.perf_counter()
+        return request_id, token, started, telemetry.grpc_server_span(method, metadata)
 
     def _end(
         self,

@@ -81,14 +81,9 @@ class ProcessSettings(BaseSettings):
     @field_validator("addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
-        match = _ADDRESS.match(value)
-        if (
-            match is None
-            or int(match.group(2)) > 65535
-            or not (match.group(1) or cls._address_without_host)
-        ):
-            raise ValueError(f"expected host:port, e.g. {cls._address_example}")
-        return value
+        return check_listen_address(
+            value, example=cls._address_example, without_host=cls._address_without_host
+        )
 
     @field_validator("metrics_addr")
     @classmethod
@@ -187,11 +182,14 @@ class ServiceSettings(ProcessSettings):
         return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
 
 
-def check_listen_address(value: str) -> str:
-    """`value` when it is host:port (`:port` for every interface); else ValueError."""
+def check_listen_address(
+    value: str, *, example: str = "127.0.0.1:9100", without_host: bool = True
+) -> str:
+    """`value` when it is host:port (`:port` for every interface, if `without_host`);
+    else ValueError, naming `example`."""
     match = _ADDRESS.match(value)
-    if match is None or int(match.group(2)) > 65535:
-        raise ValueError("expected host:port, e.g. 127.0.0.1:9100")
+    if match is None or int(match.group(2)) > 65535 or not (match.group(1) or without_host):
+        raise ValueError(f"expected host:port, e.g. {example}")
     return value
 
 

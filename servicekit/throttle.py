@@ -49,7 +49,7 @@ from servicekit.outages import Outage
 if TYPE_CHECKING:
     from servicekit.settings import ThrottleSettings
 
-__all__ = ["Limit", "Throttle", "Usage"]
+__all__ = ["ACCOUNT_ADDRESS", "ADDRESS", "SCOPE", "Limit", "Throttle", "Usage"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ T = TypeVar("T")
 RETRY_SECONDS = 1.0
 # How often, at most, the in-process store drops expired keys.
 SWEEP_SECONDS = 1.0
+
+# The ErrorInfo metadata of a RESOURCE_EXHAUSTED refusal that says what it holds for,
+# until its RetryInfo runs out: every attempt of the client's address (ADDRESS), or only
+# those for the same account (or client id) from that address (ACCOUNT_ADDRESS). The
+# users service sets it (users_service.throttling); the gateway honours it without
+# asking again (gateway.refusals).
+SCOPE = "scope"
+ADDRESS = "address"
+ACCOUNT_ADDRESS = "account_address"
 
 
 @dataclass(frozen=True, slots=True)

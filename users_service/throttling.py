@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from servicekit.errors import ResourceExhausted, Unavailable
-from servicekit.throttle import Limit, Throttle, Usage
+from servicekit.throttle import ACCOUNT_ADDRESS, ADDRESS, SCOPE, Limit, Throttle, Usage
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -95,14 +95,6 @@ class LoginRules:
             return 0.0
         return min(self.delay_seconds * 2.0**beyond, self.max_delay_seconds)
 
-
-# The ErrorInfo metadata of a refusal that says what it holds for, until its RetryInfo
-# runs out: every attempt of the client's address (ADDRESS), or only those for the same
-# account (or client id) from that address (ACCOUNT_ADDRESS). The gateway honours it
-# without asking again (gateway.refusals).
-SCOPE = "scope"
-ADDRESS = "address"
-ACCOUNT_ADDRESS = "account_address"
 
 # What an address over its logins in progress is told to wait: an attempt takes a hash
 # (tens of milliseconds), or at most the longest delay.
@@ -268,11 +260,9 @@ def _scope(per_address: Usage, others: tuple[Usage, ...]) -> str:
     """What a refusal holds for: the whole address when its own count is what refuses
     longest, else the account from that address."""
     longest = max((u.retry_after for u in others if u.exhausted), default=0.0)
-    return (
-        ADDRESS
-        if per_address.exhausted and per_address.retry_after >= longest
-        else (ACCOUNT_ADDRESS)
-    )
+    if per_address.exhausted and per_address.retry_after >= longest:
+        return ADDRESS
+    return ACCOUNT_ADDRESS
 
 
 def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str, scope: str) -> None:
