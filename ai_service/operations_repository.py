@@ -322,21 +322,18 @@ def _fail(
 
 
 def _with_counts() -> Any:
-    # Counted per operation in a subquery: PostgreSQL cannot GROUP BY a JSON column.
-    counts = (
-        select(
-            items.c.operation_id,
-            func.count(items.c.analysis_id).label("succeeded"),
-            func.count(items.c.error_code).label("failed"),
-        )
-        .group_by(items.c.operation_id)
-        .subquery()
-    )
+    # Correlated counts, worked out for the rows returned only (after a page's LIMIT),
+    # each through the items' operation_id index: a grouped subquery joined in counted
+    # every user's items on each list.
+    def count(column: Any) -> Any:
+        mine = items.c.operation_id == operations.c.id
+        return select(func.count(column)).where(mine).scalar_subquery()
+
     return select(
         operations,
-        func.coalesce(counts.c.succeeded, 0).label("succeeded"),
-        func.coalesce(counts.c.failed, 0).label("failed"),
-    ).select_from(operations.outerjoin(counts, counts.c.operation_id == operations.c.id))
+        count(items.c.analysis_id).label("succeeded"),
+        count(items.c.error_code).label("failed"),
+    )
 
 
 def _operation(row: Any) -> Operation:
