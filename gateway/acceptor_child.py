@@ -213,10 +213,10 @@ class Acceptor:
         answer = self._refusal.replace(DATE_MARK, self._date_now()).replace(
             REQUEST_ID_MARK, request_id()
         )
+        self._counts[1] += 1  # before the answer: who has it may read the count
         with contextlib.suppress(OSError):
             connection.send(answer)
         connection.close()
-        self._counts[1] += 1
 
     def _date_now(self) -> bytes:
         second = int(time.time())
