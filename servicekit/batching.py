@@ -5,9 +5,10 @@ as many batches as allowed are out, the items that arrive queue up and go togeth
 the next one, so batches grow with load and a lone call waits for nobody. Each caller
 gets its own item's result: a value, an error of its own, or the error of its batch.
 
-A named batcher is observable: while tracing is on, each batch runs in a span linked
-to the span of every request it serves (fan-in: each request's trace shows the shared
-call), and while the process serves metrics, its size is recorded (`tandem_batch_size`).
+A named batcher is observable: while tracing is on, the spans of each batch's work (its
+call, its statements) link to the span of every request it serves (fan-in: each
+request's trace shows the shared call), and while the process serves metrics, its size
+is recorded (`tandem_batch_size`).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Batcher(Generic[Item, Result]):
         if not telemetry.traced(links):
             await self._answer(batch)
             return
-        with telemetry.batch_span(self._name, links):
+        with telemetry.fan_in(self._name, links):
             await self._answer(batch)
 
     async def _answer(self, batch: list[_Entry[Item, Result]]) -> None:

@@ -18,8 +18,18 @@ from collections.abc import Mapping, Sequence
 from time import time_ns
 from typing import Any
 
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 _UNSET = Status(StatusCode.UNSET)
@@ -31,12 +41,11 @@ class LightSpan(Span, ReadableSpan):
     """A recording span of a sampled trace, handed to the processor as it is when it
     ends (as the SDK's own span class, it is its readable form too)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional: made for every span
         self,
         maker: Maker,
         name: str,
         context: SpanContext,
-        *,
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: Mapping[str, Any] | None,
@@ -112,24 +121,42 @@ class LightSpan(Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time or time_ns()
-        self._maker.processor.on_end(self)
+        self._maker.on_end(self)
 
 
 class Maker:
-    """Makes `LightSpan`s for what an SDK tracer would make them for."""
+    """Makes `LightSpan`s for what an SDK tracer would make them for.
+
+    A span goes straight to the provider's processors, not through the SDK's
+    multi-processor (a loop and a call more per span), and not at all to those whose
+    `on_start` does nothing (the SDK's exporting processors): read again whenever the
+    provider's list of processors changes.
+    """
 
     def __init__(self, tracer: Any, generate_span_id: Any) -> None:
-        self.processor = tracer.span_processor
+        self._processor = tracer.span_processor
         self.resource = tracer.resource
         self.scope = getattr(tracer, "_instrumentation_scope", None)
         self._span_id = generate_span_id
+        self._processors: object = None
+        self.on_start: tuple[Any, ...] = ()
+        self.on_end: Any = self._processor.on_end
+        self._refresh()
 
-    def start(
+    def _refresh(self) -> None:
+        processors = getattr(self._processor, "_span_processors", None)
+        self._processors = processors
+        if processors is None:  # not the SDK's multi-processor: it is called as it is
+            self.on_start, self.on_end = (self._processor.on_start,), self._processor.on_end
+            return
+        self.on_start = tuple(p.on_start for p in processors if not _idle_start(p))
+        self.on_end = processors[0].on_end if len(processors) == 1 else self._processor.on_end
+
+    def start(  # noqa: PLR0917 - positional: called for every span
         self,
         name: str,
         trace_id: int,
         parent: SpanContext | None,
-        *,
         kind: SpanKind,
         attributes: Mapping[str, Any] | None,
         links: Sequence[Link] = (),
@@ -137,15 +164,29 @@ class Maker:
         """A span of the sampled trace `trace_id`, under `parent` (None: its root, of a
         random trace id)."""
         if parent is None:
-            flags, state = _SAMPLED_RANDOM, None
+            flags, state = _SAMPLED_RANDOM, _NO_STATE
         else:
-            random = parent.trace_flags & TraceFlags.RANDOM_TRACE_ID
-            flags, state = (_SAMPLED_RANDOM if random else _SAMPLED), parent.trace_state
-        context = SpanContext(
-            trace_id, self._span_id(), is_remote=False, trace_flags=flags, trace_state=state
-        )
-        span = LightSpan(
-            self, name, context, parent=parent, kind=kind, attributes=attributes, links=links
-        )
-        self.processor.on_start(span, None)
+            random = parent[3] & TraceFlags.RANDOM_TRACE_ID  # trace_flags
+            flags, state = (_SAMPLED_RANDOM if random else _SAMPLED), parent[4]  # trace_state
+        # SpanContext's own constructor checks the ids' ranges: both are made valid here.
+        context = _new_tuple(SpanContext, (trace_id, self._span_id(), False, flags, state, True))
+        span = LightSpan(self, name, context, parent, kind, attributes, links)
+        if getattr(self._processor, "_span_processors", None) is not self._processors:
+            self._refresh()
+        for on_start in self.on_start:
+            on_start(span, None)
         return span
+
+
+_new_tuple = tuple.__new__
+_NO_STATE = DEFAULT_TRACE_STATE
+
+
+def _idle_start(processor: SpanProcessor) -> bool:
+    """Whether `processor`'s on_start is one of the SDK's that does nothing."""
+    return type(processor).on_start in _IDLE_STARTS
+
+
+_IDLE_STARTS = frozenset(
+    {SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start}
+)

@@ -4,7 +4,7 @@
 compression, timeout, retries), but for the bytes it sends. Its own encoder builds a
 protobuf object per span, attribute and value, about 26 µs a span, on the export thread,
 which holds the GIL meanwhile: time taken from the event loop of a process serving
-requests. This writes the same bytes directly (about 4 µs a span): the attributes a
+requests. This writes the same bytes directly (about 3 µs a span): the attributes a
 process sends again and again (`rpc.system=grpc`, a route, a statement) are encoded once
 and remembered. What it writes decodes to what
 `opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans` makes
@@ -23,6 +23,8 @@ import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+
+from servicekit.light_spans import LightSpan
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -70,14 +72,15 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope or None
         by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-        by_scope.setdefault(id(scope), (scope, []))[1].append(_span(span))
+        span_bytes = _light_span(span) if type(span) is LightSpan else _span(span)
+        by_scope.setdefault(id(scope), (scope, []))[1].append(span_bytes)
     out = bytearray()
     for resource, by_scope in groups.values():
         body = bytearray(_field(1, _kvs(1, resource.attributes)))
-        for scope, encoded in by_scope.values():
+        for scope, of_scope in by_scope.values():
             scope_spans = bytearray(_field(1, _scope(scope)))
-            for span_bytes in encoded:
-                scope_spans += _field(2, span_bytes)
+            for encoded in of_scope:
+                scope_spans += _field(2, encoded)
             if scope is not None and scope.schema_url:
                 scope_spans += _field(3, scope.schema_url.encode())
             body += _field(2, scope_spans)
@@ -132,6 +135,55 @@ def _span(span: ReadableSpan) -> bytes:
     # 16: flags, whether the parent is remote
     out += _REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS
     return bytes(out)
+
+
+def _light_span(span: LightSpan) -> bytes:
+    """`_span` for one of Tandem's own spans, read from its fields (the properties of
+    ReadableSpan copy them, and work out dropped counts that are always 0 here): about
+    half the time a span."""
+    context = span._context
+    parent = span._parent
+    trace_id, span_id, _, _, state = context[:5]  # type: ignore[index] # always given
+    out = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+    if state:
+        out.append(_field(3, ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+    if parent is not None:
+        out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+    out.append(_name_and_kind(span._name, span._kind))
+    out.append(_times(0x39, span._start_time, 0x41, span._end_time or 0))  # fields 7, 8
+    attributes = span._attributes
+    if attributes:
+        out.append(_span_kvs(attributes))
+    if span._events:
+        out.append(_events(span))
+    if span._links:
+        out.append(_links(span))
+    out.append(_status(span._status))
+    out.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
+    return b"".join(out)
+
+
+_times = struct.Struct("<BQBQ").pack
+# A span attribute (KeyValue field 9) by key, value's type and value.
+_span_attributes: dict[tuple[str, type, Any], bytes] = {}
+
+
+def _span_kvs(attributes: Mapping[str, Any]) -> bytes:
+    """`_kvs(9, attributes)`, each remembered by key, type and value."""
+    cache = _span_attributes
+    out = []
+    for key, value in attributes.items():
+        try:
+            encoded = cache[key, value.__class__, value]
+        except KeyError:
+            encoded = _field(9, _kv(key, value))
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[key, value.__class__, value] = encoded
+        except TypeError:  # a list: not remembered
+            encoded = _field(9, _kv(key, value))
+        out.append(encoded)
+    return b"".join(out)
 
 
 def _name_and_kind(name: str, kind: SpanKind) -> bytes:

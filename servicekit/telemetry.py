@@ -28,10 +28,11 @@ statement even in unsampled traces, which together exceeded the 5% budget):
 - a gRPC client span per upstream call (servicekit.observers), whose context travels in
   the call's metadata as W3C `traceparent` / `tracestate`;
 - a gRPC server span per call (servicekit.interceptor), continuing the caller's;
-- a span per batch (servicekit.batching) with a link to each request it serves: a
-  coalesced read or a group insert answers many traces at once (fan-in);
 - a span per SQL statement (`instrument_engine`): the statement with its placeholders,
   never its parameters.
+A batch (servicekit.batching: a coalesced read, a group insert) answers many traces at
+once: its call's or statements' spans link to each request it serves (`fan_in`), in
+place of a span of the batch's own, which would cost one more span a batch.
 The ai service's calls to the model provider are the anthropic SDK's own spans (model and
 token counts, never the content: ai_service.server sets that, whatever
 ANTHROPIC_OPEN_TELEMETRY_* say).
@@ -175,7 +176,7 @@ def _install(tracer: trace.Tracer | None, *, parent_based: bool, mirror: bool = 
     if _root_bound is not None and _keeps_sampled_children(tracer.sampler):  # type: ignore[union-attr]
         from servicekit.light_spans import Maker  # noqa: PLC0415 - loaded with the SDK
 
-        _maker = Maker(tracer, ids.generate_span_id)  # type: ignore[union-attr]
+        _maker = Maker(tracer, ids.span_ids())  # type: ignore[union-attr]
 
 
 def _bound_of(sampler: object) -> int | None:
@@ -219,8 +220,23 @@ class _PresetTraceIds:
     def generate_span_id(self) -> int:
         return int(self._ids.generate_span_id())
 
+    def span_ids(self) -> Callable[[], int]:
+        """What makes a span id: with the SDK's random generator, its rule called
+        directly (three calls fewer per span)."""
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
+
+        return _random_span_id if type(self._ids) is RandomIdGenerator else self.generate_span_id
+
     def is_trace_id_random(self) -> bool:
         return bool(getattr(self._ids, "is_trace_id_random", lambda: True)())
+
+
+def _random_span_id() -> int:
+    """RandomIdGenerator's rule: 64 random bits, never all zero."""
+    span_id = getrandbits(64)
+    while not span_id:
+        span_id = getrandbits(64)
+    return span_id
 
 
 def _unsampled(span_context: SpanContext) -> bool:
@@ -240,7 +256,7 @@ def current_ids() -> tuple[str, str] | None:
     current = _current.get()
     if isinstance(current, Passed):
         return current.trace_id, current.span_id
-    span_context = _context_of(current)
+    span_context = current.parent if isinstance(current, FanIn) else _context_of(current)
     if not span_context.is_valid:
         return None
     return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
@@ -254,6 +270,8 @@ def current_link() -> SpanContext | None:
     current = _current.get()
     if isinstance(current, Passed):
         return None
+    if isinstance(current, FanIn):
+        return current.parent
     span_context = _context_of(current)
     return span_context if span_context.is_valid else None
 
@@ -305,10 +323,28 @@ class Passed:
         return self.traceparent[36:52]
 
 
+class FanIn:
+    """Shared work serving requests of sampled traces (a coalesced call, a group insert):
+    it has no span of its own. Each span made directly in it is a child of the first
+    sampled request, linked to each sampled request served (OpenTelemetry's fan-in),
+    with the batch's name and size as attributes."""
+
+    __slots__ = ("attributes", "links", "parent")
+
+    def __init__(self, name: str, size: int, links: Sequence[SpanContext]) -> None:
+        self.parent = links[0]
+        self.links = tuple(Link(link) for link in links)
+        self.attributes = {"tandem.batch": name, "tandem.batch.size": size}
+
+    def child(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A child span's attributes, with the batch's."""
+        return {**attributes, **self.attributes} if attributes else dict(self.attributes)
+
+
 # The trace of the request running in this context, for the helpers below: a span of
-# ours (sampled), a `Passed` (unsampled), or None (outside any trace, or where
-# `_mirror`, see OpenTelemetry's context).
-_current: ContextVar[Span | Passed | None] = ContextVar("tandem_trace", default=None)
+# ours (sampled), a `Passed` (unsampled), a `FanIn` (a batch's shared work), or None
+# (outside any trace, or where `_mirror`, see OpenTelemetry's context).
+_current: ContextVar[Span | Passed | FanIn | None] = ContextVar("tandem_trace", default=None)
 _ROOT = otel_context.Context()
 # OpenTelemetry's current context while a request of an unsampled trace runs: for code
 # that makes spans through the API itself (the ai service's anthropic SDK), which so
@@ -320,17 +356,22 @@ _UNSAMPLED = trace.set_span_in_context(
 
 
 class ActiveSpan:
-    """A request's span (None: its trace is unsampled, `Passed`), current until `end`,
-    which restores the context it replaced."""
+    """A request's span (None: its trace is unsampled, `Passed`, or it is a batch's
+    `FanIn`), current until `end`, which restores the context it replaced."""
 
     __slots__ = ("_otel_token", "_token", "span")
 
-    def __init__(self, span: Span | None, passed: Passed | None = None) -> None:
+    def __init__(self, span: Span | None, other: Passed | FanIn | None = None) -> None:
         self.span = span
-        self._token = _current.set(span if span is not None else passed)
+        self._token = _current.set(span if span is not None else other)
         self._otel_token = None
         if _mirror:
-            context = _UNSAMPLED if span is None else trace.set_span_in_context(span, _ROOT)
+            if span is not None:
+                context = trace.set_span_in_context(span, _ROOT)
+            elif isinstance(other, FanIn):
+                context = trace.set_span_in_context(NonRecordingSpan(other.parent), _ROOT)
+            else:
+                context = _UNSAMPLED
             self._otel_token = otel_context.attach(context)
 
     def end(self) -> None:
@@ -378,11 +419,9 @@ def _start(
     assert _tracer is not None
     if _maker is not None:
         if parent is not None and parent.trace_flags.sampled:
-            return _maker.start(
-                name, parent.trace_id, parent, kind=kind, attributes=attributes, links=links
-            )
+            return _maker.start(name, parent.trace_id, parent, kind, attributes, links)
         if parent is None and trace_id is not None:
-            return _maker.start(name, trace_id, None, kind=kind, attributes=attributes, links=links)
+            return _maker.start(name, trace_id, None, kind, attributes, links)
     if parent is None:
         token = _next_trace_id.set(trace_id)
         try:
@@ -540,26 +579,43 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     if isinstance(active, Passed):
         _inject(metadata, active.traceparent, active.tracestate)
         return None
-    current = _context_of(active)
-    if _unsampled(current):
-        _inject(metadata, _format(current), current.trace_state.to_header() or None)
-        return None
-    service, _, name = method.lstrip("/").partition("/")
-    span = _start(
-        method.lstrip("/"),
-        current if current.is_valid else None,
-        SpanKind.CLIENT,
-        {
-            "rpc.system": "grpc",
-            "rpc.service": service,
-            "rpc.method": name,
-            "server.address": target,
-        },
-    )
+    named = _client_spans.get((method, target))
+    if named is None:
+        named = _client_spans[method, target] = _client_span_of(method, target)
+    name, attributes = named
+    if isinstance(active, FanIn):
+        span = _start(name, active.parent, SpanKind.CLIENT, active.child(attributes), active.links)
+    else:
+        current = _context_of(active)
+        if _unsampled(current):
+            _inject(metadata, _format(current), _tracestate(current))
+            return None
+        span = _start(name, current if current.is_valid else None, SpanKind.CLIENT, attributes)
     span_context = span.get_span_context()
     if span_context.is_valid:
-        _inject(metadata, _format(span_context), span_context.trace_state.to_header() or None)
+        _inject(metadata, _format(span_context), _tracestate(span_context))
     return span
+
+
+# A client span's name and attributes, by method and target: a process calls a few.
+_client_spans: dict[tuple[str, str], tuple[str, Mapping[str, Any]]] = {}
+
+
+def _client_span_of(method: str, target: str) -> tuple[str, Mapping[str, Any]]:
+    full = method.lstrip("/")
+    service, _, name = full.partition("/")
+    attributes = {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": name,
+        "server.address": target,
+    }
+    return full, attributes
+
+
+def _tracestate(span_context: SpanContext) -> str | None:
+    state = span_context.trace_state
+    return (state.to_header() or None) if state else None
 
 
 def _inject(metadata: list[tuple[str, str]], traceparent: str, tracestate: str | None) -> None:
@@ -580,26 +636,27 @@ def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
 
 
 def traced(links: Sequence[SpanContext | None]) -> bool:
-    """Whether a batch serving requests of these spans gets a span (`batch_span`): when
-    one of them is of a sampled trace."""
+    """Whether a batch serving requests of these spans is traced (`fan_in`): when one
+    of them is of a sampled trace."""
     return _tracer is not None and not all(link is None or _unsampled(link) for link in links)
 
 
 @contextmanager
-def batch_span(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]:
-    """A span around one batch, linked to the span of each request it serves (those
-    of sampled traces). Its parent is the first of those requests."""
-    if not traced(links):
+def fan_in(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]:
+    """The block does one batch's shared work, serving requests of these spans: where
+    one is sampled, the spans made directly in it link to each sampled one, children of
+    the first (`FanIn`). No span of its own: its calls and statements are the work."""
+    sampled = [link for link in links if link is not None and not _unsampled(link)]
+    if _tracer is None or not sampled:
         yield
         return
-    assert _tracer is not None
-    span_links = [Link(link) for link in links if link is not None]
-    parent = next(link.context for link in span_links if not _unsampled(link.context))
     # The batch runs in the context of the request that started it, which may be of an
-    # unsampled trace: the batch's own calls are of the batch's trace (`_made_current`).
-    made = _start(name, parent, SpanKind.INTERNAL, {"tandem.batch.size": len(links)}, span_links)
-    with _made_current(made):
+    # unsampled trace: the batch's own calls are of the sampled requests' trace.
+    active = ActiveSpan(None, FanIn(name, len(links), sampled))
+    try:
         yield
+    finally:
+        active.end()
 
 
 @contextmanager
@@ -625,13 +682,17 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
     if _tracer is None or isinstance(active, Passed):
         yield None
         return
-    parent = _context_of(active)
-    if _unsampled(parent):
-        yield None
-        return
-    with _made_current(
-        _start(name, parent if parent.is_valid else None, SpanKind.INTERNAL, attributes)
-    ) as made:
+    if isinstance(active, FanIn):
+        made = _start(
+            name, active.parent, SpanKind.INTERNAL, active.child(attributes), active.links
+        )
+    else:
+        parent = _context_of(active)
+        if _unsampled(parent):
+            yield None
+            return
+        made = _start(name, parent if parent.is_valid else None, SpanKind.INTERNAL, attributes)
+    with _made_current(made):
         yield made
 
 
@@ -665,16 +726,23 @@ def _statement_began(
     active = _current.get()
     if isinstance(active, Passed):
         return
-    if active is None and _mirror:
-        active = trace.get_current_span()
-    if active is None or not active.is_recording():
-        return
+    links: Sequence[Link] = ()
+    if isinstance(active, FanIn):
+        parent, links = active.parent, active.links
+        attributes = active.child(attributes)
+    else:
+        if active is None and _mirror:
+            active = trace.get_current_span()
+        if active is None or not active.is_recording():
+            return
+        parent = active.get_span_context()
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
     context._tandem_span = _start(
         f"{operation} {attributes['db.namespace']}".rstrip(),
-        active.get_span_context(),
+        parent,
         SpanKind.CLIENT,
         {**attributes, "db.operation.name": operation, "db.query.text": statement},
+        links,
     )
 
 

@@ -145,9 +145,12 @@ async def test_one_trace_per_request_across_the_processes_and_json_logs(tmp_path
     assert root.attributes["http.response.status_code"] == 200
     users_hop = assert_hop(me_spans, "users.v1.UsersService/GetUser", "tandem-users")
     assert any(s.attributes.get("db.system") == "sqlite" for s in children(me_spans, users_hop))
-    # The gateway's reads go through its coalescing batcher: a span linked to the request.
-    (batch,) = [s for s in me_spans if s.name == "gateway.user_reads"]
-    assert (CLIENT_TRACE, root.span_id) in batch.links
+    # The gateway's reads go through its coalescing batcher: the shared call links to
+    # every request it answers.
+    call = next(s for s in me_spans if s.span_id == users_hop.parent_id)
+    assert call.service == "tandem-gateway"
+    assert call.attributes["tandem.batch"] == "gateway.user_reads"
+    assert (CLIENT_TRACE, root.span_id) in call.links
 
     # The analysis: gateway, ai service, the provider's HTTP call and the database, one trace.
     (post,) = [s for s in receiver.spans if s.name == "POST /v1/analyses"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -24,8 +25,13 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from servicekit import otlp_export
+from servicekit import otlp_export, telemetry
+from servicekit.batching import Batcher
+from servicekit.light_spans import LightSpan
 from tests.support.otlp import otlp_receiver
+from tests.support.traces import recorded_spans
+
+METHOD = "/users.v1.UsersService/GetUser"
 
 REMOTE = SpanContext(
     0x0AF7651916CD43DD8448EB211C80319C,
@@ -97,6 +103,37 @@ def test_the_bytes_decode_to_what_the_exporters_encoder_makes() -> None:
     assert ours == encode_spans(spans)
     assert len(ours.resource_spans[0].scope_spans) == 2
     assert sum(len(s.spans) for s in ours.resource_spans[0].scope_spans) == len(spans)
+
+
+async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> None:
+    """The spans servicekit.telemetry makes (light_spans) are read from their fields."""
+
+    async def call(items: list[int]) -> list[int]:
+        client = telemetry.grpc_client_span(METHOD, "users:50051", [])
+        assert client is not None
+        telemetry.end_grpc_client_span(client, grpc.StatusCode.UNAVAILABLE)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(call, name="gateway.user_reads")
+    with recorded_spans() as recorded:
+        for given in (None, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"):
+            http = telemetry.http_server_span("GET", given, b"vendor=x1" if given else None)
+            assert http is not None
+            await asyncio.gather(batcher.submit(1), batcher.submit(2))
+            server = telemetry.grpc_server_span(
+                METHOD, [("traceparent", given.decode())] if given else ()
+            )
+            assert server is not None
+            with telemetry.span("SELECT tandem", {"db.query.text": "SELECT 1", "n": 2**40}):
+                pass
+            telemetry.end_grpc_server_span(server, grpc.StatusCode.INTERNAL)
+            telemetry.end_http_server_span(http, "/v1/users/{id}", 503)
+        spans = recorded.finished
+    assert {type(span) for span in spans} == {LightSpan}
+    assert any(span.links for span in spans)
+    for _ in range(2):  # the second from the remembered attributes
+        ours = ExportTraceServiceRequest.FromString(otlp_export.encode(spans))
+        assert ours == encode_spans(spans)
 
 
 def test_no_spans_is_an_empty_request() -> None:

@@ -1,5 +1,5 @@
 """servicekit.telemetry: W3C context across the hops, unsampled traces cost no spans,
-batches link to the requests they serve, and tracing is off unless OTEL_* ask."""
+a batch's work links to the requests it serves, and tracing is off unless OTEL_* ask."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from servicekit import telemetry
 from servicekit.batching import Batcher
@@ -100,8 +102,15 @@ def test_an_unsampled_trace_makes_no_span_but_goes_on_with_its_ids() -> None:
         assert spans.finished == ()
 
 
-async def test_a_batch_links_to_every_request_it_serves_under_the_first() -> None:
+async def test_a_batchs_call_links_to_every_request_it_serves_under_the_first() -> None:
     async def run(items: list[int]) -> list[int]:
+        # The batch's shared work: a call, and a step with a step of its own inside.
+        metadata: list[tuple[str, str]] = []
+        client = telemetry.grpc_client_span(METHOD, "users:50051", metadata)
+        assert client is not None
+        telemetry.end_grpc_client_span(client, grpc.StatusCode.OK)
+        with telemetry.span("tests.step"), telemetry.span("tests.inner"):
+            pass
         return [item * 2 for item in items]
 
     batcher: Batcher[int, int] = Batcher(run, name="tests.batch")
@@ -113,10 +122,52 @@ async def test_a_batch_links_to_every_request_it_serves_under_the_first() -> Non
 
         assert await asyncio.gather(*(request(n) for n in range(3))) == [0, 2, 4]
         requests = [spans.named(f"request {n}") for n in range(3)]
-        batch = spans.named("tests.batch")
-    assert {link.context.span_id for link in batch.links} == {r.context.span_id for r in requests}
-    assert batch.parent is not None and batch.parent.span_id == requests[0].context.span_id
-    assert batch.attributes is not None and batch.attributes["tandem.batch.size"] == 3
+        call = spans.named(METHOD.lstrip("/"))
+        step, inner = spans.named("tests.step"), spans.named("tests.inner")
+        names = [span.name for span in spans.finished]
+    # No span of the batch's own: the call is its work, linked to every request.
+    assert "tests.batch" not in names
+    assert {link.context.span_id for link in call.links} == {r.context.span_id for r in requests}
+    assert call.parent is not None and call.parent.span_id == requests[0].context.span_id
+    assert call.attributes is not None
+    assert call.attributes["tandem.batch"] == "tests.batch"
+    assert call.attributes["tandem.batch.size"] == 3
+    assert call.attributes["rpc.method"] == "GetUser"
+    # Each span of the batch's work links so; what is below them is their child as ever.
+    assert step.links == call.links and step.parent == call.parent
+    assert inner.parent is not None and inner.parent.span_id == step.context.span_id
+    assert not inner.links
+
+
+async def test_each_statement_of_a_batch_links_to_the_requests_it_serves() -> None:
+    engine = create_async_engine("sqlite+aiosqlite://")
+    with recorded_spans() as spans:
+        telemetry.instrument_engine(engine)
+
+        async def run(items: list[int]) -> list[int]:
+            async with engine.begin() as connection:
+                await connection.execute(text("SELECT 1"))
+                await connection.execute(text("SELECT 2"))
+            return items
+
+        batcher: Batcher[int, int] = Batcher(run, name="tests.inserts")
+
+        async def request(n: int) -> int:
+            with spans.tracer.start_as_current_span(f"request {n}"):
+                return await batcher.submit(n)
+
+        try:
+            await asyncio.gather(*(request(n) for n in range(2)))
+        finally:
+            await engine.dispose()
+        requests = {spans.named(f"request {n}").context.span_id for n in range(2)}
+        statements = [span for span in spans.finished if span.name.startswith("SELECT")]
+    assert len(statements) == 2
+    for statement in statements:
+        assert {link.context.span_id for link in statement.links} == requests
+        assert statement.attributes is not None
+        assert statement.attributes["tandem.batch"] == "tests.inserts"
+        assert statement.attributes["db.system"] == "sqlite"
 
 
 def test_an_upstream_outage_is_one_warning_when_it_begins_and_one_when_it_ends(
@@ -232,11 +283,11 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
 
         await asyncio.gather(request("00"), request("01"))
         sampled = spans.named("GET")
-        batch = spans.named("tests.batch")
+        call = spans.named(METHOD.lstrip("/"))
     # Linked to the sampled request only, and its child: not dropped with the first.
-    assert [link.context.span_id for link in batch.links] == [sampled.context.span_id]
-    assert batch.parent is not None and batch.parent.span_id == sampled.context.span_id
-    assert batch.attributes is not None and batch.attributes["tandem.batch.size"] == 2
+    assert [link.context.span_id for link in call.links] == [sampled.context.span_id]
+    assert call.parent is not None and call.parent.span_id == sampled.context.span_id
+    assert call.attributes is not None and call.attributes["tandem.batch.size"] == 2
     (metadata,) = sent
     assert traceparent(metadata).startswith(f"00-{'f' * 32}-")
     assert traceparent(metadata).endswith("-01")
