@@ -300,7 +300,7 @@ def added_cost(requests: int = 20_000) -> AddedCost:
         # The gateway's coalesced read's call (linked to the request), the users
         # service's server span and one statement's span (the statement spans have the
         # same few attributes).
-        with telemetry.fan_in("gateway.user_reads", [link]):
+        with telemetry.fan_in("gateway.user_reads", 1, [link] if link else []):
             client = telemetry.grpc_client_span(method, "users", sent)
             served = telemetry.grpc_server_span(method, tuple(sent))
             assert served is not None

@@ -108,11 +108,12 @@ class Batcher(Generic[Item, Result]):
             return
         if metrics.recording():
             metrics.BATCH_SIZE.labels(self._name).observe(len(batch))
-        links = [link for _, _, link in batch]
-        if not telemetry.traced(links):
+        # Only a request of a sampled trace has a span to link to.
+        links = [link for _, _, link in batch if link is not None]
+        if not links or not telemetry.traced(links):
             await self._answer(batch)
             return
-        with telemetry.fan_in(self._name, links):
+        with telemetry.fan_in(self._name, len(batch), links):
             await self._answer(batch)
 
     async def _answer(self, batch: list[_Entry[Item, Result]]) -> None:

@@ -536,13 +536,17 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
         passed = _unsampled_header(traceparent)
         if passed is not None:
             return ActiveSpan(None, passed)
-    service, _, name = method.lstrip("/").partition("/")
-    return _server_span(
-        method.lstrip("/"),
-        traceparent,
-        tracestate,
-        {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-    )
+    named = _server_spans.get(method)
+    if named is None:
+        full = method.lstrip("/")
+        service, _, name = full.partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        named = _server_spans[method] = (full, attributes)
+    return _server_span(named[0], traceparent, tracestate, named[1])
+
+
+# A server span's name and attributes, by method: a service has a few dozen.
+_server_spans: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
 
 def _unsampled_header(traceparent: str) -> Passed | None:
@@ -635,24 +639,25 @@ def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
     span.end()
 
 
-def traced(links: Sequence[SpanContext | None]) -> bool:
-    """Whether a batch serving requests of these spans is traced (`fan_in`): when one
-    of them is of a sampled trace."""
-    return _tracer is not None and not all(link is None or _unsampled(link) for link in links)
+def traced(links: Sequence[SpanContext]) -> bool:
+    """Whether a batch serving requests of these spans (`current_link`) is traced
+    (`fan_in`): when one of them is of a sampled trace."""
+    return _tracer is not None and not all(_unsampled(link) for link in links)
 
 
 @contextmanager
-def fan_in(name: str, links: Sequence[SpanContext | None]) -> Iterator[None]:
-    """The block does one batch's shared work, serving requests of these spans: where
-    one is sampled, the spans made directly in it link to each sampled one, children of
-    the first (`FanIn`). No span of its own: its calls and statements are the work."""
-    sampled = [link for link in links if link is not None and not _unsampled(link)]
+def fan_in(name: str, size: int, links: Sequence[SpanContext]) -> Iterator[None]:
+    """The block does the shared work of a batch of `size` requests, among them those
+    of these spans (`current_link`): where one is sampled, the spans made directly in it
+    link to each sampled one, children of the first (`FanIn`). No span of its own: its
+    calls and statements are the work."""
+    sampled = [link for link in links if not _unsampled(link)]
     if _tracer is None or not sampled:
         yield
         return
     # The batch runs in the context of the request that started it, which may be of an
     # unsampled trace: the batch's own calls are of the sampled requests' trace.
-    active = ActiveSpan(None, FanIn(name, len(links), sampled))
+    active = ActiveSpan(None, FanIn(name, size, sampled))
     try:
         yield
     finally:
@@ -707,13 +712,15 @@ def instrument_engine(engine: AsyncEngine) -> None:
         "db.system.name": sync.dialect.name,
         "db.namespace": sync.url.database or "",
     }
-    event.listen(sync, "before_cursor_execute", partial(_statement_began, attributes))
+    began = partial(_statement_began, attributes, {})
+    event.listen(sync, "before_cursor_execute", began)
     event.listen(sync, "after_cursor_execute", _statement_ended)
     event.listen(sync, "handle_error", _statement_failed)
 
 
 def _statement_began(
     attributes: Mapping[str, str],
+    known: dict[str, tuple[str, Mapping[str, Any]]],
     _connection: Any,
     _cursor: Any,
     statement: str,
@@ -727,23 +734,37 @@ def _statement_began(
     if isinstance(active, Passed):
         return
     links: Sequence[Link] = ()
-    if isinstance(active, FanIn):
-        parent, links = active.parent, active.links
-        attributes = active.child(attributes)
-    else:
+    if not isinstance(active, FanIn):
         if active is None and _mirror:
             active = trace.get_current_span()
         if active is None or not active.is_recording():
             return
+    named = known.get(statement)
+    if named is None:
+        named = _statement_span_of(attributes, statement)
+        if len(known) >= _STATEMENTS_KNOWN:
+            known.clear()
+        known[statement] = named
+    name, span_attributes = named
+    if isinstance(active, FanIn):
+        parent, links = active.parent, active.links
+        span_attributes = active.child(span_attributes)
+    else:
         parent = active.get_span_context()
+    context._tandem_span = _start(name, parent, SpanKind.CLIENT, span_attributes, links)
+
+
+# Statements whose span's name and attributes an engine remembers (then forgets them all):
+# a service runs a few dozen, the same strings from SQLAlchemy's compiled cache.
+_STATEMENTS_KNOWN = 1024
+
+
+def _statement_span_of(
+    attributes: Mapping[str, str], statement: str
+) -> tuple[str, Mapping[str, Any]]:
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-    context._tandem_span = _start(
-        f"{operation} {attributes['db.namespace']}".rstrip(),
-        parent,
-        SpanKind.CLIENT,
-        {**attributes, "db.operation.name": operation, "db.query.text": statement},
-        links,
-    )
+    name = f"{operation} {attributes['db.namespace']}".rstrip()
+    return name, {**attributes, "db.operation.name": operation, "db.query.text": statement}
 
 
 def _statement_ended(
