@@ -503,8 +503,16 @@ def http_server_span(
         method,
         None if traceparent is None else traceparent.decode("latin-1"),
         None if tracestate is None else tracestate.decode("latin-1"),
-        {"http.request.method": method},
+        _HTTP_METHODS.get(method) or {"http.request.method": method},
     )
+
+
+# The attributes a request's span starts with, made once for the usual methods (a span
+# copies what it is given).
+_HTTP_METHODS = {
+    method: {"http.request.method": method}
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 def end_http_server_span(active: ActiveSpan, route: str | None, status: int) -> None:
