@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, TraceIdRatioBased
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -308,3 +312,34 @@ def test_a_span_that_an_exception_ends_says_its_type_not_its_message() -> None:
     assert internal.parent is not None and internal.parent.span_id == request.context.span_id
     assert request.status.status_code is StatusCode.ERROR
     assert request.attributes == {"http.request.method": "GET", "http.response.status_code": 500}
+
+
+def test_a_processor_added_later_sees_the_spans_made_after_and_their_start() -> None:
+    """Light spans go to the provider's processors directly: the list is read again
+    when the provider's changes."""
+    started: list[str] = []
+
+    class Watching(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            started.append(span.name)
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_tracer(provider.get_tracer("tests"))
+    try:
+        first = telemetry.http_server_span("GET")
+        assert first is not None
+        telemetry.end_http_server_span(first, None, 200)
+        later = InMemorySpanExporter()
+        provider.add_span_processor(Watching())
+        provider.add_span_processor(SimpleSpanProcessor(later))
+        second = telemetry.http_server_span("POST")
+        assert second is not None
+        telemetry.end_http_server_span(second, None, 201)
+    finally:
+        telemetry.use_tracer(None)
+        provider.shutdown()
+    assert [span.name for span in exporter.get_finished_spans()] == ["GET", "POST"]
+    assert [span.name for span in later.get_finished_spans()] == ["POST"]
+    assert started == ["POST"]
