@@ -110,7 +110,7 @@ class Batcher(Generic[Item, Result]):
             metrics.BATCH_SIZE.labels(self._name).observe(len(batch))
         # Only a request of a sampled trace has a span to link to.
         links = [link for _, _, link in batch if link is not None]
-        if not links or not telemetry.traced(links):
+        if not links:
             await self._answer(batch)
             return
         with telemetry.fan_in(self._name, len(batch), links):

@@ -153,7 +153,7 @@ def _light_span(span: LightSpan) -> bytes:
     out.append(_times(0x39, span._start_time, 0x41, span._end_time or 0))  # fields 7, 8
     attributes = span._attributes
     if attributes:
-        out.append(_span_kvs(attributes))
+        out.append(_kvs(9, attributes))
     if span._events:
         out.append(_events(span))
     if span._links:
@@ -164,26 +164,6 @@ def _light_span(span: LightSpan) -> bytes:
 
 
 _times = struct.Struct("<BQBQ").pack
-# A span attribute (KeyValue field 9) by key, value's type and value.
-_span_attributes: dict[tuple[str, type, Any], bytes] = {}
-
-
-def _span_kvs(attributes: Mapping[str, Any]) -> bytes:
-    """`_kvs(9, attributes)`, each remembered by key, type and value."""
-    cache = _span_attributes
-    out = []
-    for key, value in attributes.items():
-        try:
-            encoded = cache[key, value.__class__, value]
-        except KeyError:
-            encoded = _field(9, _kv(key, value))
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            cache[key, value.__class__, value] = encoded
-        except TypeError:  # a list: not remembered
-            encoded = _field(9, _kv(key, value))
-        out.append(encoded)
-    return b"".join(out)
 
 
 def _name_and_kind(name: str, kind: SpanKind) -> bytes:
@@ -258,20 +238,28 @@ def _kvs(number: int, attributes: Mapping[str, Any] | None) -> bytes:
     """`attributes` as repeated KeyValue field `number`."""
     if not attributes:
         return b""
-    out = bytearray()
+    cache = _attributes
+    out = []
     for key, value in attributes.items():
-        if not isinstance(value, str | int | float):  # bool is an int
-            out += _field(number, _kv(key, value))
+        kind = value.__class__
+        if kind not in _REMEMBERED:
+            out.append(_field(number, _kv(key, value)))
             continue
-        cache_key = (number, key, type(value), value)
-        encoded = _attributes.get(cache_key)
+        # The type in the key: 1, 1.0 and True are equal, but not encoded alike.
+        cache_key = (number, key, kind, value)
+        encoded = cache.get(cache_key)
         if encoded is None:
             encoded = _field(number, _kv(key, value))
-            if len(_attributes) >= _CACHE_LIMIT:
-                _attributes.clear()
-            _attributes[cache_key] = encoded
-        out += encoded
-    return bytes(out)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[cache_key] = encoded
+        out.append(encoded)
+    return b"".join(out)
+
+
+# The value types whose encoded attributes are remembered: sequences may hold values that
+# are equal but not encoded alike (True and 1), and are rare.
+_REMEMBERED = frozenset({str, int, float, bool})
 
 
 def _kv(key: str, value: Any) -> bytes:

@@ -336,9 +336,10 @@ class FanIn:
         self.links = tuple(Link(link) for link in links)
         self.attributes = {"tandem.batch": name, "tandem.batch.size": size}
 
-    def child(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A child span's attributes, with the batch's."""
-        return {**attributes, **self.attributes} if attributes else dict(self.attributes)
+    def start(self, name: str, kind: SpanKind, attributes: Mapping[str, Any] | None) -> Span:
+        """A span of the batch's work: the batch's attributes added to `attributes`."""
+        with_batch = {**attributes, **self.attributes} if attributes else self.attributes
+        return _start(name, self.parent, kind, with_batch, self.links)
 
 
 # The trace of the request running in this context, for the helpers below: a span of
@@ -544,17 +545,25 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
         passed = _unsampled_header(traceparent)
         if passed is not None:
             return ActiveSpan(None, passed)
-    named = _server_spans.get(method)
+    name, attributes = _rpc_span_of(method, None)
+    return _server_span(name, traceparent, tracestate, attributes)
+
+
+def _rpc_span_of(method: str, target: str | None) -> tuple[str, Mapping[str, Any]]:
+    """The name and attributes of a call's span: a server's (`target` None) or a
+    client's of `target`; remembered, a process has a few dozen methods and targets."""
+    named = _rpc_spans.get((method, target))
     if named is None:
         full = method.lstrip("/")
         service, _, name = full.partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-        named = _server_spans[method] = (full, attributes)
-    return _server_span(named[0], traceparent, tracestate, named[1])
+        if target is not None:
+            attributes["server.address"] = target
+        named = _rpc_spans[method, target] = (full, attributes)
+    return named
 
 
-# A server span's name and attributes, by method: a service has a few dozen.
-_server_spans: dict[str, tuple[str, Mapping[str, Any]]] = {}
+_rpc_spans: dict[tuple[str, str | None], tuple[str, Mapping[str, Any]]] = {}
 
 
 def _unsampled_header(traceparent: str) -> Passed | None:
@@ -591,12 +600,9 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     if isinstance(active, Passed):
         _inject(metadata, active.traceparent, active.tracestate)
         return None
-    named = _client_spans.get((method, target))
-    if named is None:
-        named = _client_spans[method, target] = _client_span_of(method, target)
-    name, attributes = named
+    name, attributes = _rpc_span_of(method, target)
     if isinstance(active, FanIn):
-        span = _start(name, active.parent, SpanKind.CLIENT, active.child(attributes), active.links)
+        span = active.start(name, SpanKind.CLIENT, attributes)
     else:
         current = _context_of(active)
         if _unsampled(current):
@@ -607,22 +613,6 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     if span_context.is_valid:
         _inject(metadata, _format(span_context), _tracestate(span_context))
     return span
-
-
-# A client span's name and attributes, by method and target: a process calls a few.
-_client_spans: dict[tuple[str, str], tuple[str, Mapping[str, Any]]] = {}
-
-
-def _client_span_of(method: str, target: str) -> tuple[str, Mapping[str, Any]]:
-    full = method.lstrip("/")
-    service, _, name = full.partition("/")
-    attributes = {
-        "rpc.system": "grpc",
-        "rpc.service": service,
-        "rpc.method": name,
-        "server.address": target,
-    }
-    return full, attributes
 
 
 def _tracestate(span_context: SpanContext) -> str | None:
@@ -645,12 +635,6 @@ def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
         if code is not grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, code.name))
     span.end()
-
-
-def traced(links: Sequence[SpanContext]) -> bool:
-    """Whether a batch serving requests of these spans (`current_link`) is traced
-    (`fan_in`): when one of them is of a sampled trace."""
-    return _tracer is not None and not all(_unsampled(link) for link in links)
 
 
 @contextmanager
@@ -696,9 +680,7 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
         yield None
         return
     if isinstance(active, FanIn):
-        made = _start(
-            name, active.parent, SpanKind.INTERNAL, active.child(attributes), active.links
-        )
+        made = active.start(name, SpanKind.INTERNAL, attributes)
     else:
         parent = _context_of(active)
         if _unsampled(parent):
@@ -741,7 +723,6 @@ def _statement_began(
     active = _current.get()
     if isinstance(active, Passed):
         return
-    links: Sequence[Link] = ()
     if not isinstance(active, FanIn):
         if active is None and _mirror:
             active = trace.get_current_span()
@@ -755,11 +736,10 @@ def _statement_began(
         known[statement] = named
     name, span_attributes = named
     if isinstance(active, FanIn):
-        parent, links = active.parent, active.links
-        span_attributes = active.child(span_attributes)
+        context._tandem_span = active.start(name, SpanKind.CLIENT, span_attributes)
     else:
         parent = active.get_span_context()
-    context._tandem_span = _start(name, parent, SpanKind.CLIENT, span_attributes, links)
+        context._tandem_span = _start(name, parent, SpanKind.CLIENT, span_attributes)
 
 
 # Statements whose span's name and attributes an engine remembers (then forgets them all):
