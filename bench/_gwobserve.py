@@ -1,33 +1,44 @@
 """What observability costs the gateway path (issue 13), measured in the gateway benchmark's
-own run: the users service and the gateway restarted with each variant, round by round in
-rotating order, under the same wrk load as the main rounds.
+own run. Each round starts a users service and a gateway per variant, all at once on the
+same database, loads each in turn (in rotating order) with the same wrk load as the main
+rounds while the others idle, and stops them.
 
 - off: no *_METRICS_ADDR, no OTEL_* (the main rounds' settings);
 - metrics: GATEWAY_METRICS_ADDR and USERS_METRICS_ADDR set, so both record every request;
 - metrics + traces: also OTEL_EXPORTER_OTLP_ENDPOINT, sampling 10% of the traces
   (parent-based, so the users service follows the gateway's decision), exported over
-  OTLP/gRPC to a sink in this process that reads nothing of what it is sent.
+  OTLP/gRPC to a sink in this process that only counts the spans it is sent.
 
 The targets: each variant within 5% of off's req/s, and the gateway path with metrics on
 at least as many times the monolith's req/s (main rounds) as the gateway's own target.
+
+A variant's cost is the median over the rounds of its req/s over off's in the same round.
+This machine's speed drifts by more than 5% within a minute (the host's other tenants): a
+ratio of phases seconds apart cancels most of that, a ratio of medians minutes apart does
+not. And a process's speed varies from one start to the next (memory layout) by about as
+much as what is measured: fresh processes each round average that out. Twice the main
+rounds' count, of phases half as long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol, TypedDict
 
 import _gwload
 import _report
 import grpc
+from _gwstack import GatewayPath
 from _report import Target, fmt, target
-
-from tests.support.harness import free_port
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 VARIANTS = ("off", "metrics", "metrics+traces")
+TRACED = "metrics+traces"
 # The issue's bound: what observability may cost in req/s, against off.
 MAX_LOSS = 0.05
 SAMPLE_RATIO = "0.1"
@@ -66,27 +77,50 @@ class Observability(TypedDict):
     # The same, per process (gateway, users): the gateway's loop is the path's bottleneck.
     us_added_by_process: dict[str, dict[str, float | None]]
     metrics_vs_monolith: float | None
+    # Spans the traced variant's processes exported per request, by service name.
+    spans_per_request: dict[str, float]
     targets: list[Target]
     added: AddedCost
 
 
 class Loader(Protocol):
-    async def __call__(self, duration: int, *, measured: bool) -> _gwload.WrkResult: ...
+    async def __call__(
+        self, path: GatewayPath, duration: int, *, measured: bool
+    ) -> _gwload.WrkResult: ...
 
 
-class Restarter(Protocol):
-    async def __call__(self, env: dict[str, str]) -> None: ...
+class PathOpener(Protocol):
+    def __call__(self, env: dict[str, str]) -> AbstractAsyncContextManager[GatewayPath]: ...
 
 
-def _discard(_request: bytes, _context: Any) -> bytes:
-    return b""  # an empty ExportTraceServiceResponse
+class SpanCount:
+    """Spans received by an OTLP sink, by the sending process's `service.name`."""
+
+    def __init__(self) -> None:
+        self.by_service: dict[str, int] = {}
+
+    def export(self, request: bytes, _context: Any) -> bytes:
+        decoded = ExportTraceServiceRequest.FromString(request)
+        for of_resource in decoded.resource_spans:
+            service = next(
+                (
+                    a.value.string_value
+                    for a in of_resource.resource.attributes
+                    if a.key == "service.name"
+                ),
+                "?",
+            )
+            spans = sum(len(of_scope.spans) for of_scope in of_resource.scope_spans)
+            self.by_service[service] = self.by_service.get(service, 0) + spans
+        return b""  # an empty ExportTraceServiceResponse
 
 
 @asynccontextmanager
-async def otlp_sink() -> AsyncIterator[str]:
-    """An OTLP/gRPC trace endpoint that accepts every export and decodes none."""
+async def otlp_sink() -> AsyncIterator[tuple[str, SpanCount]]:
+    """An OTLP/gRPC trace endpoint that accepts every export and counts its spans."""
+    count = SpanCount()
     server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(_discard)
+    handler = grpc.unary_unary_rpc_method_handler(count.export)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -97,19 +131,19 @@ async def otlp_sink() -> AsyncIterator[str]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", count
     finally:
         await server.stop(None)
 
 
-def variant_env(variant: str, endpoint: str) -> dict[str, str]:
+def variant_env(variant: str, endpoint: str, new_port: Callable[[], int]) -> dict[str, str]:
     if variant == "off":
         return {}
     env = {
-        "GATEWAY_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "USERS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_METRICS_ADDR": f"127.0.0.1:{new_port()}",
+        "USERS_METRICS_ADDR": f"127.0.0.1:{new_port()}",
     }
-    if variant == "metrics+traces":
+    if variant == TRACED:
         env |= {
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -119,66 +153,100 @@ def variant_env(variant: str, endpoint: str) -> dict[str, str]:
 
 
 async def measure(
-    restart: Restarter,
+    other_path: PathOpener,
     load: Loader,
+    new_port: Callable[[], int],
     *,
     rounds: int,
     warmup: int,
     duration: int,
     log: Any,
-) -> list[ObservedRound]:
+) -> tuple[list[ObservedRound], dict[str, float]]:
+    """The rounds, and the spans exported per request of the traced variant, by process."""
     phases: list[ObservedRound] = []
-    async with otlp_sink() as endpoint:
+    sent = 0  # requests answered by the traced path, warm-ups included
+    async with otlp_sink() as (endpoint, spans):
         for n in range(rounds):
-            # Rotated each round, so drifting background load hits every variant alike.
-            order = VARIANTS[n % len(VARIANTS) :] + VARIANTS[: n % len(VARIANTS)]
-            for variant in order:
-                log(f"observability round {n + 1}/{rounds}: {variant}")
-                await restart(variant_env(variant, endpoint))
-                await load(warmup, measured=False)
-                result = await load(duration, measured=True)
-                cpu = result["cpu"]
-                phase: ObservedRound = {
-                    "variant": variant,
-                    "round": n + 1,
-                    "requests_per_s": result["requests_per_s"],
-                    "p50_ms": result["p50_ms"],
-                    "p99_ms": result["p99_ms"],
-                    "errors": _gwload.errors(result),
-                    "serving_us": cpu["serving_us_per_request"] if cpu else None,
-                    "by_process_us": dict(cpu["by_group_us_per_request"]) if cpu else {},
-                    "load_average": os.getloadavg()[0],
-                }
-                each = ", ".join(f"{k} {fmt(v, 0)}" for k, v in phase["by_process_us"].items())
-                log(
-                    f"  {phase['requests_per_s']:,.0f} req/s, {fmt(phase['serving_us'], 0)} "
-                    f"µs/req ({each}), load average {phase['load_average']:.2f}"
+            async with AsyncExitStack() as running:
+                log(f"observability round {n + 1}/{rounds}: starting a path per variant")
+                started = await asyncio.gather(
+                    *(
+                        running.enter_async_context(other_path(variant_env(v, endpoint, new_port)))
+                        for v in VARIANTS
+                    )
                 )
-                phases.append(phase)
-        # Back to the main rounds' settings.
-        await restart({})
-    return phases
+                paths = dict(zip(VARIANTS, started, strict=True))
+                # Rotated each round, so drifting background load hits every variant alike.
+                order = VARIANTS[n % len(VARIANTS) :] + VARIANTS[: n % len(VARIANTS)]
+                for variant in order:
+                    log(f"observability round {n + 1}/{rounds}: {variant}")
+                    warmed = await load(paths[variant], warmup, measured=False)
+                    result = await load(paths[variant], duration, measured=True)
+                    if variant == TRACED:
+                        sent += warmed["requests"] + result["requests"]
+                    phase = _observed(variant, n + 1, result)
+                    each = ", ".join(f"{k} {fmt(v, 0)}" for k, v in phase["by_process_us"].items())
+                    log(
+                        f"  {phase['requests_per_s']:,.0f} req/s, "
+                        f"{fmt(phase['serving_us'], 0)} µs/req ({each}), "
+                        f"load average {phase['load_average']:.2f}"
+                    )
+                    phases.append(phase)
+            # Stopped, each process has flushed what it had not exported yet.
+    return phases, {name: n / sent for name, n in spans.by_service.items()} if sent else {}
+
+
+def _observed(variant: str, n: int, result: _gwload.WrkResult) -> ObservedRound:
+    cpu = result["cpu"]
+    return {
+        "variant": variant,
+        "round": n,
+        "requests_per_s": result["requests_per_s"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "errors": _gwload.errors(result),
+        "serving_us": cpu["serving_us_per_request"] if cpu else None,
+        "by_process_us": dict(cpu["by_group_us_per_request"]) if cpu else {},
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def summarise(
-    phases: Sequence[ObservedRound], monolith_rps: float | None, rps_ratio_min: float
+    measured: tuple[Sequence[ObservedRound], dict[str, float]],
+    monolith_rps: float | None,
+    rps_ratio_min: float,
 ) -> Observability:
-    """`rps_ratio_min`: what the gateway path must reach over the monolith's req/s."""
+    """`measured`: what `measure` returns; `rps_ratio_min`: what the gateway path must
+    reach over the monolith's req/s."""
+    phases, spans_per_request = measured
     medians = {
         variant: _report.median_round(
             [p for p in phases if p["variant"] == variant], lambda p: p["requests_per_s"]
         )
         for variant in VARIANTS
     }
-    off = medians["off"]
-    rps = {v: _report.ratio(m["requests_per_s"], off["requests_per_s"]) for v, m in medians.items()}
-    added = {v: _minus(m["serving_us"], off["serving_us"]) for v, m in medians.items()}
+    rounds = _by_round(phases)
+    rps = {
+        v: _median(
+            [_report.ratio(r[v]["requests_per_s"], r["off"]["requests_per_s"]) for r in rounds]
+        )
+        for v in VARIANTS
+    }
+    added = {
+        v: _median([_minus(r[v]["serving_us"], r["off"]["serving_us"]) for r in rounds])
+        for v in VARIANTS
+    }
     by_process = {
         v: {
-            name: _minus(us, off["by_process_us"].get(name))
-            for name, us in m["by_process_us"].items()
+            name: _median(
+                [
+                    _minus(r[v]["by_process_us"].get(name), r["off"]["by_process_us"].get(name))
+                    for r in rounds
+                ]
+            )
+            for name in medians[v]["by_process_us"]
         }
-        for v, m in medians.items()
+        for v in VARIANTS
     }
     with_metrics = _report.ratio(medians["metrics"]["requests_per_s"], monolith_rps)
     errors = sum(p["errors"] for p in phases)
@@ -189,12 +257,13 @@ def summarise(
         "us_added": added,
         "us_added_by_process": by_process,
         "metrics_vs_monolith": with_metrics,
+        "spans_per_request": spans_per_request,
         "added": added_cost(),
         "targets": [
             target("metrics on: req/s / off's", rps["metrics"], ">=", 1 - MAX_LOSS),
             target(
                 f"metrics + traces at {SAMPLE_RATIO}: req/s / off's",
-                rps["metrics+traces"],
+                rps[TRACED],
                 ">=",
                 1 - MAX_LOSS,
             ),
@@ -210,34 +279,52 @@ def _minus(us: float | None, off_us: float | None) -> float | None:
     return None if us is None or off_us is None else us - off_us
 
 
+def _by_round(phases: Sequence[ObservedRound]) -> list[dict[str, ObservedRound]]:
+    """Each round's phases by variant (the rounds that have them all)."""
+    rounds: dict[int, dict[str, ObservedRound]] = {}
+    for phase in phases:
+        rounds.setdefault(phase["round"], {})[phase["variant"]] = phase
+    return [r for r in rounds.values() if len(r) == len(VARIANTS)]
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of the values known; None if none is."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def render(observed: Observability | None) -> list[str]:
     if observed is None:
         return []
     out = [
         "",
-        "What observability costs (issue 13): the gateway path restarted per variant, same",
-        "  load; medians of the rounds. µs/req: gateway + users CPU per request.",
+        "What observability costs (issue 13): a gateway path per variant, loaded in turn",
+        "  with the same load. vs off: req/s over off's in the same round; +µs/req: serving",
+        "  CPU (gateway + users) per request over off's; the median rows: medians over the",
+        "  rounds (of each round's ratio and difference, for those two columns).",
         f"  {'':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'µs/req':>8}{'vs off':>8}"
         f"{'+µs/req':>9}{'load':>6}",
     ]
-    rows = [(f"r{p['round']} {p['variant']}", p) for p in observed["phases"]]
-    rows += [(f"median {v}", m) for v, m in observed["medians"].items()]
-    for label, phase in rows:
-        variant = phase["variant"]
-        median = label.startswith("median")
-        out.append(
-            f"  {label:<24}{fmt(phase['requests_per_s'], 0):>9}{fmt(phase['p50_ms']):>9}"
-            f"{fmt(phase['p99_ms']):>9}{fmt(phase['serving_us'], 0):>8}"
-            f"{fmt(observed['rps_vs_off'][variant]) if median else '':>8}"
-            f"{fmt(observed['us_added'][variant], 0) if median else '':>9}"
-            f"{phase['load_average']:>6.2f}"
-        )
+    offs = {p["round"]: p for p in observed["phases"] if p["variant"] == "off"}
+    for phase in observed["phases"]:
+        off = offs.get(phase["round"])
+        vs_off = _report.ratio(phase["requests_per_s"], off["requests_per_s"]) if off else None
+        plus = _minus(phase["serving_us"], off["serving_us"]) if off else None
+        out.append(_row(f"r{phase['round']} {phase['variant']}", phase, vs_off, plus))
+    for variant, median in observed["medians"].items():
+        vs_off, plus = observed["rps_vs_off"][variant], observed["us_added"][variant]
+        out.append(_row(f"median {variant}", median, vs_off, plus))
     for variant in VARIANTS[1:]:
         each = observed["us_added_by_process"][variant]
         out.append(
             f"  {variant} adds, µs/req: "
             + ", ".join(f"{name} {fmt(us, 1)}" for name, us in each.items())
         )
+    spans = observed["spans_per_request"]
+    out.append(
+        f"  {TRACED} exported, spans per request: "
+        + ", ".join(f"{name} {n:.3f}" for name, n in sorted(spans.items()))
+    )
     added = observed["added"]
     out += [
         f"  gateway with metrics / monolith (main rounds' median): "
@@ -248,6 +335,14 @@ def render(observed: Observability | None) -> list[str]:
         f"(encoded for export, not sent), at {SAMPLE_RATIO} {added['traces_at_ratio_us']:.1f}",
     ]
     return out
+
+
+def _row(label: str, phase: ObservedRound, vs_off: float | None, plus: float | None) -> str:
+    return (
+        f"  {label:<24}{fmt(phase['requests_per_s'], 0):>9}{fmt(phase['p50_ms']):>9}"
+        f"{fmt(phase['p99_ms']):>9}{fmt(phase['serving_us'], 0):>8}{fmt(vs_off):>8}"
+        f"{fmt(plus, 0):>9}{phase['load_average']:>6.2f}"
+    )
 
 
 def added_cost(requests: int = 20_000) -> AddedCost:
@@ -332,7 +427,9 @@ def added_cost(requests: int = 20_000) -> AddedCost:
         # A queue that holds them all: none is dropped before the flush encodes it.
         queue = requests * 2
         provider.add_span_processor(BatchSpanProcessor(Encoded(), max_queue_size=queue))
-        telemetry.use_tracer(provider.get_tracer("bench"))
+        # As the gateway and the users service install it: no mirror in OpenTelemetry's
+        # context (only the ai service has code that makes spans through the API).
+        telemetry.use_tracer(provider.get_tracer("bench"), mirror=False)
         try:
             # process_time counts the export thread too: flushed within the timing.
             figures[name] = timed(one_request_spans, requests // 4, provider.force_flush)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypedDict
 
@@ -129,6 +130,22 @@ def transport_settings(transport: str, workdir: Path) -> TransportSettings:
     return users, gateway, credentials
 
 
+class GatewayPath:
+    """A users service and a gateway in front of it, on ports of their own."""
+
+    def __init__(self, users: Child, gateway: Child, gateway_port: int) -> None:
+        self.users = users
+        self.gateway = gateway
+        self.url = f"http://127.0.0.1:{gateway_port}"
+
+    def pid_groups(self) -> dict[str, list[int]]:
+        return {"gateway": [self.gateway.pid], "users": [self.users.pid]}
+
+    async def stop(self) -> None:
+        for child in (self.gateway, self.users):
+            await child.stop(STOP_WITHIN_S)
+
+
 class Stack:
     """The users service, the gateway and the monolith of one run, all serving at once.
 
@@ -151,26 +168,36 @@ class Stack:
         self.workdir = workdir
         self.transport = transport
         self.signing_key_file, self.public_key_file = write_token_keys(workdir)
-        ports: list[int] = []
-        for _ in range(5):
-            ports.append(free_port(ports))
-        self.users_port, self.gateway_port, self.monolith_port, self.ai_port = ports[:4]
+        self._ports: list[int] = []
+        self.users_port, self.gateway_port, self.monolith_port = self._new_ports(3)
         # The gateway's health port (GATEWAY_HEALTH_ADDR), as a deployment has it.
-        self.health_port = ports[4]
+        self.health_port = self._new_ports(1)[0]
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.monolith_url = f"http://127.0.0.1:{self.monolith_port}"
         self.monolith_env = dict(monolith_env)
         self.gateway_env = dict(gateway_env)
         self.users: Child | None = None
         self.gateway: Child | None = None
-        # The first gateway's lines, once restart_path replaced it: the main rounds'.
-        self._first_gateway_lines: list[str] | None = None
         self.monolith: Child | None = None
         self.monolith_workers: list[int] = []
+        # Paths serving besides the first (other_path).
+        self.paths: list[GatewayPath] = []
         self._account: dict[str, str] = {}
+        # One CA and its certificates for all paths (made with the first).
+        self._tls: TransportSettings | None = None
+
+    def new_port(self) -> int:
+        """A free port that no server of the stack has been given."""
+        return self._new_ports(1)[0]
+
+    def _new_ports(self, count: int) -> list[int]:
+        for _ in range(count):
+            self._ports.append(free_port(self._ports))
+        return self._ports[-count:]
 
     def children(self) -> list[Child]:
-        return [c for c in (self.gateway, self.users, self.monolith) if c is not None]
+        extra = [c for path in self.paths for c in (path.gateway, path.users)]
+        return [c for c in (self.gateway, self.users, self.monolith) if c is not None] + extra
 
     async def start(self) -> None:
         self._account = await create_gateway_account(
@@ -179,25 +206,35 @@ class Stack:
         if self.with_monolith:
             self.monolith = self._monolith_child()
             await self.monolith.start()
-        await self._start_path()
+        first = await self._launch(self.users_port, self.gateway_port, self.health_port, {})
+        self.users, self.gateway = first.users, first.gateway
         if self.monolith is not None:
             await self.monolith.wait_ready(self._monolith_workers_up, START_WITHIN_S)
 
-    async def restart_path(self, env: Mapping[str, str]) -> None:
-        """The users service and the gateway again, with `env` on top of their settings
-        (GATEWAY_*, USERS_* and OTEL_* variables: each process takes what concerns it)."""
-        for child in (self.gateway, self.users):
-            if child is not None:
-                await child.stop(STOP_WITHIN_S)
-        if self._first_gateway_lines is None and self.gateway is not None:
-            self._first_gateway_lines = list(self.gateway.lines)
-        await self._start_path(env)
+    @asynccontextmanager
+    async def other_path(self, env: Mapping[str, str]) -> AsyncIterator[GatewayPath]:
+        """Another users service and gateway on the same database while the block runs,
+        with `env` on top of their settings (GATEWAY_*, USERS_* and OTEL_* variables:
+        each process takes what concerns it)."""
+        users_port, gateway_port, health_port = self._new_ports(3)
+        path = await self._launch(users_port, gateway_port, health_port, env)
+        self.paths.append(path)
+        try:
+            yield path
+        finally:
+            self.paths.remove(path)
+            await path.stop()
 
-    async def _start_path(self, extra: Mapping[str, str] | None = None) -> None:
-        extra = dict(extra or {})
-        users_address = f"127.0.0.1:{self.users_port}"
-        users_tls, gateway_tls, credentials = transport_settings(self.transport, self.workdir)
-        self.users = Child(
+    async def _launch(
+        self, users_port: int, gateway_port: int, health_port: int, extra: Mapping[str, str]
+    ) -> GatewayPath:
+        users_address = f"127.0.0.1:{users_port}"
+        # Nothing listens there; GET /v1/users/{id} never calls the ai service.
+        ai_port = self._new_ports(1)[0]
+        if self._tls is None:
+            self._tls = transport_settings(self.transport, self.workdir)
+        users_tls, gateway_tls, credentials = self._tls
+        users = Child(
             [sys.executable, "-m", "users_service"],
             child_env(
                 {
@@ -216,15 +253,15 @@ class Stack:
             str(_procs.ROOT),
             name="users service",
         )
-        self.gateway = Child(
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        gateway = Child(
             [sys.executable, "-m", "gateway"],
             child_env(
                 {
-                    "GATEWAY_ADDR": f"127.0.0.1:{self.gateway_port}",
-                    "GATEWAY_HEALTH_ADDR": f"127.0.0.1:{self.health_port}",
+                    "GATEWAY_ADDR": f"127.0.0.1:{gateway_port}",
+                    "GATEWAY_HEALTH_ADDR": f"127.0.0.1:{health_port}",
                     "GATEWAY_USERS_TARGET": users_address,
-                    # Nothing listens there; GET /v1/users/{id} never calls the ai service.
-                    "GATEWAY_AI_TARGET": f"127.0.0.1:{self.ai_port}",
+                    "GATEWAY_AI_TARGET": f"127.0.0.1:{ai_port}",
                     "GATEWAY_TOKEN_ISSUER": TOKEN_ISSUER,
                     "GATEWAY_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
                     "GATEWAY_ACCESS_LOG": "false",
@@ -240,16 +277,13 @@ class Stack:
             str(_procs.ROOT),
             name="gateway",
         )
-        await self.users.start()
-        await self.gateway.start()
+        await users.start()
+        await gateway.start()
         await asyncio.gather(
-            self.users.wait_ready(
-                lambda: _grpc_serving(users_address, credentials), START_WITHIN_S
-            ),
-            self.gateway.wait_ready(
-                lambda: _http_ok(self.gateway_url + "/healthz"), START_WITHIN_S
-            ),
+            users.wait_ready(lambda: _grpc_serving(users_address, credentials), START_WITHIN_S),
+            gateway.wait_ready(lambda: _http_ok(gateway_url + "/healthz"), START_WITHIN_S),
         )
+        return GatewayPath(users, gateway, gateway_port)
 
     def _monolith_child(self) -> Child:
         return Child(
@@ -308,11 +342,9 @@ class Stack:
             await child.stop(STOP_WITHIN_S)
 
     def coalescing(self) -> Coalescing | None:
-        """How well the first gateway's account reads coalesced (once it has stopped):
-        the main rounds' gateway, not one restart_path started later."""
+        """How well the first gateway's account reads coalesced (once it has stopped)."""
         assert self.gateway is not None
-        lines = self._first_gateway_lines
-        for line in reversed(self.gateway.lines if lines is None else lines):
+        for line in reversed(self.gateway.lines):
             if found := parse_account_reads(line):
                 return {"reads": found[0], "calls": found[1]}
         return None

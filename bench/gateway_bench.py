@@ -96,17 +96,34 @@ class Run:
 
     async def load(self, name: str, duration: int, *, measured: bool) -> _gwload.WrkResult:
         assert self.stack is not None
+        return await self._load(self.target(name), self.stack.pid_groups(), duration, measured)
+
+    async def load_path(
+        self, path: _gwstack.GatewayPath, duration: int, *, measured: bool
+    ) -> _gwload.WrkResult:
+        """The same load on another gateway path (Stack.other_path)."""
+        target = _gwload.Target("gateway", path.url, ("gateway", "users"))
+        return await self._load(target, path.pid_groups(), duration, measured)
+
+    async def _load(
+        self,
+        target: _gwload.Target,
+        groups: dict[str, list[int]],
+        duration: int,
+        measured: bool,
+    ) -> _gwload.WrkResult:
+        assert self.stack is not None
         assert self.script is not None
         assert self.plan is not None
         result = await _gwload.run_wrk(
             self.wrk,
-            self.target(name),
+            target,
             script=self.script,
             plan=self.plan,
             connections=self.config.connections,
             duration_s=duration,
             seed=self.rng.randrange(1 << 30),
-            groups=self.stack.pid_groups() if measured else None,
+            groups=groups if measured else None,
             meter=self.meter if measured else None,
         )
         self.stack.check_alive()
@@ -254,19 +271,18 @@ async def _rounds(run: Run) -> list[Round]:
     return phases
 
 
-async def _observability(run: Run) -> list[_gwobserve.ObservedRound]:
+async def _observability(run: Run) -> tuple[list[_gwobserve.ObservedRound], dict[str, float]]:
     stack = run.stack
     assert stack is not None
-
-    async def load(duration: int, *, measured: bool) -> _gwload.WrkResult:
-        return await run.load("gateway", duration, measured=measured)
-
+    config = run.config
+    # Twice the rounds, half as long (see bench/_gwobserve.py).
     return await _gwobserve.measure(
-        stack.restart_path,
-        load,
-        rounds=run.config.rounds,
-        warmup=run.config.warmup,
-        duration=run.config.duration,
+        stack.other_path,
+        run.load_path,
+        stack.new_port,
+        rounds=2 * config.rounds,
+        warmup=config.warmup,
+        duration=max(1, config.duration // 2),
         log=log,
     )
 
