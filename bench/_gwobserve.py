@@ -178,9 +178,15 @@ async def measure(
                 paths = dict(zip(VARIANTS, started, strict=True))
                 # Rotated each round, so drifting background load hits every variant alike.
                 order = VARIANTS[n % len(VARIANTS) :] + VARIANTS[: n % len(VARIANTS)]
+                # All warmed up first: what a process does once it has started (and
+                # the other paths' starting) is over before the first measured phase.
+                for variant in order:
+                    warmed = await load(paths[variant], warmup, measured=False)
+                    sent += warmed["requests"] if variant == TRACED else 0
                 for variant in order:
                     log(f"observability round {n + 1}/{rounds}: {variant}")
-                    warmed = await load(paths[variant], warmup, measured=False)
+                    # wrk's connections are new: their first requests are not measured.
+                    warmed = await load(paths[variant], 1, measured=False)
                     result = await load(paths[variant], duration, measured=True)
                     if variant == TRACED:
                         sent += warmed["requests"] + result["requests"]
