@@ -77,9 +77,7 @@ _tracer: trace.Tracer | None = None
 # Whether spans below an unsampled span are dropped (a parent-based sampler): then none
 # is made there.
 _parent_based = True
-# The trace id the next root span gets (`_PresetTraceIds`): the one the sampler was
-# already asked about, so that a root is sampled by one decision, not two.
-# What `_root_sampled` compares a new trace id with, when it can (`_bound_of`).
+# What `_server_span` compares a new trace id with, when it can (`_bound_of`).
 _root_bound: int | None = None
 # What makes the spans of sampled traces, where the sampler lets it (light_spans); None:
 # the SDK's tracer does.
@@ -91,6 +89,8 @@ _maker: Maker | None = None
 # several calls and objects per request.
 _mirror = True
 TRACE_ID_LIMIT = (1 << 64) - 1
+# The trace id the next root span gets (`_PresetTraceIds`): the one the sampler was
+# already asked about, so that a root is sampled by one decision, not two.
 _next_trace_id: ContextVar[int | None] = ContextVar("tandem_next_trace_id", default=None)
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset(_propagator.fields)  # traceparent, tracestate
@@ -298,14 +298,11 @@ class Passed:
     __slots__ = ("_trace_id", "_traceparent", "tracestate")
 
     def __init__(self, traceparent: str | None, tracestate: str | None, trace_id: int = 0) -> None:
+        """As it came (`traceparent`), or begun here: (None, None, its random trace id),
+        passed on with W3C's flag 02 (random trace id), as the SDK sets it."""
         self._traceparent = traceparent
         self.tracestate = tracestate
         self._trace_id = trace_id
-
-    @classmethod
-    def begun(cls, trace_id: int) -> Passed:
-        """A new trace's, of a random trace id (W3C's flag 02, as the SDK sets it)."""
-        return cls(None, None, trace_id)
 
     @property
     def traceparent(self) -> str:
@@ -393,16 +390,24 @@ def _server_span(
     tracestate: str | None,
     attributes: Mapping[str, Any],
 ) -> ActiveSpan:
-    remote = _extract(traceparent, tracestate)
+    remote = None if traceparent is None else _extract(traceparent, tracestate)
     trace_id = None
     if _parent_based:
         if remote is not None:
             passed = _passed_on(remote, traceparent, tracestate)
+            if passed is not None:
+                return ActiveSpan(None, passed)
         else:
-            decided = _new_trace(name)
-            passed, trace_id = (decided, None) if isinstance(decided, Passed) else (None, decided)
-        if passed is not None:
-            return ActiveSpan(None, passed)
+            # A new trace, of a random trace id (so an unsampled one's flags say so, W3C's
+            # random-trace-id flag, as the SDK's would), kept if the sampler keeps that
+            # id. Most requests take this way: in line, not through three more calls.
+            trace_id = getrandbits(128) or 1
+            if not (
+                trace_id & TRACE_ID_LIMIT < _root_bound
+                if _root_bound is not None
+                else _sampler_keeps(trace_id, name)
+            ):
+                return ActiveSpan(None, Passed(None, None, trace_id))
     return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id))
 
 
@@ -442,21 +447,9 @@ def _passed_on(remote: SpanContext, traceparent: Any, tracestate: str | None) ->
     return Passed(traceparent if _TRACEPARENT.match(traceparent) else _format(remote), tracestate)
 
 
-def _new_trace(name: str) -> Passed | int:
-    """A new trace: to pass on if the sampler drops it, else the id of the trace it
-    keeps (its root span's: the sampler is asked once). Random trace ids, so the
-    unsampled one's flags say so (W3C's random-trace-id flag), as the SDK's would."""
-    trace_id = getrandbits(128) or 1
-    if _root_sampled(trace_id, name):
-        return trace_id
-    return Passed.begun(trace_id)
-
-
-def _root_sampled(trace_id: int, name: str) -> bool:
-    """The sampler's decision on a new trace (the SDK's parent-based samplers are cut
-    short: a ratio's is one comparison, where asking the sampler costs 2 µs)."""
-    if _root_bound is not None:
-        return trace_id & TRACE_ID_LIMIT < _root_bound
+def _sampler_keeps(trace_id: int, name: str) -> bool:
+    """The sampler's decision on a new trace, where `_root_bound` cannot take it for it
+    (a ratio's is one comparison, where asking the sampler costs 2 µs)."""
     sampler = getattr(_tracer, "sampler", None)
     if sampler is None:
         return True

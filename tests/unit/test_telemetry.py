@@ -13,7 +13,15 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import StatusCode
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -260,6 +268,35 @@ def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id() -> None:
             telemetry.end_http_server_span(http, None, 200)
         assert len(spans.finished) == sampled
     assert sampled and unsampled
+
+
+def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id() -> None:
+    class EvenIds(Sampler):
+        """Keeps the new traces of an even trace id."""
+
+        def should_sample(
+            self, parent_context: Any, trace_id: int, *_: Any, **__: Any
+        ) -> SamplingResult:
+            keep = trace_id % 2 == 0
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP)
+
+        def get_description(self) -> str:
+            return "EvenIds"
+
+    kept = []
+    with recorded_spans(EvenIds()) as spans:
+        for _ in range(64):
+            http = telemetry.http_server_span("GET")
+            assert http is not None
+            ids = telemetry.current_ids()
+            assert ids is not None
+            trace_id = int(ids[0], 16)
+            assert (http.span is not None) is (trace_id % 2 == 0)
+            if http.span is not None:
+                kept.append(trace_id)
+            telemetry.end_http_server_span(http, None, 200)
+        assert [s.context.trace_id for s in spans.finished] == kept
+    assert 0 < len(kept) < 64
 
 
 async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_trace() -> None:
