@@ -13,10 +13,10 @@ The targets: each variant within 5% of off's req/s, and the gateway path with me
 at least as many times the monolith's req/s (main rounds) as the gateway's own target.
 
 A variant's cost is the median over the rounds of its req/s over off's in the same round.
-This machine's speed drifts by more than 5% within a minute (the host's other tenants): a
+This machine's speed drifts by more than 5% within a minute, with nothing else busy: a
 ratio of phases seconds apart cancels most of that, a ratio of medians minutes apart does
-not. And a process's speed varies from one start to the next (memory layout) by about as
-much as what is measured: fresh processes each round average that out. Twice the main
+not. And a process's speed varies from one start to the next by about as much as what is
+measured: fresh processes each round average that out. Twice the main
 rounds' count, of phases half as long.
 """
 
@@ -199,7 +199,8 @@ async def measure(
                     )
                     phases.append(phase)
             # Stopped, each process has flushed what it had not exported yet.
-    return phases, {name: n / sent for name, n in spans.by_service.items()} if sent else {}
+    by_service = spans.by_service if sent else {}
+    return phases, {name: count / sent for name, count in by_service.items()}
 
 
 def _observed(variant: str, n: int, result: _gwload.WrkResult) -> ObservedRound:
