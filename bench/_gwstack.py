@@ -253,7 +253,6 @@ class Stack:
             str(_procs.ROOT),
             name="users service",
         )
-        gateway_url = f"http://127.0.0.1:{gateway_port}"
         gateway = Child(
             [sys.executable, "-m", "gateway"],
             child_env(
@@ -277,13 +276,14 @@ class Stack:
             str(_procs.ROOT),
             name="gateway",
         )
+        path = GatewayPath(users, gateway, gateway_port)
         await users.start()
         await gateway.start()
         await asyncio.gather(
             users.wait_ready(lambda: _grpc_serving(users_address, credentials), START_WITHIN_S),
-            gateway.wait_ready(lambda: _http_ok(gateway_url + "/healthz"), START_WITHIN_S),
+            gateway.wait_ready(lambda: _http_ok(path.url + "/healthz"), START_WITHIN_S),
         )
-        return GatewayPath(users, gateway, gateway_port)
+        return path
 
     def _monolith_child(self) -> Child:
         return Child(

@@ -112,7 +112,7 @@ def _span(span: ReadableSpan) -> bytes:
     out += b"\x12\x08"
     out += context.span_id.to_bytes(8, "big")
     if context.trace_state:
-        out += _field(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode())
+        out += _trace_state(context.trace_state)
     if parent is not None:
         out += b"\x22\x08"
         out += parent.span_id.to_bytes(8, "big")
@@ -146,7 +146,7 @@ def _light_span(span: LightSpan) -> bytes:
     trace_id, span_id, _, _, state = context[:5]  # type: ignore[index] # always given
     out = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
     if state:
-        out.append(_field(3, ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+        out.append(_trace_state(state))
     if parent is not None:
         out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
     out.append(_name_and_kind(span._name, span._kind))
@@ -164,6 +164,11 @@ def _light_span(span: LightSpan) -> bytes:
 
 
 _times = struct.Struct("<BQBQ").pack
+
+
+def _trace_state(state: Mapping[str, str]) -> bytes:
+    """Field 3: the W3C tracestate header's form."""
+    return _field(3, ",".join(f"{k}={v}" for k, v in state.items()).encode())
 
 
 def _name_and_kind(name: str, kind: SpanKind) -> bytes:

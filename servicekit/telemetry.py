@@ -464,14 +464,12 @@ def _format(span_context: SpanContext) -> str:
     )
 
 
-def _extract(traceparent: str | None, tracestate: str | None) -> SpanContext | None:
-    """The span context a caller's W3C headers carry; None for none (or a malformed one).
+def _extract(traceparent: str, tracestate: str | None) -> SpanContext | None:
+    """The span context a caller's W3C headers carry; None for a malformed one.
 
     The common case, a version-00 `traceparent` and no `tracestate`, is parsed here: the
     SDK's propagator costs several times as much, on every request of every trace.
     """
-    if traceparent is None:
-        return None
     match = _TRACEPARENT.match(traceparent)
     if match is None or tracestate is not None:
         carrier = {"traceparent": traceparent}

@@ -250,24 +250,30 @@ def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came() -> None:
         assert spans.finished == ()
 
 
+def new_traces(count: int) -> list[tuple[int, bool]]:
+    """`count` requests that begin a trace each: its trace id, and whether it was kept."""
+    made = []
+    for _ in range(count):
+        http = telemetry.http_server_span("GET")
+        assert http is not None
+        ids = telemetry.current_ids()
+        assert ids is not None
+        made.append((int(ids[0], 16), http.span is not None))
+        telemetry.end_http_server_span(http, None, 200)
+    return made
+
+
 def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id() -> None:
     ratio = TraceIdRatioBased(0.5)
-    sampled = unsampled = 0
     with recorded_spans(ratio) as spans:
-        for _ in range(200):
-            http = telemetry.http_server_span("GET")
-            assert http is not None
-            ids = telemetry.current_ids()
-            assert ids is not None
-            trace_id = int(ids[0], 16)
-            # The trace id the sampler was asked about is the trace's: sampled exactly
-            # when the ratio's rule says so.
-            assert (http.span is not None) is (trace_id & TRACE_ID_LIMIT < ratio.bound)
-            sampled += http.span is not None
-            unsampled += http.span is None
-            telemetry.end_http_server_span(http, None, 200)
+        traces = new_traces(200)
+        sampled = sum(kept for _, kept in traces)
         assert len(spans.finished) == sampled
-    assert sampled and unsampled
+    # The trace id the sampler was asked about is the trace's: sampled exactly when the
+    # ratio's rule says so.
+    for trace_id, kept in traces:
+        assert kept is (trace_id & TRACE_ID_LIMIT < ratio.bound)
+    assert sampled and len(traces) - sampled
 
 
 def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id() -> None:
@@ -283,19 +289,12 @@ def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id() -> No
         def get_description(self) -> str:
             return "EvenIds"
 
-    kept = []
     with recorded_spans(EvenIds()) as spans:
-        for _ in range(64):
-            http = telemetry.http_server_span("GET")
-            assert http is not None
-            ids = telemetry.current_ids()
-            assert ids is not None
-            trace_id = int(ids[0], 16)
-            assert (http.span is not None) is (trace_id % 2 == 0)
-            if http.span is not None:
-                kept.append(trace_id)
-            telemetry.end_http_server_span(http, None, 200)
+        traces = new_traces(64)
+        kept = [trace_id for trace_id, was_kept in traces if was_kept]
         assert [s.context.trace_id for s in spans.finished] == kept
+    for trace_id, was_kept in traces:
+        assert was_kept is (trace_id % 2 == 0)
     assert 0 < len(kept) < 64
 
 
