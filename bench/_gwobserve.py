@@ -1,7 +1,7 @@
 """What observability costs the gateway path (issue 13), measured in the gateway benchmark's
 own run. Each round starts a users service and a gateway per variant, all at once on the
-same database, loads each in turn (in rotating order) with the same wrk load as the main
-rounds while the others idle, and stops them.
+same database, warms each up, loads them in turn with the same wrk load as the main rounds
+(the others idle meanwhile) in slices of one second, and stops them.
 
 - off: no *_METRICS_ADDR, no OTEL_* (the main rounds' settings);
 - metrics: GATEWAY_METRICS_ADDR and USERS_METRICS_ADDR set, so both record every request;
@@ -13,11 +13,15 @@ The targets: each variant within 5% of off's req/s, and the gateway path with me
 at least as many times the monolith's req/s (main rounds) as the gateway's own target.
 
 A variant's cost is the median over the rounds of its req/s over off's in the same round.
-This machine's speed drifts by more than 5% within a minute, with nothing else busy: a
-ratio of phases seconds apart cancels most of that, a ratio of medians minutes apart does
-not. And a process's speed varies from one start to the next by about as much as what is
-measured: fresh processes each round average that out. Twice the main
-rounds' count, of phases half as long.
+This machine's speed swings by up to 2x between half-seconds with nothing else busy (a
+pure Python loop, timed in CPU time): a ratio of phases minutes apart measures that, not
+the variants. So the variants take turns every second, in an order rotated each turn,
+and a round's req/s is over its slices together: what the machine's speed did in those
+seconds, it did to each variant alike. (Interleaved so, the rounds' ratios spread half
+as widely as they did with one phase of each variant a round.) And a process's speed
+varies from one start to the next by about as much as what is measured: fresh processes
+each round average that out. Twice the main rounds' count, each measuring half their
+duration per variant.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ TRACED = "metrics+traces"
 # The issue's bound: what observability may cost in req/s, against off.
 MAX_LOSS = 0.05
 SAMPLE_RATIO = "0.1"
+# Seconds of one measured slice: the variants take turns this often.
+SLICE_S = 1
 
 
 class ObservedRound(TypedDict):
@@ -162,9 +168,11 @@ async def measure(
     duration: int,
     log: Any,
 ) -> tuple[list[ObservedRound], dict[str, float]]:
-    """The rounds, and the spans exported per request of the traced variant, by process."""
+    """The rounds (`duration`: seconds measured per variant and round, in slices of
+    `SLICE_S`), and the spans exported per request of the traced variant, by process."""
     phases: list[ObservedRound] = []
     sent = 0  # requests answered by the traced path, warm-ups included
+    slices = max(1, duration // SLICE_S)
     async with otlp_sink() as (endpoint, spans):
         for n in range(rounds):
             async with AsyncExitStack() as running:
@@ -176,26 +184,25 @@ async def measure(
                     )
                 )
                 paths = dict(zip(VARIANTS, started, strict=True))
-                # Rotated each round, so drifting background load hits every variant alike.
-                order = VARIANTS[n % len(VARIANTS) :] + VARIANTS[: n % len(VARIANTS)]
                 # All warmed up first: what a process does once it has started (and
-                # the other paths' starting) is over before the first measured phase.
-                for variant in order:
+                # the other paths' starting) is over before the first measured slice.
+                for variant in _rotated(n):
                     warmed = await load(paths[variant], warmup, measured=False)
                     sent += warmed["requests"] if variant == TRACED else 0
-                for variant in order:
-                    log(f"observability round {n + 1}/{rounds}: {variant}")
-                    # wrk's connections are new: their first requests are not measured.
-                    warmed = await load(paths[variant], 1, measured=False)
-                    result = await load(paths[variant], duration, measured=True)
-                    if variant == TRACED:
-                        sent += warmed["requests"] + result["requests"]
-                    phase = _observed(variant, n + 1, result)
+                log(f"observability round {n + 1}/{rounds}: {slices} slices of each variant")
+                measured: dict[str, list[_gwload.WrkResult]] = {v: [] for v in VARIANTS}
+                for k in range(slices):
+                    # Rotated each slice, so that no variant always follows another.
+                    for variant in _rotated(n + k):
+                        result = await load(paths[variant], SLICE_S, measured=True)
+                        measured[variant].append(result)
+                        sent += result["requests"] if variant == TRACED else 0
+                for variant in VARIANTS:
+                    phase = _observed(variant, n + 1, measured[variant])
                     each = ", ".join(f"{k} {fmt(v, 0)}" for k, v in phase["by_process_us"].items())
                     log(
-                        f"  {phase['requests_per_s']:,.0f} req/s, "
-                        f"{fmt(phase['serving_us'], 0)} µs/req ({each}), "
-                        f"load average {phase['load_average']:.2f}"
+                        f"  {variant}: {phase['requests_per_s']:,.0f} req/s, "
+                        f"{fmt(phase['serving_us'], 0)} µs/req ({each})"
                     )
                     phases.append(phase)
             # Stopped, each process has flushed what it had not exported yet.
@@ -203,19 +210,42 @@ async def measure(
     return phases, {name: count / sent for name, count in by_service.items()}
 
 
-def _observed(variant: str, n: int, result: _gwload.WrkResult) -> ObservedRound:
-    cpu = result["cpu"]
+def _rotated(n: int) -> tuple[str, ...]:
+    n %= len(VARIANTS)
+    return VARIANTS[n:] + VARIANTS[:n]
+
+
+def _observed(variant: str, n: int, slices: Sequence[_gwload.WrkResult]) -> ObservedRound:
+    """A variant's round, from its slices: req/s over their time together; CPU per
+    request weighted by their requests; their median p50 and p99."""
+    requests = sum(s["requests"] for s in slices)
+    seconds = sum(s["requests"] / s["requests_per_s"] for s in slices if s["requests_per_s"])
+    measured = [s for s in slices if s["cpu"] is not None]
+    weights = [s["requests"] for s in measured]
+    cpu = [s["cpu"] for s in measured if s["cpu"] is not None]
+    processes = cpu[0]["by_group_us_per_request"] if cpu else {}
     return {
         "variant": variant,
         "round": n,
-        "requests_per_s": result["requests_per_s"],
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-        "errors": _gwload.errors(result),
-        "serving_us": cpu["serving_us_per_request"] if cpu else None,
-        "by_process_us": dict(cpu["by_group_us_per_request"]) if cpu else {},
+        "requests_per_s": requests / seconds if seconds else 0.0,
+        "p50_ms": statistics.median(s["p50_ms"] for s in slices),
+        "p99_ms": statistics.median(s["p99_ms"] for s in slices),
+        "errors": sum(_gwload.errors(s) for s in slices),
+        "serving_us": _weighted([c["serving_us_per_request"] for c in cpu], weights),
+        "by_process_us": {
+            name: _weighted([c["by_group_us_per_request"].get(name) for c in cpu], weights)
+            for name in processes
+        },
         "load_average": os.getloadavg()[0],
     }
+
+
+def _weighted(values: Sequence[float | None], weights: Sequence[int]) -> float | None:
+    """The mean of `values` weighted by `weights`; None if any value is unknown."""
+    known = [v for v in values if v is not None]
+    if not values or len(known) < len(values) or not sum(weights):
+        return None
+    return sum(v * w for v, w in zip(known, weights, strict=True)) / sum(weights)
 
 
 def summarise(

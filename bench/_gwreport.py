@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import TypedDict
 
@@ -38,8 +39,11 @@ class Round(WrkResult):
 
 
 class Ratios(TypedDict):
-    """Gateway over monolith, of their median rounds."""
+    """Gateway over monolith, of their median rounds; req/s paired by round."""
 
+    # The median over the rounds of the gateway's req/s over the monolith's in the same
+    # round: phases seconds apart share the machine's speed, which drifts by more than
+    # the margins measured within a minute (bench/_gwobserve.py).
     rps: float | None
     p50: float | None
     p99: float | None
@@ -90,9 +94,15 @@ def _serving_us(cpu: WrkCpu | None) -> float | None:
     return cpu["serving_us_per_request"] if cpu is not None else None
 
 
-def ratios(gateway: Round, monolith: Round) -> Ratios:
+def ratios(phases: Sequence[Round], gateway: Round, monolith: Round) -> Ratios:
+    """`gateway` and `monolith`: the median rounds of `phases`."""
+    by_round: dict[int, dict[str, float]] = {}
+    for phase in phases:
+        by_round.setdefault(phase["round"], {})[phase["target"]] = phase["requests_per_s"]
+    paired = [_report.ratio(r["gateway"], r["monolith"]) for r in by_round.values() if len(r) == 2]
+    known = [ratio for ratio in paired if ratio is not None]
     return {
-        "rps": _report.ratio(gateway["requests_per_s"], monolith["requests_per_s"]),
+        "rps": statistics.median(known) if known else None,
         "p50": _report.ratio(gateway["p50_ms"], monolith["p50_ms"]),
         "p99": _report.ratio(gateway["p99_ms"], monolith["p99_ms"]),
         "rps_by_cpu": _report.ratio(_serving_us(monolith["cpu"]), _serving_us(gateway["cpu"])),
@@ -218,8 +228,8 @@ def render(results: Results) -> str:
     )
     out += [
         "",
-        f"gateway / monolith (median rounds): req/s x{fmt(r['rps'])}, p50 x{fmt(r['p50'])}, "
-        f"p99 x{fmt(r['p99'])}; req/s predicted by serving CPU per request "
+        f"gateway / monolith: req/s x{fmt(r['rps'])} (median of the rounds' ratios), "
+        f"p50 x{fmt(r['p50'])}, p99 x{fmt(r['p99'])}; req/s predicted by serving CPU per request "
         f"x{fmt(r['rps_by_cpu'])}",
         f"CPU per request (µs): gateway path {fmt(_serving_us(g), 0)} ({split}), monolith "
         f"{fmt(_serving_us(m), 0)}; PostgreSQL "

@@ -360,7 +360,7 @@ async def run_bench(config: GatewayConfig) -> _gwreport.Results:
                 }
                 phases = await _rounds(run)
                 medians = _gwreport.medians(phases)
-                ratios = _gwreport.ratios(medians["gateway"], medians["monolith"])
+                ratios = _gwreport.ratios(phases, medians["gateway"], medians["monolith"])
                 targets = _gwreport.targets(phases, ratios)
                 if config.observability:
                     observed = _gwobserve.summarise(
