@@ -1,7 +1,7 @@
 """What observability costs the gateway path (issue 13), measured in the gateway benchmark's
 own run. Each round starts a users service and a gateway per variant, all at once on the
-same database, warms each up, loads them in turn with the same wrk load as the main rounds
-(the others idle meanwhile) in slices of one second, and stops them.
+same database, warms each up, loads them in turns with the same wrk load as the main rounds
+(the others idle meanwhile), and stops them.
 
 - off: no *_METRICS_ADDR, no OTEL_* (the main rounds' settings);
 - metrics: GATEWAY_METRICS_ADDR and USERS_METRICS_ADDR set, so both record every request;
@@ -12,22 +12,24 @@ same database, warms each up, loads them in turn with the same wrk load as the m
 The targets: each variant within 5% of off's req/s, and the gateway path with metrics on
 at least as many times the monolith's req/s (main rounds) as the gateway's own target.
 
-A variant's cost is the median over the rounds of its req/s over off's in the same round.
-This machine's speed swings by up to 2x between half-seconds with nothing else busy (a
-pure Python loop, timed in CPU time): a ratio of phases minutes apart measures that, not
-the variants. So the variants take turns every second, in an order rotated each turn,
-and a round's req/s is over its slices together: what the machine's speed did in those
-seconds, it did to each variant alike. (Interleaved so, the rounds' ratios spread half
-as widely as they did with one phase of each variant a round.) And a process's speed
-varies from one start to the next by about as much as what is measured: fresh processes
-each round average that out. Twice the main rounds' count, each measuring half their
-duration per variant.
+A variant's cost is its req/s over off's, taken turn by turn. This machine's speed swings
+by up to 2x between half-seconds with nothing else busy (a pure Python loop, timed in CPU
+time): phases minutes apart, or a round's seconds apart, measure that, not the variants.
+So each round is made of turns: in a turn every variant is loaded for a slice of one
+second, in an order rotated each turn, and a variant's figure is the median over all
+turns of all rounds of its slice's req/s over off's slice in the same turn, with that
+median's 95% bootstrap interval. Three identical "off" paths measured so differ by about
+0.17 (sd) a turn, at random from turn to turn, so a few hundred turns are needed to tell
+a 3% cost from a 6% one. A process's speed also varies from one start to the next:
+fresh processes each round average that out. Twice the main rounds' count, of twice
+--duration turns each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -61,6 +63,9 @@ class ObservedRound(TypedDict):
     serving_us: float | None
     by_process_us: dict[str, float | None]
     load_average: float
+    # Its req/s in each turn of the round, in turn order (each turn loads every variant
+    # for one slice).
+    turns_rps: list[float]
 
 
 class AddedCost(TypedDict):
@@ -76,8 +81,11 @@ class AddedCost(TypedDict):
 class Observability(TypedDict):
     phases: list[ObservedRound]
     medians: dict[str, ObservedRound]
-    # Each variant's median req/s over off's.
+    # Each variant's req/s over off's: the median over all turns of all rounds of its
+    # slice's over off's slice in the same turn, and that median's 95% bootstrap interval.
     rps_vs_off: dict[str, float | None]
+    rps_interval: dict[str, tuple[float, float] | None]
+    turns: int
     # Serving CPU per request each variant adds to off's (µs).
     us_added: dict[str, float | None]
     # The same, per process (gateway, users): the gateway's loop is the path's bottleneck.
@@ -165,14 +173,13 @@ async def measure(
     *,
     rounds: int,
     warmup: int,
-    duration: int,
+    turns: int,
     log: Any,
 ) -> tuple[list[ObservedRound], dict[str, float]]:
-    """The rounds (`duration`: seconds measured per variant and round, in slices of
-    `SLICE_S`), and the spans exported per request of the traced variant, by process."""
+    """The rounds (`turns` each: a slice of `SLICE_S` of every variant), and the spans
+    exported per request of the traced variant, by process."""
     phases: list[ObservedRound] = []
     sent = 0  # requests answered by the traced path, warm-ups included
-    slices = max(1, duration // SLICE_S)
     async with otlp_sink() as (endpoint, spans):
         for n in range(rounds):
             async with AsyncExitStack() as running:
@@ -189,9 +196,9 @@ async def measure(
                 for variant in _rotated(n):
                     warmed = await load(paths[variant], warmup, measured=False)
                     sent += warmed["requests"] if variant == TRACED else 0
-                log(f"observability round {n + 1}/{rounds}: {slices} slices of each variant")
+                log(f"observability round {n + 1}/{rounds}: {turns} turns of 1 s each")
                 measured: dict[str, list[_gwload.WrkResult]] = {v: [] for v in VARIANTS}
-                for k in range(slices):
+                for k in range(turns):
                     # Rotated each slice, so that no variant always follows another.
                     for variant in _rotated(n + k):
                         result = await load(paths[variant], SLICE_S, measured=True)
@@ -237,6 +244,7 @@ def _observed(variant: str, n: int, slices: Sequence[_gwload.WrkResult]) -> Obse
             for name in processes
         },
         "load_average": os.getloadavg()[0],
+        "turns_rps": [s["requests_per_s"] for s in slices],
     }
 
 
@@ -263,12 +271,8 @@ def summarise(
         for variant in VARIANTS
     }
     rounds = _by_round(phases)
-    rps = {
-        v: _median(
-            [_report.ratio(r[v]["requests_per_s"], r["off"]["requests_per_s"]) for r in rounds]
-        )
-        for v in VARIANTS
-    }
+    by_turn = {v: _turn_ratios(rounds, v) for v in VARIANTS}
+    rps = {v: _median(ratios) for v, ratios in by_turn.items()}
     added = {
         v: _median([_minus(r[v]["serving_us"], r["off"]["serving_us"]) for r in rounds])
         for v in VARIANTS
@@ -291,6 +295,8 @@ def summarise(
         "phases": list(phases),
         "medians": medians,
         "rps_vs_off": rps,
+        "rps_interval": {v: _interval(ratios) for v, ratios in by_turn.items()},
+        "turns": len(by_turn["off"]),
         "us_added": added,
         "us_added_by_process": by_process,
         "metrics_vs_monolith": with_metrics,
@@ -324,6 +330,28 @@ def _by_round(phases: Sequence[ObservedRound]) -> list[dict[str, ObservedRound]]
     return [r for r in rounds.values() if len(r) == len(VARIANTS)]
 
 
+def _turn_ratios(rounds: Sequence[dict[str, ObservedRound]], variant: str) -> list[float]:
+    """`variant`'s req/s over off's in each turn of each round."""
+    return [
+        mine / off
+        for r in rounds
+        for mine, off in zip(r[variant]["turns_rps"], r["off"]["turns_rps"], strict=True)
+        if off
+    ]
+
+
+def _interval(ratios: Sequence[float], resamples: int = 2000) -> tuple[float, float] | None:
+    """The 95% bootstrap interval of the median of `ratios` (the turns resampled with a
+    fixed seed: the same turns give the same interval)."""
+    if len(ratios) < 2:
+        return None
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     """The median of the values known; None if none is."""
     known = [v for v in values if v is not None]
@@ -335,10 +363,10 @@ def render(observed: Observability | None) -> list[str]:
         return []
     out = [
         "",
-        "What observability costs (issue 13): a gateway path per variant, loaded in turn",
-        "  with the same load. vs off: req/s over off's in the same round; +µs/req: serving",
-        "  CPU (gateway + users) per request over off's; the median rows: medians over the",
-        "  rounds (of each round's ratio and difference, for those two columns).",
+        "What observability costs (issue 13): a gateway path per variant, loaded in turns",
+        "  of one second each with the same load. vs off: req/s over off's in the same round",
+        "  (the median rows: the median over all turns of the turn's ratio); +µs/req: serving",
+        "  CPU (gateway + users) per request over off's (the median rows: over the rounds).",
         f"  {'':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'µs/req':>8}{'vs off':>8}"
         f"{'+µs/req':>9}{'load':>6}",
     ]
@@ -351,6 +379,13 @@ def render(observed: Observability | None) -> list[str]:
     for variant, median in observed["medians"].items():
         vs_off, plus = observed["rps_vs_off"][variant], observed["us_added"][variant]
         out.append(_row(f"median {variant}", median, vs_off, plus))
+    for variant in VARIANTS[1:]:
+        interval = observed["rps_interval"][variant]
+        if interval is not None:
+            out.append(
+                f"  {variant} req/s / off's: {fmt(observed['rps_vs_off'][variant])}, 95% "
+                f"interval {interval[0]:.3f}-{interval[1]:.3f} ({observed['turns']} turns)"
+            )
     for variant in VARIANTS[1:]:
         each = observed["us_added_by_process"][variant]
         out.append(

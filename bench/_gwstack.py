@@ -246,6 +246,9 @@ class Stack:
                     "USERS_TOKEN_SIGNING_KEY_FILE": str(self.signing_key_file),
                     "USERS_TOKEN_ISSUER": TOKEN_ISSUER,
                     "USERS_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
+                    # The run's one token must outlive it: at the default 15 minutes it
+                    # expired during the observability rounds (every request then a 401).
+                    "USERS_ACCESS_TOKEN_TTL_SECONDS": str(TOKEN_MAX_LIFETIME_SECONDS),
                     **users_tls,
                     **{k: v for k, v in extra.items() if not k.startswith("GATEWAY_")},
                 }
