@@ -196,7 +196,7 @@ async def measure(
                 for variant in _rotated(n):
                     warmed = await load(paths[variant], warmup, measured=False)
                     sent += warmed["requests"] if variant == TRACED else 0
-                log(f"observability round {n + 1}/{rounds}: {turns} turns of 1 s each")
+                log(f"observability round {n + 1}/{rounds}: {turns} turns of {SLICE_S} s each")
                 measured: dict[str, list[_gwload.WrkResult]] = {v: [] for v in VARIANTS}
                 for k in range(turns):
                     # Rotated each slice, so that no variant always follows another.
@@ -227,9 +227,8 @@ def _observed(variant: str, n: int, slices: Sequence[_gwload.WrkResult]) -> Obse
     request weighted by their requests; their median p50 and p99."""
     requests = sum(s["requests"] for s in slices)
     seconds = sum(s["requests"] / s["requests_per_s"] for s in slices if s["requests_per_s"])
-    measured = [s for s in slices if s["cpu"] is not None]
-    weights = [s["requests"] for s in measured]
-    cpu = [s["cpu"] for s in measured if s["cpu"] is not None]
+    weights = [s["requests"] for s in slices if s["cpu"] is not None]
+    cpu = [s["cpu"] for s in slices if s["cpu"] is not None]
     processes = cpu[0]["by_group_us_per_request"] if cpu else {}
     return {
         "variant": variant,
@@ -272,14 +271,16 @@ def summarise(
     }
     rounds = _by_round(phases)
     by_turn = {v: _turn_ratios(rounds, v) for v in VARIANTS}
-    rps = {v: _median(ratios) for v, ratios in by_turn.items()}
+    rps = {v: _report.median_known(ratios) for v, ratios in by_turn.items()}
     added = {
-        v: _median([_minus(r[v]["serving_us"], r["off"]["serving_us"]) for r in rounds])
+        v: _report.median_known(
+            [_minus(r[v]["serving_us"], r["off"]["serving_us"]) for r in rounds]
+        )
         for v in VARIANTS
     }
     by_process = {
         v: {
-            name: _median(
+            name: _report.median_known(
                 [
                     _minus(r[v]["by_process_us"].get(name), r["off"]["by_process_us"].get(name))
                     for r in rounds
@@ -350,12 +351,6 @@ def _interval(ratios: Sequence[float], resamples: int = 2000) -> tuple[float, fl
         statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
     )
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    """The median of the values known; None if none is."""
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
 
 
 def render(observed: Observability | None) -> list[str]:

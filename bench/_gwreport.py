@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import TypedDict
 
@@ -100,9 +99,8 @@ def ratios(phases: Sequence[Round], gateway: Round, monolith: Round) -> Ratios:
     for phase in phases:
         by_round.setdefault(phase["round"], {})[phase["target"]] = phase["requests_per_s"]
     paired = [_report.ratio(r["gateway"], r["monolith"]) for r in by_round.values() if len(r) == 2]
-    known = [ratio for ratio in paired if ratio is not None]
     return {
-        "rps": statistics.median(known) if known else None,
+        "rps": _report.median_known(paired),
         "p50": _report.ratio(gateway["p50_ms"], monolith["p50_ms"]),
         "p99": _report.ratio(gateway["p99_ms"], monolith["p99_ms"]),
         "rps_by_cpu": _report.ratio(_serving_us(monolith["cpu"]), _serving_us(gateway["cpu"])),

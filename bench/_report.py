@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import statistics
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
@@ -55,6 +56,12 @@ def median_round(rounds: Sequence[P], throughput: Callable[[P], float]) -> P:
     if not rounds:
         raise ValueError("no rounds to take the median of")
     return sorted(rounds, key=throughput)[len(rounds) // 2]
+
+
+def median_known(values: Iterable[float | None]) -> float | None:
+    """The median of the values known; None if none is."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
