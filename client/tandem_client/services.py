@@ -85,4 +85,8 @@ def channel_options(services: Sequence[str] = SERVICES) -> list[tuple[str, Any]]
         # (Not `grpc.min_reconnect_backoff_ms`: it is also the connect timeout, 20 s.)
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 3_000),
+        # Each channel its own connections: in grpc's process-wide pool a new channel
+        # shares the subchannel of any other to the same address, and with it a failed
+        # connect's backoff, so it would fail fast on a server that is up by now.
+        ("grpc.use_local_subchannel_pool", 1),
     ]

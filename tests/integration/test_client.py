@@ -72,15 +72,18 @@ def service(name: str, **behaviors: Behavior) -> grpc.GenericRpcHandler[Any, Any
 
 @asynccontextmanager
 async def bare_server(
-    *handlers: grpc.GenericRpcHandler[Any, Any], credentials: grpc.ServerCredentials | None = None
+    *handlers: grpc.GenericRpcHandler[Any, Any],
+    credentials: grpc.ServerCredentials | None = None,
+    port: int = 0,
 ) -> AsyncIterator[str]:
-    """A started grpc.aio server with only `handlers`; yields its address."""
+    """A started grpc.aio server with only `handlers` on `port` (0: any free one); yields
+    its address."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(handlers)
     if credentials is None:
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
     else:
-        port = server.add_secure_port("127.0.0.1:0", credentials)
+        port = server.add_secure_port(f"127.0.0.1:{port}", credentials)
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -104,12 +107,17 @@ def a_user(user_id: str = "u1") -> users_pb2.User:
     return users_pb2.User(id=user_id, email="ada@example.com", name="Ada")
 
 
-async def shut_down(channel: grpc.aio.Channel) -> None:
-    """Return once `channel` is closed."""
+async def reach(channel: grpc.aio.Channel, wanted: grpc.ChannelConnectivity) -> None:
+    """Return once `channel` is in the `wanted` state."""
     state = channel.get_state()
-    while state is not grpc.ChannelConnectivity.SHUTDOWN:
+    while state is not wanted:
         await channel.wait_for_state_change(state)
         state = channel.get_state()
+
+
+async def shut_down(channel: grpc.aio.Channel) -> None:
+    """Return once `channel` is closed."""
+    await reach(channel, grpc.ChannelConnectivity.SHUTDOWN)
 
 
 # --- a real users service ---------------------------------------------------------------
@@ -788,3 +796,22 @@ async def test_closing_the_connection_closes_its_channel(echo: tuple[Connection,
     await conn.call(conn.users.GetUser, users_pb2.GetUserRequest(id="u1"))
     await conn.close()
     await asyncio.wait_for(shut_down(conn.channel), 10)
+
+
+async def test_a_new_connection_does_not_inherit_another_ones_failed_connects() -> None:
+    """A server stops, a connection to it fails to reconnect and backs off, and a new
+    server takes the same port: a connection opened now reaches it at once (it once
+    shared the other's backing-off subchannel and failed fast with "Connection refused")."""
+    handler = service(USERS_SERVICE, GetUser=lambda request, context: a_user())
+    async with bare_server(handler) as address:
+        old = Connection(address)
+        await old.call(old.users.GetUser, users_pb2.GetUserRequest(id="u1"))
+    try:
+        # round_robin reconnects at once, to a port nobody listens on now.
+        await asyncio.wait_for(reach(old.channel, grpc.ChannelConnectivity.TRANSIENT_FAILURE), 10)
+        port = int(address.rsplit(":", 1)[1])
+        async with bare_server(handler, port=port), Connection(address) as conn:
+            user = await conn.call(conn.users.GetUser, users_pb2.GetUserRequest(id="u1"))
+        assert user == a_user()
+    finally:
+        await old.close()
