@@ -32,7 +32,8 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
-_UNSET = Status(StatusCode.UNSET)
+# A new span's status (the encoder knows it by identity).
+UNSET_STATUS = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 
@@ -65,7 +66,7 @@ class LightSpan(Span, ReadableSpan):
         self._events: Sequence[Event] = ()
         self._links = tuple(links)
         self._resource = maker.resource
-        self._status = _UNSET
+        self._status = UNSET_STATUS
         self._maker = maker
 
     def get_span_context(self) -> SpanContext:

@@ -128,6 +128,15 @@ async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> N
                 pass
             telemetry.end_grpc_server_span(server, grpc.StatusCode.INTERNAL)
             telemetry.end_http_server_span(http, "/v1/users/{id}", 503)
+        # What other code may set on a current span of ours: values equal to others but
+        # not encoded alike (True, 1 and 1.0), one that cannot be remembered (a list), a
+        # link with attributes.
+        for values in ({"flag": True, "n": 1}, {"flag": 1, "n": 1.0}, {"ids": [1, 2]}):
+            odd = telemetry.http_server_span("GET")
+            assert odd is not None and odd.span is not None
+            odd.span.set_attributes(values)
+            odd.span.add_link(REMOTE, {"why": "fan-in"})
+            odd.end()
         spans = recorded.finished
     assert {type(span) for span in spans} == {LightSpan}
     assert any(span.links for span in spans)
