@@ -44,7 +44,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import partial
 from random import getrandbits
@@ -64,6 +64,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from sqlalchemy import event
 
 if TYPE_CHECKING:
@@ -372,6 +373,13 @@ class ActiveSpan:
                 context = _UNSAMPLED
             self._otel_token = otel_context.attach(context)
 
+    # A context manager too (`fan_in`): current from its making, not its entering.
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        self.end()
+
     def end(self) -> None:
         # Not contextlib.suppress: that is two calls more, on every request.
         try:  # noqa: SIM105
@@ -477,10 +485,23 @@ def _extract(traceparent: str, tracestate: str | None) -> SpanContext | None:
             carrier["tracestate"] = tracestate
         found = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
         return found if found.is_valid else None
-    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    return _remote(match)
+
+
+def _remote(traceparent: re.Match[str]) -> SpanContext | None:
+    """The span context of a version-00 `traceparent` (matched by `_TRACEPARENT`); None
+    for its invalid all-zero ids."""
+    trace_id, span_id = int(traceparent[1], 16), int(traceparent[2], 16)
     if not trace_id or not span_id:
         return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
+    # Made as SpanContext's constructor would, without checking the ids' ranges again:
+    # the pattern allows no other.
+    flags = _TRACE_FLAGS[int(traceparent[3], 16)]
+    return _new_tuple(SpanContext, (trace_id, span_id, True, flags, DEFAULT_TRACE_STATE, True))
+
+
+_new_tuple = tuple.__new__
+_TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
 
 
 def http_server_span(
@@ -531,11 +552,16 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
             traceparent = value
         elif key == "tracestate":
             tracestate = value
-    if traceparent is not None and _parent_based and tracestate is None:
-        # The common case, cut short: a caller's unsampled trace goes on as it came.
-        passed = _unsampled_header(traceparent)
-        if passed is not None:
-            return ActiveSpan(None, passed)
+    if traceparent is not None and tracestate is None:
+        # The common case, parsed once here: a caller's unsampled trace goes on as it
+        # came, a sampled one is continued.
+        match = _TRACEPARENT.match(traceparent)
+        remote = None if match is None else _remote(match)
+        if remote is not None:
+            if _parent_based and not remote[3] & TraceFlags.SAMPLED:  # trace_flags
+                return ActiveSpan(None, Passed(traceparent, None))
+            name, attributes = _rpc_span_of(method, None)
+            return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes))
     name, attributes = _rpc_span_of(method, None)
     return _server_span(name, traceparent, tracestate, attributes)
 
@@ -555,21 +581,6 @@ def _rpc_span_of(method: str, target: str | None) -> tuple[str, Mapping[str, Any
 
 
 _rpc_spans: dict[tuple[str, str | None], tuple[str, Mapping[str, Any]]] = {}
-
-
-def _unsampled_header(traceparent: str) -> Passed | None:
-    """The unsampled trace a well-formed version-00 `traceparent` carries, if it does."""
-    match = _TRACEPARENT.match(traceparent)
-    if match is None or match[3][1] in _SAMPLED_DIGITS or match[1] == _NO_TRACE:
-        return None
-    if match[2] == _NO_SPAN:
-        return None
-    return Passed(traceparent, None)
-
-
-# The last hex digit of the flags of a sampled trace (bit 0 set), and the invalid ids.
-_SAMPLED_DIGITS = frozenset("13579bdf")
-_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 
 
 def end_grpc_server_span(active: ActiveSpan, code: grpc.StatusCode) -> None:
@@ -613,8 +624,10 @@ def _tracestate(span_context: SpanContext) -> str | None:
 
 def _inject(metadata: list[tuple[str, str]], traceparent: str, tracestate: str | None) -> None:
     # No header may be sent twice: ours replaces any the caller passed on.
-    if any(pair[0] in TRACE_HEADERS for pair in metadata):
-        metadata[:] = [pair for pair in metadata if pair[0] not in TRACE_HEADERS]
+    for key, _ in metadata:
+        if key in TRACE_HEADERS:
+            metadata[:] = [pair for pair in metadata if pair[0] not in TRACE_HEADERS]
+            break
     metadata.append(("traceparent", traceparent))
     if tracestate:
         metadata.append(("tracestate", tracestate))
@@ -628,23 +641,20 @@ def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
     span.end()
 
 
-@contextmanager
-def fan_in(name: str, size: int, links: Sequence[SpanContext]) -> Iterator[None]:
+def fan_in(name: str, size: int, links: Sequence[SpanContext]) -> AbstractContextManager[None]:
     """The block does the shared work of a batch of `size` requests, among them those
     of these spans (`current_link`): where one is sampled, the spans made directly in it
     link to each sampled one, children of the first (`FanIn`). No span of its own: its
     calls and statements are the work."""
     sampled = [link for link in links if not _unsampled(link)]
     if _tracer is None or not sampled:
-        yield
-        return
+        return _OUTSIDE
     # The batch runs in the context of the request that started it, which may be of an
     # unsampled trace: the batch's own calls are of the sampled requests' trace.
-    active = ActiveSpan(None, FanIn(name, size, sampled))
-    try:
-        yield
-    finally:
-        active.end()
+    return ActiveSpan(None, FanIn(name, size, sampled))
+
+
+_OUTSIDE = nullcontext()
 
 
 @contextmanager
