@@ -130,8 +130,8 @@ class Maker:
 
     A span goes straight to the provider's processors, not through the SDK's
     multi-processor (a loop and a call more per span), and not at all to those whose
-    `on_start` does nothing (the SDK's exporting processors): read again whenever the
-    provider's list of processors changes.
+    `on_start` does nothing (the SDK's exporting processors), and to a batching one's
+    queue (`_ending`): read again whenever the provider's list of processors changes.
     """
 
     def __init__(self, tracer: Any, generate_span_id: Any) -> None:
@@ -151,7 +151,7 @@ class Maker:
             self.on_start, self.on_end = (self._processor.on_start,), self._processor.on_end
             return
         self.on_start = tuple(p.on_start for p in processors if not _idle_start(p))
-        self.on_end = processors[0].on_end if len(processors) == 1 else self._processor.on_end
+        self.on_end = _ending(processors[0]) if len(processors) == 1 else self._processor.on_end
 
     def start(  # noqa: PLR0917 - positional: called for every span
         self,
@@ -181,6 +181,17 @@ class Maker:
 
 _new_tuple = tuple.__new__
 _NO_STATE = DEFAULT_TRACE_STATE
+
+
+def _ending(processor: SpanProcessor) -> Any:
+    """What takes an ended span of ours to `processor`: for the SDK's batching processor,
+    its queue's `emit` directly (its `on_end` first asks whether the span is sampled,
+    through three properties, for every span: ours always are)."""
+    if type(processor) is BatchSpanProcessor:
+        emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+        if emit is not None:
+            return emit
+    return processor.on_end
 
 
 def _idle_start(processor: SpanProcessor) -> bool:

@@ -108,6 +108,9 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+# Each status code's number, and whether the server is at fault (its span's status is then
+# ERROR), by identity: an Enum member hashes, and reads its value, in Python code.
+_CODES = {id(code): (code.value[0], code in _SERVER_ERRORS) for code in grpc.StatusCode}
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -502,6 +505,9 @@ def _remote(traceparent: re.Match[str]) -> SpanContext | None:
 
 _new_tuple = tuple.__new__
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
+# The last hex digit of the flags of a sampled trace (bit 0 set), and the invalid ids.
+_SAMPLED_DIGITS = frozenset("13579bdf")
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 
 
 def http_server_span(
@@ -512,6 +518,14 @@ def http_server_span(
     is off."""
     if _tracer is None:
         return None
+    if traceparent is None and _parent_based and _root_bound is not None:
+        # Most requests: a new trace, most of them unsampled; in line, as `_server_span`
+        # would (every call is a cost on this path).
+        trace_id = getrandbits(128) or 1
+        if trace_id & TRACE_ID_LIMIT >= _root_bound:
+            return ActiveSpan(None, Passed(None, None, trace_id))
+        attributes = _HTTP_METHODS.get(method) or {"http.request.method": method}
+        return ActiveSpan(_start(method, None, SpanKind.SERVER, attributes, trace_id=trace_id))
     return _server_span(
         method,
         None if traceparent is None else traceparent.decode("latin-1"),
@@ -556,12 +570,13 @@ def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
         # The common case, parsed once here: a caller's unsampled trace goes on as it
         # came, a sampled one is continued.
         match = _TRACEPARENT.match(traceparent)
-        remote = None if match is None else _remote(match)
-        if remote is not None:
-            if _parent_based and not remote[3] & TraceFlags.SAMPLED:  # trace_flags
+        if match is not None and match[1] != _NO_TRACE and match[2] != _NO_SPAN:
+            if match[3][1] in _SAMPLED_DIGITS:
+                name, attributes = _rpc_span_of(method, None)
+                remote = _remote(match)
+                return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes))
+            if _parent_based:
                 return ActiveSpan(None, Passed(traceparent, None))
-            name, attributes = _rpc_span_of(method, None)
-            return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes))
     name, attributes = _rpc_span_of(method, None)
     return _server_span(name, traceparent, tracestate, attributes)
 
@@ -586,8 +601,9 @@ _rpc_spans: dict[tuple[str, str | None], tuple[str, Mapping[str, Any]]] = {}
 def end_grpc_server_span(active: ActiveSpan, code: grpc.StatusCode) -> None:
     span = active.span
     if span is not None and span.is_recording():
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code in _SERVER_ERRORS:
+        number, server_error = _CODES[id(code)]
+        span.set_attribute("rpc.grpc.status_code", number)
+        if server_error:
             span.set_status(Status(StatusCode.ERROR, code.name))
     active.end()
 
@@ -635,7 +651,7 @@ def _inject(metadata: list[tuple[str, str]], traceparent: str, tracestate: str |
 
 def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
     if span.is_recording():
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span.set_attribute("rpc.grpc.status_code", _CODES[id(code)][0])
         if code is not grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, code.name))
     span.end()

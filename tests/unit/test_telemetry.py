@@ -11,7 +11,7 @@ import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -379,3 +379,36 @@ def test_a_processor_added_later_sees_the_spans_made_after_and_their_start() -> 
     assert [span.name for span in exporter.get_finished_spans()] == ["GET", "POST"]
     assert [span.name for span in later.get_finished_spans()] == ["POST"]
     assert started == ["POST"]
+
+
+def test_spans_reach_the_batching_processors_exporter_as_the_services_configure_it() -> None:
+    """The services' one processor is the SDK's batching one: ours go to its queue
+    directly, and are exported in batches, by its thread, when it is flushed or stopped."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=4))
+    telemetry.use_tracer(provider.get_tracer("tests"))
+    try:
+        sent: list[tuple[str, str]] = []
+        for _ in range(40):
+            request = telemetry.http_server_span("GET")
+            assert request is not None
+            sent.clear()
+            client = telemetry.grpc_client_span(METHOD, "users:50051", sent)
+            if client is not None:
+                telemetry.end_grpc_client_span(client, grpc.StatusCode.INTERNAL)
+            telemetry.end_http_server_span(request, "/v1/users/{id}", 200)
+        assert provider.force_flush()
+    finally:
+        telemetry.use_tracer(None)
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    requests = [span for span in spans if span.kind is trace.SpanKind.SERVER]
+    calls = [span for span in spans if span.kind is trace.SpanKind.CLIENT]
+    assert 0 < len(requests) < 40  # half sampled, about
+    assert len(calls) == len(requests)
+    assert {span.parent.span_id for span in calls} == {  # type: ignore[union-attr]
+        span.context.span_id for span in requests
+    }
+    assert {span.attributes["rpc.grpc.status_code"] for span in calls} == {13}  # type: ignore[index]
+    assert {span.status.status_code for span in calls} == {StatusCode.ERROR}
