@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from servicekit.light_spans import UNSET_STATUS, LightSpan
 
@@ -113,16 +113,11 @@ def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     assert context is not None
     parent = span.parent
-    # 1: trace_id, 2: span_id, 4: parent_span_id (fixed sizes: tag and length constant)
-    out = bytearray(b"\x0a\x10")
-    out += context.trace_id.to_bytes(16, "big")
-    out += b"\x12\x08"
-    out += context.span_id.to_bytes(8, "big")
+    out = bytearray(_ids(context.trace_id, context.span_id))
     if context.trace_state:
         out += _trace_state(context.trace_state)
     if parent is not None:
-        out += b"\x22\x08"
-        out += parent.span_id.to_bytes(8, "big")
+        out += _parent_id(0x22, 8, parent.span_id)
     out += _name_and_kind(span.name, span.kind)
     start, end = span.start_time, span.end_time
     if start:
@@ -152,7 +147,7 @@ def _light_span(span: LightSpan) -> bytes:
     context = span._context
     parent = span._parent
     trace_id, span_id, _, _, state = context[:5]  # type: ignore[index] # always given
-    out = [_ids(0x0A, 16, trace_id >> 64, trace_id & _LOW_64, 0x12, 8, span_id)]
+    out = [_ids(trace_id, span_id)]
     if state:
         out.append(_trace_state(state))
     if parent is not None:
@@ -162,16 +157,21 @@ def _light_span(span: LightSpan) -> bytes:
     if span._events:
         out.append(_events(span))
     if span._links:
-        out.append(_light_links(span._links))
+        out.append(b"".join(map(_link, span._links)))
     status = span._status
     out.append(_UNSET_STATUS if status is UNSET_STATUS else _status(status))
     out.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
     return _field(2, b"".join(out))
 
 
-# Fields 1 and 2 (trace id, big-endian in two halves, and span id), and field 4.
-_ids = struct.Struct(">BBQQBBQ").pack
-_parent_id = struct.Struct(">BBQ").pack
+def _ids(trace_id: int, span_id: int) -> bytes:
+    """Fields 1 and 2, the trace id and span id, of a span or a link (one pack: fixed
+    sizes, so tags and lengths are constant)."""
+    return _pack_ids(0x0A, 16, trace_id >> 64, trace_id & _LOW_64, 0x12, 8, span_id)
+
+
+_pack_ids = struct.Struct(">BBQQBBQ").pack  # the trace id big-endian, in two halves
+_parent_id = struct.Struct(">BBQ").pack  # field 4, with its tag and length
 _LOW_64 = (1 << 64) - 1
 _UNSET_STATUS = b"\x7a\x00"
 
@@ -180,15 +180,14 @@ def _named(name: str, kind: SpanKind, attributes: Mapping[str, Any] | None) -> b
     """Fields 5 (name), 6 (kind) and 9 (attributes), remembered whole: a process makes
     its spans from a few dozen templates, which their attributes' values vary little.
     Keyed by the values' types too: 1, 1.0 and True are equal, but not encoded alike."""
-    if not attributes:
-        return _name_and_kind(name, kind)
+    values = attributes or {}
+    key = (name, kind, tuple(values.items()), tuple(map(type, values.values())))
     try:
-        key = (name, kind, tuple(attributes.items()), tuple(map(type, attributes.values())))
         encoded = _templates.get(key)
     except TypeError:  # an unhashable value (a list): not remembered
-        return _name_and_kind(name, kind) + _kvs(9, attributes)
+        return _name_and_kind(name, kind) + _kvs(9, values)
     if encoded is None:
-        encoded = _name_and_kind(name, kind) + _kvs(9, attributes)
+        encoded = _name_and_kind(name, kind) + _kvs(9, values)
         if len(_templates) >= _CACHE_LIMIT:
             _templates.clear()
         _templates[key] = encoded
@@ -198,22 +197,6 @@ def _named(name: str, kind: SpanKind, attributes: Mapping[str, Any] | None) -> b
 _templates: dict[tuple[str, SpanKind, tuple[Any, ...], tuple[type, ...]], bytes] = {}
 
 
-def _light_links(links: Sequence[Link]) -> bytes:
-    """Field 13 for each link (a link of Tandem's carries no attributes: one pack)."""
-    out = []
-    for link in links:
-        if link.attributes:
-            out.append(_link(link))
-            continue
-        context = link.context
-        trace_id, span_id = context.trace_id, context.span_id
-        out.append(_link_ids(_LINK_HEAD, trace_id >> 64, trace_id & _LOW_64, _SPAN_ID, span_id))
-        out.append(_REMOTE_LINK if context.is_remote else _LOCAL_LINK)
-    return b"".join(out)
-
-
-# Field 13 with no attributes: 33 bytes, of its trace id, span id and flags (field 6).
-_link_ids = struct.Struct(">4sQQ2sQ").pack
 _times = struct.Struct("<BQBQ").pack
 
 
@@ -264,37 +247,29 @@ def _events(span: ReadableSpan) -> bytes:
 
 
 def _links(span: ReadableSpan) -> bytes:
-    out = b"".join(_link(link) for link in span.links)
+    out = b"".join(map(_link, span.links))
     if span.dropped_links:
         out += b"\x70" + _varint(span.dropped_links)  # 14
     return out
 
 
 def _link(link: Link) -> bytes:
-    body = bytearray(b"\x0a\x10")
-    body += link.context.trace_id.to_bytes(16, "big")
-    body += b"\x12\x08"
-    body += link.context.span_id.to_bytes(8, "big")
-    body += _kvs(4, link.attributes)
+    """Field 13, one link."""
+    context = link.context
+    body = [_ids(context.trace_id, context.span_id)]
+    if link.attributes:
+        body.append(_kvs(4, link.attributes))
     if link.dropped_attributes:
-        body += b"\x28" + _varint(link.dropped_attributes)
-    body += b"\x35" + _pack_fixed32(_flags(link.context))  # 6: flags
-    return _field(13, body)
+        body.append(b"\x28" + _varint(link.dropped_attributes))
+    body.append(_REMOTE_LINK if context.is_remote else _LOCAL_LINK)  # 6: flags
+    return _field(13, b"".join(body))
 
 
 _LOCAL_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-# A link's tag, length and trace id's tag (_link_ids), and its flags' tag and value.
-_LINK_HEAD = b"\x6a\x21\x0a\x10"
-_SPAN_ID = b"\x12\x08"
+# A link's flags (field 6), with their tag.
 _LOCAL_LINK = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_LINK = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-
-
-def _flags(context: SpanContext | None) -> int:
-    if context is not None and context.is_remote:
-        return _HAS_IS_REMOTE | _IS_REMOTE
-    return _HAS_IS_REMOTE
 
 
 def _kvs(number: int, attributes: Mapping[str, Any] | None) -> bytes:

@@ -518,14 +518,6 @@ def http_server_span(
     is off."""
     if _tracer is None:
         return None
-    if traceparent is None and _parent_based and _root_bound is not None:
-        # Most requests: a new trace, most of them unsampled; in line, as `_server_span`
-        # would (every call is a cost on this path).
-        trace_id = getrandbits(128) or 1
-        if trace_id & TRACE_ID_LIMIT >= _root_bound:
-            return ActiveSpan(None, Passed(None, None, trace_id))
-        attributes = _HTTP_METHODS.get(method) or {"http.request.method": method}
-        return ActiveSpan(_start(method, None, SpanKind.SERVER, attributes, trace_id=trace_id))
     return _server_span(
         method,
         None if traceparent is None else traceparent.decode("latin-1"),
