@@ -181,9 +181,7 @@ class CallInterceptor(_ServerInterceptor):
         return wrapped
 
     @staticmethod
-    def _begin(
-        method: str, context: Context
-    ) -> tuple[str, Any, float, telemetry.ActiveSpan | None]:
+    def _begin(method: str, context: Context) -> tuple[str, Any, float, telemetry.Started | None]:
         # Read once: grpc.aio builds the metadata tuple anew on every call of it.
         metadata = context.invocation_metadata()
         request_id = request_id_from(metadata)  # type: ignore[arg-type]
@@ -198,7 +196,7 @@ class CallInterceptor(_ServerInterceptor):
         code: grpc.StatusCode,
         started: float,
         recorded: metrics.CallMetrics | None,
-        span: telemetry.ActiveSpan | None,
+        span: telemetry.Started | None,
         *,
         stream: bool = False,
     ) -> None:

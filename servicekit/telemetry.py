@@ -15,9 +15,10 @@ those must cost next to nothing. The sampler decides once, at a trace's root (fo
 SDK's parent-based samplers by comparing the new trace id with the ratio's bound, as the
 SDK would); with a parent-based sampler (the default) every span below an unsampled one
 is dropped, so the helpers below make no span there at all, and no OpenTelemetry
-context of the request's own: its ids and its `traceparent`, formatted once, ride in one
-context variable (`Passed`), which the log lines read and the next call sends on as it
-came. A sampled root gets the trace id the sampler was asked about.
+context of the request's own: one context variable holds what the log lines read and the
+next call sends on, a caller's `traceparent` as it came (`Passed`) or, for a trace begun
+here, its trace id alone (`_begun_here`). A sampled root gets the trace id the sampler
+was asked about.
 
 The spans Tandem makes itself (the README's "Operating Tandem" says why not through the
 maintained grpc, ASGI and SQLAlchemy instrumentations: on the hot path they cost an
@@ -45,10 +46,10 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from functools import partial
 from random import getrandbits
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from opentelemetry import context as otel_context
@@ -258,6 +259,9 @@ def current_ids() -> tuple[str, str] | None:
     if _tracer is None:
         return None
     current = _current.get()
+    if isinstance(current, int):
+        traceparent = _begun_here(current)
+        return traceparent[3:35], traceparent[36:52]
     if isinstance(current, Passed):
         return current.trace_id, current.span_id
     span_context = current.parent if isinstance(current, FanIn) else _context_of(current)
@@ -272,7 +276,7 @@ def current_link() -> SpanContext | None:
     if _tracer is None:
         return None
     current = _current.get()
-    if isinstance(current, Passed):
+    if isinstance(current, _UNSAMPLED_KINDS):
         return None
     if isinstance(current, FanIn):
         return current.parent
@@ -291,29 +295,15 @@ def _context_of(current: Span | None) -> SpanContext:
 
 
 class Passed:
-    """The context of a request whose trace is not sampled, under a parent-based sampler.
+    """The context of a request of a caller's unsampled trace, under a parent-based
+    sampler: no span is made for it, here or below, and it is passed on to the next
+    process as it came (a well-formed version-00 `traceparent`)."""
 
-    No span is made for it, here or below: it is passed on to the next process as it
-    came (a well-formed version-00 `traceparent`), or as this process began it: then its
-    `traceparent` is formatted only when something asks for it (a call onwards, a log
-    line), which most requests of a coalesced read never do.
-    """
+    __slots__ = ("traceparent", "tracestate")
 
-    __slots__ = ("_trace_id", "_traceparent", "tracestate")
-
-    def __init__(self, traceparent: str | None, tracestate: str | None, trace_id: int = 0) -> None:
-        """As it came (`traceparent`), or begun here: (None, None, its random trace id),
-        passed on with W3C's flag 02 (random trace id), as the SDK sets it."""
-        self._traceparent = traceparent
+    def __init__(self, traceparent: str, tracestate: str | None) -> None:
+        self.traceparent = traceparent
         self.tracestate = tracestate
-        self._trace_id = trace_id
-
-    @property
-    def traceparent(self) -> str:
-        if self._traceparent is None:
-            span_id = getrandbits(64) or 1
-            self._traceparent = f"00-{self._trace_id:032x}-{span_id:016x}-02"
-        return self._traceparent
 
     @property
     def trace_id(self) -> str:
@@ -322,6 +312,20 @@ class Passed:
     @property
     def span_id(self) -> str:
         return self.traceparent[36:52]
+
+
+# What `_current` holds in an unsampled trace (the caller's, or one begun here).
+_UNSAMPLED_KINDS = (int, Passed)
+
+
+def _begun_here(trace_id: int) -> str:
+    """The `traceparent` of an unsampled trace begun in this process, whose context is
+    its trace id alone: an int, made current at no more cost than the id's making (an
+    object per request would double that). Its parent id is the trace id's high half:
+    no span of the trace is recorded, so any id serves, and this one is the same for
+    every call and log line of the request without being kept. Flag 02: the trace id
+    is random (W3C), as the SDK would say."""
+    return f"00-{trace_id:032x}-{(trace_id >> 64) or 1:016x}-02"
 
 
 class FanIn:
@@ -344,9 +348,11 @@ class FanIn:
 
 
 # The trace of the request running in this context, for the helpers below: a span of
-# ours (sampled), a `Passed` (unsampled), a `FanIn` (a batch's shared work), or None
-# (outside any trace, or where `_mirror`, see OpenTelemetry's context).
-_current: ContextVar[Span | Passed | FanIn | None] = ContextVar("tandem_trace", default=None)
+# ours (sampled), unsampled a `Passed` (the caller's) or an int (the trace id of one begun
+# here, `_begun_here`), a `FanIn` (a batch's shared work), or None (outside any trace,
+# or where `_mirror`, see OpenTelemetry's context).
+_Current: TypeAlias = "Span | Passed | FanIn | int | None"
+_current: ContextVar[_Current] = ContextVar("tandem_trace", default=None)
 _ROOT = otel_context.Context()
 # OpenTelemetry's current context while a request of an unsampled trace runs: for code
 # that makes spans through the API itself (the ai service's anthropic SDK), which so
@@ -357,13 +363,28 @@ _UNSAMPLED = trace.set_span_in_context(
 )
 
 
+def _restore(token: Token[_Current]) -> None:
+    """The context as it was before `token`'s change."""
+    # Not contextlib.suppress: that is two calls more, on every request.
+    try:  # noqa: SIM105
+        _current.reset(token)
+    except ValueError:  # ended in another context (a finalised generator)
+        pass
+
+
+# What a request's start returns for its end: its span (`ActiveSpan`), or where an
+# unsampled trace begins here and nothing mirrors it, the token that restores the context
+# (no object of ours per request, for most requests).
+Started: TypeAlias = "ActiveSpan | Token[_Current]"
+
+
 class ActiveSpan:
     """A request's span (None: its trace is unsampled, `Passed`, or it is a batch's
     `FanIn`), current until `end`, which restores the context it replaced."""
 
     __slots__ = ("_otel_token", "_token", "span")
 
-    def __init__(self, span: Span | None, other: Passed | FanIn | None = None) -> None:
+    def __init__(self, span: Span | None, other: Passed | FanIn | int | None = None) -> None:
         self.span = span
         self._token = _current.set(span if span is not None else other)
         self._otel_token = None
@@ -384,11 +405,7 @@ class ActiveSpan:
         self.end()
 
     def end(self) -> None:
-        # Not contextlib.suppress: that is two calls more, on every request.
-        try:  # noqa: SIM105
-            _current.reset(self._token)
-        except ValueError:  # ended in another context (a finalised generator)
-            pass
+        _restore(self._token)
         if self._otel_token is not None:
             otel_context.detach(self._otel_token)
         if self.span is not None:
@@ -400,7 +417,7 @@ def _server_span(
     traceparent: str | None,
     tracestate: str | None,
     attributes: Mapping[str, Any],
-) -> ActiveSpan:
+) -> Started:
     remote = None if traceparent is None else _extract(traceparent, tracestate)
     trace_id = None
     if _parent_based:
@@ -418,7 +435,7 @@ def _server_span(
                 if _root_bound is not None
                 else _sampler_keeps(trace_id, name)
             ):
-                return ActiveSpan(None, Passed(None, None, trace_id))
+                return ActiveSpan(None, trace_id) if _mirror else _current.set(trace_id)
     return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id))
 
 
@@ -512,7 +529,7 @@ _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 
 def http_server_span(
     method: str, traceparent: bytes | None = None, tracestate: bytes | None = None
-) -> ActiveSpan | None:
+) -> Started | None:
     """The span of an HTTP request (current until ended), continuing the client's
     `traceparent` (with its `tracestate`, the headers as they came); None when tracing
     is off."""
@@ -534,7 +551,10 @@ _HTTP_METHODS = {
 }
 
 
-def end_http_server_span(active: ActiveSpan, route: str | None, status: int) -> None:
+def end_http_server_span(active: Started, route: str | None, status: int) -> None:
+    if isinstance(active, Token):
+        _restore(active)
+        return
     span = active.span
     if span is not None and span.is_recording():
         if route is not None:
@@ -546,7 +566,7 @@ def end_http_server_span(active: ActiveSpan, route: str | None, status: int) -> 
     active.end()
 
 
-def grpc_server_span(method: str, metadata: Any) -> ActiveSpan | None:
+def grpc_server_span(method: str, metadata: Any) -> Started | None:
     """The span of one call this server handles (current until ended), continuing the
     caller's trace; None when tracing is off. `metadata`: the call's invocation
     metadata, pairs of strings (and bytes for -bin keys)."""
@@ -590,7 +610,10 @@ def _rpc_span_of(method: str, target: str | None) -> tuple[str, Mapping[str, Any
 _rpc_spans: dict[tuple[str, str | None], tuple[str, Mapping[str, Any]]] = {}
 
 
-def end_grpc_server_span(active: ActiveSpan, code: grpc.StatusCode) -> None:
+def end_grpc_server_span(active: Started, code: grpc.StatusCode) -> None:
+    if isinstance(active, Token):
+        _restore(active)
+        return
     span = active.span
     if span is not None and span.is_recording():
         number, server_error = _CODES[id(code)]
@@ -607,6 +630,9 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     if _tracer is None:
         return None
     active = _current.get()
+    if isinstance(active, int):
+        _inject(metadata, _begun_here(active), None)
+        return None
     if isinstance(active, Passed):
         _inject(metadata, active.traceparent, active.tracestate)
         return None
@@ -685,7 +711,7 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
     """An internal span, current inside the block; None when tracing is off or the
     trace is unsampled."""
     active = _current.get() if _tracer is not None else None
-    if _tracer is None or isinstance(active, Passed):
+    if _tracer is None or isinstance(active, _UNSAMPLED_KINDS):
         yield None
         return
     if isinstance(active, FanIn):
@@ -730,7 +756,7 @@ def _statement_began(
     if _tracer is None:
         return
     active = _current.get()
-    if isinstance(active, Passed):
+    if isinstance(active, _UNSAMPLED_KINDS):
         return
     if not isinstance(active, FanIn):
         if active is None and _mirror:

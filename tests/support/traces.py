@@ -28,13 +28,15 @@ class Spans:
 
 
 @contextmanager
-def recorded_spans(root: Sampler = ALWAYS_ON) -> Iterator[Spans]:
-    """Tracing on (parent-based, `root` deciding new traces) into memory, for the block."""
+def recorded_spans(root: Sampler = ALWAYS_ON, *, mirror: bool = True) -> Iterator[Spans]:
+    """Tracing on (parent-based, `root` deciding new traces) into memory, for the block;
+    `mirror`: as in a process whose code makes spans through OpenTelemetry's API itself
+    (the ai service), or not (the gateway, the users service)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ParentBased(root))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     spans = Spans(exporter, provider)
-    telemetry.use_tracer(spans.tracer)
+    telemetry.use_tracer(spans.tracer, mirror=mirror)
     try:
         yield spans
     finally:

@@ -70,7 +70,7 @@ def test_off_nothing_is_made_and_nothing_is_sent() -> None:
 def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
     with recorded_spans() as spans:
         http = telemetry.http_server_span("GET", f"00-{TRACE}-{PARENT}-01".encode())
-        assert http is not None and http.span is not None
+        assert isinstance(http, telemetry.ActiveSpan) and http.span is not None
         assert telemetry.current_ids() == (TRACE, f"{http.span.get_span_context().span_id:016x}")
         metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
         client = telemetry.grpc_client_span(METHOD, "users:50051", metadata)
@@ -206,10 +206,18 @@ def test_an_upstream_outage_is_one_warning_when_it_begins_and_one_when_it_ends(
     assert messages[1].endswith("(3 calls failed meanwhile)")
 
 
-def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags() -> None:
-    with recorded_spans(ALWAYS_OFF) as spans:
+def kept(started: telemetry.Started | None) -> bool:
+    """Whether a request's start made it a span (its trace is sampled)."""
+    return isinstance(started, telemetry.ActiveSpan) and started.span is not None
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags(
+    mirror: bool,
+) -> None:
+    with recorded_spans(ALWAYS_OFF, mirror=mirror) as spans:
         http = telemetry.http_server_span("GET")
-        assert http is not None and http.span is None
+        assert http is not None and not kept(http)
         ids = telemetry.current_ids()
         assert ids is not None
         trace_id, span_id = ids
@@ -223,7 +231,9 @@ def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags() 
         # What makes spans through OpenTelemetry's API itself (the anthropic SDK) makes
         # none in an unsampled trace either.
         with spans.tracer.start_as_current_span("the sdk's") as made:
-            assert not made.is_recording()
+            assert not made.is_recording() or not mirror
+        with telemetry.span("internal") as internal:
+            assert internal is None
         telemetry.end_grpc_server_span(server, grpc.StatusCode.OK)
         assert telemetry.current_ids() == (trace_id, span_id)
         telemetry.end_http_server_span(http, "/v1/users/{id}", 200)
@@ -241,7 +251,7 @@ def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came() -> None:
         telemetry.grpc_client_span(METHOD, "users:50051", metadata)
         assert metadata == [("traceparent", given)]
         server = telemetry.grpc_server_span(METHOD, tuple(metadata))
-        assert server is not None and server.span is None
+        assert server is not None and not kept(server)
         onward: list[tuple[str, str]] = []
         telemetry.grpc_client_span(METHOD, "ai:50052", onward)
         assert onward == [("traceparent", given)]
@@ -258,14 +268,15 @@ def new_traces(count: int) -> list[tuple[int, bool]]:
         assert http is not None
         ids = telemetry.current_ids()
         assert ids is not None
-        made.append((int(ids[0], 16), http.span is not None))
+        made.append((int(ids[0], 16), kept(http)))
         telemetry.end_http_server_span(http, None, 200)
     return made
 
 
-def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id() -> None:
+@pytest.mark.parametrize("mirror", [True, False])
+def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id(mirror: bool) -> None:
     ratio = TraceIdRatioBased(0.5)
-    with recorded_spans(ratio) as spans:
+    with recorded_spans(ratio, mirror=mirror) as spans:
         traces = new_traces(200)
         sampled = sum(kept for _, kept in traces)
         assert len(spans.finished) == sampled
