@@ -325,7 +325,7 @@ def _begun_here(trace_id: int) -> str:
     no span of the trace is recorded, so any id serves, and this one is the same for
     every call and log line of the request without being kept. Flag 02: the trace id
     is random (W3C), as the SDK would say."""
-    return f"00-{trace_id:032x}-{(trace_id >> 64) or 1:016x}-02"
+    return _traceparent(trace_id, (trace_id >> 64) or 1, 0x02)
 
 
 class FanIn:
@@ -486,10 +486,17 @@ def _sampler_keeps(trace_id: int, name: str) -> bool:
 
 
 def _format(span_context: SpanContext) -> str:
-    return (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{span_context.trace_flags:02x}"
-    )
+    trace_id, span_id, _, flags = span_context[:4]  # its fields, in order: no properties
+    return _traceparent(trace_id, span_id, flags)
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """W3C's version-00 `traceparent` of these ids and flags: their bytes' hex, which costs
+    half what format specs (`:032x`) do."""
+    return f"00-{trace_id.to_bytes(16).hex()}-{span_id.to_bytes(8).hex()}-{_HEX_BYTE[flags]}"
+
+
+_HEX_BYTE = tuple(f"{flags:02x}" for flags in range(256))
 
 
 def _extract(traceparent: str, tracestate: str | None) -> SpanContext | None:
