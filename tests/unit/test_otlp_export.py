@@ -133,7 +133,7 @@ async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> N
         # link with attributes.
         for values in ({"flag": True, "n": 1}, {"flag": 1, "n": 1.0}, {"ids": [1, 2]}):
             odd = telemetry.http_server_span("GET")
-            assert odd is not None and odd.span is not None
+            assert isinstance(odd, telemetry.ActiveSpan) and odd.span is not None
             odd.span.set_attributes(values)
             odd.span.add_link(REMOTE, {"why": "fan-in"})
             odd.end()
