@@ -379,8 +379,9 @@ Started: TypeAlias = "ActiveSpan | Token[_Current]"
 
 
 class ActiveSpan:
-    """A request's span (None: its trace is unsampled, `Passed`, or it is a batch's
-    `FanIn`), current until `end`, which restores the context it replaced."""
+    """A request's span, or None with what is current instead (the unsampled trace's
+    `Passed` or trace id, a batch's `FanIn`), current until `end`, which restores the
+    context it replaced."""
 
     __slots__ = ("_otel_token", "_token", "span")
 
