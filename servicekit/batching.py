@@ -18,14 +18,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Generic, TypeAlias, TypeVar
 
-from opentelemetry.trace import SpanContext
-
 from servicekit import metrics, telemetry
+from servicekit.span_records import Context
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 # An item, the future its caller awaits, and the caller's span (to link the batch to).
-_Entry: TypeAlias = "tuple[Item, asyncio.Future[Result], SpanContext | None]"
+_Entry: TypeAlias = "tuple[Item, asyncio.Future[Result], Context | None]"
 
 
 class Batcher(Generic[Item, Result]):

@@ -4,9 +4,10 @@
 compression, timeout, retries), but for the bytes it sends. Its own encoder builds a
 protobuf object per span, attribute and value, about 26 µs a span, on the export thread,
 which holds the GIL meanwhile: time taken from the event loop of a process serving
-requests. This writes the same bytes directly (about 3 µs a span): the attributes a
-process sends again and again (`rpc.system=grpc`, a route, a statement) are encoded once
-and remembered. What it writes decodes to what
+requests. This writes the same bytes directly: the spans Tandem makes itself come as
+records (servicekit.span_records), whose shape (name, kind and fixed attributes) it
+encodes once, and the attributes of other spans that a process sends again and again are
+remembered too. What it writes decodes to what
 `opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans` makes
 (tests/unit/test_otlp_export.py holds it to that).
 
@@ -24,7 +25,14 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from servicekit.light_spans import UNSET_STATUS, LightSpan
+from servicekit.span_records import (
+    IS_REMOTE,
+    RECORDER,
+    SPAN_ID,
+    Context,
+    Record,
+    attributes_of,
+)
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -32,13 +40,16 @@ _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 class SpanExporter(OTLPSpanExporter):
     """OpenTelemetry's OTLP/gRPC exporter, sending the bytes `encode` makes."""
 
+    # Ended records reach it as they are (servicekit.span_records).
+    reads_records = True
+
     def __init__(self) -> None:
         super().__init__()
         # The exporter makes its client again from `_stub` when it reconnects.
         self._stub = _TraceService
         self._client = _TraceService(self._channel)  # type: ignore[assignment,arg-type]
 
-    def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
+    def _translate_data(self, data: Sequence[ReadableSpan | Record]) -> bytes:  # type: ignore[override]
         return encode(data)
 
 
@@ -63,16 +74,18 @@ _pack_fixed64 = struct.Struct("<Q").pack
 _pack_double = struct.Struct("<d").pack
 
 
-def encode(spans: Sequence[ReadableSpan]) -> bytes:
-    """The request exporting `spans`: grouped by resource, then instrumentation scope,
-    in the order they first appear (as the exporter's encoder groups them)."""
+def encode(spans: Sequence[ReadableSpan | Record]) -> bytes:
+    """The request exporting `spans` (the SDK's, or records): grouped by resource, then
+    instrumentation scope, in the order they first appear (as the exporter's encoder
+    groups them)."""
     # Keyed by identity: a Resource hashes by serialising its attributes to JSON, and a
     # process has one resource and a scope per tracer.
     groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
     for span in spans:
-        if type(span) is LightSpan:
-            resource, scope = span._resource, span._instrumentation_scope or None
-            encoded = _light_span(span)
+        if isinstance(span, list):
+            recorder = span[RECORDER]
+            resource, scope = recorder.resource, recorder.scope or None
+            encoded = _record(span)
         else:
             resource, scope = span.resource, span.instrumentation_scope or None
             encoded = _field(2, _span(span))
@@ -139,28 +152,32 @@ def _span(span: ReadableSpan) -> bytes:
     return bytes(out)
 
 
-def _light_span(span: LightSpan) -> bytes:
-    """`_span` for one of Tandem's own spans, read from its fields (the properties of
-    ReadableSpan copy them, and work out dropped counts that are always 0 here), as a
-    whole field 2 of its ScopeSpans, its name, kind and attributes encoded together
-    and remembered (`_named`): 3 µs a span where each attribute on its own took 4."""
-    context = span._context
-    parent = span._parent
-    trace_id, span_id, _, _, state = context[:5]  # type: ignore[index] # always given
+def _record(record: Record) -> bytes:
+    """A record as a whole field 2 of its ScopeSpans: its shape's name, kind and
+    attributes encoded once (`Shape.encoded`), the rest packed."""
+    trace_id, span_id, _, _, state, _, shape, parent, start, end, status, extra, links, *_ = record
     out = [_ids(trace_id, span_id)]
     if state:
         out.append(_trace_state(state))
     if parent is not None:
-        out.append(_parent_id(0x22, 8, parent.span_id))
-    out.append(_named(span._name, span._kind, span._attributes))
-    out.append(_times(0x39, span._start_time, 0x41, span._end_time or 0))  # fields 7, 8
-    if span._events:
-        out.append(_events(span))
-    if span._links:
-        out.append(b"".join(map(_link, span._links)))
-    status = span._status
-    out.append(_UNSET_STATUS if status is UNSET_STATUS else _status(status))
-    out.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
+        out.append(_parent_id(0x22, 8, parent[SPAN_ID]))
+    if extra and not extra.keys().isdisjoint(shape.attributes):
+        # An attribute set again: the span has its last value, where it was first set.
+        out.append(_name_and_kind(shape.name, shape.kind) + _kvs(9, attributes_of(record)))
+    else:
+        encoded = shape.encoded
+        if encoded is None:
+            encoded = shape.encoded = _name_and_kind(shape.name, shape.kind) + _kvs(
+                9, shape.attributes
+            )
+        out.append(encoded)
+        if extra:
+            out.append(_kvs(9, extra))
+    out.append(_times(0x39, start, 0x41, end))  # fields 7, 8
+    if links:
+        out.extend(map(_link, links))
+    out.append(_UNSET_STATUS if status is None else _status(status))
+    out.append(_REMOTE_FLAGS if parent is not None and parent[IS_REMOTE] else _LOCAL_FLAGS)
     return _field(2, b"".join(out))
 
 
@@ -174,27 +191,6 @@ _pack_ids = struct.Struct(">BBQQBBQ").pack  # the trace id big-endian, in two ha
 _parent_id = struct.Struct(">BBQ").pack  # field 4, with its tag and length
 _LOW_64 = (1 << 64) - 1
 _UNSET_STATUS = b"\x7a\x00"
-
-
-def _named(name: str, kind: SpanKind, attributes: Mapping[str, Any] | None) -> bytes:
-    """Fields 5 (name), 6 (kind) and 9 (attributes), remembered whole: a process makes
-    its spans from a few dozen templates, which their attributes' values vary little.
-    Keyed by the values' types too: 1, 1.0 and True are equal, but not encoded alike."""
-    values = attributes or {}
-    key = (name, kind, tuple(values.items()), tuple(map(type, values.values())))
-    try:
-        encoded = _templates.get(key)
-    except TypeError:  # an unhashable value (a list): not remembered
-        return _name_and_kind(name, kind) + _kvs(9, values)
-    if encoded is None:
-        encoded = _name_and_kind(name, kind) + _kvs(9, values)
-        if len(_templates) >= _CACHE_LIMIT:
-            _templates.clear()
-        _templates[key] = encoded
-    return encoded
-
-
-_templates: dict[tuple[str, SpanKind, tuple[Any, ...], tuple[type, ...]], bytes] = {}
 
 
 _times = struct.Struct("<BQBQ").pack
@@ -253,8 +249,12 @@ def _links(span: ReadableSpan) -> bytes:
     return out
 
 
-def _link(link: Link) -> bytes:
-    """Field 13, one link."""
+def _link(link: Link | Context) -> bytes:
+    """Field 13, one link (a record's may be a record or a span context)."""
+    if not isinstance(link, Link):
+        trace_id, span_id, remote = link[:3]
+        flags = _REMOTE_LINK if remote else _LOCAL_LINK  # 6
+        return _field(13, _ids(trace_id, span_id) + flags)
     context = link.context
     body = [_ids(context.trace_id, context.span_id)]
     if link.attributes:

@@ -55,7 +55,6 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import (
-    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -68,10 +67,32 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from sqlalchemy import event
 
+from servicekit.span_records import (
+    END,
+    FLAGS,
+    IS_VALID,
+    RANDOM,
+    SAMPLED,
+    SHAPE,
+    SPAN_ID,
+    STATE,
+    STATUS,
+    TOKEN,
+    TRACE_ID,
+    Context,
+    Record,
+    RecordSpan,
+    Shape,
+    as_link,
+    recording,
+    span_context,
+)
+from servicekit.span_records import end as end_record
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from servicekit.light_spans import Maker
+    from servicekit.span_records import Recorder
 
 log = logging.getLogger("servicekit.telemetry")
 
@@ -81,9 +102,12 @@ _tracer: trace.Tracer | None = None
 _parent_based = True
 # What `_server_span` compares a new trace id with, when it can (`_bound_of`).
 _root_bound: int | None = None
-# What makes the spans of sampled traces, where the sampler lets it (light_spans); None:
-# the SDK's tracer does.
-_maker: Maker | None = None
+# Whether the sampler's decisions are taken here (a parent-based one whose new traces are
+# decided by `_root_bound`, and whose spans below a sampled one are all sampled): else it
+# is asked for each span (`_decided`).
+_decides_here = True
+# What records the spans (span_records), while tracing is on.
+_recorder: Recorder | None = None
 # Whether code in this process makes spans through OpenTelemetry's API itself (the ai
 # service's anthropic SDK): then each request's span, or its unsampled trace, is made
 # current in OpenTelemetry's context too, and a span current there is seen here. Elsewhere
@@ -91,9 +115,6 @@ _maker: Maker | None = None
 # several calls and objects per request.
 _mirror = True
 TRACE_ID_LIMIT = (1 << 64) - 1
-# The trace id the next root span gets (`_PresetTraceIds`): the one the sampler was
-# already asked about, so that a root is sampled by one decision, not two.
-_next_trace_id: ContextVar[int | None] = ContextVar("tandem_next_trace_id", default=None)
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset(_propagator.fields)  # traceparent, tracestate
 
@@ -109,9 +130,18 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-# Each status code's number, and whether the server is at fault (its span's status is then
-# ERROR), by identity: an Enum member hashes, and reads its value, in Python code.
-_CODES = {id(code): (code.value[0], code in _SERVER_ERRORS) for code in grpc.StatusCode}
+# Each status code's number, and the status of a server's and of a client's span that
+# ended so (None: unset), by identity: an Enum member hashes, and reads its value, in
+# Python code.
+_CODES = {
+    id(code): (
+        code.value[0],
+        Status(StatusCode.ERROR, code.name) if code in _SERVER_ERRORS else None,
+        None if code is grpc.StatusCode.OK else Status(StatusCode.ERROR, code.name),
+    )
+    for code in grpc.StatusCode
+}
+_ERROR = Status(StatusCode.ERROR)
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -169,19 +199,19 @@ def use_tracer(tracer: trace.Tracer | None, *, mirror: bool = True) -> None:
 
 
 def _install(tracer: trace.Tracer | None, *, parent_based: bool, mirror: bool = True) -> None:
-    global _tracer, _parent_based, _root_bound, _maker, _mirror  # noqa: PLW0603
+    """`tracer`: the SDK's (its sampler, resource and processors), or None."""
+    global _tracer, _parent_based, _root_bound, _decides_here, _recorder, _mirror  # noqa: PLW0603
     _tracer = tracer
     _parent_based = parent_based
     _mirror = mirror
-    _root_bound = _bound_of(getattr(tracer, "sampler", None))
-    _maker = None
-    ids = getattr(tracer, "id_generator", None)
-    if ids is not None and not isinstance(ids, _PresetTraceIds):
-        tracer.id_generator = ids = _PresetTraceIds(ids)  # type: ignore[union-attr]
-    if _root_bound is not None and _keeps_sampled_children(tracer.sampler):  # type: ignore[union-attr]
-        from servicekit.light_spans import Maker  # noqa: PLC0415 - loaded with the SDK
+    sampler = getattr(tracer, "sampler", None)
+    _root_bound = _bound_of(sampler)
+    _decides_here = _root_bound is not None and _keeps_sampled_children(sampler)
+    _recorder = None
+    if tracer is not None:
+        from servicekit.span_records import Recorder  # noqa: PLC0415 - loads the SDK
 
-        _maker = Maker(tracer, ids.span_ids())  # type: ignore[union-attr]
+        _recorder = Recorder(tracer, _span_ids(tracer.id_generator))  # type: ignore[attr-defined]
 
 
 def _bound_of(sampler: object) -> int | None:
@@ -203,7 +233,7 @@ def _bound_of(sampler: object) -> int | None:
 
 def _keeps_sampled_children(sampler: Any) -> bool:
     """Whether the (parent-based) sampler samples every span under a sampled one, as
-    the default does: then `_maker`'s spans need not ask it."""
+    the default does: then spans need not ask it."""
     from opentelemetry.sdk.trace import sampling  # noqa: PLC0415 - loaded with the SDK
 
     return (
@@ -212,28 +242,12 @@ def _keeps_sampled_children(sampler: Any) -> bool:
     )
 
 
-class _PresetTraceIds:
-    """The SDK's id generator, except for a root whose trace id `_root_span` chose."""
+def _span_ids(generator: Any) -> Callable[[], int]:
+    """What makes a span id: with the SDK's random generator, its rule called directly
+    (two calls fewer per span)."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
 
-    def __init__(self, ids: Any) -> None:
-        self._ids = ids
-
-    def generate_trace_id(self) -> int:
-        preset = _next_trace_id.get()
-        return preset if preset is not None else int(self._ids.generate_trace_id())
-
-    def generate_span_id(self) -> int:
-        return int(self._ids.generate_span_id())
-
-    def span_ids(self) -> Callable[[], int]:
-        """What makes a span id: with the SDK's random generator, its rule called
-        directly (three calls fewer per span)."""
-        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
-
-        return _random_span_id if type(self._ids) is RandomIdGenerator else self.generate_span_id
-
-    def is_trace_id_random(self) -> bool:
-        return bool(getattr(self._ids, "is_trace_id_random", lambda: True)())
+    return _random_span_id if type(generator) is RandomIdGenerator else generator.generate_span_id
 
 
 def _random_span_id() -> int:
@@ -244,10 +258,10 @@ def _random_span_id() -> int:
     return span_id
 
 
-def _unsampled(span_context: SpanContext) -> bool:
-    """Whether no span may be made under `span_context`: it is of a trace the sampler
-    dropped, and the sampler drops what is below."""
-    return _parent_based and span_context.is_valid and not span_context.trace_flags.sampled
+def _unsampled(context: Context) -> bool:
+    """Whether no span may be made under `context` (a span context or a record, read by
+    position): it is of a trace the sampler dropped, and the sampler drops what is below."""
+    return _parent_based and context[IS_VALID] and not context[FLAGS] & SAMPLED
 
 
 def enabled() -> bool:
@@ -264,34 +278,38 @@ def current_ids() -> tuple[str, str] | None:
         return traceparent[3:35], traceparent[36:52]
     if isinstance(current, Passed):
         return current.trace_id, current.span_id
-    span_context = current.parent if isinstance(current, FanIn) else _context_of(current)
-    if not span_context.is_valid:
+    context = current.parent if isinstance(current, FanIn) else _context_of(current)
+    if context is None:
         return None
-    return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+    return f"{context[TRACE_ID]:032x}", f"{context[SPAN_ID]:016x}"
 
 
-def current_link() -> SpanContext | None:
-    """The current span's context, to link a shared piece of work back to it; None
-    outside a trace, and in an unsampled one (no span of it is ever recorded)."""
+def current_link() -> Context | None:
+    """The current span (a record of ours, or a span context), to link a shared piece of
+    work back to it; None outside a trace, and in an unsampled one (no span of it is
+    ever recorded)."""
     if _tracer is None:
         return None
     current = _current.get()
+    if type(current) is list:  # a request's span: most often, at once
+        return current
     if isinstance(current, _UNSAMPLED_KINDS):
         return None
     if isinstance(current, FanIn):
         return current.parent
-    span_context = _context_of(current)
-    return span_context if span_context.is_valid else None
+    return _context_of(None)
 
 
-def _context_of(current: Span | None) -> SpanContext:
-    """The context of `current` (the current span of ours), or with none, of the span
-    current in OpenTelemetry's context where that is looked at (`_mirror`)."""
+def _context_of(current: Record | None) -> Context | None:
+    """`current` (the current span of ours), or with none, the context of the span
+    current in OpenTelemetry's context where that is looked at (`_mirror`); None for
+    none valid."""
     if current is not None:
-        return current.get_span_context()
+        return current
     if _mirror:
-        return trace.get_current_span().get_span_context()
-    return trace.INVALID_SPAN_CONTEXT
+        found = trace.get_current_span().get_span_context()
+        return found if found.is_valid else None
+    return None
 
 
 class Passed:
@@ -336,22 +354,21 @@ class FanIn:
 
     __slots__ = ("attributes", "links", "parent")
 
-    def __init__(self, name: str, size: int, links: Sequence[SpanContext]) -> None:
+    def __init__(self, name: str, size: int, links: Sequence[Context]) -> None:
         self.parent = links[0]
-        self.links = tuple(Link(link) for link in links)
+        self.links = links
         self.attributes = {"tandem.batch": name, "tandem.batch.size": size}
 
-    def start(self, name: str, kind: SpanKind, attributes: Mapping[str, Any] | None) -> Span:
-        """A span of the batch's work: the batch's attributes added to `attributes`."""
-        with_batch = {**attributes, **self.attributes} if attributes else self.attributes
-        return _start(name, self.parent, kind, with_batch, self.links)
+    def start(self, shape: Shape) -> Record:
+        """A span of the batch's work: the batch's attributes added to its shape's."""
+        return _start(shape, self.parent, self.links, self.attributes)
 
 
 # The trace of the request running in this context, for the helpers below: a span of
-# ours (sampled), unsampled a `Passed` (the caller's) or an int (the trace id of one begun
-# here, `_begun_here`), a `FanIn` (a batch's shared work), or None (outside any trace,
-# or where `_mirror`, see OpenTelemetry's context).
-_Current: TypeAlias = "Span | Passed | FanIn | int | None"
+# ours (a record), unsampled a `Passed` (the caller's) or an int (the trace id of one
+# begun here, `_begun_here`), a `FanIn` (a batch's shared work), or None (outside any
+# trace, or where `_mirror`, see OpenTelemetry's context).
+_Current: TypeAlias = "Record | Passed | FanIn | int | None"
 _current: ContextVar[_Current] = ContextVar("tandem_trace", default=None)
 _ROOT = otel_context.Context()
 # OpenTelemetry's current context while a request of an unsampled trace runs: for code
@@ -372,10 +389,28 @@ def _restore(token: Token[_Current]) -> None:
         pass
 
 
-# What a request's start returns for its end: its span (`ActiveSpan`), or where an
-# unsampled trace begins here and nothing mirrors it, the token that restores the context
-# (no object of ours per request, for most requests).
-Started: TypeAlias = "ActiveSpan | Token[_Current]"
+# What a request's start returns for its end: where nothing mirrors the context, its
+# span's record (which holds the token that restores the context) or for an unsampled
+# trace begun here, the token alone (no object of ours per request, for most requests);
+# else an `ActiveSpan`.
+Started: TypeAlias = "Record | ActiveSpan | Token[_Current]"
+
+
+def _entered(record: Record) -> Started:
+    """`record` current, until the request's end (`_left`)."""
+    if _mirror:
+        return ActiveSpan(record)
+    record[TOKEN] = _current.set(record)
+    return record
+
+
+def _left(started: Record | ActiveSpan) -> None:
+    """The end of what `_entered` (or an `ActiveSpan`) made current."""
+    if type(started) is list:
+        _restore(started[TOKEN])
+        end_record(started)
+    else:
+        started.end()  # type: ignore[union-attr]
 
 
 class ActiveSpan:
@@ -385,15 +420,14 @@ class ActiveSpan:
 
     __slots__ = ("_otel_token", "_token", "span")
 
-    def __init__(self, span: Span | None, other: Passed | FanIn | int | None = None) -> None:
+    def __init__(self, span: Record | None, other: Passed | FanIn | int | None = None) -> None:
         self.span = span
         self._token = _current.set(span if span is not None else other)
         self._otel_token = None
         if _mirror:
-            if span is not None:
-                context = trace.set_span_in_context(span, _ROOT)
-            elif isinstance(other, FanIn):
-                context = trace.set_span_in_context(NonRecordingSpan(other.parent), _ROOT)
+            if span is not None or isinstance(other, FanIn):
+                below = span if span is not None else other.parent  # type: ignore[union-attr]
+                context = trace.set_span_in_context(NonRecordingSpan(span_context(below)), _ROOT)
             else:
                 context = _UNSAMPLED
             self._otel_token = otel_context.attach(context)
@@ -410,15 +444,10 @@ class ActiveSpan:
         if self._otel_token is not None:
             otel_context.detach(self._otel_token)
         if self.span is not None:
-            self.span.end()
+            end_record(self.span)
 
 
-def _server_span(
-    name: str,
-    traceparent: str | None,
-    tracestate: str | None,
-    attributes: Mapping[str, Any],
-) -> Started:
+def _server_span(shape: Shape, traceparent: str | None, tracestate: str | None) -> Started:
     remote = None if traceparent is None else _extract(traceparent, tracestate)
     trace_id = None
     if _parent_based:
@@ -434,37 +463,76 @@ def _server_span(
             if not (
                 trace_id & TRACE_ID_LIMIT < _root_bound
                 if _root_bound is not None
-                else _sampler_keeps(trace_id, name)
+                else _sampler_keeps(trace_id, shape.name)
             ):
                 return ActiveSpan(None, trace_id) if _mirror else _current.set(trace_id)
-    return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes, trace_id=trace_id))
+    return _entered(_start(shape, remote, trace_id=trace_id))
 
 
 def _start(
-    name: str,
-    parent: SpanContext | None,
-    kind: SpanKind,
-    attributes: Mapping[str, Any] | None,
-    links: Sequence[Link] = (),
+    shape: Shape,
+    parent: Context | None,
+    links: Sequence[Context] = (),
+    extra: Mapping[str, Any] | None = None,
     *,
     trace_id: int | None = None,
-) -> Span:
-    """A span under `parent`, of a sampled trace (`parent`'s, or for a root, `trace_id`,
-    which the sampler has already kept); None for either: the SDK asks the sampler."""
-    assert _tracer is not None
-    if _maker is not None:
-        if parent is not None and parent.trace_flags.sampled:
-            return _maker.start(name, parent.trace_id, parent, kind, attributes, links)
-        if parent is None and trace_id is not None:
-            return _maker.start(name, trace_id, None, kind, attributes, links)
+) -> Record:
+    """A span of `shape` under `parent`, or for a root (`parent` None) of `trace_id` when
+    the sampler has kept that id already; with `extra` attributes, linked to `links`."""
+    recorder = _recorder
+    assert recorder is not None
+    if parent is not None and _decides_here:
+        # Below a sampled span, sampled; below another, never recorded (its callers make
+        # none there, but for a context that OpenTelemetry's holds).
+        flags = _CHILD_FLAGS[parent[FLAGS]]
+        return recorder.start(shape, parent[TRACE_ID], flags, parent[STATE], parent, links, extra)
+    if parent is None and trace_id is not None:
+        return recorder.start(shape, trace_id, _ROOT_FLAGS, DEFAULT_TRACE_STATE, None, links, extra)
+    return _decided(recorder, shape, parent, links, extra)
+
+
+# A span's flags under a parent with these (sampled or not, random trace id or not; no
+# other flag is defined), and a sampled root's.
+_CHILD_FLAGS = tuple(TraceFlags(flags & (SAMPLED | RANDOM)) for flags in range(256))
+_ROOT_FLAGS = TraceFlags(SAMPLED | RANDOM)
+
+
+def _decided(
+    recorder: Recorder,
+    shape: Shape,
+    parent: Context | None,
+    links: Sequence[Context],
+    extra: Mapping[str, Any] | None,
+) -> Record:
+    """A span the sampler decides on: a new root's (of a random trace id), or under any
+    sampler whose decisions are not taken here (it is asked, as the SDK's tracer would:
+    its trace state goes on, and it may add attributes). An unsampled one is recorded
+    for its context alone: it reaches no processor."""
+    random: int
     if parent is None:
-        token = _next_trace_id.set(trace_id)
-        try:
-            return _tracer.start_span(name, _ROOT, kind, attributes, links)
-        finally:
-            _next_trace_id.reset(token)
-    context = trace.set_span_in_context(NonRecordingSpan(parent))
-    return _tracer.start_span(name, context, kind, attributes, links)
+        trace_id, random, state = getrandbits(128) or 1, RANDOM, DEFAULT_TRACE_STATE
+    else:
+        trace_id, random, state = parent[TRACE_ID], parent[FLAGS] & RANDOM, parent[STATE]
+    if _decides_here:  # a new root, under the parent-based default
+        sampled = trace_id & TRACE_ID_LIMIT < _root_bound  # type: ignore[operator]
+    else:
+        context = _ROOT
+        if parent is not None:
+            context = trace.set_span_in_context(NonRecordingSpan(span_context(parent)), _ROOT)
+        result = _tracer.sampler.should_sample(  # type: ignore[union-attr]
+            context, trace_id, shape.name, shape.kind, shape.attributes, list(map(as_link, links))
+        )
+        sampled = result.decision.is_sampled()
+        state = result.trace_state if result.trace_state is not None else state
+        added = {
+            key: value
+            for key, value in (result.attributes or {}).items()
+            if key not in shape.attributes
+        }
+        if added:
+            extra = {**(extra or {}), **added}
+    flags = TraceFlags((SAMPLED if sampled else 0) | random)
+    return recorder.start(shape, trace_id, flags, state, parent, links, extra)
 
 
 def _passed_on(remote: SpanContext, traceparent: Any, tracestate: str | None) -> Passed | None:
@@ -486,8 +554,8 @@ def _sampler_keeps(trace_id: int, name: str) -> bool:
     return bool(decision.decision.is_sampled())
 
 
-def _format(span_context: SpanContext) -> str:
-    trace_id, span_id, _, flags = span_context[:4]  # its fields, in order: no properties
+def _format(context: Context) -> str:
+    trace_id, span_id, _, flags = context[:4]  # its fields, in order: no properties
     return _traceparent(trace_id, span_id, flags)
 
 
@@ -544,17 +612,19 @@ def http_server_span(
     if _tracer is None:
         return None
     return _server_span(
-        method,
+        _HTTP_METHODS.get(method) or _http_shape(method),
         None if traceparent is None else traceparent.decode("latin-1"),
         None if tracestate is None else tracestate.decode("latin-1"),
-        _HTTP_METHODS.get(method) or {"http.request.method": method},
     )
 
 
-# The attributes a request's span starts with, made once for the usual methods (a span
-# copies what it is given).
+def _http_shape(method: str) -> Shape:
+    return Shape(method, SpanKind.SERVER, {"http.request.method": method})
+
+
+# The shape a request's span starts with, made once for the usual methods.
 _HTTP_METHODS = {
-    method: {"http.request.method": method}
+    method: _http_shape(method)
     for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
 
@@ -563,15 +633,36 @@ def end_http_server_span(active: Started, route: str | None, status: int) -> Non
     if isinstance(active, Token):
         _restore(active)
         return
-    span = active.span
-    if span is not None and span.is_recording():
-        if route is not None:
-            span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
-            span.set_attribute("http.route", route)
-        span.set_attribute("http.response.status_code", status)
+    record = active if type(active) is list else active.span  # type: ignore[union-attr]
+    if record is not None and not record[END]:
+        record[SHAPE] = _ended(record[SHAPE], route, status)
         if status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-    active.end()
+            record[STATUS] = _ERROR
+    _left(active)
+
+
+def _ended(shape: Shape, route: str | None, status: int) -> Shape:
+    """What the span of a request of `shape` is, ended on `route` (its template: None for
+    none matched) with `status`; remembered, a process has a few dozen routes."""
+    key = (shape, route, status)
+    ended = _http_ended.get(key)
+    if ended is None:
+        name, attributes = shape.name, dict(shape.attributes)
+        if route is not None:
+            name = f"{name} {route}"
+            attributes["http.route"] = route
+        attributes["http.response.status_code"] = status
+        ended = Shape(name, shape.kind, attributes)
+        if len(_http_ended) >= _SHAPES_KNOWN:
+            _http_ended.clear()
+        _http_ended[key] = ended
+    return ended
+
+
+_http_ended: dict[tuple[Shape, str | None, int], Shape] = {}
+# Shapes remembered at most, for each of the kinds above and below (then forgotten all at
+# once: a process makes its spans from a few dozen).
+_SHAPES_KNOWN = 1024
 
 
 def grpc_server_span(method: str, metadata: Any) -> Started | None:
@@ -592,46 +683,63 @@ def grpc_server_span(method: str, metadata: Any) -> Started | None:
         match = _TRACEPARENT.match(traceparent)
         if match is not None and match[1] != _NO_TRACE and match[2] != _NO_SPAN:
             if match[3][1] in _SAMPLED_DIGITS:
-                name, attributes = _rpc_span_of(method, None)
                 remote = _remote(match)
-                return ActiveSpan(_start(name, remote, SpanKind.SERVER, attributes))
+                return _entered(_start(_rpc_shape(method, None), remote))
             if _parent_based:
                 return ActiveSpan(None, Passed(traceparent, None))
-    name, attributes = _rpc_span_of(method, None)
-    return _server_span(name, traceparent, tracestate, attributes)
+    return _server_span(_rpc_shape(method, None), traceparent, tracestate)
 
 
-def _rpc_span_of(method: str, target: str | None) -> tuple[str, Mapping[str, Any]]:
-    """The name and attributes of a call's span: a server's (`target` None) or a
-    client's of `target`; remembered, a process has a few dozen methods and targets."""
-    named = _rpc_spans.get((method, target))
-    if named is None:
+def _rpc_shape(method: str, target: str | None) -> Shape:
+    """The shape of a call's span: a server's (`target` None) or a client's of `target`;
+    remembered, a process has a few dozen methods and targets."""
+    shape = _rpc_shapes.get((method, target))
+    if shape is None:
         full = method.lstrip("/")
         service, _, name = full.partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        kind = SpanKind.SERVER
         if target is not None:
             attributes["server.address"] = target
-        named = _rpc_spans[method, target] = (full, attributes)
-    return named
+            kind = SpanKind.CLIENT
+        if len(_rpc_shapes) >= _SHAPES_KNOWN:
+            _rpc_shapes.clear()
+        shape = _rpc_shapes[method, target] = Shape(full, kind, attributes)
+    return shape
 
 
-_rpc_spans: dict[tuple[str, str | None], tuple[str, Mapping[str, Any]]] = {}
+_rpc_shapes: dict[tuple[str, str | None], Shape] = {}
 
 
 def end_grpc_server_span(active: Started, code: grpc.StatusCode) -> None:
     if isinstance(active, Token):
         _restore(active)
         return
-    span = active.span
-    if span is not None and span.is_recording():
-        number, server_error = _CODES[id(code)]
-        span.set_attribute("rpc.grpc.status_code", number)
-        if server_error:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-    active.end()
+    record = active if type(active) is list else active.span  # type: ignore[union-attr]
+    if record is not None and not record[END]:
+        number, server_status, _ = _CODES[id(code)]
+        record[SHAPE] = _answered(record[SHAPE], number)
+        if server_status is not None:
+            record[STATUS] = server_status
+    _left(active)
 
 
-def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) -> Span | None:
+def _answered(shape: Shape, code: int) -> Shape:
+    """What the span of a call of `shape` is, answered with status `code`; remembered."""
+    key = (shape, code)
+    answered = _rpc_answered.get(key)
+    if answered is None:
+        attributes = {**shape.attributes, "rpc.grpc.status_code": code}
+        if len(_rpc_answered) >= _SHAPES_KNOWN:
+            _rpc_answered.clear()
+        answered = _rpc_answered[key] = Shape(shape.name, shape.kind, attributes)
+    return answered
+
+
+_rpc_answered: dict[tuple[Shape, int], Shape] = {}
+
+
+def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) -> Record | None:
     """The span of one call to another service, a child of the current one; its
     context is added to `metadata`. None when tracing is off, and in an unsampled
     trace, whose context is added as it is."""
@@ -644,23 +752,21 @@ def grpc_client_span(method: str, target: str, metadata: list[tuple[str, str]]) 
     if isinstance(active, Passed):
         _inject(metadata, active.traceparent, active.tracestate)
         return None
-    name, attributes = _rpc_span_of(method, target)
+    shape = _rpc_shape(method, target)
     if isinstance(active, FanIn):
-        span = active.start(name, SpanKind.CLIENT, attributes)
+        record = active.start(shape)
     else:
         current = _context_of(active)
-        if _unsampled(current):
+        if current is not None and _unsampled(current):
             _inject(metadata, _format(current), _tracestate(current))
             return None
-        span = _start(name, current if current.is_valid else None, SpanKind.CLIENT, attributes)
-    span_context = span.get_span_context()
-    if span_context.is_valid:
-        _inject(metadata, _format(span_context), _tracestate(span_context))
-    return span
+        record = _start(shape, current)
+    _inject(metadata, _format(record), _tracestate(record))
+    return record
 
 
-def _tracestate(span_context: SpanContext) -> str | None:
-    state = span_context.trace_state
+def _tracestate(context: Context) -> str | None:
+    state = context[STATE]
     return (state.to_header() or None) if state else None
 
 
@@ -675,20 +781,21 @@ def _inject(metadata: list[tuple[str, str]], traceparent: str, tracestate: str |
         metadata.append(("tracestate", tracestate))
 
 
-def end_grpc_client_span(span: Span, code: grpc.StatusCode) -> None:
-    if span.is_recording():
-        span.set_attribute("rpc.grpc.status_code", _CODES[id(code)][0])
-        if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-    span.end()
+def end_grpc_client_span(record: Record, code: grpc.StatusCode) -> None:
+    if not record[END]:
+        number, _, client_status = _CODES[id(code)]
+        record[SHAPE] = _answered(record[SHAPE], number)
+        if client_status is not None:
+            record[STATUS] = client_status
+    end_record(record)
 
 
-def fan_in(name: str, size: int, links: Sequence[SpanContext]) -> AbstractContextManager[None]:
+def fan_in(name: str, size: int, links: Sequence[Context]) -> AbstractContextManager[None]:
     """The block does the shared work of a batch of `size` requests, among them those
     of these spans (`current_link`): where one is sampled, the spans made directly in it
     link to each sampled one, children of the first (`FanIn`). No span of its own: its
     calls and statements are the work."""
-    sampled = [link for link in links if not _unsampled(link)]
+    sampled = [link for link in links if link[FLAGS] & SAMPLED]
     if _tracer is None or not sampled:
         return _OUTSIDE
     # The batch runs in the context of the request that started it, which may be of an
@@ -700,15 +807,16 @@ _OUTSIDE = nullcontext()
 
 
 @contextmanager
-def _made_current(made: Span) -> Iterator[Span]:
-    """`made` current inside the block, and ended after it. An exception sets its
-    status to its type, not its message: that may quote what a client sent."""
+def _made_current(made: Record) -> Iterator[Span]:
+    """`made` current inside the block (as a `Span` there), and ended after it. An
+    exception sets its status to its type, not its message: that may quote what a
+    client sent."""
     active = ActiveSpan(made)
+    view = RecordSpan(made)
     try:
-        yield made
+        yield view
     except BaseException as exc:
-        if made.is_recording():
-            made.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        view.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         raise
     finally:
         active.end()
@@ -722,16 +830,18 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
     if _tracer is None or isinstance(active, _UNSAMPLED_KINDS):
         yield None
         return
+    # Copied: a span's attributes are those given at its start.
+    shape = Shape(name, SpanKind.INTERNAL, dict(attributes or {}))
     if isinstance(active, FanIn):
-        made = active.start(name, SpanKind.INTERNAL, attributes)
+        made = active.start(shape)
     else:
         parent = _context_of(active)
-        if _unsampled(parent):
+        if parent is not None and _unsampled(parent):
             yield None
             return
-        made = _start(name, parent if parent.is_valid else None, SpanKind.INTERNAL, attributes)
-    with _made_current(made):
-        yield made
+        made = _start(shape, parent)
+    with _made_current(made) as view:
+        yield view
 
 
 def instrument_engine(engine: AsyncEngine) -> None:
@@ -753,7 +863,7 @@ def instrument_engine(engine: AsyncEngine) -> None:
 
 def _statement_began(
     attributes: Mapping[str, str],
-    known: dict[str, tuple[str, Mapping[str, Any]]],
+    known: dict[str, Shape],
     _connection: Any,
     _cursor: Any,
     statement: str,
@@ -766,54 +876,56 @@ def _statement_began(
     active = _current.get()
     if isinstance(active, _UNSAMPLED_KINDS):
         return
-    if not isinstance(active, FanIn):
-        if active is None and _mirror:
-            active = trace.get_current_span()
-        if active is None or not active.is_recording():
+    parent: Context | None = None
+    if type(active) is list:
+        if not recording(active):
             return
-    named = known.get(statement)
-    if named is None:
-        named = _statement_span_of(attributes, statement)
-        if len(known) >= _STATEMENTS_KNOWN:
+        parent = active
+    elif active is None:
+        found = trace.get_current_span() if _mirror else None
+        if found is None or not found.is_recording():
+            return
+        parent = found.get_span_context()
+    shape = known.get(statement)
+    if shape is None:
+        shape = _statement_shape(attributes, statement)
+        if len(known) >= _SHAPES_KNOWN:
             known.clear()
-        known[statement] = named
-    name, span_attributes = named
+        known[statement] = shape
     if isinstance(active, FanIn):
-        context._tandem_span = active.start(name, SpanKind.CLIENT, span_attributes)
+        context._tandem_span = active.start(shape)
     else:
-        parent = active.get_span_context()
-        context._tandem_span = _start(name, parent, SpanKind.CLIENT, span_attributes)
+        context._tandem_span = _start(shape, parent)
 
 
-# Statements whose span's name and attributes an engine remembers (then forgets them all):
-# a service runs a few dozen, the same strings from SQLAlchemy's compiled cache.
-_STATEMENTS_KNOWN = 1024
-
-
-def _statement_span_of(
-    attributes: Mapping[str, str], statement: str
-) -> tuple[str, Mapping[str, Any]]:
+def _statement_shape(attributes: Mapping[str, str], statement: str) -> Shape:
+    """The shape of the spans of `statement` (an engine remembers a few dozen, the same
+    strings from SQLAlchemy's compiled cache)."""
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
     name = f"{operation} {attributes['db.namespace']}".rstrip()
-    return name, {**attributes, "db.operation.name": operation, "db.query.text": statement}
+    return Shape(
+        name,
+        SpanKind.CLIENT,
+        {**attributes, "db.operation.name": operation, "db.query.text": statement},
+    )
 
 
 def _statement_ended(
     _connection: Any, _cursor: Any, _statement: str, _parameters: Any, context: Any, _many: bool
 ) -> None:
-    span = getattr(context, "_tandem_span", None)
-    if span is not None:
-        span.end()
+    record = getattr(context, "_tandem_span", None)
+    if record is not None:
+        end_record(record)
         context._tandem_span = None
 
 
 def _statement_failed(exception_context: Any) -> None:
     context = exception_context.execution_context
-    span = getattr(context, "_tandem_span", None)
-    if span is not None:
-        # The error's type only: its text may quote the statement's parameters.
-        span.set_status(
-            Status(StatusCode.ERROR, type(exception_context.original_exception).__name__)
-        )
-        span.end()
+    record = getattr(context, "_tandem_span", None)
+    if record is not None:
+        if recording(record):
+            # The error's type only: its text may quote the statement's parameters.
+            error = type(exception_context.original_exception).__name__
+            record[STATUS] = Status(StatusCode.ERROR, error)
+        end_record(record)
         context._tandem_span = None

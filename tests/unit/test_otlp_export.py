@@ -27,7 +27,7 @@ from opentelemetry.util.types import AttributeValue
 
 from servicekit import otlp_export, telemetry
 from servicekit.batching import Batcher
-from servicekit.light_spans import LightSpan
+from servicekit.span_records import built
 from tests.support.otlp import otlp_receiver
 from tests.support.traces import recorded_spans
 
@@ -106,7 +106,8 @@ def test_the_bytes_decode_to_what_the_exporters_encoder_makes() -> None:
 
 
 async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> None:
-    """The spans servicekit.telemetry makes (light_spans) are read from their fields."""
+    """The spans servicekit.telemetry makes reach the exporter as records (span_records),
+    encoded from their fields, in one request with the SDK's spans of other code."""
 
     async def call(items: list[int]) -> list[int]:
         client = telemetry.grpc_client_span(METHOD, "users:50051", [])
@@ -115,7 +116,7 @@ async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> N
         return items
 
     batcher: Batcher[int, int] = Batcher(call, name="gateway.user_reads")
-    with recorded_spans() as recorded:
+    with recorded_spans(records=True) as recorded:
         for given in (None, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"):
             http = telemetry.http_server_span("GET", given, b"vendor=x1" if given else None)
             assert http is not None
@@ -132,16 +133,18 @@ async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> N
         # not encoded alike (True, 1 and 1.0), one that cannot be remembered (a list), a
         # link with attributes.
         for values in ({"flag": True, "n": 1}, {"flag": 1, "n": 1.0}, {"ids": [1, 2]}):
-            odd = telemetry.http_server_span("GET")
-            assert isinstance(odd, telemetry.ActiveSpan) and odd.span is not None
-            odd.span.set_attributes(values)
-            odd.span.add_link(REMOTE, {"why": "fan-in"})
-            odd.end()
-        spans = recorded.finished
-    assert {type(span) for span in spans} == {LightSpan}
+            with telemetry.span("odd", {"n": 0, "fixed": "yes"}) as odd:
+                assert odd is not None
+                odd.set_attributes(values)
+                odd.add_link(REMOTE, {"why": "fan-in"})
+        with recorded.tracer.start_as_current_span("the sdk's", kind=SpanKind.PRODUCER):
+            pass
+        sent = recorded.records
+    assert {type(span) for span in sent} == {list, ReadableSpan}
+    spans = [built(span) if isinstance(span, list) else span for span in sent]
     assert any(span.links for span in spans)
-    for _ in range(2):  # the second from the remembered attributes
-        ours = ExportTraceServiceRequest.FromString(otlp_export.encode(spans))
+    for _ in range(2):  # the second from the shapes' encodings, and remembered attributes
+        ours = ExportTraceServiceRequest.FromString(otlp_export.encode(sent))
         assert ours == encode_spans(spans)
 
 

@@ -29,12 +29,20 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from servicekit import telemetry
 from servicekit.batching import Batcher
 from servicekit.observers import UpstreamObserver
+from servicekit.span_records import span_context
 from servicekit.telemetry import TRACE_ID_LIMIT
 from tests.support.traces import recorded_spans
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
 METHOD = "/users.v1.UsersService/GetUser"
+
+
+@pytest.fixture(params=[False, True], ids=["built", "records"])
+def records(request: pytest.FixtureRequest) -> bool:
+    """Whether spans reach the processor as records (the services' exporter reads them)
+    or built into the SDK's form as they end (any other processor)."""
+    return bool(request.param)
 
 
 def traceparent(metadata: list[tuple[str, str]]) -> str:
@@ -67,11 +75,11 @@ def test_off_nothing_is_made_and_nothing_is_sent() -> None:
     assert telemetry.current_ids() is None
 
 
-def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
-    with recorded_spans() as spans:
+def test_a_clients_trace_goes_on_through_the_gateway_and_the_service(records: bool) -> None:
+    with recorded_spans(records=records) as spans:
         http = telemetry.http_server_span("GET", f"00-{TRACE}-{PARENT}-01".encode())
         assert isinstance(http, telemetry.ActiveSpan) and http.span is not None
-        assert telemetry.current_ids() == (TRACE, f"{http.span.get_span_context().span_id:016x}")
+        assert telemetry.current_ids() == (TRACE, f"{span_context(http.span).span_id:016x}")
         metadata = [("x-request-id", "r1"), ("traceparent", "00-forged-by-the-caller")]
         client = telemetry.grpc_client_span(METHOD, "users:50051", metadata)
         assert client is not None
@@ -100,8 +108,8 @@ def test_a_clients_trace_goes_on_through_the_gateway_and_the_service() -> None:
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
-def test_an_unsampled_trace_makes_no_span_but_goes_on_with_its_ids() -> None:
-    with recorded_spans() as spans:
+def test_an_unsampled_trace_makes_no_span_but_goes_on_with_its_ids(records: bool) -> None:
+    with recorded_spans(records=records) as spans:
         http = telemetry.http_server_span("GET", f"00-{TRACE}-{PARENT}-00".encode())
         assert http is not None
         assert telemetry.current_ids() == (TRACE, PARENT)
@@ -114,7 +122,9 @@ def test_an_unsampled_trace_makes_no_span_but_goes_on_with_its_ids() -> None:
         assert spans.finished == ()
 
 
-async def test_a_batchs_call_links_to_every_request_it_serves_under_the_first() -> None:
+async def test_a_batchs_call_links_to_every_request_it_serves_under_the_first(
+    records: bool,
+) -> None:
     async def run(items: list[int]) -> list[int]:
         # The batch's shared work: a call, and a step with a step of its own inside.
         metadata: list[tuple[str, str]] = []
@@ -126,7 +136,7 @@ async def test_a_batchs_call_links_to_every_request_it_serves_under_the_first() 
         return [item * 2 for item in items]
 
     batcher: Batcher[int, int] = Batcher(run, name="tests.batch")
-    with recorded_spans() as spans:
+    with recorded_spans(records=records) as spans:
 
         async def request(n: int) -> int:
             with spans.tracer.start_as_current_span(f"request {n}"):
@@ -146,14 +156,15 @@ async def test_a_batchs_call_links_to_every_request_it_serves_under_the_first() 
     assert call.attributes["tandem.batch.size"] == 3
     assert call.attributes["rpc.method"] == "GetUser"
     # Each span of the batch's work links so; what is below them is their child as ever.
-    assert step.links == call.links and step.parent == call.parent
+    assert [link.context for link in step.links] == [link.context for link in call.links]
+    assert step.parent == call.parent
     assert inner.parent is not None and inner.parent.span_id == step.context.span_id
     assert not inner.links
 
 
-async def test_each_statement_of_a_batch_links_to_the_requests_it_serves() -> None:
+async def test_each_statement_of_a_batch_links_to_the_requests_it_serves(records: bool) -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
-    with recorded_spans() as spans:
+    with recorded_spans(records=records) as spans:
         telemetry.instrument_engine(engine)
 
         async def run(items: list[int]) -> list[int]:
@@ -207,15 +218,18 @@ def test_an_upstream_outage_is_one_warning_when_it_begins_and_one_when_it_ends(
 
 
 def kept(started: telemetry.Started | None) -> bool:
-    """Whether a request's start made it a span (its trace is sampled)."""
-    return isinstance(started, telemetry.ActiveSpan) and started.span is not None
+    """Whether a request's start made it a span (its trace is sampled): its record, or
+    where the context is mirrored, an `ActiveSpan` holding one."""
+    if isinstance(started, telemetry.ActiveSpan):
+        return started.span is not None
+    return isinstance(started, list)
 
 
 @pytest.mark.parametrize("mirror", [True, False])
 def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags(
-    mirror: bool,
+    mirror: bool, records: bool
 ) -> None:
-    with recorded_spans(ALWAYS_OFF, mirror=mirror) as spans:
+    with recorded_spans(ALWAYS_OFF, mirror=mirror, records=records) as spans:
         http = telemetry.http_server_span("GET")
         assert http is not None and not kept(http)
         ids = telemetry.current_ids()
@@ -242,9 +256,9 @@ def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags(
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
-def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came() -> None:
+def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came(records: bool) -> None:
     given = f"00-{TRACE}-{PARENT}-02"  # a flag other than sampled, kept
-    with recorded_spans() as spans:
+    with recorded_spans(records=records) as spans:
         http = telemetry.http_server_span("GET", given.encode())
         assert http is not None
         metadata: list[tuple[str, str]] = []
@@ -274,9 +288,9 @@ def new_traces(count: int) -> list[tuple[int, bool]]:
 
 
 @pytest.mark.parametrize("mirror", [True, False])
-def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id(mirror: bool) -> None:
+def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id(mirror: bool, records: bool) -> None:
     ratio = TraceIdRatioBased(0.5)
-    with recorded_spans(ratio, mirror=mirror) as spans:
+    with recorded_spans(ratio, mirror=mirror, records=records) as spans:
         traces = new_traces(200)
         sampled = sum(kept for _, kept in traces)
         assert len(spans.finished) == sampled
@@ -287,7 +301,7 @@ def test_a_ratio_sampler_decides_each_new_trace_once_by_its_id(mirror: bool) -> 
     assert sampled and len(traces) - sampled
 
 
-def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id() -> None:
+def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id(records: bool) -> None:
     class EvenIds(Sampler):
         """Keeps the new traces of an even trace id."""
 
@@ -300,7 +314,7 @@ def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id() -> No
         def get_description(self) -> str:
             return "EvenIds"
 
-    with recorded_spans(EvenIds()) as spans:
+    with recorded_spans(EvenIds(), records=records) as spans:
         traces = new_traces(64)
         kept = [trace_id for trace_id, was_kept in traces if was_kept]
         assert [s.context.trace_id for s in spans.finished] == kept
@@ -309,7 +323,9 @@ def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id() -> No
     assert 0 < len(kept) < 64
 
 
-async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_trace() -> None:
+async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_trace(
+    records: bool,
+) -> None:
     sent: list[list[tuple[str, str]]] = []
 
     async def run(items: list[int]) -> list[int]:
@@ -321,7 +337,7 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
         return items
 
     batcher: Batcher[int, int] = Batcher(run, name="tests.batch")
-    with recorded_spans() as spans:
+    with recorded_spans(records=records) as spans:
 
         async def request(flags: str) -> int:
             given = f"00-{TRACE if flags == '00' else 'f' * 32}-{PARENT}-{flags}"
@@ -344,8 +360,8 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
     assert traceparent(metadata).endswith("-01")
 
 
-def test_a_span_that_an_exception_ends_says_its_type_not_its_message() -> None:
-    with recorded_spans() as spans:
+def test_a_span_that_an_exception_ends_says_its_type_not_its_message(records: bool) -> None:
+    with recorded_spans(records=records) as spans:
         http = telemetry.http_server_span("GET")
         assert http is not None
         with pytest.raises(ValueError, match="a client's secret"), telemetry.span("internal"):
