@@ -378,7 +378,7 @@ def test_a_span_that_an_exception_ends_says_its_type_not_its_message(records: bo
 
 
 def test_a_processor_added_later_sees_the_spans_made_after_and_their_start() -> None:
-    """Light spans go to the provider's processors directly: the list is read again
+    """Records go to the provider's processors directly: the list is read again
     when the provider's changes."""
     started: list[str] = []
 
