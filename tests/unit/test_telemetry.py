@@ -323,6 +323,52 @@ def test_a_root_sampler_of_another_rule_decides_each_new_trace_by_its_id(records
     assert 0 < len(kept) < 64
 
 
+def test_a_sampler_that_is_not_parent_based_is_asked_for_each_span() -> None:
+    """As the SDK's tracer would ask it: here one that samples every span, so a caller's
+    unsampled trace is recorded from this process on, with the caller's trace id, and
+    one that drops the spans of one name drops just those (their context goes on)."""
+
+    class AllBut(Sampler):
+        def should_sample(
+            self, parent_context: Any, trace_id: int, name: str, *_: Any, **__: Any
+        ) -> SamplingResult:
+            keep = name != "tests.dropped"
+            return SamplingResult(
+                Decision.RECORD_AND_SAMPLE if keep else Decision.DROP, {"tests.asked": True}
+            )
+
+        def get_description(self) -> str:
+            return "AllBut"
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=AllBut())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry._install(provider.get_tracer("tests"), parent_based=False, mirror=False)
+    try:
+        http = telemetry.http_server_span("GET", f"00-{TRACE}-{PARENT}-00".encode())
+        assert http is not None
+        with telemetry.span("tests.dropped") as dropped:
+            assert dropped is not None and not dropped.is_recording()
+            sent: list[tuple[str, str]] = []
+            client = telemetry.grpc_client_span(METHOD, "users:50051", sent)
+            assert client is not None
+            telemetry.end_grpc_client_span(client, grpc.StatusCode.OK)
+        telemetry.end_http_server_span(http, "/v1/users/{id}", 200)
+    finally:
+        telemetry.use_tracer(None)
+        provider.shutdown()
+    request, call = exporter.get_finished_spans()[::-1]
+    assert request.name == "GET /v1/users/{id}" and call.name == METHOD.lstrip("/")
+    assert f"{request.context.trace_id:032x}" == TRACE
+    assert request.parent is not None and f"{request.parent.span_id:016x}" == PARENT
+    assert request.context.trace_flags.sampled
+    # The call's parent is the dropped span: never recorded, but its ids went on.
+    assert call.parent is not None
+    assert call.parent.span_id == dropped.get_span_context().span_id
+    assert traceparent(sent).split("-")[3] == "01"
+    assert call.attributes is not None and call.attributes["tests.asked"] is True
+
+
 async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_trace(
     records: bool,
 ) -> None:
