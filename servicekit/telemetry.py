@@ -390,9 +390,9 @@ def _restore(token: Token[_Current]) -> None:
 
 
 # What a request's start returns for its end: where nothing mirrors the context, its
-# span's record (which holds the token that restores the context) or for an unsampled
-# trace begun here, the token alone (no object of ours per request, for most requests);
-# else an `ActiveSpan`.
+# span's record (which holds the token that restores the context) or in an unsampled
+# trace (a caller's, or one begun here), the token alone (no object of ours per request,
+# for most requests); else an `ActiveSpan`.
 Started: TypeAlias = "Record | ActiveSpan | Token[_Current]"
 
 
@@ -454,7 +454,7 @@ def _server_span(shape: Shape, traceparent: str | None, tracestate: str | None) 
         if remote is not None:
             passed = _passed_on(remote, traceparent, tracestate)
             if passed is not None:
-                return ActiveSpan(None, passed)
+                return ActiveSpan(None, passed) if _mirror else _current.set(passed)
         else:
             # A new trace, of a random trace id (so an unsampled one's flags say so, W3C's
             # random-trace-id flag, as the SDK's would), kept if the sampler keeps that
@@ -686,7 +686,8 @@ def grpc_server_span(method: str, metadata: Any) -> Started | None:
                 remote = _remote(match)
                 return _entered(_start(_rpc_shape(method, None), remote))
             if _parent_based:
-                return ActiveSpan(None, Passed(traceparent, None))
+                passed = Passed(traceparent, None)
+                return ActiveSpan(None, passed) if _mirror else _current.set(passed)
     return _server_span(_rpc_shape(method, None), traceparent, tracestate)
 
 

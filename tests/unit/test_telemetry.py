@@ -256,11 +256,15 @@ def test_an_unsampled_root_goes_on_to_the_service_with_its_trace_id_and_flags(
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
-def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came(records: bool) -> None:
+@pytest.mark.parametrize("mirror", [True, False])
+def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came(
+    mirror: bool, records: bool
+) -> None:
     given = f"00-{TRACE}-{PARENT}-02"  # a flag other than sampled, kept
-    with recorded_spans(records=records) as spans:
+    with recorded_spans(mirror=mirror, records=records) as spans:
         http = telemetry.http_server_span("GET", given.encode())
         assert http is not None
+        assert telemetry.current_ids() == (TRACE, PARENT)
         metadata: list[tuple[str, str]] = []
         telemetry.grpc_client_span(METHOD, "users:50051", metadata)
         assert metadata == [("traceparent", given)]
@@ -270,7 +274,9 @@ def test_a_clients_unsampled_traceparent_goes_on_exactly_as_it_came(records: boo
         telemetry.grpc_client_span(METHOD, "ai:50052", onward)
         assert onward == [("traceparent", given)]
         telemetry.end_grpc_server_span(server, grpc.StatusCode.OK)
+        assert telemetry.current_ids() == (TRACE, PARENT)
         telemetry.end_http_server_span(http, None, 200)
+        assert telemetry.current_ids() is None
         assert spans.finished == ()
 
 
