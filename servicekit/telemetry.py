@@ -34,6 +34,8 @@ statement even in unsampled traces, which together exceeded the 5% budget):
 A batch (servicekit.batching: a coalesced read, a group insert) answers many traces at
 once: its call's or statements' spans link to each request it serves (`fan_in`), in
 place of a span of the batch's own, which would cost one more span a batch.
+Each is recorded flat (servicekit.span_records: a list of its fields, its name, kind and
+fixed attributes a shape shared by its kind), not made by the SDK's tracer.
 The ai service's calls to the model provider are the anthropic SDK's own spans (model and
 token counts, never the content: ai_service.server sets that, whatever
 ANTHROPIC_OPEN_TELEMETRY_* say).
