@@ -51,7 +51,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar, Token
 from functools import partial
 from random import getrandbits
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -654,16 +654,23 @@ def _ended(shape: Shape, route: str | None, status: int) -> Shape:
             name = f"{name} {route}"
             attributes["http.route"] = route
         attributes["http.response.status_code"] = status
-        ended = Shape(name, shape.kind, attributes)
-        if len(_http_ended) >= _SHAPES_KNOWN:
-            _http_ended.clear()
-        _http_ended[key] = ended
+        ended = _remembered(_http_ended, key, Shape(name, shape.kind, attributes))
     return ended
 
 
 _http_ended: dict[tuple[Shape, str | None, int], Shape] = {}
-# Shapes remembered at most, for each of the kinds above and below (then forgotten all at
-# once: a process makes its spans from a few dozen).
+_Key = TypeVar("_Key")
+
+
+def _remembered(cache: dict[_Key, Shape], key: _Key, shape: Shape) -> Shape:
+    """`shape`, remembered in `cache` under `key`: at most `_SHAPES_KNOWN` of them, then all
+    forgotten at once (a process makes its spans from a few dozen)."""
+    if len(cache) >= _SHAPES_KNOWN:
+        cache.clear()
+    cache[key] = shape
+    return shape
+
+
 _SHAPES_KNOWN = 1024
 
 
@@ -705,9 +712,7 @@ def _rpc_shape(method: str, target: str | None) -> Shape:
         if target is not None:
             attributes["server.address"] = target
             kind = SpanKind.CLIENT
-        if len(_rpc_shapes) >= _SHAPES_KNOWN:
-            _rpc_shapes.clear()
-        shape = _rpc_shapes[method, target] = Shape(full, kind, attributes)
+        shape = _remembered(_rpc_shapes, (method, target), Shape(full, kind, attributes))
     return shape
 
 
@@ -733,9 +738,7 @@ def _answered(shape: Shape, code: int) -> Shape:
     answered = _rpc_answered.get(key)
     if answered is None:
         attributes = {**shape.attributes, "rpc.grpc.status_code": code}
-        if len(_rpc_answered) >= _SHAPES_KNOWN:
-            _rpc_answered.clear()
-        answered = _rpc_answered[key] = Shape(shape.name, shape.kind, attributes)
+        answered = _remembered(_rpc_answered, key, Shape(shape.name, shape.kind, attributes))
     return answered
 
 
@@ -891,10 +894,7 @@ def _statement_began(
         parent = found.get_span_context()
     shape = known.get(statement)
     if shape is None:
-        shape = _statement_shape(attributes, statement)
-        if len(known) >= _SHAPES_KNOWN:
-            known.clear()
-        known[statement] = shape
+        shape = _remembered(known, statement, _statement_shape(attributes, statement))
     if isinstance(active, FanIn):
         context._tandem_span = active.start(shape)
     else:
