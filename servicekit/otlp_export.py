@@ -27,6 +27,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from servicekit.span_records import (
     IS_REMOTE,
+    LINKS,
     RECORDER,
     SPAN_ID,
     Context,
@@ -81,21 +82,18 @@ def encode(spans: Sequence[ReadableSpan | Record]) -> bytes:
     # Keyed by identity: a Resource hashes by serialising its attributes to JSON, and a
     # process has one resource and a scope per tracer.
     groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    # Records come in runs of one recorder's (a process has one): its group, found once.
+    recorder: Any = None
+    of_recorder: list[bytes] = []
     for span in spans:
         if isinstance(span, list):
-            recorder = span[RECORDER]
-            resource, scope = recorder.resource, recorder.scope or None
-            encoded = _record(span)
+            if span[RECORDER] is not recorder:
+                recorder = span[RECORDER]
+                of_recorder = _group(groups, recorder.resource, recorder.scope or None)
+            of_recorder.append(_record(span))
         else:
-            resource, scope = span.resource, span.instrumentation_scope or None
-            encoded = _field(2, _span(span))
-        of_resource = groups.get(id(resource))
-        if of_resource is None:
-            of_resource = groups[id(resource)] = (resource, {})
-        of_scope = of_resource[1].get(id(scope))
-        if of_scope is None:
-            of_scope = of_resource[1][id(scope)] = (scope, [])
-        of_scope[1].append(encoded)
+            group = _group(groups, span.resource, span.instrumentation_scope or None)
+            group.append(_field(2, _span(span)))
     out = []
     for resource, by_scope in groups.values():
         body = [_field(1, _kvs(1, resource.attributes))]
@@ -108,6 +106,19 @@ def encode(spans: Sequence[ReadableSpan | Record]) -> bytes:
             body.append(_field(3, resource.schema_url.encode()))
         out.append(_field(1, b"".join(body)))
     return b"".join(out)
+
+
+def _group(
+    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]], resource: Any, scope: Any
+) -> list[bytes]:
+    """The encoded spans of `resource` and `scope` so far, in `groups`."""
+    of_resource = groups.get(id(resource))
+    if of_resource is None:
+        of_resource = groups[id(resource)] = (resource, {})
+    of_scope = of_resource[1].get(id(scope))
+    if of_scope is None:
+        of_scope = of_resource[1][id(scope)] = (scope, [])
+    return of_scope[1]
 
 
 def _scope(scope: Any) -> bytes:
@@ -155,7 +166,35 @@ def _span(span: ReadableSpan) -> bytes:
 def _record(record: Record) -> bytes:
     """A record as a whole field 2 of its ScopeSpans: its shape's name, kind and
     attributes encoded once (`Shape.encoded`), the rest packed."""
-    trace_id, span_id, _, _, state, _, shape, parent, start, end, status, extra, links, *_ = record
+    trace_id, span_id, _, _, state, _, shape, parent, start, end, status, extra, links = record[
+        : LINKS + 1
+    ]
+    encoded = shape.encoded
+    if encoded is None:
+        encoded = shape.encoded = _name_and_kind(shape.name, shape.kind) + _kvs(9, shape.attributes)
+    if not (state or extra or links or status):
+        # Most spans: nothing but their shape's attributes. Their fixed-size fields are
+        # packed at once, and their length (under 16 KiB) known before they are joined.
+        if parent is None:
+            ids, tail = _ids(trace_id, span_id), _LOCAL_TAIL
+        else:
+            ids = _pack_child_ids(
+                0x0A,
+                16,
+                trace_id >> 64,
+                trace_id & _LOW_64,
+                0x12,
+                8,
+                span_id,
+                0x22,
+                8,
+                parent[SPAN_ID],
+            )
+            tail = _REMOTE_TAIL if parent[IS_REMOTE] else _LOCAL_TAIL
+        size = len(ids) + len(encoded) + _TIMES_AND_TAIL_SIZE
+        if size < 0x4000:
+            length = _tag_and_length(0x12, size)  # field 2 of ScopeSpans
+            return b"".join((length, ids, encoded, _times(0x39, start, 0x41, end), tail))
     out = [_ids(trace_id, span_id)]
     if state:
         out.append(_trace_state(state))
@@ -165,11 +204,6 @@ def _record(record: Record) -> bytes:
         # An attribute set again: the span has its last value, where it was first set.
         out.append(_name_and_kind(shape.name, shape.kind) + _kvs(9, attributes_of(record)))
     else:
-        encoded = shape.encoded
-        if encoded is None:
-            encoded = shape.encoded = _name_and_kind(shape.name, shape.kind) + _kvs(
-                9, shape.attributes
-            )
         out.append(encoded)
         if extra:
             out.append(_kvs(9, extra))
@@ -188,6 +222,7 @@ def _ids(trace_id: int, span_id: int) -> bytes:
 
 
 _pack_ids = struct.Struct(">BBQQBBQ").pack  # the trace id big-endian, in two halves
+_pack_child_ids = struct.Struct(">BBQQBBQBBQ").pack  # and the parent's span id, field 4
 _parent_id = struct.Struct(">BBQ").pack  # field 4, with its tag and length
 _LOW_64 = (1 << 64) - 1
 _UNSET_STATUS = b"\x7a\x00"
@@ -267,6 +302,11 @@ def _link(link: Link | Context) -> bytes:
 
 _LOCAL_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+# What ends a child span with an unset status: the status, then the flags.
+_LOCAL_TAIL = _UNSET_STATUS + _LOCAL_FLAGS
+_REMOTE_TAIL = _UNSET_STATUS + _REMOTE_FLAGS
+# Both fields 7 and 8 (tags and fixed64 times), and a tail.
+_TIMES_AND_TAIL_SIZE = 18 + len(_LOCAL_TAIL)
 # A link's flags (field 6), with their tag.
 _LOCAL_LINK = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_LINK = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
@@ -334,9 +374,14 @@ _SCALARS: dict[type, Any] = {
 def _field(number: int, payload: bytes | bytearray) -> bytes:
     """A length-delimited field."""
     size = len(payload)
-    if number < 16 and size < 0x80:
-        return bytes((number << 3 | 2, size)) + payload
+    if number < 16 and size < 0x4000:
+        return _tag_and_length(number << 3 | 2, size) + payload
     return _varint(number << 3 | 2) + _varint(size) + payload
+
+
+def _tag_and_length(tag: int, size: int) -> bytes:
+    """A one-byte tag and a length under 16 KiB (a varint of one or two bytes)."""
+    return bytes((tag, size)) if size < 0x80 else bytes((tag, size & 0x7F | 0x80, size >> 7))
 
 
 def _varint(value: int) -> bytes:

@@ -104,6 +104,8 @@ _tracer: trace.Tracer | None = None
 _parent_based = True
 # What `_server_span` compares a new trace id with, when it can (`_bound_of`).
 _root_bound: int | None = None
+# Whether a new trace's sampling is that comparison (parent-based, with a bound).
+_roots_by_bound = False
 # Whether the sampler's decisions are taken here (a parent-based one whose new traces are
 # decided by `_root_bound`, and whose spans below a sampled one are all sampled): else it
 # is asked for each span (`_decided`).
@@ -202,12 +204,13 @@ def use_tracer(tracer: trace.Tracer | None, *, mirror: bool = True) -> None:
 
 def _install(tracer: trace.Tracer | None, *, parent_based: bool, mirror: bool = True) -> None:
     """`tracer`: the SDK's (its sampler, resource and processors), or None."""
-    global _tracer, _parent_based, _root_bound, _decides_here, _recorder, _mirror  # noqa: PLW0603
+    global _tracer, _parent_based, _root_bound, _roots_by_bound, _decides_here, _recorder, _mirror  # noqa: PLW0603
     _tracer = tracer
     _parent_based = parent_based
     _mirror = mirror
     sampler = getattr(tracer, "sampler", None)
     _root_bound = _bound_of(sampler)
+    _roots_by_bound = parent_based and _root_bound is not None
     _decides_here = _root_bound is not None and _keeps_sampled_children(sampler)
     _recorder = None
     if tracer is not None:
@@ -613,6 +616,14 @@ def http_server_span(
     is off."""
     if _tracer is None:
         return None
+    if traceparent is None and _roots_by_bound:
+        # Most requests: a new trace, decided as `_server_span` decides it, here in line
+        # (a call fewer: every request runs this, most of them unsampled).
+        trace_id = getrandbits(128) or 1
+        if trace_id & TRACE_ID_LIMIT >= _root_bound:  # type: ignore[operator]
+            return ActiveSpan(None, trace_id) if _mirror else _current.set(trace_id)
+        shape = _HTTP_METHODS.get(method) or _http_shape(method)
+        return _entered(_start(shape, None, trace_id=trace_id))
     return _server_span(
         _HTTP_METHODS.get(method) or _http_shape(method),
         None if traceparent is None else traceparent.decode("latin-1"),
@@ -632,8 +643,12 @@ _HTTP_METHODS = {
 
 
 def end_http_server_span(active: Started, route: str | None, status: int) -> None:
-    if isinstance(active, Token):
-        _restore(active)
+    if type(active) is Token:
+        # `_restore`, in line: most requests end here.
+        try:  # noqa: SIM105
+            _current.reset(active)
+        except ValueError:
+            pass
         return
     record = active if type(active) is list else active.span  # type: ignore[union-attr]
     if record is not None and not record[END]:

@@ -225,5 +225,13 @@ async def test_prometheus_scrapes_the_request_counters_of_every_process(tmp_path
         assert await prometheus.wait_for(analyses, 1) == 1
         upstream = 'sum(tandem_rpc_client_calls_total{job="gateway",upstream="users"})'
         assert await prometheus.wait_for(upstream, 3) >= 3
+        # What explains the system: the reads per coalesced call (one batch at least for
+        # the three reads of /v1/users/me), and the users service's database checkouts.
+        batches = 'sum(tandem_batch_size_count{job="gateway",batch="gateway.user_reads"})'
+        assert await prometheus.wait_for(batches, 1) >= 1
+        reads = 'sum(tandem_batch_size_sum{job="gateway",batch="gateway.user_reads"})'
+        assert await prometheus.wait_for(reads, 3) >= 3
+        checkouts = 'sum(tandem_db_pool_wait_seconds_count{job="users"})'
+        assert await prometheus.wait_for(checkouts, 3) >= 3
         for job in PROCESSES:
             assert await prometheus.wait_for(f'up{{job="{job}"}}', 1) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import grpc
 import pytest
@@ -116,19 +117,28 @@ async def test_tandems_own_spans_encode_as_the_exporters_encoder_has_them() -> N
         return items
 
     batcher: Batcher[int, int] = Batcher(call, name="gateway.user_reads")
+    given_parents = (None, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    # Ended with and without a status (records without one are packed otherwise); a
+    # statement whose span is under 128 bytes, and one over 16 KiB.
+    endings = ((grpc.StatusCode.INTERNAL, 503), (grpc.StatusCode.OK, 200))
+    statements = ("SELECT 1", "", "SELECT " + "x, " * 6000 + "1")
     with recorded_spans(records=True) as recorded:
-        for given in (None, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"):
-            http = telemetry.http_server_span("GET", given, b"vendor=x1" if given else None)
+        for given, (code, status), statement in itertools.product(
+            given_parents, endings, statements
+        ):
+            state = b"vendor=x1" if given and code is not grpc.StatusCode.OK else None
+            http = telemetry.http_server_span("GET", given, state)
             assert http is not None
             await asyncio.gather(batcher.submit(1), batcher.submit(2))
             server = telemetry.grpc_server_span(
                 METHOD, [("traceparent", given.decode())] if given else ()
             )
             assert server is not None
-            with telemetry.span("SELECT tandem", {"db.query.text": "SELECT 1", "n": 2**40}):
+            attributes = {"db.query.text": statement, "n": 2**40} if statement else {}
+            with telemetry.span("S" if not statement else "SELECT tandem", attributes):
                 pass
-            telemetry.end_grpc_server_span(server, grpc.StatusCode.INTERNAL)
-            telemetry.end_http_server_span(http, "/v1/users/{id}", 503)
+            telemetry.end_grpc_server_span(server, code)
+            telemetry.end_http_server_span(http, "/v1/users/{id}", status)
         # What other code may set on a current span of ours: values equal to others but
         # not encoded alike (True, 1 and 1.0), one that cannot be remembered (a list), a
         # link with attributes.
