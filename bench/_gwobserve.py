@@ -20,9 +20,12 @@ second, in an order rotated each turn, and a variant's figure is the median over
 turns of all rounds of its slice's req/s over off's slice in the same turn, with that
 median's 95% bootstrap interval. Three identical "off" paths measured so differ by about
 0.17 (sd) a turn, at random from turn to turn, so a few hundred turns are needed to tell
-a 3% cost from a 6% one. A process's speed also varies from one start to the next:
-fresh processes each round average that out. Twice the main rounds' count, of twice
---duration turns each.
+a 3% cost from a 6% one. A process's speed also varies from one start to the next (where
+its strings land in dicts, which the hash seed decides, is part of that): fresh processes
+each round average that out, and a round's three paths share one hash seed
+(PYTHONHASHSEED, a new one each round), so that what it does to their speed is common
+to the ratios taken in that round. Twice the main rounds' count, of twice --duration
+turns each.
 """
 
 from __future__ import annotations
@@ -183,10 +186,18 @@ async def measure(
     async with otlp_sink() as (endpoint, spans):
         for n in range(rounds):
             async with AsyncExitStack() as running:
-                log(f"observability round {n + 1}/{rounds}: starting a path per variant")
+                # One hash seed for the round's three paths, another each round: see
+                # the module's docstring.
+                seed = {"PYTHONHASHSEED": str(_seeds.randrange(1, 1 << 32))}
+                log(
+                    f"observability round {n + 1}/{rounds}: starting a path per variant "
+                    f"(PYTHONHASHSEED={seed['PYTHONHASHSEED']})"
+                )
                 started = await asyncio.gather(
                     *(
-                        running.enter_async_context(other_path(variant_env(v, endpoint, new_port)))
+                        running.enter_async_context(
+                            other_path(variant_env(v, endpoint, new_port) | seed)
+                        )
                         for v in VARIANTS
                     )
                 )
@@ -215,6 +226,9 @@ async def measure(
             # Stopped, each process has flushed what it had not exported yet.
     by_service = spans.by_service if sent else {}
     return phases, {name: count / sent for name, count in by_service.items()}
+
+
+_seeds = random.SystemRandom()
 
 
 def _rotated(n: int) -> tuple[str, ...]:
