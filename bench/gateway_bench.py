@@ -275,14 +275,14 @@ async def _observability(run: Run) -> tuple[list[_gwobserve.ObservedRound], dict
     stack = run.stack
     assert stack is not None
     config = run.config
-    # Twice the rounds, each of twice --duration turns (see bench/_gwobserve.py).
+    # Four times the rounds, each of --duration turns (see bench/_gwobserve.py).
     return await _gwobserve.measure(
         stack.other_path,
         run.load_path,
         stack.new_port,
-        rounds=2 * config.rounds,
+        rounds=4 * config.rounds,
         warmup=config.warmup,
-        turns=2 * config.duration,
+        turns=config.duration,
         log=log,
     )
 
