@@ -302,7 +302,8 @@ def _link(link: Link | Context) -> bytes:
 
 _LOCAL_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-# What ends a child span with an unset status: the status, then the flags.
+# What ends a span with an unset status: the status, then the flags (its parent remote or
+# not; a root's say not).
 _LOCAL_TAIL = _UNSET_STATUS + _LOCAL_FLAGS
 _REMOTE_TAIL = _UNSET_STATUS + _REMOTE_FLAGS
 # Both fields 7 and 8 (tags and fixed64 times), and a tail.
