@@ -43,17 +43,17 @@ class HistogramCell:
     """One label combination's observations: a count per bucket (not cumulative; the
     last is +Inf's) and their sum."""
 
-    __slots__ = ("bounds", "counts", "created", "sum")
+    __slots__ = ("_bounds", "counts", "created", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
+        self._bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.created = time.time()
 
     def observe(self, amount: float) -> None:
         # The first bound at or above `amount`: Prometheus' buckets count `le` (<=).
-        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.counts[bisect_left(self._bounds, amount)] += 1
         self.sum += amount
 
 

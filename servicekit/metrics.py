@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -203,11 +202,8 @@ class CallMetrics:
         counter = self._codes.get(id(code))
         if counter is None:
             counter = self._codes[id(code)] = self._calls.labels(*self._labels, code.name)
-        # The cells' own `inc` and `observe`, in line: every call runs this.
-        counter.value += 1.0
-        durations = self._stream if stream else self._duration
-        durations.counts[bisect_left(durations.bounds, seconds)] += 1
-        durations.sum += seconds
+        counter.inc()
+        (self._stream if stream else self._duration).observe(seconds)
 
 
 class _Union(Collector):

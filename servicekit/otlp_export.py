@@ -165,45 +165,27 @@ def _span(span: ReadableSpan) -> bytes:
 
 def _record(record: Record) -> bytes:
     """A record as a whole field 2 of its ScopeSpans: its shape's name, kind and
-    attributes encoded once (`Shape.encoded`), the rest packed."""
+    attributes encoded once (`Shape.encoded`), the rest packed (its ids and its parent's
+    in one pack)."""
     trace_id, span_id, _, _, state, _, shape, parent, start, end, status, extra, links = record[
         : LINKS + 1
     ]
-    encoded = shape.encoded
-    if encoded is None:
-        encoded = shape.encoded = _name_and_kind(shape.name, shape.kind) + _kvs(9, shape.attributes)
-    if not (state or extra or links or status):
-        # Most spans: nothing but their shape's attributes. Their fixed-size fields are
-        # packed at once, and their length (under 16 KiB) known before they are joined.
-        if parent is None:
-            ids, tail = _ids(trace_id, span_id), _LOCAL_TAIL
-        else:
-            ids = _pack_child_ids(
-                0x0A,
-                16,
-                trace_id >> 64,
-                trace_id & _LOW_64,
-                0x12,
-                8,
-                span_id,
-                0x22,
-                8,
-                parent[SPAN_ID],
-            )
-            tail = _REMOTE_TAIL if parent[IS_REMOTE] else _LOCAL_TAIL
-        size = len(ids) + len(encoded) + _TIMES_AND_TAIL_SIZE
-        if size < 0x4000:
-            length = _tag_and_length(0x12, size)  # field 2 of ScopeSpans
-            return b"".join((length, ids, encoded, _times(0x39, start, 0x41, end), tail))
-    out = [_ids(trace_id, span_id)]
+    if parent is None:
+        out = [_ids(trace_id, span_id)]
+    else:
+        high, low = trace_id >> 64, trace_id & _LOW_64
+        out = [_pack_child_ids(0x0A, 16, high, low, 0x12, 8, span_id, 0x22, 8, parent[SPAN_ID])]
     if state:
         out.append(_trace_state(state))
-    if parent is not None:
-        out.append(_parent_id(0x22, 8, parent[SPAN_ID]))
     if extra and not extra.keys().isdisjoint(shape.attributes):
         # An attribute set again: the span has its last value, where it was first set.
         out.append(_name_and_kind(shape.name, shape.kind) + _kvs(9, attributes_of(record)))
     else:
+        encoded = shape.encoded
+        if encoded is None:
+            encoded = shape.encoded = _name_and_kind(shape.name, shape.kind) + _kvs(
+                9, shape.attributes
+            )
         out.append(encoded)
         if extra:
             out.append(_kvs(9, extra))
@@ -302,12 +284,6 @@ def _link(link: Link | Context) -> bytes:
 
 _LOCAL_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_FLAGS = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-# What ends a span with an unset status: the status, then the flags (its parent remote or
-# not; a root's say not).
-_LOCAL_TAIL = _UNSET_STATUS + _LOCAL_FLAGS
-_REMOTE_TAIL = _UNSET_STATUS + _REMOTE_FLAGS
-# Both fields 7 and 8 (tags and fixed64 times), and a tail.
-_TIMES_AND_TAIL_SIZE = 18 + len(_LOCAL_TAIL)
 # A link's flags (field 6), with their tag.
 _LOCAL_LINK = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE)
 _REMOTE_LINK = b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
@@ -375,14 +351,11 @@ _SCALARS: dict[type, Any] = {
 def _field(number: int, payload: bytes | bytearray) -> bytes:
     """A length-delimited field."""
     size = len(payload)
-    if number < 16 and size < 0x4000:
-        return _tag_and_length(number << 3 | 2, size) + payload
+    if number < 16 and size < 0x4000:  # a one-byte tag, a length of one or two bytes
+        tag = number << 3 | 2
+        prefix = bytes((tag, size)) if size < 0x80 else bytes((tag, size & 0x7F | 0x80, size >> 7))
+        return prefix + payload
     return _varint(number << 3 | 2) + _varint(size) + payload
-
-
-def _tag_and_length(tag: int, size: int) -> bytes:
-    """A one-byte tag and a length under 16 KiB (a varint of one or two bytes)."""
-    return bytes((tag, size)) if size < 0x80 else bytes((tag, size & 0x7F | 0x80, size >> 7))
 
 
 def _varint(value: int) -> bytes:
