@@ -20,14 +20,16 @@ second, in an order rotated each turn, and a variant's figure is the median over
 turns of all rounds of its slice's req/s over off's slice in the same turn, with that
 median's 95% bootstrap interval. Three identical "off" paths measured so differ by about
 0.17 (sd) a turn, at random from turn to turn, so a few hundred turns are needed to tell
-a 3% cost from a 6% one. A process's speed also varies from one start to the next (where
-its strings land in dicts, which the hash seed decides, is part of that): fresh processes
-each round average that out, and a round's three paths share one hash seed
-(PYTHONHASHSEED, a new one each round), so that what it does to their speed is common
-to the ratios taken in that round. How much a process's speed varies so outweighs the
-turns' noise (one round's ratio of the traced path to off, over 20 turns, ranged from 0.91
-to 1.01), so the turns are spread over many processes: four times the main rounds' count
-of rounds, of --duration turns each.
+a 3% cost from a 6% one. A process's speed also varies from one start to the next:
+where its strings land in dicts (the hash seed decides) and where its stack and objects
+land in memory. A round's three paths share one hash seed (PYTHONHASHSEED, a new one each
+round), so that what it does to their speed is common to the ratios taken in that round;
+each process gets a memory layout drawn at random (bench/_layout.py), since anything else
+that differs between two paths, their imports or environment, moves where everything
+lands, and that alone moved a path's req/s by 2%. How much a process's speed varies so
+outweighs the turns' noise (one round's ratio of the traced path to off, over 20 turns,
+ranged from 0.91 to 1.01), so the turns are spread over many processes: four times the
+main rounds' count of rounds, of --duration turns each.
 """
 
 from __future__ import annotations
