@@ -235,52 +235,47 @@ class Stack:
         if self._tls is None:
             self._tls = transport_settings(self.transport, self.workdir)
         users_tls, gateway_tls, credentials = self._tls
+        users_env = {
+            "USERS_DATABASE_URL": self.database_url,
+            "USERS_ADDR": users_address,
+            "USERS_ACCESS_LOG": "false",
+            "USERS_LOG_LEVEL": "WARNING",
+            "USERS_PAGE_TOKEN_SECRET": secrets.token_urlsafe(32),
+            "USERS_TOKEN_SIGNING_KEY_FILE": str(self.signing_key_file),
+            "USERS_TOKEN_ISSUER": TOKEN_ISSUER,
+            "USERS_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
+            # The run's one token must outlive it: at the default 15 minutes it
+            # expired during the observability rounds (every request then a 401).
+            "USERS_ACCESS_TOKEN_TTL_SECONDS": str(TOKEN_MAX_LIFETIME_SECONDS),
+            **users_tls,
+            **{k: v for k, v in extra.items() if not k.startswith("GATEWAY_")},
+        }
+        gateway_env = {
+            "GATEWAY_ADDR": f"127.0.0.1:{gateway_port}",
+            "GATEWAY_HEALTH_ADDR": f"127.0.0.1:{health_port}",
+            "GATEWAY_USERS_TARGET": users_address,
+            "GATEWAY_AI_TARGET": f"127.0.0.1:{ai_port}",
+            "GATEWAY_TOKEN_ISSUER": TOKEN_ISSUER,
+            "GATEWAY_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
+            "GATEWAY_ACCESS_LOG": "false",
+            # No line per request (no access log); INFO for the one at exit
+            # that says how well account reads coalesced.
+            "GATEWAY_LOG_LEVEL": "INFO",
+            **self._account,
+            **gateway_tls,
+            **self.gateway_env,
+            **{k: v for k, v in extra.items() if not k.startswith("USERS_")},
+        }
+        # Each with a memory layout of its own, drawn at random (bench/_layout.py).
         users = Child(
             _layout.command("users_service"),
-            _layout.padded_env(
-                child_env(
-                    {
-                        "USERS_DATABASE_URL": self.database_url,
-                        "USERS_ADDR": users_address,
-                        "USERS_ACCESS_LOG": "false",
-                        "USERS_LOG_LEVEL": "WARNING",
-                        "USERS_PAGE_TOKEN_SECRET": secrets.token_urlsafe(32),
-                        "USERS_TOKEN_SIGNING_KEY_FILE": str(self.signing_key_file),
-                        "USERS_TOKEN_ISSUER": TOKEN_ISSUER,
-                        "USERS_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
-                        # The run's one token must outlive it: at the default 15 minutes it
-                        # expired during the observability rounds (every request then a 401).
-                        "USERS_ACCESS_TOKEN_TTL_SECONDS": str(TOKEN_MAX_LIFETIME_SECONDS),
-                        **users_tls,
-                        **{k: v for k, v in extra.items() if not k.startswith("GATEWAY_")},
-                    }
-                )
-            ),
+            _layout.padded_env(child_env(users_env)),
             str(_procs.ROOT),
             name="users service",
         )
         gateway = Child(
             _layout.command("gateway"),
-            _layout.padded_env(
-                child_env(
-                    {
-                        "GATEWAY_ADDR": f"127.0.0.1:{gateway_port}",
-                        "GATEWAY_HEALTH_ADDR": f"127.0.0.1:{health_port}",
-                        "GATEWAY_USERS_TARGET": users_address,
-                        "GATEWAY_AI_TARGET": f"127.0.0.1:{ai_port}",
-                        "GATEWAY_TOKEN_ISSUER": TOKEN_ISSUER,
-                        "GATEWAY_TOKEN_AUDIENCE": TOKEN_AUDIENCE,
-                        "GATEWAY_ACCESS_LOG": "false",
-                        # No line per request (no access log); INFO for the one at exit
-                        # that says how well account reads coalesced.
-                        "GATEWAY_LOG_LEVEL": "INFO",
-                        **self._account,
-                        **gateway_tls,
-                        **self.gateway_env,
-                        **{k: v for k, v in extra.items() if not k.startswith("USERS_")},
-                    }
-                )
-            ),
+            _layout.padded_env(child_env(gateway_env)),
             str(_procs.ROOT),
             name="gateway",
         )

@@ -1,5 +1,5 @@
 """Runs a module as `python -m` would, with its memory laid out at random:
-`python bench/_layout.py MODULE [ARGS...]`.
+`python bench/_layout.py MODULE`.
 
 Where a process's stack and objects land decides which of them share cache sets, and the
 same code laid out differently runs at a different speed. Any difference between two
@@ -23,7 +23,7 @@ import os
 import random
 import runpy
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 LAUNCHER = str(Path(__file__).resolve())
@@ -35,9 +35,9 @@ MAX_KEPT = 4096
 _random = random.SystemRandom()
 
 
-def command(module: str, args: Sequence[str] = ()) -> list[str]:
+def command(module: str) -> list[str]:
     """The command that runs `module` (as `python -m`) with a random layout."""
-    return [sys.executable, LAUNCHER, module, *args]
+    return [sys.executable, LAUNCHER, module]
 
 
 def padded_env(env: Mapping[str, str]) -> dict[str, str]:
