@@ -16,9 +16,10 @@ A variant's cost is its req/s over off's, taken turn by turn. This machine's spe
 by up to 2x between half-seconds with nothing else busy (a pure Python loop, timed in CPU
 time): phases minutes apart, or a round's seconds apart, measure that, not the variants.
 So each round is made of turns: in a turn every variant is loaded for a slice of one
-second, in an order rotated each turn, and a variant's figure is the median over all
-turns of all rounds of its slice's req/s over off's slice in the same turn, with that
-median's 95% bootstrap interval. Three identical "off" paths measured so differ by about
+second, in an order rotated each turn, and a variant's figure is the geometric mean over
+all turns of all rounds of its slice's req/s over off's slice in the same turn, with a 95%
+interval from a bootstrap of rounds and their turns (bench/_turns.py says why not the
+median turn, which is reported beside it). Three identical "off" paths measured so differ by about
 0.17 (sd) a turn, at random from turn to turn, so a few hundred turns are needed to tell
 a 3% cost from a 6% one. A process's speed also varies from one start to the next:
 where its strings land in dicts (the hash seed decides) and where its stack and objects
@@ -45,6 +46,7 @@ from typing import Any, Protocol, TypedDict
 
 import _gwload
 import _report
+import _turns
 import grpc
 from _gwstack import GatewayPath
 from _report import Target, fmt, target
@@ -88,10 +90,12 @@ class AddedCost(TypedDict):
 class Observability(TypedDict):
     phases: list[ObservedRound]
     medians: dict[str, ObservedRound]
-    # Each variant's req/s over off's: the median over all turns of all rounds of its
-    # slice's over off's slice in the same turn, and that median's 95% bootstrap interval.
+    # Each variant's req/s over off's: the geometric mean over all turns of all rounds of
+    # its slice's over off's slice in the same turn, and its 95% interval (bench/_turns.py);
+    # and the median turn's ratio, for comparison.
     rps_vs_off: dict[str, float | None]
     rps_interval: dict[str, tuple[float, float] | None]
+    rps_median_turn: dict[str, float | None]
     turns: int
     # Serving CPU per request each variant adds to off's (µs).
     us_added: dict[str, float | None]
@@ -289,7 +293,7 @@ def summarise(
     }
     rounds = _by_round(phases)
     by_turn = {v: _turn_ratios(rounds, v) for v in VARIANTS}
-    rps = {v: _report.median_known(ratios) for v, ratios in by_turn.items()}
+    rps = {v: _turns.geometric_mean(ratios) for v, ratios in by_turn.items()}
     added = {
         v: _report.median_known(
             [_minus(r[v]["serving_us"], r["off"]["serving_us"]) for r in rounds]
@@ -314,8 +318,12 @@ def summarise(
         "phases": list(phases),
         "medians": medians,
         "rps_vs_off": rps,
-        "rps_interval": {v: _interval(ratios) for v, ratios in by_turn.items()},
-        "turns": len(by_turn["off"]),
+        "rps_interval": {v: _turns.interval(ratios) for v, ratios in by_turn.items()},
+        "rps_median_turn": {
+            v: _report.median_known(r for turns in ratios for r in turns)
+            for v, ratios in by_turn.items()
+        },
+        "turns": sum(map(len, by_turn["off"])),
         "us_added": added,
         "us_added_by_process": by_process,
         "metrics_vs_monolith": with_metrics,
@@ -349,26 +357,11 @@ def _by_round(phases: Sequence[ObservedRound]) -> list[dict[str, ObservedRound]]
     return [r for r in rounds.values() if len(r) == len(VARIANTS)]
 
 
-def _turn_ratios(rounds: Sequence[dict[str, ObservedRound]], variant: str) -> list[float]:
-    """`variant`'s req/s over off's in each turn of each round."""
-    return [
-        mine / off
-        for r in rounds
-        for mine, off in zip(r[variant]["turns_rps"], r["off"]["turns_rps"], strict=True)
-        if off
-    ]
-
-
-def _interval(ratios: Sequence[float], resamples: int = 2000) -> tuple[float, float] | None:
-    """The 95% bootstrap interval of the median of `ratios` (the turns resampled with a
-    fixed seed: the same turns give the same interval)."""
-    if len(ratios) < 2:
-        return None
-    rng = random.Random(0)
-    medians = sorted(
-        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
+def _turn_ratios(rounds: Sequence[dict[str, ObservedRound]], variant: str) -> list[list[float]]:
+    """`variant`'s req/s over off's in each turn, by round."""
+    return _turns.ratios_by_round(
+        [r[variant]["turns_rps"] for r in rounds], [r["off"]["turns_rps"] for r in rounds]
     )
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def render(observed: Observability | None) -> list[str]:
@@ -378,7 +371,7 @@ def render(observed: Observability | None) -> list[str]:
         "",
         "What observability costs (issue 13): a gateway path per variant, loaded in turns",
         "  of one second each with the same load. vs off: req/s over off's in the same round",
-        "  (the median rows: the median over all turns of the turn's ratio); +µs/req: serving",
+        "  (the median rows: the turns' geometric mean of the turn's ratio); +µs/req: serving",
         "  CPU (gateway + users) per request over off's (the median rows: over the rounds).",
         f"  {'':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'µs/req':>8}{'vs off':>8}"
         f"{'+µs/req':>9}{'load':>6}",
@@ -397,7 +390,8 @@ def render(observed: Observability | None) -> list[str]:
         if interval is not None:
             out.append(
                 f"  {variant} req/s / off's: {fmt(observed['rps_vs_off'][variant])}, 95% "
-                f"interval {interval[0]:.3f}-{interval[1]:.3f} ({observed['turns']} turns)"
+                f"interval {interval[0]:.3f}-{interval[1]:.3f} ({observed['turns']} turns; "
+                f"the median turn {fmt(observed['rps_median_turn'][variant])})"
             )
     for variant in VARIANTS[1:]:
         each = observed["us_added_by_process"][variant]
