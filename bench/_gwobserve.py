@@ -393,6 +393,12 @@ def render(observed: Observability | None) -> list[str]:
                 f"interval {interval[0]:.3f}-{interval[1]:.3f} ({observed['turns']} turns; "
                 f"the median turn {fmt(observed['rps_median_turn'][variant])})"
             )
+            if interval[0] < 1 - MAX_LOSS <= interval[1]:
+                # A figure over the bound whose interval is not: the next run may not be.
+                out.append(
+                    f"    its interval reaches both sides of {1 - MAX_LOSS:.2f}: this run "
+                    "cannot tell whether it is within the bound"
+                )
     for variant in VARIANTS[1:]:
         each = observed["us_added_by_process"][variant]
         out.append(
