@@ -10,7 +10,6 @@ on every request, and these run on every request. For the same reason every one 
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from gateway.settings import GatewaySettings
 from gateway.upstream_errors import UpstreamError
 from gateway.upstreams import AiStub, OperationsStub, Upstream, Upstreams, UsersStub
 from servicekit.callers import live_owner
+from servicekit.errors import retry_seconds
 from servicekit.liveness import Liveness, Lookup
 from servicekit.tokens import AccessClaims, KeysUnavailable, TokenRejected, TokenVerifier
 
@@ -103,12 +103,12 @@ async def verified_claims(runtime: Runtime, token: str) -> AccessClaims:
     except TokenRejected as exc:
         raise unauthorized(exc.message, reason=exc.reason) from None
     except KeysUnavailable as exc:
-        # Retry-After: when the key set may fetch again (whole seconds, rounded up).
+        # Retry-After: when the key set may fetch again.
         raise ProblemError(
             503,
             "the users service's signing keys are unavailable; retry shortly",
             reason="SIGNING_KEYS_UNAVAILABLE",
-            headers={"Retry-After": str(math.ceil(exc.retry_after))},
+            headers={"Retry-After": str(retry_seconds(exc.retry_after))},
         ) from None
 
 

@@ -28,7 +28,6 @@ for each.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import Callable, MutableMapping
@@ -38,6 +37,7 @@ import grpc
 
 from gateway.edge import IN_FLIGHT
 from gateway.upstream_errors import UpstreamError
+from servicekit.errors import retry_seconds
 from tandem_client import CLIENT_ADDRESS_KEY
 
 Metadata = tuple[tuple[str, str], ...]
@@ -86,7 +86,7 @@ class Refusals:
             if until <= now:
                 del self._until[key]
                 continue
-            seconds = math.ceil(until - now)
+            seconds = retry_seconds(until - now)
             return UpstreamError(
                 429,
                 f"too many attempts from this client; retry in {seconds} s",

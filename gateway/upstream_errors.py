@@ -8,12 +8,12 @@ fields under their REST names, and `Retry-After` where a retry may succeed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import grpc
 
 from gateway.problems import HTTP_STATUS_BY_GRPC_CODE, ProblemError, field_detail
+from servicekit.errors import retry_seconds
 from servicekit.idempotency import KEY_REUSED
 from tandem_client import RpcError
 
@@ -59,7 +59,7 @@ def rpc_problem(error: RpcError, upstream: str) -> UpstreamError:
     code = error.code
     headers = {}
     if code in _RETRYABLE and error.retry_after is not None:
-        headers["Retry-After"] = str(math.ceil(error.retry_after))
+        headers["Retry-After"] = str(retry_seconds(error.retry_after))
     elif code is grpc.StatusCode.CANCELLED:
         headers["Retry-After"] = "1"
     errors = [(rest_field(v.field), v.description) for v in error.violations]

@@ -203,7 +203,7 @@ class _Retryable(ServiceError):
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         if self.retry_after is None:
             return ()
-        return (("retry-after", str(max(0, math.ceil(self.retry_after)))),)
+        return (("retry-after", str(retry_seconds(self.retry_after))),)
 
 
 class ResourceExhausted(_Retryable):
@@ -219,6 +219,12 @@ class Unavailable(_Retryable):
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_reason = "DEADLINE_EXCEEDED"
+
+
+def retry_seconds(delay: float) -> int:
+    """A retry delay as clients are told it (`Retry-After`, "retry in N s"): whole seconds,
+    rounded up so that a client waiting that long is not early, and never below zero."""
+    return max(0, math.ceil(delay))
 
 
 def empty_text(raw: str) -> str:

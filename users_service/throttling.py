@@ -63,11 +63,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from servicekit.errors import ResourceExhausted, Unavailable
+from servicekit.errors import ResourceExhausted, Unavailable, retry_seconds
 from servicekit.throttle import ACCOUNT_ADDRESS, ADDRESS, SCOPE, Limit, Throttle, Usage
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -206,7 +205,7 @@ class Throttling:
         if held >= self.rules.in_progress_per_address:
             raise ResourceExhausted(
                 "too many logins from this address are in progress; retry in "
-                f"{math.ceil(IN_PROGRESS_RETRY_SECONDS)} s",
+                f"{retry_seconds(IN_PROGRESS_RETRY_SECONDS)} s",
                 reason="TOO_MANY_LOGINS_IN_PROGRESS",
                 retry_after=IN_PROGRESS_RETRY_SECONDS,
                 metadata={SCOPE: ADDRESS},
@@ -277,7 +276,7 @@ def _refuse_if_used_up(usages: tuple[Usage, ...], *, reason: str, what: str, sco
             retry_after=retry_after,
         )
     raise ResourceExhausted(
-        f"{what}; retry in {math.ceil(retry_after)} s",
+        f"{what}; retry in {retry_seconds(retry_after)} s",
         reason=reason,
         retry_after=retry_after,
         metadata={SCOPE: scope},

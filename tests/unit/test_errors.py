@@ -50,5 +50,17 @@ def test_retryable_errors_carry_retry_info_and_retry_after() -> None:
     assert errors.Unavailable("down").trailing_metadata() == ()
 
 
+@pytest.mark.parametrize(
+    ("delay", "told"), [(2.5, 3), (2.0, 2), (0.001, 1), (0.0, 0), (-0.4, 0), (-3.0, 0)]
+)
+def test_a_retry_delay_is_told_in_whole_seconds_never_early_never_negative(
+    delay: float, told: int
+) -> None:
+    assert errors.retry_seconds(delay) == told
+    assert errors.Unavailable("down", retry_after=delay).trailing_metadata() == (
+        ("retry-after", str(told)),
+    )
+
+
 def test_no_status_has_no_violations() -> None:
     assert client_errors.field_violations(None) == ()
