@@ -19,10 +19,10 @@ So each round is made of turns: in a turn every variant is loaded for a slice of
 second, in an order rotated each turn, and a variant's figure is the geometric mean over
 all turns of all rounds of its slice's req/s over off's slice in the same turn, with a 95%
 interval from a bootstrap of rounds and their turns (bench/_turns.py says why not the
-median turn, which is reported beside it). Three identical "off" paths measured so differ by about
-0.17 (sd) a turn, at random from turn to turn, so a few hundred turns are needed to tell
-a 3% cost from a 6% one. A process's speed also varies from one start to the next:
-where its strings land in dicts (the hash seed decides) and where its stack and objects
+median turn, which is reported beside it). Three identical "off" paths measured so differ
+by about 0.17 (sd) a turn, at random from turn to turn, so a few hundred turns are needed
+to tell a 3% cost from a 6% one. A process's speed also varies from one start to the
+next: where its strings land in dicts (the hash seed decides) and where its stack and objects
 land in memory. A round's three paths share one hash seed (PYTHONHASHSEED, a new one each
 round), so that what it does to their speed is common to the ratios taken in that round;
 each process gets a memory layout drawn at random (bench/_layout.py), since anything else
@@ -394,7 +394,7 @@ def render(observed: Observability | None) -> list[str]:
                 f"the median turn {fmt(observed['rps_median_turn'][variant])})"
             )
             if interval[0] < 1 - MAX_LOSS <= interval[1]:
-                # A figure over the bound whose interval is not: the next run may not be.
+                # Whichever side the figure fell on, another run may fall on the other.
                 out.append(
                     f"    its interval reaches both sides of {1 - MAX_LOSS:.2f}: this run "
                     "cannot tell whether it is within the bound"
