@@ -19,7 +19,9 @@ module in any process, tracing on or off.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -305,10 +307,45 @@ class RecordSpan(Span):
 def _ending(processor: Any, batching: type) -> Any:
     """What takes an ended record to `processor` alone, when it reads records as they
     are: the SDK's batching processor (`batching`) whose exporter does (`reads_records`),
-    through its queue's `emit` (its `on_end` first asks whether the span is sampled,
-    through three properties: ours always are). None for any other."""
+    straight into its queue (`_enqueue`). None for any other."""
     if type(processor) is not batching:
         return None
     if not getattr(getattr(processor, "span_exporter", None), "reads_records", False):
         return None
-    return getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    batch = getattr(processor, "_batch_processor", None)
+    queue = getattr(batch, "_queue", None)
+    if type(queue) is not deque or queue.maxlen is None:
+        return getattr(batch, "emit", None)
+    return _enqueue(batch, queue, batch._max_export_batch_size)  # type: ignore[union-attr]
+
+
+def _enqueue(batch: Any, queue: deque[Any], threshold: int) -> Callable[[Record], None]:
+    """What puts a record in `batch`'s `queue` (the SDK's `BatchProcessor`'s, from which its
+    thread exports) as its `emit` would, but for what an ending span need not pay there:
+    a record is sampled already (its `on_end` asks through three properties), and `emit`
+    asks the process's id (a system call) on every span to notice a fork, which the
+    processor's own after-fork hook handles (it clears this same queue). Spans make up
+    their cost mostly in cache misses (they are rare: one request in ten, one coalesced
+    call's), so the fewer objects touched, the better."""
+
+    def enqueue(record: Record) -> None:
+        if len(queue) >= threshold:
+            _crowded(batch, queue)
+        queue.appendleft(record)
+
+    return enqueue
+
+
+def _crowded(batch: Any, queue: deque[Any]) -> None:
+    """A batch is ready (or more): the processor's thread is woken, as `emit` would wake
+    it; a full queue drops its oldest span with the processor's warning and count."""
+    if len(queue) == queue.maxlen:
+        _sdk_log.warning("Queue full, dropping %s.", batch._exporting)
+        batch._metrics.drop_items(1)
+    awaken = batch._worker_awaken  # made anew after a fork: read here
+    if not awaken.is_set():
+        awaken.set()
+
+
+# The batching processor's own logger: its warnings read as they would from `emit`.
+_sdk_log = logging.getLogger("opentelemetry.sdk._shared_internal")

@@ -355,14 +355,31 @@ class FanIn:
     """Shared work serving requests of sampled traces (a coalesced call, a group insert):
     it has no span of its own. Each span made directly in it is a child of the first
     sampled request, linked to each sampled request served (OpenTelemetry's fan-in),
-    with the batch's name and size as attributes."""
+    with the batch's name and size as attributes. Current inside its block (`fan_in`):
+    it makes itself current, and restores what was (no object of its own for that: a
+    batch's tracing runs for a coalesced call in a few, where its code and data are
+    cold, and each object touched there is a cache miss or more)."""
 
-    __slots__ = ("attributes", "links", "parent")
+    __slots__ = ("_otel_token", "_token", "attributes", "links", "parent")
 
     def __init__(self, name: str, size: int, links: Sequence[Context]) -> None:
         self.parent = links[0]
         self.links = links
         self.attributes = {"tandem.batch": name, "tandem.batch.size": size}
+
+    def __enter__(self) -> None:
+        # The batch runs in the context of the request that started it, which may be of
+        # an unsampled trace: the batch's own calls are of the sampled requests' trace.
+        self._token = _current.set(self)
+        self._otel_token = None
+        if _mirror:
+            context = trace.set_span_in_context(NonRecordingSpan(span_context(self.parent)), _ROOT)
+            self._otel_token = otel_context.attach(context)
+
+    def __exit__(self, *_: object) -> None:
+        _restore(self._token)
+        if self._otel_token is not None:
+            otel_context.detach(self._otel_token)
 
     def start(self, shape: Shape) -> Record:
         """A span of the batch's work: the batch's attributes added to its shape's."""
@@ -420,29 +437,21 @@ def _left(started: Record | ActiveSpan) -> None:
 
 class ActiveSpan:
     """A request's span, or None with what is current instead (the unsampled trace's
-    `Passed` or trace id, a batch's `FanIn`), current until `end`, which restores the
-    context it replaced."""
+    `Passed` or trace id), current until `end`, which restores the context it
+    replaced."""
 
     __slots__ = ("_otel_token", "_token", "span")
 
-    def __init__(self, span: Record | None, other: Passed | FanIn | int | None = None) -> None:
+    def __init__(self, span: Record | None, other: Passed | int | None = None) -> None:
         self.span = span
         self._token = _current.set(span if span is not None else other)
         self._otel_token = None
         if _mirror:
-            if span is not None or isinstance(other, FanIn):
-                below = span if span is not None else other.parent  # type: ignore[union-attr]
-                context = trace.set_span_in_context(NonRecordingSpan(span_context(below)), _ROOT)
+            if span is not None:
+                context = trace.set_span_in_context(NonRecordingSpan(span_context(span)), _ROOT)
             else:
                 context = _UNSAMPLED
             self._otel_token = otel_context.attach(context)
-
-    # A context manager too (`fan_in`): current from its making, not its entering.
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        self.end()
 
     def end(self) -> None:
         _restore(self._token)
@@ -816,12 +825,13 @@ def fan_in(name: str, size: int, links: Sequence[Context]) -> AbstractContextMan
     of these spans (`current_link`): where one is sampled, the spans made directly in it
     link to each sampled one, children of the first (`FanIn`). No span of its own: its
     calls and statements are the work."""
-    sampled = [link for link in links if link[FLAGS] & SAMPLED]
-    if _tracer is None or not sampled:
+    if _tracer is None:
         return _OUTSIDE
-    # The batch runs in the context of the request that started it, which may be of an
-    # unsampled trace: the batch's own calls are of the sampled requests' trace.
-    return ActiveSpan(None, FanIn(name, size, sampled))
+    for link in links:
+        if not link[FLAGS] & SAMPLED:  # rare: `current_link` gives sampled ones only
+            links = [link for link in links if link[FLAGS] & SAMPLED]
+            break
+    return FanIn(name, size, links) if links else _OUTSIDE
 
 
 _OUTSIDE = nullcontext()

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -29,7 +35,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from servicekit import telemetry
 from servicekit.batching import Batcher
 from servicekit.observers import UpstreamObserver
-from servicekit.span_records import span_context
+from servicekit.span_records import SHAPE, span_context
 from servicekit.telemetry import TRACE_ID_LIMIT
 from tests.support.traces import recorded_spans
 
@@ -458,6 +464,63 @@ def test_a_processor_added_later_sees_the_spans_made_after_and_their_start() -> 
     assert [span.name for span in exporter.get_finished_spans()] == ["GET", "POST"]
     assert [span.name for span in later.get_finished_spans()] == ["POST"]
     assert started == ["POST"]
+
+
+def test_a_full_batching_queue_drops_its_oldest_span_as_the_processor_would(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records skip the processor's `emit` and go to its queue directly: a batch ready
+    wakes its thread, and a full queue drops its oldest span, with the processor's
+    warning and drop count."""
+    exporting, release = threading.Event(), threading.Event()
+
+    class Held(SpanExporter):
+        """Reads records, as the OTLP one; holds its first export until released."""
+
+        reads_records = True
+
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            exporting.set()
+            release.wait(10)
+            self.names += [record[SHAPE].name for record in spans]
+            return SpanExportResult.SUCCESS
+
+    exporter = Held()
+    processor = BatchSpanProcessor(
+        exporter, max_queue_size=4, max_export_batch_size=2, schedule_delay_millis=60_000
+    )
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(processor)
+    telemetry.use_tracer(provider.get_tracer("tests"))
+    dropped: list[int] = []
+    # The processor's count of dropped spans (its own metrics).
+    monkeypatch.setattr(
+        processor._batch_processor._metrics, "drop_items", lambda n, *_: dropped.append(n)
+    )
+
+    def span(name: str) -> None:
+        with telemetry.span(name):
+            pass
+
+    try:
+        for n in range(3):  # the third finds a batch ready and wakes the thread
+            span(f"s{n}")
+        assert exporting.wait(10)  # it took s0 and s1, and holds them
+        with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk._shared_internal"):
+            for n in range(3, 7):  # s2..s5 fill the queue; s6 drops s2
+                span(f"s{n}")
+        release.set()
+        assert provider.force_flush()
+    finally:
+        release.set()
+        telemetry.use_tracer(None)
+        provider.shutdown()
+    assert exporter.names == ["s0", "s1", "s3", "s4", "s5", "s6"]
+    assert dropped == [1]
+    assert [r.getMessage() for r in caplog.records] == ["Queue full, dropping Span."]
 
 
 def test_spans_reach_the_batching_processors_exporter_as_the_services_configure_it() -> None:
