@@ -371,15 +371,10 @@ class FanIn:
         # The batch runs in the context of the request that started it, which may be of
         # an unsampled trace: the batch's own calls are of the sampled requests' trace.
         self._token = _current.set(self)
-        self._otel_token = None
-        if _mirror:
-            context = trace.set_span_in_context(NonRecordingSpan(span_context(self.parent)), _ROOT)
-            self._otel_token = otel_context.attach(context)
+        self._otel_token = _mirrored(self.parent) if _mirror else None
 
     def __exit__(self, *_: object) -> None:
-        _restore(self._token)
-        if self._otel_token is not None:
-            otel_context.detach(self._otel_token)
+        _reset(self._token, self._otel_token)
 
     def start(self, shape: Shape) -> Record:
         """A span of the batch's work: the batch's attributes added to its shape's."""
@@ -409,6 +404,23 @@ def _restore(token: Token[_Current]) -> None:
         _current.reset(token)
     except ValueError:  # ended in another context (a finalised generator)
         pass
+
+
+def _mirrored(context: Context | None) -> Token[otel_context.Context]:
+    """OpenTelemetry's current context made `context`'s span (an unsampled trace's where
+    None), for code that makes spans through the API itself; the token for `_reset`."""
+    if context is None:
+        return otel_context.attach(_UNSAMPLED)
+    span = NonRecordingSpan(span_context(context))
+    return otel_context.attach(trace.set_span_in_context(span, _ROOT))
+
+
+def _reset(token: Token[_Current], otel_token: Token[otel_context.Context] | None) -> None:
+    """Our context and OpenTelemetry's (None where `_mirrored` did not change it) as they
+    were before."""
+    _restore(token)
+    if otel_token is not None:
+        otel_context.detach(otel_token)
 
 
 # What a request's start returns for its end: where nothing mirrors the context, its
@@ -445,18 +457,10 @@ class ActiveSpan:
     def __init__(self, span: Record | None, other: Passed | int | None = None) -> None:
         self.span = span
         self._token = _current.set(span if span is not None else other)
-        self._otel_token = None
-        if _mirror:
-            if span is not None:
-                context = trace.set_span_in_context(NonRecordingSpan(span_context(span)), _ROOT)
-            else:
-                context = _UNSAMPLED
-            self._otel_token = otel_context.attach(context)
+        self._otel_token = _mirrored(span) if _mirror else None
 
     def end(self) -> None:
-        _restore(self._token)
-        if self._otel_token is not None:
-            otel_context.detach(self._otel_token)
+        _reset(self._token, self._otel_token)
         if self.span is not None:
             end_record(self.span)
 

@@ -392,6 +392,10 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
         assert client is not None
         telemetry.end_grpc_client_span(client, grpc.StatusCode.OK)
         sent.append(metadata)
+        # Code that makes spans through OpenTelemetry's API (the ai service's SDK) is in
+        # the sampled request's trace too: OpenTelemetry's context is mirrored.
+        with spans.tracer.start_as_current_span("tests.through the api"):
+            pass
         return items
 
     batcher: Batcher[int, int] = Batcher(run, name="tests.batch")
@@ -409,6 +413,10 @@ async def test_a_batch_of_a_sampled_request_behind_an_unsampled_one_is_in_its_tr
         await asyncio.gather(request("00"), request("01"))
         sampled = spans.named("GET")
         call = spans.named(METHOD.lstrip("/"))
+        through_the_api = spans.named("tests.through the api")
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    assert through_the_api.parent is not None
+    assert through_the_api.parent.span_id == sampled.context.span_id
     # Linked to the sampled request only, and its child: not dropped with the first.
     assert [link.context.span_id for link in call.links] == [sampled.context.span_id]
     assert call.parent is not None and call.parent.span_id == sampled.context.span_id
