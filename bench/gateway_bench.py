@@ -365,7 +365,7 @@ async def run_bench(config: GatewayConfig) -> _gwreport.Results:
                 if config.observability:
                     observed = _gwobserve.summarise(
                         await _observability(run),
-                        medians["monolith"]["requests_per_s"],
+                        ratios["rps"],
                         _gwreport.RPS_RATIO_MIN,
                     )
                     targets += observed["targets"]
