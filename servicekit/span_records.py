@@ -130,6 +130,12 @@ class Recorder:
         ending = _ending(processors[0], BatchSpanProcessor) if len(processors) == 1 else None
         self.end = ending or self._built_end
 
+    def retire(self) -> None:
+        """Its tracer is no longer in use (its provider may be shut down next): records
+        that end from now on go through the processors' own `on_end`, which drop them
+        with their log and count once shut down, not into a queue no thread reads."""
+        self.end = self._built_end
+
     def _built_end(self, record: Record) -> None:
         self._processor.on_end(built(record))
 
@@ -319,29 +325,36 @@ def _ending(processor: Any, batching: type) -> Any:
     return _enqueue(batch, queue, batch._max_export_batch_size)  # type: ignore[union-attr]
 
 
-def _enqueue(batch: Any, queue: deque[Any], threshold: int) -> Callable[[Record], None]:
+def _enqueue(batch: Any, queue: deque[Any], batch_size: int) -> Callable[[Record], None]:
     """What puts a record in `batch`'s `queue` (the SDK's `BatchProcessor`'s, from which its
     thread exports) as its `emit` would, but for what an ending span need not pay there:
     a record is sampled already (its `on_end` asks through three properties), and `emit`
     asks the process's id (a system call) on every span to notice a fork, which the
-    processor's own after-fork hook handles (it clears this same queue). Spans make up
-    their cost mostly in cache misses (they are rare: one request in ten, one coalesced
-    call's), so the fewer objects touched, the better."""
+    processor's own after-fork hook handles (it clears this same queue); nor whether the
+    processor is shut down: a recorder is retired before that (`Recorder.retire`). Spans
+    make up their cost mostly in cache misses (they are rare: one request in ten, one
+    coalesced call's), so the fewer objects touched, the better."""
+
+    # One comparison a span: with this many queued, the record makes a batch (or more).
+    filling = batch_size - 1
 
     def enqueue(record: Record) -> None:
-        if len(queue) >= threshold:
-            _crowded(batch, queue)
-        queue.appendleft(record)
+        if len(queue) >= filling:
+            _crowded(batch, queue, record)
+        else:
+            queue.appendleft(record)
 
     return enqueue
 
 
-def _crowded(batch: Any, queue: deque[Any]) -> None:
-    """A batch is ready (or more): the processor's thread is woken, as `emit` would wake
-    it; a full queue drops its oldest span with the processor's warning and count."""
+def _crowded(batch: Any, queue: deque[Any], record: Record) -> None:
+    """`record` queued where it makes a batch ready (or more), as `emit` queues it: a full
+    queue drops its oldest span, with the processor's warning and count; then the
+    processor's thread is woken."""
     if len(queue) == queue.maxlen:
         _sdk_log.warning("Queue full, dropping %s.", batch._exporting)
         batch._metrics.drop_items(1)
+    queue.appendleft(record)
     awaken = batch._worker_awaken  # made anew after a fork: read here
     if not awaken.is_set():
         awaken.set()

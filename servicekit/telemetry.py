@@ -208,6 +208,8 @@ def _install(tracer: trace.Tracer | None, *, parent_based: bool, mirror: bool = 
     _tracer = tracer
     _parent_based = parent_based
     _mirror = mirror
+    if _recorder is not None:  # spans still running end through the SDK's own way
+        _recorder.retire()
     sampler = getattr(tracer, "sampler", None)
     _root_bound = _bound_of(sampler)
     _roots_by_bound = parent_based and _root_bound is not None

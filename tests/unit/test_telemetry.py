@@ -514,9 +514,10 @@ def test_a_full_batching_queue_drops_its_oldest_span_as_the_processor_would(
             pass
 
     try:
-        for n in range(3):  # the third finds a batch ready and wakes the thread
+        for n in range(2):  # the second makes a batch and wakes the thread, as emit does
             span(f"s{n}")
         assert exporting.wait(10)  # it took s0 and s1, and holds them
+        span("s2")
         with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk._shared_internal"):
             for n in range(3, 7):  # s2..s5 fill the queue; s6 drops s2
                 span(f"s{n}")
@@ -529,6 +530,39 @@ def test_a_full_batching_queue_drops_its_oldest_span_as_the_processor_would(
     assert exporter.names == ["s0", "s1", "s3", "s4", "s5", "s6"]
     assert dropped == [1]
     assert [r.getMessage() for r in caplog.records] == ["Queue full, dropping Span."]
+
+
+def test_a_span_that_ends_after_its_provider_shut_down_is_dropped_as_the_processor_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request still running when tracing stops (the services' shutdown: the tracer
+    uninstalled, then its provider shut down) ends its span through the processor, which
+    drops it with its count, rather than into the queue of a thread that has stopped."""
+    kept: list[object] = []
+
+    class Kept(SpanExporter):
+        reads_records = True
+
+        def export(self, spans: Any) -> SpanExportResult:
+            kept.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    processor = BatchSpanProcessor(Kept())
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(processor)
+    telemetry.use_tracer(provider.get_tracer("tests"))
+    dropped: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        processor._batch_processor._metrics, "drop_items", lambda *why: dropped.append(why)
+    )
+    with telemetry.span("before the shutdown"):
+        pass
+    with telemetry.span("running at the shutdown"):
+        telemetry.use_tracer(None)
+        provider.shutdown()
+    assert [span[SHAPE].name for span in kept] == ["before the shutdown"]  # type: ignore[index]
+    assert dropped == [(1, "already_shutdown")]
+    assert not processor._batch_processor._queue
 
 
 def test_spans_reach_the_batching_processors_exporter_as_the_services_configure_it() -> None:
