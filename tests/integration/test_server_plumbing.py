@@ -70,8 +70,12 @@ async def list_services(channel: grpc.aio.Channel, metadata: Any = None) -> set[
 
 
 async def test_reflection_needs_a_credential(channel: grpc.aio.Channel) -> None:
+    # Refused on its metadata alone, before any message: the call sends none. A message
+    # written as the refusal arrives can fail to send, and grpc.aio then reports that
+    # failure (INTERNAL, "Failed execute_batch") in place of the server's status.
+    call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await list_services(channel)
+        await call.read()
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert reason(caught.value) == "CREDENTIALS_MISSING"
     assert await trailer(caught.value, "x-request-id")  # through the call interceptor
@@ -135,14 +139,36 @@ async def test_retryable_error_sends_retry_after(channel: grpc.aio.Channel) -> N
     assert await trailer(caught.value, "retry-after") == "3"
 
 
+class AccessLines(logging.Handler):
+    """The access log's lines, and an event once `count` have come: a call's line is
+    written after its status is sent, so its caller can have the status first."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.count = count
+        self.all_in = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        if len(self.lines) >= self.count:
+            self.all_in.set()
+
+
 async def test_access_log_has_method_status_duration_and_request_id(
     channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="servicekit.access")
-    await get_user(channel, "u2", request_id="req-log")
-    with pytest.raises(grpc.aio.AioRpcError):
-        await get_user(channel, "invalid", request_id="req-log2")
-    lines = [r.getMessage() for r in caplog.records if r.name == "servicekit.access"]
+    access = AccessLines(2)
+    logging.getLogger("servicekit.access").addHandler(access)
+    try:
+        await get_user(channel, "u2", request_id="req-log")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await get_user(channel, "invalid", request_id="req-log2")
+        await asyncio.wait_for(access.all_in.wait(), 10)
+    finally:
+        logging.getLogger("servicekit.access").removeHandler(access)
+    lines = access.lines
     assert any(
         line.startswith("/users.v1.UsersService/GetUser OK ") and line.endswith("ms")
         for line in lines
